@@ -1,0 +1,16 @@
+//! Types, limits and pure logic shared by the XDP program (`lb-ebpf`) and the agent
+//! (`lb-userspace`).
+//!
+//! Everything here is `no_std` and free of I/O so that the data path and the agent agree
+//! by construction and the logic is unit-tested on the host with plain `cargo test`.
+#![no_std]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod counters;
+pub mod csum;
+pub mod hash;
+pub mod limits;
+pub mod maglev;
+pub mod maps;

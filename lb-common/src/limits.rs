@@ -1,0 +1,48 @@
+//! Every size and bound of the load balancer, defined once.
+//!
+//! Map capacities are *defaults*: the agent sizes each map at load time
+//! (`EbpfLoader::set_max_entries`) from the configuration, within the bounds below.
+
+/// Default number of VIPs the maps are sized for.
+pub const DEFAULT_VIP_CAPACITY: u32 = 64;
+/// Upper bound on the VIP capacity accepted at load time.
+pub const MAX_VIP_CAPACITY: u32 = 4096;
+
+/// Default number of backend slots (all VIPs together). Slot 0 is reserved: a zero-filled
+/// ring slot means "no backend".
+pub const DEFAULT_BACKEND_CAPACITY: u32 = 4096;
+/// Upper bound on the backend capacity accepted at load time.
+pub const MAX_BACKEND_CAPACITY: u32 = 65536;
+
+/// Default Maglev ring size per VIP: prime, as in the Maglev paper and Katran.
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// Smallest ring size accepted (must also be prime).
+pub const MIN_RING_SIZE: u32 = 7;
+/// Largest ring size accepted (must also be prime).
+pub const MAX_RING_SIZE: u32 = 1_048_573;
+/// The ring must hold at least this many slots per backend to keep the imbalance near 1 %.
+pub const RING_SLOTS_PER_BACKEND: u32 = 100;
+/// Each VIP owns two rings: the live one and the one the agent writes before flipping.
+pub const RINGS_PER_VIP: u32 = 2;
+
+/// Default capacity of the connection table (entries; a flow uses two, one per direction).
+pub const DEFAULT_CONN_CAPACITY: u32 = 262_144;
+/// Upper bound on the connection table capacity accepted at load time.
+pub const MAX_CONN_CAPACITY: u32 = 16 * 1024 * 1024;
+
+/// Largest backend weight.
+pub const MAX_WEIGHT: u32 = 65535;
+
+/// Number of interfaces the program can redirect to (two-arm set-ups).
+pub const TX_PORT_CAPACITY: u32 = 64;
+
+/// Number of entries of the `RING` map for a given VIP capacity and ring size.
+pub const fn ring_map_entries(vip_capacity: u32, ring_size: u32) -> u32 {
+    vip_capacity * RINGS_PER_VIP * ring_size
+}
+
+/// Index in the `RING` map of `slot` in ring `half` of VIP `vip_id`.
+#[inline(always)]
+pub const fn ring_index(vip_id: u32, half: u32, ring_size: u32, slot: u32) -> u32 {
+    (vip_id * RINGS_PER_VIP + half) * ring_size + slot
+}

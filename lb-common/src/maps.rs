@@ -1,0 +1,263 @@
+//! Keys and values of every BPF map, and the names both sides use for maps and globals.
+//!
+//! All types are `#[repr(C)]` without implicit padding, so their bytes mean the same in the
+//! kernel and in the agent. Ports are stored in host byte order; addresses as the 16 bytes of
+//! the IPv6 address or the 4 bytes of the IPv4 address followed by 12 zero bytes.
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "lb_xdp";
+
+/// `VIPS`: hash map [`VipKey`] → [`VipMeta`].
+pub const MAP_VIPS: &str = "VIPS";
+/// `BACKENDS`: array backend id → [`Backend`].
+pub const MAP_BACKENDS: &str = "BACKENDS";
+/// `RING`: array of backend ids, [`crate::limits::RINGS_PER_VIP`] Maglev rings per VIP.
+pub const MAP_RING: &str = "RING";
+/// `CONNS`: shared LRU hash [`FlowKey`] → [`ConnEntry`], both directions of every flow.
+pub const MAP_CONNS: &str = "CONNS";
+/// `REASONS`: per-CPU array [`crate::counters::Reason`] → packet count.
+pub const MAP_REASONS: &str = "REASONS";
+/// `VIP_STATS`: per-CPU array VIP id → [`Traffic`].
+pub const MAP_VIP_STATS: &str = "VIP_STATS";
+/// `BACKEND_STATS`: per-CPU array backend id → [`Traffic`].
+pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+/// `TX_PORTS`: device map (hash) ifindex → ifindex, the interfaces XDP_REDIRECT may use.
+pub const MAP_TX_PORTS: &str = "TX_PORTS";
+
+/// Read-only global: number of slots of one Maglev ring (prime).
+pub const GLOBAL_RING_SIZE: &str = "LB_RING_SIZE";
+/// Read-only global: the flow hash seed (same on every node of a cluster).
+pub const GLOBAL_HASH_SEED: &str = "LB_HASH_SEED";
+
+/// Address family tag for IPv4.
+pub const FAMILY_V4: u8 = 4;
+/// Address family tag for IPv6.
+pub const FAMILY_V6: u8 = 6;
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// An IPv4 or IPv6 address as stored in map keys and values.
+pub type Addr = [u8; 16];
+
+/// Stores an IPv4 address in the [`Addr`] layout.
+pub const fn v4_addr(octets: [u8; 4]) -> Addr {
+    let mut a = [0u8; 16];
+    a[0] = octets[0];
+    a[1] = octets[1];
+    a[2] = octets[2];
+    a[3] = octets[3];
+    a
+}
+
+/// A virtual service: the address, port and protocol clients connect to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// VIP address.
+    pub addr: Addr,
+    /// VIP port (host order).
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+
+/// Hash only the client's address: every flow of one client goes to one backend
+/// (the lesson's "sticky sessions").
+pub const VIP_FLAG_HASH_SRC_ONLY: u32 = 1;
+
+/// What the data path knows about a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index of the VIP's rings and counters, below the VIP capacity.
+    pub id: u32,
+    /// `VIP_FLAG_*` bits.
+    pub flags: u32,
+    /// Which of the VIP's two rings is live (0 or 1). The agent fills the other ring, then
+    /// replaces this value: a packet sees the old ring or the new one, never a mix.
+    pub ring_half: u32,
+    /// Number of backends in the live ring (informational).
+    pub backend_count: u32,
+}
+
+/// Where to send a rewritten packet at layer 2.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// Egress interface; 0 means the interface the packet arrived on (XDP_TX).
+    pub ifindex: u32,
+    /// Next hop's MAC; all zero means "not resolved": the FIB or the kernel decides.
+    pub dst_mac: [u8; 6],
+    /// Egress interface's own MAC.
+    pub src_mac: [u8; 6],
+}
+
+impl NextHop {
+    /// Whether the MAC addresses are known.
+    #[inline(always)]
+    pub fn is_resolved(&self) -> bool {
+        self.dst_mac != [0; 6]
+    }
+}
+
+/// Lifecycle of a backend slot.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BackendState {
+    /// Free slot.
+    #[default]
+    Unused = 0,
+    /// Takes new flows and keeps its flows.
+    Up = 1,
+    /// Keeps its flows, takes no new ones (operator drain).
+    Draining = 2,
+    /// Failed: its flows are given a new backend at their next packet.
+    Down = 3,
+}
+
+impl BackendState {
+    /// Decodes the byte stored in [`Backend::state`].
+    pub const fn from_u8(v: u8) -> BackendState {
+        match v {
+            1 => BackendState::Up,
+            2 => BackendState::Draining,
+            3 => BackendState::Down,
+            _ => BackendState::Unused,
+        }
+    }
+}
+
+/// A real server behind a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Backend address (same family as its VIP).
+    pub addr: Addr,
+    /// Backend port (host order).
+    pub port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// A [`BackendState`] as `u8`.
+    pub state: u8,
+    /// Bumped each time the slot is given to another backend, so stale connection entries
+    /// are recognised.
+    pub generation: u32,
+    /// How to reach it.
+    pub hop: NextHop,
+}
+
+/// The 5-tuple of a packet as seen on the wire: the connection table's key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address.
+    pub src: Addr,
+    /// Destination address.
+    pub dst: Addr,
+    /// Source port (host order).
+    pub sport: u16,
+    /// Destination port (host order).
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Address family.
+    pub family: u8,
+    /// Always zero.
+    pub pad: [u8; 2],
+}
+
+/// A connection-table entry for packets from the client to the VIP.
+pub const CONN_TO_BACKEND: u8 = 1;
+/// A connection-table entry for packets from the backend to the client.
+pub const CONN_TO_CLIENT: u8 = 2;
+
+/// The connection table's value: one entry per direction of a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEntry {
+    /// [`CONN_TO_BACKEND`] or [`CONN_TO_CLIENT`].
+    pub kind: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+    /// The flow's backend.
+    pub backend_id: u32,
+    /// The backend slot's generation when the flow was assigned.
+    pub backend_gen: u32,
+    /// The flow's VIP.
+    pub vip_id: u32,
+    /// Replies only: the VIP address written back as the source.
+    pub vip_addr: Addr,
+    /// Replies only: the VIP port written back as the source port.
+    pub vip_port: u16,
+    /// Always zero.
+    pub pad2: [u8; 2],
+    /// Replies only: the hop the client's packets came from (its router or itself).
+    pub client_hop: NextHop,
+}
+
+/// Packet and byte counters of a VIP or a backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Packets seen.
+    pub packets: u64,
+    /// Bytes seen (whole frames).
+    pub bytes: u64,
+    /// New flows assigned.
+    pub new_flows: u64,
+}
+
+impl Traffic {
+    /// Adds another CPU's counters.
+    pub fn add(&mut self, o: &Traffic) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is #[repr(C)], Copy, made of integers and byte arrays with no
+    // implicit padding, so any bit pattern is valid.
+    unsafe impl aya::Pod for super::VipKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::VipMeta {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Traffic {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<VipKey>(), 20);
+        assert_eq!(size_of::<VipMeta>(), 16);
+        assert_eq!(size_of::<NextHop>(), 16);
+        assert_eq!(size_of::<Backend>(), 40);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<ConnEntry>(), 52);
+        assert_eq!(size_of::<Traffic>(), 24);
+    }
+
+    #[test]
+    fn backend_state_round_trips() {
+        for s in [BackendState::Unused, BackendState::Up, BackendState::Draining, BackendState::Down] {
+            assert_eq!(BackendState::from_u8(s as u8), s);
+        }
+        assert_eq!(BackendState::from_u8(200), BackendState::Unused);
+    }
+}
