@@ -46,3 +46,7 @@ pub const fn ring_map_entries(vip_capacity: u32, ring_size: u32) -> u32 {
 pub const fn ring_index(vip_id: u32, half: u32, ring_size: u32, slot: u32) -> u32 {
     (vip_id * RINGS_PER_VIP + half) * ring_size + slot
 }
+
+/// Ring slots the data path tries for a new flow when the chosen backend is not up (only
+/// between a backend failing and the agent swapping in a ring without it).
+pub const MAX_RING_PROBES: u32 = 4;

@@ -43,15 +43,15 @@ pub const fn is_prime(n: u32) -> bool {
     true
 }
 
-const OFFSET_SEED: u64 = 0x6d61_676c_6576_6f66; // "maglevof"
-const SKIP_SEED: u64 = 0x6d61_676c_6576_736b; // "maglevsk"
-
 #[cfg(feature = "std")]
 mod build {
     use super::*;
     use crate::hash::backend_hash;
     use std::vec;
     use std::vec::Vec;
+
+    const OFFSET_SEED: u64 = 0x6d61_676c_6576_6f66; // "maglevof"
+    const SKIP_SEED: u64 = 0x6d61_676c_6576_736b; // "maglevsk"
 
     struct Walker {
         id: u32,

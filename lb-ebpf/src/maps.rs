@@ -1,0 +1,69 @@
+//! Map declarations and load-time globals. Names are the ones in `lb_common::maps`; sizes are
+//! the defaults from `lb_common::limits`, resized by the agent at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    counters::Reason,
+    limits::{
+        DEFAULT_BACKEND_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_RING_SIZE, DEFAULT_VIP_CAPACITY,
+        ring_map_entries,
+    },
+    maps::{Backend, ConnEntry, FlowKey, Traffic, VipKey, VipMeta},
+};
+
+/// VIP address, port and protocol → VIP id, flags and live ring.
+#[map]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
+
+/// Backend id → backend. Id 0 is never used.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_BACKEND_CAPACITY, 0);
+
+/// Two Maglev rings per VIP, each `LB_RING_SIZE` backend ids.
+#[map]
+pub static RING: Array<u32> =
+    Array::with_max_entries(ring_map_entries(DEFAULT_VIP_CAPACITY, DEFAULT_RING_SIZE), 0);
+
+/// Both directions of every flow; shared by all CPUs (no BPF_F_NO_COMMON_LRU).
+#[map]
+pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(DEFAULT_CONN_CAPACITY, 0);
+
+/// One packet counter per verdict reason.
+#[map]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+/// Traffic per VIP id.
+#[map]
+pub static VIP_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
+
+/// Traffic per backend id.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<Traffic> =
+    PerCpuArray::with_max_entries(DEFAULT_BACKEND_CAPACITY, 0);
+
+/// Slots per Maglev ring; set by the agent at load time (`lb_common::maps::GLOBAL_RING_SIZE`).
+#[unsafe(no_mangle)]
+static LB_RING_SIZE: u32 = DEFAULT_RING_SIZE;
+
+/// Flow hash seed; set by the agent at load time (`lb_common::maps::GLOBAL_HASH_SEED`).
+#[unsafe(no_mangle)]
+static LB_HASH_SEED: u32 = 0;
+
+/// The ring size this program was loaded with.
+#[inline(always)]
+pub fn ring_size() -> u32 {
+    // SAFETY: a plain read of a read-only global; volatile so the compiler does not fold the
+    // compile-time default into the code (the loader rewrites it).
+    unsafe { core::ptr::read_volatile(&LB_RING_SIZE) }
+}
+
+/// The hash seed this program was loaded with.
+#[inline(always)]
+pub fn hash_seed() -> u32 {
+    // SAFETY: as in `ring_size`.
+    unsafe { core::ptr::read_volatile(&LB_HASH_SEED) }
+}

@@ -1,0 +1,82 @@
+//! NAT rewrite of one endpoint (address and port) of a parsed packet, with incremental updates
+//! of the IPv4 header checksum and the TCP/UDP checksum.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    counters::Reason,
+    csum::CsumDelta,
+    maps::{Addr, FAMILY_V4, PROTO_TCP},
+};
+
+use crate::parse::{Packet, ptr_at};
+
+/// Which endpoint of the packet to rewrite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Source address and port (replies: backend → VIP).
+    Source,
+    /// Destination address and port (client packets: VIP → backend).
+    Destination,
+}
+
+const IPV4_CHECK: usize = 10;
+const IPV4_SRC: usize = 12;
+const IPV4_DST: usize = 16;
+const IPV6_SRC: usize = 8;
+const IPV6_DST: usize = 24;
+const TCP_CHECK: usize = 16;
+const UDP_CHECK: usize = 6;
+
+/// Writes `addr`:`port` over the chosen endpoint of `pkt` and fixes the checksums.
+///
+/// Not inlined: its own frame keeps its callers' below the verifier's stack limit.
+#[inline(never)]
+pub fn rewrite(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    which: Endpoint,
+    addr: &Addr,
+    port: u16,
+) -> Result<(), Reason> {
+    let (old_addr, old_port, port_off) = match which {
+        Endpoint::Source => (&pkt.key.src, pkt.key.sport, 0),
+        Endpoint::Destination => (&pkt.key.dst, pkt.key.dport, 2),
+    };
+    let mut l4_delta = CsumDelta::new();
+    if pkt.key.family == FAMILY_V4 {
+        let old4 = [old_addr[0], old_addr[1], old_addr[2], old_addr[3]];
+        let new4 = [addr[0], addr[1], addr[2], addr[3]];
+        let mut ip_delta = CsumDelta::new();
+        ip_delta.replace_bytes(&old4, &new4);
+        let addr_off = if which == Endpoint::Source { IPV4_SRC } else { IPV4_DST };
+        let dst = ptr_at::<[u8; 4]>(ctx, pkt.l3 + addr_off)?;
+        let check = ptr_at::<[u8; 2]>(ctx, pkt.l3 + IPV4_CHECK)?;
+        // SAFETY: both pointers were bounds-checked by `ptr_at`.
+        unsafe {
+            *dst = new4;
+            *check = ip_delta.apply(u16::from_be_bytes(*check)).to_be_bytes();
+        }
+        l4_delta = ip_delta;
+    } else {
+        l4_delta.replace_bytes(old_addr, addr);
+        let addr_off = if which == Endpoint::Source { IPV6_SRC } else { IPV6_DST };
+        let dst = ptr_at::<Addr>(ctx, pkt.l3 + addr_off)?;
+        // SAFETY: bounds-checked by `ptr_at`.
+        unsafe { *dst = *addr };
+    }
+    l4_delta.replace_u16(old_port, port);
+
+    let port_ptr = ptr_at::<[u8; 2]>(ctx, pkt.l4 + port_off)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    unsafe { *port_ptr = port.to_be_bytes() };
+    if pkt.key.proto == PROTO_TCP {
+        let check = ptr_at::<[u8; 2]>(ctx, pkt.l4 + TCP_CHECK)?;
+        // SAFETY: bounds-checked by `ptr_at`.
+        unsafe { *check = l4_delta.apply(u16::from_be_bytes(*check)).to_be_bytes() };
+    } else {
+        let check = ptr_at::<[u8; 2]>(ctx, pkt.l4 + UDP_CHECK)?;
+        // SAFETY: bounds-checked by `ptr_at`.
+        unsafe { *check = l4_delta.apply_udp(u16::from_be_bytes(*check)).to_be_bytes() };
+    }
+    Ok(())
+}

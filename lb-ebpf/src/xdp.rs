@@ -1,0 +1,93 @@
+//! The entry point: parse → VIP lookup → connection table → scheduler → rewrite → forward.
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::{
+    counters::Reason,
+    maps::{ConnEntry, VipKey, VipMeta},
+};
+
+use crate::{
+    choose::choose,
+    conntrack::{self, Tracked},
+    forward,
+    maps::VIPS,
+    nat::{self, Endpoint},
+    parse::{Packet, parse},
+    stats::{count, count_traffic},
+};
+
+/// The XDP program attached to the load balancer's interfaces.
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let mut pkt = Packet::default();
+    if let Err(reason) = parse(&ctx, &mut pkt) {
+        return verdict(xdp_action::XDP_PASS, reason);
+    }
+    let vip_key = VipKey {
+        addr: pkt.key.dst,
+        port: pkt.key.dport,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+    };
+    if let Some(vip) = VIPS.get_ptr(&vip_key) {
+        // SAFETY: pointer from a successful lookup; the agent replaces VIP values whole, so the
+        // copy is either the old or the new value.
+        let vip = unsafe { *vip };
+        return to_backend(&ctx, &pkt, &vip);
+    }
+    if let Some(conn) = conntrack::reply(&pkt.key) {
+        return to_client(&ctx, &pkt, conn);
+    }
+    verdict(xdp_action::XDP_PASS, Reason::PassNotVip)
+}
+
+/// Counts the packet under `reason` and returns `action`. Every path ends here, so every
+/// packet is counted exactly once.
+#[inline(always)]
+fn verdict(action: u32, reason: Reason) -> u32 {
+    count(reason);
+    action
+}
+
+/// A client's packet for a VIP: to the flow's backend, or to a newly chosen one.
+///
+/// Not inlined, like `to_client`: with everything in one frame LLVM's stack exceeds the
+/// verifier's 512 bytes for the whole call chain.
+#[inline(never)]
+fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> u32 {
+    let (id, backend, new_flow) = match conntrack::tracked(&pkt.key) {
+        Tracked::Live(id, backend) => (id, backend, false),
+        tracked => {
+            if matches!(tracked, Tracked::Stale) {
+                count(Reason::Rescheduled);
+            }
+            let (id, backend) = match choose(vip, &pkt.key) {
+                Ok(chosen) => chosen,
+                Err(reason) => return verdict(xdp_action::XDP_DROP, reason),
+            };
+            conntrack::track(ctx, pkt, vip.id, id, backend);
+            (id, backend, true)
+        }
+    };
+    if let Err(reason) = nat::rewrite(ctx, pkt, Endpoint::Destination, &backend.addr, backend.port) {
+        return verdict(xdp_action::XDP_PASS, reason);
+    }
+    count_traffic(vip.id, id, pkt.len, new_flow);
+    match forward::send(ctx, pkt, &backend.hop, &pkt.key.src, &backend.addr) {
+        Ok(action) => verdict(action, Reason::ForwardToBackend),
+        Err(reason) => verdict(xdp_action::XDP_PASS, reason),
+    }
+}
+
+/// A backend's reply: back to the VIP's address and port, towards the client.
+#[inline(never)]
+fn to_client(ctx: &XdpContext, pkt: &Packet, conn: &ConnEntry) -> u32 {
+    if let Err(reason) = nat::rewrite(ctx, pkt, Endpoint::Source, &conn.vip_addr, conn.vip_port) {
+        return verdict(xdp_action::XDP_PASS, reason);
+    }
+    count_traffic(conn.vip_id, conn.backend_id, pkt.len, false);
+    match forward::send(ctx, pkt, &conn.client_hop, &conn.vip_addr, &pkt.key.dst) {
+        Ok(action) => verdict(action, Reason::ReplyToClient),
+        Err(reason) => verdict(xdp_action::XDP_PASS, reason),
+    }
+}

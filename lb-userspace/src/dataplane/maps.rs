@@ -1,0 +1,169 @@
+//! Typed handles on every map of the loaded program. The agent is their only writer.
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+};
+use lb_common::{counters::Reason, limits::ring_index, maps::*};
+
+use super::Sizing;
+
+/// The maps of one loaded data path.
+pub struct Maps {
+    vips: HashMap<MapData, VipKey, VipMeta>,
+    backends: Array<MapData, Backend>,
+    ring: Array<MapData, u32>,
+    conns: HashMap<MapData, FlowKey, ConnEntry>,
+    reasons: PerCpuArray<MapData, u64>,
+    vip_stats: PerCpuArray<MapData, Traffic>,
+    backend_stats: PerCpuArray<MapData, Traffic>,
+    ring_size: u32,
+    hash_seed: u32,
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
+    ebpf.take_map(name).ok_or_else(|| anyhow!("the XDP object has no map {name}"))
+}
+
+/// `Ok(None)` for a missing key, errors otherwise.
+fn optional<T>(r: Result<T, MapError>) -> Result<Option<T>, MapError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl Maps {
+    /// Takes the maps out of an object loaded with `sizing`.
+    pub(super) fn take(ebpf: &mut Ebpf, sizing: &Sizing) -> anyhow::Result<Self> {
+        Ok(Maps {
+            vips: take(ebpf, MAP_VIPS)?.try_into()?,
+            backends: take(ebpf, MAP_BACKENDS)?.try_into()?,
+            ring: take(ebpf, MAP_RING)?.try_into()?,
+            conns: take(ebpf, MAP_CONNS)?.try_into()?,
+            reasons: take(ebpf, MAP_REASONS)?.try_into()?,
+            vip_stats: take(ebpf, MAP_VIP_STATS)?.try_into()?,
+            backend_stats: take(ebpf, MAP_BACKEND_STATS)?.try_into()?,
+            ring_size: sizing.ring_size,
+            hash_seed: sizing.hash_seed,
+        })
+    }
+
+    /// Slots per ring.
+    pub fn ring_size(&self) -> u32 {
+        self.ring_size
+    }
+
+    /// The flow hash seed the program was loaded with.
+    pub fn hash_seed(&self) -> u32 {
+        self.hash_seed
+    }
+
+    /// The VIP entry for `key`, if any.
+    pub fn vip(&self, key: &VipKey) -> anyhow::Result<Option<VipMeta>> {
+        Ok(optional(self.vips.get(key, 0))?)
+    }
+
+    /// Removes a VIP: its traffic goes to the kernel from the next packet on.
+    pub fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        match self.vips.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes `ring` into the VIP's spare ring, then replaces the VIP entry so that it points
+    /// at it: in-flight packets see the old ring or the new one, never a mix. A new VIP gets
+    /// ring 0 before it becomes visible.
+    pub fn publish_ring(
+        &mut self,
+        key: &VipKey,
+        id: u32,
+        flags: u32,
+        ring: &[u32],
+        backend_count: u32,
+    ) -> anyhow::Result<VipMeta> {
+        anyhow::ensure!(
+            ring.len() == self.ring_size as usize,
+            "ring of {} slots, the program was loaded for {}",
+            ring.len(),
+            self.ring_size
+        );
+        let half = match self.vip(key)? {
+            Some(live) if live.id == id => 1 - (live.ring_half & 1),
+            _ => 0,
+        };
+        for (slot, &backend) in ring.iter().enumerate() {
+            self.ring
+                .set(ring_index(id, half, self.ring_size, slot as u32), backend, 0)
+                .with_context(|| format!("writing ring slot {slot} of VIP {id}"))?;
+        }
+        let meta = VipMeta {
+            id,
+            flags,
+            ring_half: half,
+            backend_count,
+        };
+        self.vips.insert(key, meta, 0).context("publishing the VIP")?;
+        Ok(meta)
+    }
+
+    /// Backend id in `slot` of the live ring of the VIP `meta` describes.
+    pub fn ring_slot(&self, meta: &VipMeta, slot: u32) -> anyhow::Result<u32> {
+        Ok(self
+            .ring
+            .get(&ring_index(meta.id, meta.ring_half & 1, self.ring_size, slot), 0)?)
+    }
+
+    /// The backend in slot `id`.
+    pub fn backend(&self, id: u32) -> anyhow::Result<Backend> {
+        Ok(self.backends.get(&id, 0)?)
+    }
+
+    /// Writes the backend in slot `id`.
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> anyhow::Result<()> {
+        anyhow::ensure!(id != 0, "backend slot 0 is reserved");
+        self.backends
+            .set(id, backend, 0)
+            .with_context(|| format!("writing backend slot {id}"))
+    }
+
+    /// The connection-table entry for `key`, if any.
+    pub fn conn(&self, key: &FlowKey) -> anyhow::Result<Option<ConnEntry>> {
+        Ok(optional(self.conns.get(key, 0))?)
+    }
+
+    /// Number of entries in the connection table (walks it).
+    pub fn conn_count(&self) -> usize {
+        self.conns.keys().filter(Result::is_ok).count()
+    }
+
+    /// Packets counted under each reason, summed over CPUs, in [`Reason::ALL`] order.
+    pub fn reasons(&self) -> anyhow::Result<[u64; Reason::COUNT as usize]> {
+        let mut out = [0u64; Reason::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = self.reasons.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Traffic of VIP `id`, summed over CPUs.
+    pub fn vip_traffic(&self, id: u32) -> anyhow::Result<Traffic> {
+        sum(&self.vip_stats, id)
+    }
+
+    /// Traffic of backend `id`, summed over CPUs.
+    pub fn backend_traffic(&self, id: u32) -> anyhow::Result<Traffic> {
+        sum(&self.backend_stats, id)
+    }
+}
+
+fn sum(map: &PerCpuArray<MapData, Traffic>, id: u32) -> anyhow::Result<Traffic> {
+    let mut total = Traffic::default();
+    for t in map.get(&id, 0)?.iter() {
+        total.add(t);
+    }
+    Ok(total)
+}

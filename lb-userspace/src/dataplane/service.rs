@@ -1,0 +1,71 @@
+//! A VIP with its backends as the agent wants it in the data path, and how it is written:
+//! backends first, then the spare ring, then the VIP entry that flips to it.
+
+use lb_common::{
+    maglev::{MaglevBackend, build_table},
+    maps::{Backend, BackendState, VipKey, VipMeta},
+};
+
+use super::Maps;
+
+/// One backend of a [`Service`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceBackend {
+    /// Backend slot id (unique across all services, never 0).
+    pub id: u32,
+    /// Address, port, state, generation and next hop.
+    pub backend: Backend,
+    /// Share of new flows relative to the other backends.
+    pub weight: u32,
+}
+
+/// A VIP and its backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Address, port and protocol.
+    pub key: VipKey,
+    /// VIP id (below the VIP capacity).
+    pub id: u32,
+    /// `VIP_FLAG_*` bits.
+    pub flags: u32,
+    /// The pool.
+    pub backends: Vec<ServiceBackend>,
+}
+
+impl Service {
+    /// The Maglev ring for the backends that take new flows (up, weight above zero).
+    pub fn ring(&self, ring_size: u32, seed: u32) -> Vec<u32> {
+        build_table(&self.maglev_backends(), ring_size, seed)
+    }
+
+    fn maglev_backends(&self) -> Vec<MaglevBackend> {
+        self.backends
+            .iter()
+            .filter(|b| b.backend.state == BackendState::Up as u8)
+            .map(|b| MaglevBackend {
+                id: b.id,
+                addr: b.backend.addr,
+                port: b.backend.port,
+                weight: b.weight,
+            })
+            .collect()
+    }
+
+    /// The backend with slot `id`, mutably.
+    pub fn backend_mut(&mut self, id: u32) -> Option<&mut ServiceBackend> {
+        self.backends.iter_mut().find(|b| b.id == id)
+    }
+}
+
+impl Maps {
+    /// Makes the data path serve `svc`: backend slots (so a backend that went down is seen as
+    /// down by its flows at once), then the new ring in the spare half, then the VIP entry.
+    pub fn apply_service(&mut self, svc: &Service) -> anyhow::Result<VipMeta> {
+        for b in &svc.backends {
+            self.set_backend(b.id, &b.backend)?;
+        }
+        let live = svc.maglev_backends();
+        let ring = build_table(&live, self.ring_size(), self.hash_seed());
+        self.publish_ring(&svc.key, svc.id, svc.flags, &ring, live.len() as u32)
+    }
+}

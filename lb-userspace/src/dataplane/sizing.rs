@@ -1,0 +1,115 @@
+//! Load-time sizes of the maps and the hash seed, checked against `lb_common::limits`.
+
+use lb_common::{limits::*, maglev::is_prime};
+
+/// How big the maps are and which hash seed the program uses; fixed for the life of a loaded
+/// program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sizing {
+    /// VIPs the maps can hold.
+    pub vip_capacity: u32,
+    /// Backend slots (all VIPs together; slot 0 is reserved).
+    pub backend_capacity: u32,
+    /// Slots of each Maglev ring (prime).
+    pub ring_size: u32,
+    /// Connection table entries (two per flow).
+    pub conn_capacity: u32,
+    /// Flow hash seed: the same on every node of a cluster.
+    pub hash_seed: u32,
+}
+
+impl Default for Sizing {
+    fn default() -> Self {
+        Sizing {
+            vip_capacity: DEFAULT_VIP_CAPACITY,
+            backend_capacity: DEFAULT_BACKEND_CAPACITY,
+            ring_size: DEFAULT_RING_SIZE,
+            conn_capacity: DEFAULT_CONN_CAPACITY,
+            hash_seed: 0,
+        }
+    }
+}
+
+/// A size outside what the data path supports.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SizingError {
+    /// Ring size not prime or out of range.
+    #[error("ring size {0} must be a prime between {MIN_RING_SIZE} and {MAX_RING_SIZE}")]
+    RingSize(u32),
+    /// VIP capacity out of range.
+    #[error("VIP capacity {0} must be between 1 and {MAX_VIP_CAPACITY}")]
+    VipCapacity(u32),
+    /// Backend capacity out of range.
+    #[error("backend capacity {0} must be between 2 and {MAX_BACKEND_CAPACITY}")]
+    BackendCapacity(u32),
+    /// Connection table capacity out of range.
+    #[error("connection table capacity {0} must be between 2 and {MAX_CONN_CAPACITY}")]
+    ConnCapacity(u32),
+    /// The rings of all VIPs do not fit one map.
+    #[error("{vips} VIPs × {RINGS_PER_VIP} rings × {ring} slots exceeds 2^32 entries")]
+    RingMapTooLarge {
+        /// VIP capacity.
+        vips: u32,
+        /// Ring size.
+        ring: u32,
+    },
+}
+
+impl Sizing {
+    /// Checks every size against the limits.
+    pub fn validate(&self) -> Result<(), SizingError> {
+        if !(MIN_RING_SIZE..=MAX_RING_SIZE).contains(&self.ring_size) || !is_prime(self.ring_size) {
+            return Err(SizingError::RingSize(self.ring_size));
+        }
+        if !(1..=MAX_VIP_CAPACITY).contains(&self.vip_capacity) {
+            return Err(SizingError::VipCapacity(self.vip_capacity));
+        }
+        if !(2..=MAX_BACKEND_CAPACITY).contains(&self.backend_capacity) {
+            return Err(SizingError::BackendCapacity(self.backend_capacity));
+        }
+        if !(2..=MAX_CONN_CAPACITY).contains(&self.conn_capacity) {
+            return Err(SizingError::ConnCapacity(self.conn_capacity));
+        }
+        if (self.vip_capacity as u64) * (RINGS_PER_VIP as u64) * (self.ring_size as u64) > u32::MAX as u64 {
+            return Err(SizingError::RingMapTooLarge {
+                vips: self.vip_capacity,
+                ring: self.ring_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Entries of the `RING` map.
+    pub fn ring_map_entries(&self) -> u32 {
+        ring_map_entries(self.vip_capacity, self.ring_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(Sizing::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_out_of_range_sizes() {
+        let ok = Sizing::default();
+        let cases = [
+            (Sizing { ring_size: 65536, ..ok.clone() }, SizingError::RingSize(65536)),
+            (Sizing { ring_size: 5, ..ok.clone() }, SizingError::RingSize(5)),
+            (Sizing { vip_capacity: 0, ..ok.clone() }, SizingError::VipCapacity(0)),
+            (Sizing { backend_capacity: 1, ..ok.clone() }, SizingError::BackendCapacity(1)),
+            (Sizing { conn_capacity: MAX_CONN_CAPACITY + 1, ..ok.clone() }, SizingError::ConnCapacity(MAX_CONN_CAPACITY + 1)),
+            (
+                Sizing { vip_capacity: 4096, ring_size: 1_048_573, ..ok.clone() },
+                SizingError::RingMapTooLarge { vips: 4096, ring: 1_048_573 },
+            ),
+        ];
+        for (sizing, want) in cases {
+            assert_eq!(sizing.validate(), Err(want));
+        }
+    }
+}
