@@ -1,1 +1,6 @@
+//! Shared test support: a packet builder whose checksums are computed here, independently of
+//! the data path's incremental updates, and a harness that runs frames through the real XDP
+//! program in the kernel with BPF_PROG_TEST_RUN.
 
+pub mod harness;
+pub mod packet;

@@ -1,0 +1,208 @@
+//! Runs frames through the real XDP program (BPF_PROG_TEST_RUN) and reads its counters.
+
+use std::net::IpAddr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb_common::{
+    counters::Reason,
+    hash::flow_hash,
+    maps::*,
+};
+use lb_userspace::dataplane::{Dataplane, Service, ServiceBackend, Sizing};
+
+use crate::packet::{Frame, L4, Mac};
+
+/// XDP verdicts (linux/bpf.h `enum xdp_action`).
+pub const XDP_ABORTED: u32 = 0;
+/// Dropped.
+pub const XDP_DROP: u32 = 1;
+/// Passed to the kernel.
+pub const XDP_PASS: u32 = 2;
+/// Sent back out of the ingress interface.
+pub const XDP_TX: u32 = 3;
+/// Sent out of another interface.
+pub const XDP_REDIRECT: u32 = 4;
+
+/// The load balancer's own MAC in the fixtures.
+pub const LB_MAC: Mac = [0x02, 0x1b, 0x00, 0x00, 0x00, 0x01];
+/// The client's (or its router's) MAC in the fixtures.
+pub const CLIENT_MAC: Mac = [0x02, 0xc1, 0x00, 0x00, 0x00, 0x01];
+
+/// The MAC the fixtures give backend slot `id`.
+pub fn backend_mac(id: u32) -> Mac {
+    [0x02, 0xbe, 0, 0, (id >> 8) as u8, id as u8]
+}
+
+/// The address in map layout.
+pub fn addr(a: IpAddr) -> Addr {
+    match a {
+        IpAddr::V4(a) => v4_addr(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+fn family(a: IpAddr) -> u8 {
+    if a.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }
+}
+
+/// The result of one program run.
+#[derive(Debug)]
+pub struct Run {
+    /// XDP verdict.
+    pub action: u32,
+    /// The frame as the program left it.
+    pub out: Vec<u8>,
+    /// Counter changes caused by this run (only non-zero), in `Reason::ALL` order.
+    pub counted: Vec<(Reason, u64)>,
+}
+
+/// A loaded instance of the data path.
+pub struct Lb {
+    /// The data path under test.
+    pub dp: Dataplane,
+}
+
+/// Sizes small enough for many instances at once, with the default ring size.
+pub fn test_sizing(seed: u32) -> Sizing {
+    Sizing {
+        vip_capacity: 4,
+        backend_capacity: 512,
+        hash_seed: seed,
+        ..Sizing::default()
+    }
+}
+
+impl Lb {
+    /// Loads the program (needs root: BPF).
+    pub fn load(sizing: &Sizing) -> Lb {
+        let dp = Dataplane::load(sizing).unwrap_or_else(|e| {
+            panic!("loading the XDP program failed (the tests need root and BPF): {e:#}")
+        });
+        Lb { dp }
+    }
+
+    /// Runs one frame through the program once.
+    pub fn run(&self, frame: &[u8]) -> Run {
+        let before = self.dp.maps.reasons().expect("reading REASONS");
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self
+            .dp
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        let after = self.dp.maps.reasons().expect("reading REASONS");
+        let counted = Reason::ALL
+            .iter()
+            .zip(before.iter().zip(after.iter()))
+            .filter(|(_, (b, a))| a != b)
+            .map(|(r, (b, a))| (*r, a - b))
+            .collect();
+        Run {
+            action: result.return_value,
+            out,
+            counted,
+        }
+    }
+
+    /// The backend the program's own maps give a new flow `key` of `svc` (the live ring,
+    /// read back from the kernel, indexed by the shared flow hash).
+    pub fn ring_choice(&self, svc: &Service, key: &FlowKey) -> u32 {
+        let meta = self.dp.maps.vip(&svc.key).unwrap().expect("VIP installed");
+        let src_only = meta.flags & VIP_FLAG_HASH_SRC_ONLY != 0;
+        let slot = flow_hash(key, self.dp.sizing().hash_seed, src_only) % self.dp.sizing().ring_size;
+        self.dp.maps.ring_slot(&meta, slot).unwrap()
+    }
+}
+
+/// A service with backends in slots `first_id..`, all up, reachable at layer 2 through the
+/// interface the traffic arrives on (XDP_TX).
+pub fn service(
+    id: u32,
+    vip: IpAddr,
+    port: u16,
+    proto: u8,
+    first_id: u32,
+    backends: &[(IpAddr, u16, u32)],
+) -> Service {
+    Service {
+        key: VipKey {
+            addr: addr(vip),
+            port,
+            proto,
+            family: family(vip),
+        },
+        id,
+        flags: 0,
+        backends: backends
+            .iter()
+            .enumerate()
+            .map(|(i, &(a, p, weight))| {
+                let bid = first_id + i as u32;
+                ServiceBackend {
+                    id: bid,
+                    weight,
+                    backend: Backend {
+                        addr: addr(a),
+                        port: p,
+                        family: family(a),
+                        state: BackendState::Up as u8,
+                        generation: 1,
+                        hop: NextHop {
+                            ifindex: 0,
+                            dst_mac: backend_mac(bid),
+                            src_mac: LB_MAC,
+                        },
+                    },
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The connection-table key of a frame.
+pub fn flow_key(f: &Frame) -> FlowKey {
+    let (sport, dport) = match f.l4 {
+        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => (sport, dport),
+    };
+    FlowKey {
+        src: addr(f.src),
+        dst: addr(f.dst),
+        sport,
+        dport,
+        proto: f.proto(),
+        family: family(f.src),
+        pad: [0; 2],
+    }
+}
+
+/// The frame with another source port (a new flow of the same client).
+pub fn with_sport(f: &Frame, port: u16) -> Frame {
+    let mut f = f.clone();
+    match &mut f.l4 {
+        L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = port,
+    }
+    f
+}
+
+/// The address and port of backend `id` in `svc`.
+pub fn backend_endpoint(svc: &Service, id: u32) -> (IpAddr, u16) {
+    let b = &svc.backends.iter().find(|b| b.id == id).expect("backend of svc").backend;
+    let ip: IpAddr = if b.family == FAMILY_V4 {
+        IpAddr::from([b.addr[0], b.addr[1], b.addr[2], b.addr[3]])
+    } else {
+        IpAddr::from(b.addr)
+    };
+    (ip, b.port)
+}
+
+/// Panics unless running as root (these tests load BPF programs).
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "the data path tests load BPF programs and must run as root");
+}

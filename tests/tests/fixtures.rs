@@ -1,0 +1,515 @@
+//! Packet fixtures through the real XDP program in the kernel (BPF_PROG_TEST_RUN).
+//!
+//! Every case states the input frame, the expected verdict, the exact expected output bytes
+//! (built from scratch with checksums computed by `lb_tests::packet`, never by the data path's
+//! incremental code) and the expected counter changes. Needs root.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use lb_common::{counters::Reason, maps::*};
+use lb_tests::{harness::*, packet::*};
+use lb_userspace::dataplane::Service;
+
+const VIP4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+const CLIENT4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
+const VIP6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+const CLIENT6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x10));
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const SYN_ACK: u8 = 0x12;
+
+fn v4(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 1, 0, last))
+}
+
+fn v6(last: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, last))
+}
+
+/// Three IPv4 backends on port 8080 behind VIP4:80 over `proto`.
+fn pool4(proto: u8) -> Service {
+    service(1, VIP4, 80, proto, 1, &[(v4(1), 8080, 1), (v4(2), 8080, 1), (v4(3), 8080, 1)])
+}
+
+fn pool6(proto: u8) -> Service {
+    service(2, VIP6, 443, proto, 11, &[(v6(1), 8443, 1), (v6(2), 8443, 1), (v6(3), 8443, 1)])
+}
+
+fn setup(services: &[&Service]) -> Lb {
+    require_root();
+    let mut lb = Lb::load(&test_sizing(0x5eed));
+    for svc in services {
+        lb.dp.maps.apply_service(svc).expect("apply service");
+    }
+    lb
+}
+
+fn from_client(src: IpAddr, dst: IpAddr, l4: L4) -> Frame {
+    Frame {
+        dst_mac: LB_MAC,
+        src_mac: CLIENT_MAC,
+        vlan: None,
+        src,
+        dst,
+        l4,
+        payload: b"hello".to_vec(),
+    }
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
+    L4::Tcp { sport, dport, flags }
+}
+
+fn udp(sport: u16, dport: u16) -> L4 {
+    L4::Udp { sport, dport, no_checksum: false }
+}
+
+/// `f` with its destination rewritten to `ip`:`port` and sent from `src_mac` to `dst_mac`.
+fn to_endpoint(f: &Frame, ip: IpAddr, port: u16, dst_mac: Mac, src_mac: Mac) -> Frame {
+    let mut out = f.clone();
+    out.dst = ip;
+    out.dst_mac = dst_mac;
+    out.src_mac = src_mac;
+    match &mut out.l4 {
+        L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = port,
+    }
+    out
+}
+
+/// The backend's reply to client frame `f`, sent from backend `id` at `ip`:`port`.
+fn reply_of(f: &Frame, id: u32, ip: IpAddr, port: u16) -> Frame {
+    let (csport, _) = ports(f);
+    Frame {
+        dst_mac: LB_MAC,
+        src_mac: backend_mac(id),
+        vlan: f.vlan,
+        src: ip,
+        dst: f.src,
+        l4: match f.l4 {
+            L4::Tcp { .. } => tcp(port, csport, SYN_ACK),
+            L4::Udp { no_checksum, .. } => L4::Udp { sport: port, dport: csport, no_checksum },
+        },
+        payload: b"world!".to_vec(),
+    }
+}
+
+fn ports(f: &Frame) -> (u16, u16) {
+    match f.l4 {
+        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => (sport, dport),
+    }
+}
+
+fn with_flags(f: &Frame, new: u8) -> Frame {
+    let mut f = f.clone();
+    if let L4::Tcp { flags, .. } = &mut f.l4 {
+        *flags = new;
+    }
+    f
+}
+
+/// First packet, a second packet of the same flow, and the backend's reply, each checked
+/// byte for byte, with their counters and connection-table entries.
+fn round_trip(lb: &Lb, svc: &Service, first: &Frame, next: &Frame) {
+    let key = flow_key(first);
+    let chosen = lb.ring_choice(svc, &key);
+    let (bip, bport) = backend_endpoint(svc, chosen);
+
+    let run = lb.run(&first.bytes());
+    assert_eq!(run.action, XDP_TX, "first packet verdict");
+    assert_eq!(run.out, to_endpoint(first, bip, bport, backend_mac(chosen), LB_MAC).bytes());
+    verify_checksums(&run.out).expect("first packet checksums");
+    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)]);
+    let entry = lb.dp.maps.conn(&key).unwrap().expect("flow tracked");
+    assert_eq!((entry.kind, entry.backend_id, entry.vip_id), (CONN_TO_BACKEND, chosen, svc.id));
+
+    let run = lb.run(&next.bytes());
+    assert_eq!(run.action, XDP_TX, "second packet verdict");
+    assert_eq!(run.out, to_endpoint(next, bip, bport, backend_mac(chosen), LB_MAC).bytes());
+    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)]);
+
+    let reply = reply_of(first, chosen, bip, bport);
+    let run = lb.run(&reply.bytes());
+    assert_eq!(run.action, XDP_TX, "reply verdict");
+    let mut expected = reply.clone();
+    expected.src = first.dst;
+    match &mut expected.l4 {
+        L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = ports(first).1,
+    }
+    expected.dst_mac = CLIENT_MAC;
+    expected.src_mac = LB_MAC;
+    assert_eq!(run.out, expected.bytes(), "reply rewritten to the VIP towards the client");
+    verify_checksums(&run.out).expect("reply checksums");
+    assert_eq!(run.counted, vec![(Reason::ReplyToClient, 1)]);
+
+    let b = lb.dp.maps.backend_traffic(chosen).unwrap();
+    assert_eq!((b.packets, b.new_flows), (3, 1), "backend counters");
+    let v = lb.dp.maps.vip_traffic(svc.id).unwrap();
+    let bytes = (first.bytes().len() + next.bytes().len() + reply.bytes().len()) as u64;
+    assert_eq!((v.packets, v.bytes, v.new_flows), (3, bytes, 1), "VIP counters");
+}
+
+#[test]
+fn ipv4_tcp_syn_established_and_reply() {
+    let svc = pool4(PROTO_TCP);
+    let lb = setup(&[&svc]);
+    let syn = from_client(CLIENT4, VIP4, tcp(40000, 80, SYN));
+    round_trip(&lb, &svc, &syn, &with_flags(&syn, ACK));
+}
+
+#[test]
+fn ipv6_tcp_syn_established_and_reply() {
+    let svc = pool6(PROTO_TCP);
+    let lb = setup(&[&svc]);
+    let syn = from_client(CLIENT6, VIP6, tcp(50000, 443, SYN));
+    round_trip(&lb, &svc, &syn, &with_flags(&syn, ACK));
+}
+
+#[test]
+fn ipv4_udp_with_checksum() {
+    let svc = pool4(PROTO_UDP);
+    let lb = setup(&[&svc]);
+    let dgram = from_client(CLIENT4, VIP4, udp(5353, 80));
+    round_trip(&lb, &svc, &dgram, &dgram);
+}
+
+#[test]
+fn ipv4_udp_without_checksum_stays_without() {
+    let svc = pool4(PROTO_UDP);
+    let lb = setup(&[&svc]);
+    let dgram = from_client(CLIENT4, VIP4, L4::Udp { sport: 5353, dport: 80, no_checksum: true });
+    round_trip(&lb, &svc, &dgram, &dgram);
+    let out = lb.run(&dgram.bytes()).out;
+    assert_eq!(&out[40..42], &[0, 0], "zero UDP checksum stays zero");
+}
+
+#[test]
+fn ipv6_udp() {
+    let svc = pool6(PROTO_UDP);
+    let lb = setup(&[&svc]);
+    let dgram = from_client(CLIENT6, VIP6, udp(6000, 443));
+    round_trip(&lb, &svc, &dgram, &dgram);
+}
+
+#[test]
+fn vlan_tagged_packet_is_balanced_with_its_tag() {
+    let svc = pool4(PROTO_TCP);
+    let lb = setup(&[&svc]);
+    let mut syn = from_client(CLIENT4, VIP4, tcp(40001, 80, SYN));
+    syn.vlan = Some(100);
+    round_trip(&lb, &svc, &syn, &with_flags(&syn, ACK));
+}
+
+/// Runs `frame` and expects it passed to the kernel unchanged, counted once under `reason`.
+fn expect_passed(lb: &Lb, frame: &[u8], reason: Reason) {
+    let run = lb.run(frame);
+    assert_eq!(run.action, XDP_PASS, "{reason:?}: verdict");
+    assert_eq!(run.out, frame, "{reason:?}: frame must be untouched");
+    assert_eq!(run.counted, vec![(reason, 1)], "{reason:?}: counters");
+}
+
+#[test]
+fn traffic_not_for_a_vip_passes_untouched() {
+    let lb = setup(&[&pool4(PROTO_TCP), &pool6(PROTO_TCP)]);
+    // Right address, wrong port; right port, wrong address; right tuple, wrong protocol.
+    expect_passed(&lb, &from_client(CLIENT4, VIP4, tcp(40000, 81, SYN)).bytes(), Reason::PassNotVip);
+    expect_passed(&lb, &from_client(CLIENT4, v4(200), tcp(40000, 80, SYN)).bytes(), Reason::PassNotVip);
+    expect_passed(&lb, &from_client(CLIENT4, VIP4, udp(40000, 80)).bytes(), Reason::PassNotVip);
+    expect_passed(&lb, &from_client(CLIENT6, VIP6, tcp(40000, 22, SYN)).bytes(), Reason::PassNotVip);
+}
+
+#[test]
+fn arp_passes_untouched() {
+    let lb = setup(&[&pool4(PROTO_TCP)]);
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[192, 0, 2, 10, 0, 0, 0, 0, 0, 0, 10, 0, 0, 1]);
+    expect_passed(&lb, &arp, Reason::PassNotIp);
+}
+
+#[test]
+fn ipv6_neighbour_solicitation_passes_untouched() {
+    let lb = setup(&[&pool6(PROTO_TCP)]);
+    let mut ns = vec![0x33, 0x33, 0xff, 0, 0, 1];
+    ns.extend_from_slice(&CLIENT_MAC);
+    ns.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 24, 58, 255]);
+    ns.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+    ns.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 1]);
+    ns.extend_from_slice(&[135, 0, 0x12, 0x34, 0, 0, 0, 0]);
+    if let IpAddr::V6(t) = VIP6 {
+        ns.extend_from_slice(&t.octets());
+    }
+    expect_passed(&lb, &ns, Reason::PassNotTcpUdp);
+}
+
+#[test]
+fn truncated_at_every_header_boundary_passes() {
+    let lb = setup(&[&pool4(PROTO_TCP), &pool6(PROTO_UDP)]);
+    let tcp4 = from_client(CLIENT4, VIP4, tcp(40000, 80, SYN)).bytes();
+    // Ethernet only; inside IPv4; IPv4 without TCP; inside TCP.
+    for len in [14, 15, 33, 34, 35, 53] {
+        expect_passed(&lb, &tcp4[..len], Reason::PassTruncated);
+    }
+    let mut tagged = from_client(CLIENT4, VIP4, tcp(40000, 80, SYN));
+    tagged.vlan = Some(7);
+    let tagged = tagged.bytes();
+    // Inside the VLAN tag; after the tag.
+    for len in [16, 17, 18, 37] {
+        expect_passed(&lb, &tagged[..len], Reason::PassTruncated);
+    }
+    let udp6 = from_client(CLIENT6, VIP6, udp(6000, 443)).bytes();
+    // Inside IPv6; IPv6 without UDP; inside UDP.
+    for len in [20, 53, 54, 61] {
+        expect_passed(&lb, &udp6[..len], Reason::PassTruncated);
+    }
+}
+
+#[test]
+fn malformed_options_fragments_and_extension_headers_pass() {
+    let lb = setup(&[&pool4(PROTO_TCP), &pool6(PROTO_TCP)]);
+    let base = from_client(CLIENT4, VIP4, tcp(40000, 80, SYN)).bytes();
+
+    let mut bad_ihl = base.clone();
+    bad_ihl[14] = 0x44;
+    expect_passed(&lb, &bad_ihl, Reason::PassMalformed);
+
+    let mut bad_version = base.clone();
+    bad_version[14] = 0x55;
+    expect_passed(&lb, &bad_version, Reason::PassMalformed);
+
+    let mut options = base.clone();
+    options[14] = 0x46;
+    options.splice(34..34, [1, 1, 1, 0]); // NOP NOP NOP EOL
+    expect_passed(&lb, &options, Reason::PassIpv4Options);
+
+    let mut more_fragments = base.clone();
+    more_fragments[20] = 0x20; // MF, offset 0
+    expect_passed(&lb, &more_fragments, Reason::PassFragment);
+
+    let mut later_fragment = base.clone();
+    later_fragment[20] = 0x00;
+    later_fragment[21] = 0xb9; // offset 185 × 8 bytes
+    expect_passed(&lb, &later_fragment, Reason::PassFragment);
+
+    let mut ext = from_client(CLIENT6, VIP6, tcp(40000, 443, SYN)).bytes();
+    ext[20] = 0; // hop-by-hop options header first
+    expect_passed(&lb, &ext, Reason::PassIpv6ExtHeader);
+
+    let mut stacked = from_client(CLIENT4, VIP4, tcp(40000, 80, SYN));
+    stacked.vlan = Some(5);
+    let mut stacked = stacked.bytes();
+    stacked.splice(16..16, [0x81, 0x00, 0x00, 0x06]);
+    expect_passed(&lb, &stacked, Reason::PassVlanStacked);
+}
+
+/// Establishes `flow` and returns its backend.
+fn establish(lb: &Lb, svc: &Service, flow: &Frame) -> u32 {
+    let chosen = lb.ring_choice(svc, &flow_key(flow));
+    assert_eq!(lb.run(&flow.bytes()).action, XDP_TX);
+    chosen
+}
+
+/// The backend a forwarded frame was sent to (by its destination MAC).
+fn sent_to(out: &[u8]) -> u32 {
+    u16::from_be_bytes([out[4], out[5]]) as u32
+}
+
+#[test]
+fn draining_backend_keeps_its_flow_and_gets_no_new_ones() {
+    let mut svc = pool4(PROTO_TCP);
+    let mut lb = setup(&[&svc]);
+    let flow = from_client(CLIENT4, VIP4, tcp(41000, 80, SYN));
+    let drained = establish(&lb, &svc, &flow);
+    svc.backend_mut(drained).unwrap().backend.state = BackendState::Draining as u8;
+    lb.dp.maps.apply_service(&svc).unwrap();
+
+    let run = lb.run(&with_flags(&flow, ACK).bytes());
+    assert_eq!(run.action, XDP_TX);
+    assert_eq!(sent_to(&run.out), drained, "the established flow stays");
+    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)]);
+
+    for port in 1..=300 {
+        let run = lb.run(&with_sport(&flow, 20000 + port).bytes());
+        assert_eq!(run.action, XDP_TX);
+        assert_ne!(sent_to(&run.out), drained, "new flow {port} sent to the drained backend");
+    }
+}
+
+#[test]
+fn down_backends_flow_moves_to_a_live_one() {
+    let mut svc = pool4(PROTO_TCP);
+    let mut lb = setup(&[&svc]);
+    let flow = from_client(CLIENT4, VIP4, tcp(42000, 80, SYN));
+    let failed = establish(&lb, &svc, &flow);
+    svc.backend_mut(failed).unwrap().backend.state = BackendState::Down as u8;
+    lb.dp.maps.apply_service(&svc).unwrap();
+
+    let next = with_flags(&flow, ACK);
+    let run = lb.run(&next.bytes());
+    let now = lb.ring_choice(&svc, &flow_key(&flow));
+    assert_ne!(now, failed);
+    let (ip, port) = backend_endpoint(&svc, now);
+    assert_eq!(run.action, XDP_TX);
+    assert_eq!(run.out, to_endpoint(&next, ip, port, backend_mac(now), LB_MAC).bytes());
+    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1), (Reason::Rescheduled, 1)]);
+    let entry = lb.dp.maps.conn(&flow_key(&flow)).unwrap().unwrap();
+    assert_eq!(entry.backend_id, now, "the connection table follows the move");
+}
+
+#[test]
+fn down_backend_is_skipped_before_the_ring_is_rebuilt() {
+    // The agent marks a backend down before it swaps the ring; in between, new flows that
+    // hash to it must still avoid it.
+    let mut svc = pool4(PROTO_TCP);
+    let mut lb = setup(&[&svc]);
+    let failed = svc.backends[0].id;
+    let mut down = svc.backends[0].backend;
+    down.state = BackendState::Down as u8;
+    lb.dp.maps.set_backend(failed, &down).unwrap();
+    let base = from_client(CLIENT4, VIP4, tcp(1, 80, SYN));
+    let mut hit_failed_slot = 0;
+    for port in 1..=300 {
+        let f = with_sport(&base, 30000 + port);
+        if lb.ring_choice(&svc, &flow_key(&f)) == failed {
+            hit_failed_slot += 1;
+        }
+        let run = lb.run(&f.bytes());
+        assert_eq!(run.action, XDP_TX);
+        assert_ne!(sent_to(&run.out), failed);
+    }
+    assert!(hit_failed_slot > 50, "the test must exercise the failed backend's slots");
+    svc.backends[0].backend = down;
+}
+
+#[test]
+fn all_backends_down_drops_and_counts() {
+    let mut svc = pool4(PROTO_TCP);
+    let mut lb = setup(&[&svc]);
+    let flow = from_client(CLIENT4, VIP4, tcp(43000, 80, SYN));
+    establish(&lb, &svc, &flow);
+    for b in &mut svc.backends {
+        b.backend.state = BackendState::Down as u8;
+    }
+    lb.dp.maps.apply_service(&svc).unwrap();
+
+    let run = lb.run(&with_flags(&flow, ACK).bytes());
+    assert_eq!(run.action, XDP_DROP);
+    assert_eq!(run.counted, vec![(Reason::DropNoBackend, 1), (Reason::Rescheduled, 1)]);
+    let run = lb.run(&with_sport(&flow, 43001).bytes());
+    assert_eq!(run.action, XDP_DROP);
+    assert_eq!(run.counted, vec![(Reason::DropNoBackend, 1)]);
+}
+
+/// A deterministic stream of client addresses and ports.
+struct Flows(u64);
+
+impl Flows {
+    fn next(&mut self) -> (IpAddr, u16) {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let x = self.0;
+        let ip = IpAddr::V4(Ipv4Addr::from(0x6400_0000 | (x as u32 & 0x00FF_FFFF)));
+        (ip, 1024 + (x >> 40) as u16 % 60000)
+    }
+}
+
+/// Sends `n` new flows and returns the backend each went to.
+fn choices(lb: &Lb, n: usize, seed: u64) -> Vec<u32> {
+    let mut flows = Flows(seed);
+    (0..n)
+        .map(|_| {
+            let (ip, port) = flows.next();
+            let run = lb.run(&from_client(ip, VIP4, tcp(port, 80, SYN)).bytes());
+            assert_eq!(run.action, XDP_TX);
+            sent_to(&run.out)
+        })
+        .collect()
+}
+
+#[test]
+fn weighted_distribution_of_100k_flows() {
+    let svc = service(1, VIP4, 80, PROTO_TCP, 1, &[(v4(1), 80, 1), (v4(2), 80, 2), (v4(3), 80, 3)]);
+    let lb = setup(&[&svc]);
+    let sent = choices(&lb, 100_000, 0x1234_5678);
+    for (id, weight) in [(1u32, 1.0), (2, 2.0), (3, 3.0)] {
+        let share = sent.iter().filter(|&&b| b == id).count() as f64 / sent.len() as f64;
+        let want = weight / 6.0;
+        println!("backend {id} (weight {weight}): {:.2} % (target {:.2} %)", share * 100.0, want * 100.0);
+        assert!((share - want).abs() <= 0.01, "backend {id}: {share:.4} vs {want:.4}");
+    }
+}
+
+#[test]
+fn removing_one_of_n_backends_moves_few_flows() {
+    require_root();
+    for n in [3u32, 10, 100] {
+        let pool: Vec<(IpAddr, u16, u32)> = (1..=n).map(|i| (v4(i as u8).to_owned(), 80, 1)).collect();
+        let pool: Vec<_> = pool
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, p, w))| (IpAddr::V4(Ipv4Addr::new(10, 2, (i / 250) as u8, (i % 250) as u8 + 1)), p, w))
+            .collect();
+        let full = service(1, VIP4, 80, PROTO_TCP, 1, &pool);
+        let mut less = full.clone();
+        less.backends.remove((n / 2) as usize);
+        // Two nodes: one still has every backend, one has lost one. Each sees the flows new.
+        let a = setup(&[&full]);
+        let b = setup(&[&less]);
+        let (ca, cb) = (choices(&a, 20_000, 99), choices(&b, 20_000, 99));
+        let moved = ca.iter().zip(&cb).filter(|(x, y)| x != y).count() as f64 / ca.len() as f64;
+        let bound = 1.0 / n as f64 + 0.01;
+        println!("N = {n}: {:.2} % of flows moved (bound {:.2} %)", moved * 100.0, bound * 100.0);
+        assert!(moved <= bound, "N = {n}: moved {moved:.4} > {bound:.4}");
+    }
+}
+
+#[test]
+fn two_instances_with_the_same_configuration_agree() {
+    let svc = service(1, VIP4, 80, PROTO_TCP, 1, &[(v4(1), 80, 1), (v4(2), 80, 2), (v4(3), 80, 1), (v4(4), 80, 5)]);
+    let a = setup(&[&svc]);
+    let b = setup(&[&svc]);
+    let (ca, cb) = (choices(&a, 10_000, 7), choices(&b, 10_000, 7));
+    assert_eq!(ca, cb, "both nodes choose the same backend for every flow");
+    assert!([1, 2, 3, 4].iter().all(|id| ca.contains(id)), "every backend is used");
+}
+
+#[test]
+fn source_affinity_sends_a_clients_flows_to_one_backend() {
+    let mut svc = pool4(PROTO_TCP);
+    svc.flags = VIP_FLAG_HASH_SRC_ONLY;
+    let lb = setup(&[&svc]);
+    for client in 1..=20u8 {
+        let ip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, client));
+        let first = sent_to(&lb.run(&from_client(ip, VIP4, tcp(1000, 80, SYN)).bytes()).out);
+        for port in 1001..1020 {
+            let out = lb.run(&from_client(ip, VIP4, tcp(port, 80, SYN)).bytes()).out;
+            assert_eq!(sent_to(&out), first, "client {ip} port {port}");
+        }
+    }
+}
+
+#[test]
+fn ring_swap_flips_to_the_spare_ring() {
+    let mut svc = pool4(PROTO_TCP);
+    let mut lb = setup(&[&svc]);
+    let before = lb.dp.maps.vip(&svc.key).unwrap().unwrap();
+    assert_eq!((before.ring_half, before.backend_count), (0, 3));
+    svc.backends.pop();
+    let after = lb.dp.maps.apply_service(&svc).unwrap();
+    assert_eq!((after.ring_half, after.backend_count), (1, 2));
+    let live = lb.dp.maps.vip(&svc.key).unwrap().unwrap();
+    assert_eq!(live, after);
+    // The new live ring is exactly what the Maglev builder says.
+    let want = svc.ring(lb.dp.sizing().ring_size, lb.dp.sizing().hash_seed);
+    for slot in (0..want.len() as u32).step_by(97) {
+        assert_eq!(lb.dp.maps.ring_slot(&live, slot).unwrap(), want[slot as usize]);
+    }
+    // The old ring is left intact for packets still reading it.
+    for slot in (0..want.len() as u32).step_by(997) {
+        let old = lb.dp.maps.ring_slot(&before, slot).unwrap();
+        assert!((1..=3).contains(&old));
+    }
+}
