@@ -1,1 +1,113 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup` installs what a fresh machine lacks, `cargo xtask test`
+//! sets up and runs every test.
+
+use std::{
+    env,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...]>";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("test") => setup().and_then(|()| test(&args[1..])),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+/// PATH with cargo's bin directory, where `cargo install` put bpf-linker.
+fn path_with_cargo_bin() -> String {
+    let home = env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env::var("HOME").unwrap_or_default()).join(".cargo"));
+    format!("{}:{}", home.join("bin").display(), env::var("PATH").unwrap_or_default())
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .env("PATH", path_with_cargo_bin())
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Installs what the machine lacks (idempotent).
+fn setup() -> anyhow::Result<()> {
+    run(Command::new("bash").arg("scripts/setup.sh"))
+}
+
+/// Every test: host unit tests and the kernel fixtures (needs root). Ends with one line
+/// totalling every test binary's result.
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    let mut child = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--workspace", "--exclude", "lb-ebpf"])
+        .args(extra)
+        .env("PATH", path_with_cargo_bin())
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = parse_result_line(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
+}
+
+/// Passed and failed counts of a libtest summary line
+/// (`test result: ok. 18 passed; 0 failed; 0 ignored; ...`).
+fn parse_result_line(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let mut words = rest.split_whitespace().skip(1);
+    let passed = words.next()?.parse().ok()?;
+    let failed = words.nth(1)?.parse().ok()?;
+    Some((passed, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_result_line;
+
+    #[test]
+    fn reads_libtest_summaries() {
+        let ok = "test result: ok. 18 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.07s";
+        assert_eq!(parse_result_line(ok), Some((18, 0)));
+        let bad = "test result: FAILED. 19 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(parse_result_line(bad), Some((19, 1)));
+        assert_eq!(parse_result_line("running 20 tests"), None);
+    }
+}
