@@ -1,0 +1,1 @@
+//! YAML configuration: model, validation with file/line/field errors, differences.

@@ -1,0 +1,1 @@
+//! Health checks: the rise/fall state machine and the HTTP/TCP probes.
