@@ -51,6 +51,14 @@ pub fn flow_hash(key: &FlowKey, seed: u32, src_only: bool) -> u32 {
     (x ^ (x >> 32)) as u32
 }
 
+/// A second, independent-looking hash of a flow from its first: least-conn compares the
+/// backends of the two ring slots they select.
+#[inline(always)]
+pub fn second_choice(hash: u32) -> u32 {
+    let x = finish64(hash as u64 ^ 0x5bd1_e995_0000_0000);
+    (x ^ (x >> 32)) as u32
+}
+
 /// Hash of a backend's identity (address and port) under `seed`. Maglev derives each
 /// backend's offset and skip from it, so the table depends on what the backends are, not on
 /// the order or the slot ids they were given.
@@ -118,6 +126,21 @@ mod tests {
         for c in counts {
             assert!((c as f64 - expected).abs() / expected < 0.03, "{counts:?}");
         }
+    }
+
+    #[test]
+    fn second_choice_spreads_independently() {
+        // Flows that share a first slot must not share a second one.
+        let mut seconds = std::collections::HashSet::new();
+        let mut n = 0;
+        for p in 0..200_000u32 {
+            let h = flow_hash(&key([10, 9, 8, 7], p as u16), 3, false);
+            if h % 101 == 5 {
+                seconds.insert(second_choice(h) % 101);
+                n += 1;
+            }
+        }
+        assert!(n > 1000 && seconds.len() > 95, "{} distinct second slots over {n} flows", seconds.len());
     }
 
     #[test]

@@ -33,9 +33,6 @@ pub const MAX_CONN_CAPACITY: u32 = 16 * 1024 * 1024;
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 65535;
 
-/// Number of interfaces the program can redirect to (two-arm set-ups).
-pub const TX_PORT_CAPACITY: u32 = 64;
-
 /// Number of entries of the `RING` map for a given VIP capacity and ring size.
 pub const fn ring_map_entries(vip_capacity: u32, ring_size: u32) -> u32 {
     vip_capacity * RINGS_PER_VIP * ring_size

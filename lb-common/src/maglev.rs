@@ -110,10 +110,36 @@ mod build {
         }
         table
     }
+
+    /// Builds a ring of `size` slots that visits the backends in smooth weighted round-robin
+    /// order (the sequence nginx uses): walking it slot by slot gives each backend its weight's
+    /// share in every stretch of `sum(weights)` slots, evenly interleaved.
+    pub fn build_round_robin(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
+        let mut live: Vec<&MaglevBackend> = backends.iter().filter(|b| b.weight > 0).collect();
+        if live.is_empty() {
+            return vec![NO_BACKEND; size as usize];
+        }
+        live.sort_by(|a, b| (a.addr, a.port, a.id).cmp(&(b.addr, b.port, b.id)));
+        let total: i64 = live.iter().map(|b| b.weight as i64).sum();
+        let mut current = vec![0i64; live.len()];
+        (0..size)
+            .map(|_| {
+                for (c, b) in current.iter_mut().zip(&live) {
+                    *c += b.weight as i64;
+                }
+                let (best, _) = current
+                    .iter()
+                    .enumerate()
+                    .fold((0, i64::MIN), |acc, (i, &c)| if c > acc.1 { (i, c) } else { acc });
+                current[best] -= total;
+                live[best].id
+            })
+            .collect()
+    }
 }
 
 #[cfg(feature = "std")]
-pub use build::build_table;
+pub use build::{build_round_robin, build_table};
 
 #[cfg(all(test, feature = "std"))]
 mod tests {
@@ -182,6 +208,15 @@ mod tests {
         b.reverse();
         assert_eq!(build_table(&a, 4099, 5), build_table(&b, 4099, 5));
         assert_ne!(build_table(&a, 4099, 5), build_table(&a, 4099, 6), "seed changes the table");
+    }
+
+    #[test]
+    fn round_robin_interleaves_by_weight() {
+        let t = build_round_robin(&pool(3, |i| i), 13);
+        // Weights 1, 2, 3: backend 3 every other slot, backend 1 once per six.
+        assert_eq!(&t[..6], &[3, 2, 1, 3, 2, 3]);
+        assert_eq!(&t[6..12], &t[..6]);
+        assert!(build_round_robin(&pool(2, |_| 0), 7).iter().all(|&id| id == NO_BACKEND));
     }
 
     #[test]

@@ -21,8 +21,11 @@ pub const MAP_REASONS: &str = "REASONS";
 pub const MAP_VIP_STATS: &str = "VIP_STATS";
 /// `BACKEND_STATS`: per-CPU array backend id → [`Traffic`].
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
-/// `TX_PORTS`: device map (hash) ifindex → ifindex, the interfaces XDP_REDIRECT may use.
-pub const MAP_TX_PORTS: &str = "TX_PORTS";
+/// `RR_CURSORS`: per-CPU array VIP id → next ring slot of a round-robin VIP.
+pub const MAP_RR_CURSORS: &str = "RR_CURSORS";
+/// `ACTIVE_CONNS`: array backend id → flows tracked for it (`u64`, least-conn), recounted by the
+/// agent every second and incremented by the data path for each new flow in between.
+pub const MAP_ACTIVE_CONNS: &str = "ACTIVE_CONNS";
 
 /// Read-only global: number of slots of one Maglev ring (prime).
 pub const GLOBAL_RING_SIZE: &str = "LB_RING_SIZE";
@@ -68,6 +71,12 @@ pub struct VipKey {
 /// Hash only the client's address: every flow of one client goes to one backend
 /// (the lesson's "sticky sessions").
 pub const VIP_FLAG_HASH_SRC_ONLY: u32 = 1;
+
+/// Scheduler: weighted round robin over the VIP's ring, per CPU, per new flow.
+pub const VIP_FLAG_ROUND_ROBIN: u32 = 2;
+/// Scheduler: least connections between two candidate backends of the ring
+/// ("power of two choices").
+pub const VIP_FLAG_LEAST_CONN: u32 = 4;
 
 /// What the data path knows about a VIP.
 #[repr(C)]

@@ -32,6 +32,14 @@ pub static RING: Array<u32> =
 pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
     LruHashMap::with_max_entries(DEFAULT_CONN_CAPACITY, 0);
 
+/// Next ring slot per round-robin VIP, per CPU.
+#[map]
+pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
+
+/// Tracked flows per backend, for least-conn.
+#[map]
+pub static ACTIVE_CONNS: Array<u64> = Array::with_max_entries(DEFAULT_BACKEND_CAPACITY, 0);
+
 /// One packet counter per verdict reason.
 #[map]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);

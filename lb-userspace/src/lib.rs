@@ -1,6 +1,10 @@
 //! The load balancer's userspace side: loading the XDP program and owning its maps, the
-//! configuration, health checks, the agent and the CLI. The `lb` binary is built on it.
+//! configuration, health checks, the agent, its admin API and metrics, and the CLI. The `lb`
+//! binary is built on it.
 
+pub mod api;
 pub mod config;
 pub mod dataplane;
 pub mod health;
+pub mod metrics;
+pub mod neighbours;

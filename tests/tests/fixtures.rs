@@ -513,3 +513,49 @@ fn ring_swap_flips_to_the_spare_ring() {
         assert!((1..=3).contains(&old));
     }
 }
+
+/// Pins the calling thread to CPU 0, so per-CPU state (round-robin cursors) is one sequence.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+}
+
+#[test]
+fn round_robin_visits_backends_in_weighted_turns() {
+    pin_to_cpu0();
+    let mut svc = service(1, VIP4, 80, PROTO_TCP, 1, &[(v4(1), 80, 1), (v4(2), 80, 2), (v4(3), 80, 3)]);
+    svc.flags = VIP_FLAG_ROUND_ROBIN;
+    let lb = setup(&[&svc]);
+    let sent = choices(&lb, 600, 11);
+    // Smooth weighted round robin over weights 1, 2, 3: the same six-flow turn, repeated.
+    assert_eq!(&sent[..6], &[3, 2, 1, 3, 2, 3]);
+    for turn in sent.chunks(6) {
+        assert_eq!(turn, &sent[..6]);
+    }
+}
+
+#[test]
+fn least_conn_prefers_the_less_loaded_candidate() {
+    let svc = {
+        let mut s = service(1, VIP4, 80, PROTO_TCP, 1, &[(v4(1), 80, 1), (v4(2), 80, 1)]);
+        s.flags = VIP_FLAG_LEAST_CONN;
+        s
+    };
+    let mut lb = setup(&[&svc]);
+    let loaded: std::collections::HashMap<u32, u64> = [(1, 1000), (2, 0)].into();
+    lb.dp.maps.set_active_connections([1, 2].into_iter(), &loaded).unwrap();
+    // Fewer new flows than the loaded backend's head start, so the idle one stays less loaded.
+    let sent = choices(&lb, 900, 21);
+    let to_idle = sent.iter().filter(|&&b| b == 2).count();
+    // A flow stays on the loaded backend only when both of its candidate slots hold it:
+    // one time in four with two equal backends.
+    let share = to_idle as f64 / sent.len() as f64;
+    println!("least-conn: {:.1} % of new flows to the idle backend", share * 100.0);
+    assert!((0.68..=0.82).contains(&share), "share to the idle backend {share:.3}");
+    assert_eq!(lb.dp.maps.active_connections_of(2).unwrap(), to_idle as u64, "each new flow counted");
+    assert_eq!(lb.dp.maps.active_connections_of(1).unwrap(), 1000 + (sent.len() - to_idle) as u64);
+}

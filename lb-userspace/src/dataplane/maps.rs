@@ -18,6 +18,7 @@ pub struct Maps {
     reasons: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, Traffic>,
     backend_stats: PerCpuArray<MapData, Traffic>,
+    active_conns: Array<MapData, u64>,
     ring_size: u32,
     hash_seed: u32,
 }
@@ -46,6 +47,7 @@ impl Maps {
             reasons: take(ebpf, MAP_REASONS)?.try_into()?,
             vip_stats: take(ebpf, MAP_VIP_STATS)?.try_into()?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?.try_into()?,
+            active_conns: take(ebpf, MAP_ACTIVE_CONNS)?.try_into()?,
             ring_size: sizing.ring_size,
             hash_seed: sizing.hash_seed,
         })
@@ -133,6 +135,35 @@ impl Maps {
     /// The connection-table entry for `key`, if any.
     pub fn conn(&self, key: &FlowKey) -> anyhow::Result<Option<ConnEntry>> {
         Ok(optional(self.conns.get(key, 0))?)
+    }
+
+    /// Client → VIP flows in the connection table per backend id (walks the table).
+    pub fn active_connections(&self) -> std::collections::HashMap<u32, u64> {
+        let mut counts = std::collections::HashMap::new();
+        for (_, entry) in self.conns.iter().flatten() {
+            if entry.kind == CONN_TO_BACKEND {
+                *counts.entry(entry.backend_id).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Overwrites least-conn's per-backend flow counts with a recount (`ids` absent from
+    /// `counts` are set to zero).
+    pub fn set_active_connections(
+        &mut self,
+        ids: impl Iterator<Item = u32>,
+        counts: &std::collections::HashMap<u32, u64>,
+    ) -> anyhow::Result<()> {
+        for id in ids {
+            self.active_conns.set(id, counts.get(&id).copied().unwrap_or(0), 0)?;
+        }
+        Ok(())
+    }
+
+    /// Least-conn's flow count of backend `id` as the data path sees it.
+    pub fn active_connections_of(&self, id: u32) -> anyhow::Result<u64> {
+        Ok(self.active_conns.get(&id, 0)?)
     }
 
     /// Number of entries in the connection table (walks it).

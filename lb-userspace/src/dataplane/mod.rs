@@ -10,16 +10,41 @@ pub use service::{Service, ServiceBackend};
 pub use sizing::{Sizing, SizingError};
 
 use anyhow::Context as _;
-use aya::{Ebpf, EbpfLoader, programs::Xdp};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{Xdp, XdpMode},
+};
 use lb_common::maps::{
-    GLOBAL_HASH_SEED, GLOBAL_RING_SIZE, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNS, MAP_RING,
-    MAP_VIP_STATS, MAP_VIPS, PROGRAM_NAME,
+    GLOBAL_HASH_SEED, GLOBAL_RING_SIZE, MAP_ACTIVE_CONNS, MAP_BACKEND_STATS, MAP_BACKENDS,
+    MAP_CONNS, MAP_RING, MAP_RR_CURSORS, MAP_VIP_STATS, MAP_VIPS, PROGRAM_NAME,
 };
 
 /// The XDP program object, built by `build.rs` from `lb-ebpf`.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
 
-/// A loaded (not yet attached) instance of the data path.
+/// How the program is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Driver mode, falling back to generic mode.
+    Auto,
+    /// Native XDP in the NIC driver.
+    Driver,
+    /// Generic XDP in the kernel's network stack (any interface, slower).
+    Generic,
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Driver => "driver",
+            AttachMode::Generic => "generic",
+        })
+    }
+}
+
+/// A loaded instance of the data path.
 pub struct Dataplane {
     ebpf: Ebpf,
     /// The program's maps.
@@ -40,6 +65,8 @@ impl Dataplane {
             .map_max_entries(MAP_BACKENDS, sizing.backend_capacity)
             .map_max_entries(MAP_BACKEND_STATS, sizing.backend_capacity)
             .map_max_entries(MAP_CONNS, sizing.conn_capacity)
+            .map_max_entries(MAP_RR_CURSORS, sizing.vip_capacity)
+            .map_max_entries(MAP_ACTIVE_CONNS, sizing.backend_capacity)
             .load(PROGRAM)
             .context("loading the XDP object (maps)")?;
         let program: &mut Xdp = ebpf
@@ -69,6 +96,36 @@ impl Dataplane {
             .program_mut(PROGRAM_NAME)
             .and_then(|p| p.try_into().ok())
             .expect("loaded in Dataplane::load")
+    }
+
+    /// Attaches the program to `interface`. `Auto` tries driver mode and falls back to generic
+    /// mode (with a warning) when the driver has no XDP support. Returns the mode used. The
+    /// program stays attached as long as this `Dataplane` lives.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> anyhow::Result<AttachMode> {
+        let program = self.program_mut();
+        match mode {
+            AttachMode::Driver | AttachMode::Generic => {
+                let xdp_mode = if mode == AttachMode::Driver { XdpMode::Driver } else { XdpMode::Skb };
+                program
+                    .attach(interface, xdp_mode)
+                    .with_context(|| format!("attaching XDP to {interface} in {mode} mode"))?;
+                Ok(mode)
+            }
+            AttachMode::Auto => match program.attach(interface, XdpMode::Driver) {
+                Ok(_) => Ok(AttachMode::Driver),
+                Err(driver_err) => {
+                    tracing::warn!(
+                        interface,
+                        error = %driver_err,
+                        "driver-mode XDP failed, using generic mode (slower)"
+                    );
+                    program
+                        .attach(interface, XdpMode::Skb)
+                        .with_context(|| format!("attaching XDP to {interface} in generic mode"))?;
+                    Ok(AttachMode::Generic)
+                }
+            },
+        }
     }
 
     /// The sizes and seed this instance was loaded with.

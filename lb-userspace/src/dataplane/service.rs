@@ -2,8 +2,8 @@
 //! backends first, then the spare ring, then the VIP entry that flips to it.
 
 use lb_common::{
-    maglev::{MaglevBackend, build_table},
-    maps::{Backend, BackendState, VipKey, VipMeta},
+    maglev::{MaglevBackend, build_round_robin, build_table},
+    maps::{Backend, BackendState, VIP_FLAG_ROUND_ROBIN, VipKey, VipMeta},
 };
 
 use super::Maps;
@@ -33,9 +33,15 @@ pub struct Service {
 }
 
 impl Service {
-    /// The Maglev ring for the backends that take new flows (up, weight above zero).
+    /// The ring for the backends that take new flows (up, weight above zero): a Maglev table,
+    /// or for round-robin VIPs a smooth weighted round-robin sequence.
     pub fn ring(&self, ring_size: u32, seed: u32) -> Vec<u32> {
-        build_table(&self.maglev_backends(), ring_size, seed)
+        let live = self.maglev_backends();
+        if self.flags & VIP_FLAG_ROUND_ROBIN != 0 {
+            build_round_robin(&live, ring_size)
+        } else {
+            build_table(&live, ring_size, seed)
+        }
     }
 
     fn maglev_backends(&self) -> Vec<MaglevBackend> {
@@ -64,8 +70,8 @@ impl Maps {
         for b in &svc.backends {
             self.set_backend(b.id, &b.backend)?;
         }
-        let live = svc.maglev_backends();
-        let ring = build_table(&live, self.ring_size(), self.hash_seed());
-        self.publish_ring(&svc.key, svc.id, svc.flags, &ring, live.len() as u32)
+        let ring = svc.ring(self.ring_size(), self.hash_seed());
+        let live = svc.maglev_backends().len() as u32;
+        self.publish_ring(&svc.key, svc.id, svc.flags, &ring, live)
     }
 }

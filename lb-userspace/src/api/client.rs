@@ -1,0 +1,58 @@
+//! The CLI's side of the admin API: one blocking request per connection.
+
+use std::{os::unix::net::UnixStream, path::{Path, PathBuf}, time::Duration};
+
+use serde_json::Value;
+
+use super::{ErrorBody, Request, http::exchange};
+
+/// Why a request did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answers on the socket.
+    #[error("cannot reach the agent at {0}: {1} (is `lb run` running? pass --socket if it uses another path)")]
+    Unreachable(PathBuf, std::io::Error),
+    /// The agent refused the request.
+    #[error("{0}")]
+    Refused(String),
+    /// The answer made no sense.
+    #[error("bad answer from the agent: {0}")]
+    Protocol(String),
+}
+
+/// A client of the agent at a socket path.
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// A client for the agent listening on `socket`.
+    pub fn new(socket: &Path) -> Self {
+        Client { socket: socket.to_owned() }
+    }
+
+    fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<Value, ClientError> {
+        let unreachable = |e| ClientError::Unreachable(self.socket.clone(), e);
+        let mut stream = UnixStream::connect(&self.socket).map_err(unreachable)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(unreachable)?;
+        let (status, body) = exchange(&mut stream, method, path, body).map_err(unreachable)?;
+        if status == 200 {
+            return serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()));
+        }
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => Err(ClientError::Refused(e.error)),
+            Err(_) => Err(ClientError::Protocol(format!("HTTP {status}"))),
+        }
+    }
+
+    /// `GET` one of the read endpoints (`/v1/status`, `/v1/stats`, `/v1/config`).
+    pub fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.call("GET", path, b"")
+    }
+
+    /// Sends a command.
+    pub fn command(&self, request: &Request) -> Result<Value, ClientError> {
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.call("POST", "/v1/command", &body)
+    }
+}

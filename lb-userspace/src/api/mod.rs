@@ -1,0 +1,209 @@
+//! The admin API: JSON over HTTP/1.1 on a unix socket (root only). The agent serves it; the
+//! CLI is its client. `GET /v1/status`, `GET /v1/stats`, `GET /v1/config`, and
+//! `POST /v1/command` with a [`Request`] body for everything else.
+
+pub mod client;
+pub mod http;
+pub mod server;
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the agent listens unless the configuration says otherwise.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/lb/lb.sock";
+
+/// A command for the agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    /// VIPs and backends with state and traffic.
+    Status,
+    /// Counters: verdict reasons, health checks, table swaps.
+    Stats,
+    /// The running configuration.
+    Config,
+    /// Adds a backend to a VIP (health-checked backends start down until proven up).
+    BackendAdd {
+        /// VIP name.
+        vip: String,
+        /// Backend address and port.
+        backend: SocketAddr,
+        /// Weight.
+        weight: u32,
+    },
+    /// Removes a backend; its flows move to the others.
+    BackendRemove {
+        /// VIP name.
+        vip: String,
+        /// Backend address and port.
+        backend: SocketAddr,
+    },
+    /// Sets a backend's administrative state: `up`, `draining` or `down`.
+    BackendState {
+        /// VIP name.
+        vip: String,
+        /// Backend address and port.
+        backend: SocketAddr,
+        /// `up`, `draining` or `down`.
+        state: String,
+    },
+    /// Sets a backend's weight.
+    BackendWeight {
+        /// VIP name.
+        vip: String,
+        /// Backend address and port.
+        backend: SocketAddr,
+        /// Weight.
+        weight: u32,
+    },
+    /// Adds a VIP given as the YAML of one `vips:` entry.
+    VipAdd {
+        /// YAML of the VIP.
+        yaml: String,
+    },
+    /// Removes a VIP.
+    VipRemove {
+        /// VIP name.
+        name: String,
+    },
+    /// Which backend a flow goes to, and why, from the data path's own maps.
+    Explain {
+        /// Client address and port.
+        src: SocketAddr,
+        /// VIP address and port.
+        dst: SocketAddr,
+        /// `tcp` or `udp`.
+        protocol: String,
+    },
+    /// Re-reads the configuration file and applies the difference.
+    Reload,
+}
+
+/// Traffic counters with the recent rate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficStatus {
+    /// Packets (both directions).
+    pub packets: u64,
+    /// Bytes (both directions).
+    pub bytes: u64,
+    /// New flows assigned.
+    pub new_flows: u64,
+    /// Packets per second over the last sampling interval.
+    pub packets_per_second: f64,
+}
+
+/// One backend in `lb status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    /// Slot id.
+    pub id: u32,
+    /// Address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Weight.
+    pub weight: u32,
+    /// Administrative state: up, draining, down.
+    pub admin: String,
+    /// Health: up, down (or up when not checked).
+    pub health: String,
+    /// What the data path does: up, draining, down.
+    pub state: String,
+    /// Flows in the connection table pointing at it.
+    pub active_connections: u64,
+    /// Next hop MAC, once resolved.
+    pub next_hop: Option<String>,
+    /// Traffic.
+    pub traffic: TrafficStatus,
+}
+
+/// One VIP in `lb status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VipStatus {
+    /// Name.
+    pub name: String,
+    /// Address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// tcp or udp.
+    pub protocol: String,
+    /// maglev, round-robin or least-conn.
+    pub scheduler: String,
+    /// Backends in the live ring.
+    pub ring_backends: u32,
+    /// Traffic.
+    pub traffic: TrafficStatus,
+    /// The pool.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Configuration file.
+    pub config_file: String,
+    /// Interfaces and their XDP mode.
+    pub interfaces: Vec<(String, String)>,
+    /// Seconds since the agent started.
+    pub uptime_seconds: u64,
+    /// VIPs.
+    pub vips: Vec<VipStatus>,
+}
+
+/// Health-check and table-swap figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealthStats {
+    /// Probes sent.
+    pub probes: u64,
+    /// Probes failed.
+    pub failures: u64,
+    /// Backend health flips.
+    pub transitions: u64,
+    /// Ring swaps caused by health flips.
+    pub swaps: u64,
+    /// Time from the probe that caused the last flip to the swapped ring, in milliseconds.
+    pub last_probe_to_swap_ms: Option<f64>,
+    /// Largest such time seen, in milliseconds.
+    pub max_probe_to_swap_ms: Option<f64>,
+    /// Time to build and write the last ring, in milliseconds.
+    pub last_table_write_ms: Option<f64>,
+}
+
+/// `GET /v1/stats`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// Packets per verdict reason, in the data path's order.
+    pub reasons: Vec<(String, u64)>,
+    /// Health checks and swaps.
+    pub health: HealthStats,
+    /// Entries in the connection table.
+    pub connection_entries: u64,
+}
+
+/// `lb explain`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExplainReport {
+    /// The VIP the flow is for, if any.
+    pub vip: Option<String>,
+    /// What the data path does with the flow's next packet.
+    pub verdict: String,
+    /// The backend it goes to.
+    pub backend: Option<SocketAddr>,
+    /// Why, in words.
+    pub reason: String,
+    /// The flow hash.
+    pub hash: Option<u32>,
+    /// The ring slot the hash selects.
+    pub slot: Option<u32>,
+    /// Whether the connection table already tracks the flow.
+    pub tracked: bool,
+}
+
+/// Body of every error response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong and what to do.
+    pub error: String,
+}

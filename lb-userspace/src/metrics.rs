@@ -1,0 +1,181 @@
+//! Prometheus text exposition of the agent's counters, served on the configured TCP address.
+
+use std::{fmt::Write as _, net::SocketAddr};
+
+use anyhow::Context as _;
+use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
+
+use crate::api::{
+    Request, StatsReport, StatusReport,
+    http::{read_request, write_response},
+    server::{Call, ask},
+};
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Renders the status and counters in the Prometheus text format.
+pub fn render(status: &StatusReport, stats: &StatsReport) -> String {
+    let mut o = String::new();
+    type Field = fn(&crate::api::TrafficStatus) -> u64;
+    let traffic: [(&str, &str, Field); 3] = [
+        ("packets_total", "Packets in both directions.", |t| t.packets),
+        ("bytes_total", "Bytes in both directions.", |t| t.bytes),
+        ("new_flows_total", "New flows assigned.", |t| t.new_flows),
+    ];
+    for (suffix, help, get) in traffic {
+        family(&mut o, &format!("lb_vip_{suffix}"), "counter", help);
+        for v in &status.vips {
+            let _ = writeln!(o, "lb_vip_{suffix}{{vip=\"{}\"}} {}", escape(&v.name), get(&v.traffic));
+        }
+        family(&mut o, &format!("lb_backend_{suffix}"), "counter", help);
+        for v in &status.vips {
+            for b in &v.backends {
+                let _ = writeln!(
+                    o,
+                    "lb_backend_{suffix}{{vip=\"{}\",backend=\"{}\"}} {}",
+                    escape(&v.name),
+                    std::net::SocketAddr::new(b.address, b.port),
+                    get(&b.traffic)
+                );
+            }
+        }
+    }
+    family(&mut o, "lb_backend_active_connections", "gauge", "Flows in the connection table per backend.");
+    family(&mut o, "lb_backend_healthy", "gauge", "1 if the health checks pass (or none are configured).");
+    family(&mut o, "lb_backend_serving", "gauge", "1 if the backend takes new flows (up), 0 if draining or down.");
+    for v in &status.vips {
+        for b in &v.backends {
+            let labels = format!("vip=\"{}\",backend=\"{}\"", escape(&v.name), SocketAddr::new(b.address, b.port));
+            let _ = writeln!(o, "lb_backend_active_connections{{{labels}}} {}", b.active_connections);
+            let _ = writeln!(o, "lb_backend_healthy{{{labels}}} {}", (b.health == "up") as u8);
+            let _ = writeln!(o, "lb_backend_serving{{{labels}}} {}", (b.state == "up") as u8);
+        }
+    }
+    family(&mut o, "lb_packets_total", "counter", "Packets by data path verdict reason.");
+    for (reason, n) in &stats.reasons {
+        let _ = writeln!(o, "lb_packets_total{{reason=\"{reason}\"}} {n}");
+    }
+    let h = &stats.health;
+    for (name, kind, help, value) in [
+        ("lb_health_probes_total", "counter", "Health probes sent.", Some(h.probes as f64)),
+        ("lb_health_probe_failures_total", "counter", "Health probes failed.", Some(h.failures as f64)),
+        ("lb_health_transitions_total", "counter", "Backend health flips.", Some(h.transitions as f64)),
+        ("lb_health_swaps_total", "counter", "Ring swaps caused by health flips.", Some(h.swaps as f64)),
+        (
+            "lb_health_last_probe_to_swap_seconds",
+            "gauge",
+            "From the probe that flipped a backend to its VIP's swapped ring.",
+            h.last_probe_to_swap_ms.map(|ms| ms / 1000.0),
+        ),
+        (
+            "lb_health_max_probe_to_swap_seconds",
+            "gauge",
+            "Largest probe-to-swap time seen.",
+            h.max_probe_to_swap_ms.map(|ms| ms / 1000.0),
+        ),
+        ("lb_connection_table_entries", "gauge", "Entries in the connection table (two per flow).", Some(stats.connection_entries as f64)),
+    ] {
+        if let Some(value) = value {
+            family(&mut o, name, kind, help);
+            let _ = writeln!(o, "{name} {value}");
+        }
+    }
+    o
+}
+
+/// Serves `GET /metrics` on `addr` until the returned task is aborted.
+pub async fn serve(addr: SocketAddr, calls: mpsc::Sender<Call>) -> anyhow::Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the metrics address {addr}"))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let (read, write) = stream.split();
+                let Ok(req) = read_request(read).await else {
+                    return;
+                };
+                if req.method != "GET" || req.path != "/metrics" {
+                    let _ = write_response(write, 404, "text/plain", b"see /metrics\n").await;
+                    return;
+                }
+                let reports = async {
+                    let status: StatusReport = serde_json::from_value(ask(&calls, Request::Status).await.ok()?).ok()?;
+                    let stats: StatsReport = serde_json::from_value(ask(&calls, Request::Stats).await.ok()?).ok()?;
+                    Some(render(&status, &stats))
+                };
+                match reports.await {
+                    Some(text) => {
+                        let _ = write_response(write, 200, "text/plain; version=0.0.4", text.as_bytes()).await;
+                    }
+                    None => {
+                        let _ = write_response(write, 500, "text/plain", b"agent unavailable\n").await;
+                    }
+                }
+            });
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{BackendStatus, HealthStats, TrafficStatus, VipStatus};
+
+    #[test]
+    fn renders_every_family_with_labels() {
+        let status = StatusReport {
+            config_file: "x.yaml".into(),
+            interfaces: vec![],
+            uptime_seconds: 1,
+            vips: vec![VipStatus {
+                name: "web".into(),
+                address: "10.0.0.1".parse().unwrap(),
+                port: 80,
+                protocol: "tcp".into(),
+                scheduler: "maglev".into(),
+                ring_backends: 1,
+                traffic: TrafficStatus { packets: 10, bytes: 1000, new_flows: 2, packets_per_second: 0.0 },
+                backends: vec![BackendStatus {
+                    id: 1,
+                    address: "10.1.0.1".parse().unwrap(),
+                    port: 8080,
+                    weight: 1,
+                    admin: "up".into(),
+                    health: "up".into(),
+                    state: "up".into(),
+                    active_connections: 2,
+                    next_hop: None,
+                    traffic: TrafficStatus { packets: 10, bytes: 1000, new_flows: 2, packets_per_second: 0.0 },
+                }],
+            }],
+        };
+        let stats = StatsReport {
+            reasons: vec![("pass_not_vip".into(), 7)],
+            health: HealthStats { probes: 5, last_probe_to_swap_ms: Some(12.5), ..HealthStats::default() },
+            connection_entries: 4,
+        };
+        let text = render(&status, &stats);
+        for line in [
+            "lb_vip_packets_total{vip=\"web\"} 10",
+            "lb_backend_bytes_total{vip=\"web\",backend=\"10.1.0.1:8080\"} 1000",
+            "lb_backend_active_connections{vip=\"web\",backend=\"10.1.0.1:8080\"} 2",
+            "lb_backend_healthy{vip=\"web\",backend=\"10.1.0.1:8080\"} 1",
+            "lb_packets_total{reason=\"pass_not_vip\"} 7",
+            "lb_health_probes_total 5",
+            "lb_health_last_probe_to_swap_seconds 0.0125",
+            "lb_connection_table_entries 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("lb_health_max_probe_to_swap_seconds"), "unknown values are left out");
+    }
+}
