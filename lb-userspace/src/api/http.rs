@@ -139,10 +139,14 @@ mod tests {
     fn exchange_parses_status_and_body() {
         struct Fake(std::io::Cursor<Vec<u8>>, Vec<u8>);
         impl Read for Fake {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> { self.0.read(buf) }
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                Read::read(&mut self.0, buf)
+            }
         }
         impl Write for Fake {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> { self.1.write(buf) }
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                Write::write(&mut self.1, buf)
+            }
             fn flush(&mut self) -> io::Result<()> { Ok(()) }
         }
         let mut s = Fake(std::io::Cursor::new(b"HTTP/1.1 409 Conflict\r\nContent-Length: 2\r\n\r\n{}".to_vec()), Vec::new());

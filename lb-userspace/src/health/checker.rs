@@ -1,0 +1,411 @@
+//! Probes every backend concurrently, one Tokio task per backend, and reports health flips.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinHandle;
+
+use super::probe::{ProbeSpec, probe};
+use super::state::{Health, HealthState};
+
+/// Shortest wait between two probes of one target, whatever its configured intervals.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+/// A backend to probe and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Backend slot id, echoed in transitions and snapshots.
+    pub id: u32,
+    /// Address the probes connect to.
+    pub addr: SocketAddr,
+    /// The probe.
+    pub spec: ProbeSpec,
+    /// Time between the starts of two probes while the health is settled.
+    pub interval: Duration,
+    /// Time between the starts of two probes while a flip is in progress.
+    pub fast_interval: Duration,
+    /// Consecutive successes that bring a down target up.
+    pub rise: u32,
+    /// Consecutive failures that bring an up target down.
+    pub fall: u32,
+    /// Health assumed before the first probe.
+    pub initial: Health,
+}
+
+/// A target whose health flipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The target's id.
+    pub id: u32,
+    /// Its new health.
+    pub health: Health,
+    /// Detail of the probe that caused the flip.
+    pub detail: String,
+    /// When the probe that caused the flip started.
+    pub failed_probe_at: Instant,
+}
+
+/// Health and probe counters of one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetStatus {
+    /// The target's id.
+    pub id: u32,
+    /// Address the probes connect to.
+    pub addr: SocketAddr,
+    /// Current health.
+    pub health: Health,
+    /// Detail of the latest probe (`not probed yet` before the first one ends).
+    pub detail: String,
+    /// Successful probes in a row, up to the latest one.
+    pub consecutive_ok: u32,
+    /// Failed probes in a row, up to the latest one.
+    pub consecutive_fail: u32,
+    /// Probes completed since the target was added.
+    pub probes: u64,
+    /// Failed probes since the target was added.
+    pub failures: u64,
+}
+
+/// A running target: its probing task stops when this is dropped.
+#[derive(Debug)]
+struct Running {
+    status: Arc<Mutex<TargetStatus>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Probes a changing set of targets and sends their health flips on a channel.
+///
+/// Dropping the checker stops every probe. A transition already sent stays in the channel
+/// after its target is removed.
+#[derive(Debug)]
+pub struct Checker {
+    events: UnboundedSender<Transition>,
+    targets: HashMap<u32, Running>,
+}
+
+impl Checker {
+    /// Starts with no targets; transitions are sent on `events`.
+    pub fn new(events: UnboundedSender<Transition>) -> Self {
+        Self {
+            events,
+            targets: HashMap::new(),
+        }
+    }
+
+    /// Starts probing a target (replacing any existing target with the same id); the first
+    /// probe runs at once.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn add(&mut self, target: Target) {
+        let state = HealthState::new(target.initial, target.rise, target.fall);
+        let status = Arc::new(Mutex::new(TargetStatus {
+            id: target.id,
+            addr: target.addr,
+            health: state.health(),
+            detail: "not probed yet".to_owned(),
+            consecutive_ok: 0,
+            consecutive_fail: 0,
+            probes: 0,
+            failures: 0,
+        }));
+        let task = tokio::spawn(run(
+            target.clone(),
+            state,
+            status.clone(),
+            self.events.clone(),
+        ));
+        // Replacing the entry drops the old one, which aborts its task.
+        self.targets.insert(target.id, Running { status, task });
+    }
+
+    /// Stops probing a target; does nothing for an unknown id.
+    pub fn remove(&mut self, id: u32) {
+        self.targets.remove(&id);
+    }
+
+    /// Current health of every target, sorted by id.
+    pub fn snapshot(&self) -> Vec<TargetStatus> {
+        let mut all: Vec<_> = self
+            .targets
+            .values()
+            .map(|r| lock(&r.status).clone())
+            .collect();
+        all.sort_by_key(|s| s.id);
+        all
+    }
+}
+
+fn lock(status: &Mutex<TargetStatus>) -> MutexGuard<'_, TargetStatus> {
+    // The data stays consistent even if a holder panicked: every update is a plain store.
+    status
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn run(
+    target: Target,
+    mut state: HealthState,
+    status: Arc<Mutex<TargetStatus>>,
+    events: UnboundedSender<Transition>,
+) {
+    loop {
+        let started = Instant::now();
+        let outcome = probe(target.addr, &target.spec).await;
+        let flip = state.observe(outcome.ok);
+        {
+            let mut s = lock(&status);
+            s.health = state.health();
+            s.detail.clone_from(&outcome.detail);
+            s.consecutive_ok = state.consecutive_ok();
+            s.consecutive_fail = state.consecutive_fail();
+            s.probes += 1;
+            s.failures += u64::from(!outcome.ok);
+        }
+        if !outcome.ok {
+            tracing::debug!(
+                backend = target.id,
+                addr = %target.addr,
+                detail = %outcome.detail,
+                consecutive_fail = state.consecutive_fail(),
+                "health probe failed"
+            );
+        }
+        if let Some(health) = flip {
+            tracing::info!(
+                backend = target.id,
+                addr = %target.addr,
+                health = %health,
+                detail = %outcome.detail,
+                "backend health changed"
+            );
+            // A closed receiver only means nobody listens any more; the snapshot stays live.
+            let _ = events.send(Transition {
+                id: target.id,
+                health,
+                detail: outcome.detail,
+                failed_probe_at: started,
+            });
+        }
+        let wait = if state.is_changing() {
+            target.fast_interval
+        } else {
+            target.interval
+        };
+        let next = started + wait.max(MIN_INTERVAL);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+    use super::*;
+    use crate::health::probe::ProbeKind;
+    use crate::health::test_support::{TestServer, http_server, silent_server};
+
+    const BOUND: Duration = Duration::from_secs(2);
+
+    async fn switchable_server() -> (TestServer, Arc<AtomicBool>) {
+        let healthy = Arc::new(AtomicBool::new(true));
+        let flag = healthy.clone();
+        let server = http_server(move |_, _| {
+            let status = if flag.load(Ordering::SeqCst) {
+                "200 OK"
+            } else {
+                "500 Oops"
+            };
+            vec![format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").into_bytes()]
+        })
+        .await;
+        (server, healthy)
+    }
+
+    fn http_target(id: u32, addr: SocketAddr, initial: Health) -> Target {
+        Target {
+            id,
+            addr,
+            spec: ProbeSpec {
+                kind: ProbeKind::Http {
+                    method: "GET",
+                    path: "/health".to_owned(),
+                    host: None,
+                    expect_status: vec![200],
+                },
+                timeout: Duration::from_millis(100),
+            },
+            interval: Duration::from_millis(100),
+            fast_interval: Duration::from_millis(50),
+            rise: 2,
+            fall: 3,
+            initial,
+        }
+    }
+
+    async fn next_event(rx: &mut UnboundedReceiver<Transition>) -> Transition {
+        tokio::time::timeout(BOUND, rx.recv())
+            .await
+            .expect("no transition within the bound")
+            .expect("channel closed")
+    }
+
+    /// Waits, bounded, until `cond` holds.
+    async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+        for _ in 0..200 {
+            if cond() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cond()
+    }
+
+    #[tokio::test]
+    async fn goes_down_and_up_again_and_stops_when_removed() {
+        let (server, healthy) = switchable_server().await;
+        let (tx, mut rx) = unbounded_channel();
+        let mut checker = Checker::new(tx);
+        checker.add(http_target(7, server.addr, Health::Up));
+
+        assert!(eventually(|| checker.snapshot()[0].probes >= 2).await);
+        assert!(
+            rx.try_recv().is_err(),
+            "a healthy target that starts up does not flip"
+        );
+        let s = &checker.snapshot()[0];
+        assert_eq!((s.id, s.addr, s.health), (7, server.addr, Health::Up));
+
+        healthy.store(false, Ordering::SeqCst);
+        let switched = Instant::now();
+        let down = next_event(&mut rx).await;
+        assert_eq!((down.id, down.health), (7, Health::Down));
+        // On a loaded machine the last probe may hit its 100 ms timeout instead.
+        assert!(
+            down.detail == "HTTP 500 (expected 200)" || down.detail.starts_with("timed out"),
+            "{down:?}"
+        );
+        assert!(down.failed_probe_at >= switched && down.failed_probe_at <= Instant::now());
+        assert!(switched.elapsed() < BOUND);
+        let s = &checker.snapshot()[0];
+        assert_eq!(s.health, Health::Down);
+        assert!(s.consecutive_fail >= 3 && s.failures >= 3, "{s:?}");
+
+        healthy.store(true, Ordering::SeqCst);
+        let switched = Instant::now();
+        let up = next_event(&mut rx).await;
+        assert_eq!(
+            (up.id, up.health, up.detail.as_str()),
+            (7, Health::Up, "HTTP 200")
+        );
+        assert!(switched.elapsed() < BOUND);
+        assert_eq!(checker.snapshot()[0].health, Health::Up);
+
+        checker.remove(7);
+        assert!(checker.snapshot().is_empty());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let seen = server.requests();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(server.requests(), seen, "probes continued after remove()");
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn initially_down_target_rises() {
+        let server = silent_server().await;
+        let (tx, mut rx) = unbounded_channel();
+        let mut checker = Checker::new(tx);
+        let mut target = http_target(3, server.addr, Health::Down);
+        target.spec.kind = ProbeKind::Tcp;
+        checker.add(target);
+        assert_eq!(checker.snapshot()[0].health, Health::Down);
+        let up = next_event(&mut rx).await;
+        assert_eq!(
+            (up.id, up.health, up.detail.as_str()),
+            (3, Health::Up, "TCP connect")
+        );
+        let s = &checker.snapshot()[0];
+        assert!(s.consecutive_ok >= 2 && s.probes >= 2, "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn first_probe_runs_at_once_then_waits_for_the_interval() {
+        let (server, _) = switchable_server().await;
+        let (tx, _rx) = unbounded_channel();
+        let mut checker = Checker::new(tx);
+        let mut target = http_target(1, server.addr, Health::Up);
+        target.interval = Duration::from_secs(3600);
+        checker.add(target);
+        assert!(eventually(|| server.requests() == 1).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(server.requests(), 1);
+        assert_eq!(checker.snapshot()[0].probes, 1);
+    }
+
+    #[tokio::test]
+    async fn add_replaces_and_drop_stops_everything() {
+        let (server, _) = switchable_server().await;
+        let (other, _) = switchable_server().await;
+        let (tx, _rx) = unbounded_channel();
+        let mut checker = Checker::new(tx);
+        checker.add(http_target(1, server.addr, Health::Up));
+        checker.add(http_target(2, server.addr, Health::Up));
+        checker.add(http_target(1, other.addr, Health::Up));
+        let snapshot = checker.snapshot();
+        assert_eq!(
+            snapshot.iter().map(|s| (s.id, s.addr)).collect::<Vec<_>>(),
+            [(1, other.addr), (2, server.addr)]
+        );
+        assert!(eventually(|| other.requests() >= 2).await);
+
+        drop(checker);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let seen = (server.requests(), other.requests());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            (server.requests(), other.requests()),
+            seen,
+            "probes continued after drop"
+        );
+    }
+
+    #[test]
+    fn status_serializes() {
+        let status = TargetStatus {
+            id: 4,
+            addr: "10.0.0.4:80".parse().unwrap(),
+            health: Health::Down,
+            detail: "HTTP 500 (expected 200)".to_owned(),
+            consecutive_ok: 0,
+            consecutive_fail: 3,
+            probes: 10,
+            failures: 3,
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id": 4,
+                "addr": "10.0.0.4:80",
+                "health": "down",
+                "detail": "HTTP 500 (expected 200)",
+                "consecutive_ok": 0,
+                "consecutive_fail": 3,
+                "probes": 10,
+                "failures": 3,
+            })
+        );
+    }
+}

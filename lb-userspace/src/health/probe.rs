@@ -1,0 +1,497 @@
+//! One health probe of one backend: a TCP connect or a minimal HTTP/1.1 request.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longest status line accepted before the probe gives up on the response.
+const MAX_STATUS_LINE: usize = 1024;
+
+/// What a probe does once connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// Sends one HTTP/1.1 request and checks the response's status code.
+    Http {
+        /// `"GET"` or `"HEAD"`.
+        method: &'static str,
+        /// Request target, such as `/health`.
+        path: String,
+        /// `Host` header; the target's address when `None`.
+        host: Option<String>,
+        /// Status codes that count as healthy.
+        expect_status: Vec<u16>,
+    },
+    /// Healthy if the TCP handshake completes.
+    Tcp,
+}
+
+/// A probe and its time limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
+    /// What to check.
+    pub kind: ProbeKind,
+    /// Bound on the whole probe: connect, request and response.
+    pub timeout: Duration,
+}
+
+/// Result of one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeOutcome {
+    /// Whether the backend passed.
+    pub ok: bool,
+    /// Human-readable reason, such as `HTTP 200` or `connect: connection refused`.
+    pub detail: String,
+    /// Time from the start of the probe to its outcome.
+    pub latency: Duration,
+}
+
+/// Probes `target` once; never takes much longer than `spec.timeout`.
+pub async fn probe(target: SocketAddr, spec: &ProbeSpec) -> ProbeOutcome {
+    let start = Instant::now();
+    let result = tokio::time::timeout(spec.timeout, run(target, &spec.kind)).await;
+    let (ok, detail) = match result {
+        Ok(Ok(detail)) => (true, detail),
+        Ok(Err(detail)) => (false, detail),
+        Err(_) => (false, format!("timed out after {:?}", spec.timeout)),
+    };
+    ProbeOutcome {
+        ok,
+        detail,
+        latency: start.elapsed(),
+    }
+}
+
+/// Runs the probe without a time limit: `Ok(detail)` if healthy, `Err(detail)` if not.
+async fn run(target: SocketAddr, kind: &ProbeKind) -> Result<String, String> {
+    match kind {
+        ProbeKind::Tcp => {
+            TcpStream::connect(target)
+                .await
+                .map_err(|e| format!("connect: {}", describe(&e)))?;
+            Ok("TCP connect".to_owned())
+        }
+        ProbeKind::Http {
+            method,
+            path,
+            host,
+            expect_status,
+        } => {
+            let request = build_request(target, method, path, host.as_deref())?;
+            let mut stream = TcpStream::connect(target)
+                .await
+                .map_err(|e| format!("connect: {}", describe(&e)))?;
+            stream
+                .write_all(request.as_bytes())
+                .await
+                .map_err(|e| format!("send: {}", describe(&e)))?;
+            let line = read_status_line(&mut stream).await?;
+            let status = parse_status_line(&line)?;
+            if expect_status.contains(&status) {
+                Ok(format!("HTTP {status}"))
+            } else {
+                Err(format!("HTTP {status} (expected {})", list(expect_status)))
+            }
+        }
+    }
+}
+
+fn build_request(
+    target: SocketAddr,
+    method: &str,
+    path: &str,
+    host: Option<&str>,
+) -> Result<String, String> {
+    let host = match host {
+        Some(h) => h.to_owned(),
+        None => default_host(target),
+    };
+    let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
+    if !valid(method) {
+        return Err(format!("invalid HTTP method {method:?}"));
+    }
+    if !valid(path) {
+        return Err(format!("invalid HTTP path {path:?}"));
+    }
+    if !valid(&host) {
+        return Err(format!("invalid Host header {host:?}"));
+    }
+    Ok(format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-health\r\nConnection: close\r\n\r\n"
+    ))
+}
+
+/// The target's address as a `Host` value: IPv6 in brackets, the port unless it is 80.
+fn default_host(target: SocketAddr) -> String {
+    let ip = match target {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    if target.port() == 80 {
+        ip
+    } else {
+        format!("{ip}:{}", target.port())
+    }
+}
+
+/// Reads until the first line of the response is complete; returns it without its line end.
+async fn read_status_line(stream: &mut TcpStream) -> Result<String, String> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    loop {
+        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            buf.truncate(end);
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            return Ok(String::from_utf8_lossy(&buf).into_owned());
+        }
+        if buf.len() > MAX_STATUS_LINE {
+            return Err(format!("status line longer than {MAX_STATUS_LINE} bytes"));
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("receive: {}", describe(&e)))?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                "connection closed before a status line".to_owned()
+            } else {
+                "connection closed inside the status line".to_owned()
+            });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Extracts the status code from `HTTP/1.x NNN [reason]`.
+fn parse_status_line(line: &str) -> Result<u16, String> {
+    let malformed = || {
+        let shown: String = line.chars().take(64).collect();
+        format!("malformed status line {shown:?}")
+    };
+    let mut parts = line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    let code = parts.next().ok_or_else(malformed)?;
+    let minor = version.strip_prefix("HTTP/1.").ok_or_else(malformed)?;
+    if minor.len() != 1 || !minor.as_bytes()[0].is_ascii_digit() {
+        return Err(malformed());
+    }
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(malformed());
+    }
+    let status: u16 = code.parse().map_err(|_| malformed())?;
+    if !(100..=599).contains(&status) {
+        return Err(malformed());
+    }
+    Ok(status)
+}
+
+fn list(codes: &[u16]) -> String {
+    if codes.is_empty() {
+        return "none".to_owned();
+    }
+    codes
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An I/O error as lowercase text without the `(os error N)` suffix.
+fn describe(e: &io::Error) -> String {
+    let text = e.to_string();
+    let text = match text.find(" (os error ") {
+        Some(i) => &text[..i],
+        None => &text[..],
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => format!("{:?}", e.kind()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::test_support::{closed_port, closing_server, http_server, silent_server};
+
+    fn http(expect: &[u16]) -> ProbeSpec {
+        ProbeSpec {
+            kind: ProbeKind::Http {
+                method: "GET",
+                path: "/health".to_owned(),
+                host: None,
+                expect_status: expect.to_vec(),
+            },
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn tcp() -> ProbeSpec {
+        ProbeSpec {
+            kind: ProbeKind::Tcp,
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn response(status: &str) -> Vec<u8> {
+        format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").into_bytes()
+    }
+
+    #[tokio::test]
+    async fn http_200_is_ok() {
+        let server = http_server(|_, _| vec![response("200 OK")]).await;
+        let out = probe(server.addr, &http(&[200])).await;
+        assert!(out.ok, "{out:?}");
+        assert_eq!(out.detail, "HTTP 200");
+        assert_eq!(server.requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn http_500_is_not_ok() {
+        let server = http_server(|_, _| vec![response("500 Internal Server Error")]).await;
+        let out = probe(server.addr, &http(&[200])).await;
+        assert!(!out.ok);
+        assert_eq!(out.detail, "HTTP 500 (expected 200)");
+    }
+
+    #[tokio::test]
+    async fn expect_status_accepts_any_listed_code() {
+        let server = http_server(|_, _| vec![response("204 No Content")]).await;
+        let out = probe(server.addr, &http(&[200, 204])).await;
+        assert!(out.ok, "{out:?}");
+        assert_eq!(out.detail, "HTTP 204");
+        let out = probe(server.addr, &http(&[200])).await;
+        assert!(!out.ok);
+        assert!(out.detail.contains("204"), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn sends_the_documented_request() {
+        let server = http_server(|req, local| {
+            let expected = format!(
+                "GET /health HTTP/1.1\r\nHost: {local}\r\nUser-Agent: lb-health\r\nConnection: close\r\n\r\n"
+            );
+            vec![response(if req == expected { "200 OK" } else { "400 Bad Request" })]
+        })
+        .await;
+        let out = probe(server.addr, &http(&[200])).await;
+        assert!(out.ok, "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn head_method() {
+        let server = http_server(|req, _| {
+            vec![response(if req.starts_with("HEAD /health HTTP/1.1\r\n") {
+                "200 OK"
+            } else {
+                "405 Method Not Allowed"
+            })]
+        })
+        .await;
+        let mut spec = http(&[200]);
+        if let ProbeKind::Http { method, .. } = &mut spec.kind {
+            *method = "HEAD";
+        }
+        let out = probe(server.addr, &spec).await;
+        assert!(out.ok, "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn host_header_is_sent() {
+        let server = http_server(|req, _| {
+            vec![response(if req.contains("\r\nHost: health.example\r\n") {
+                "200 OK"
+            } else {
+                "421 Misdirected Request"
+            })]
+        })
+        .await;
+        let mut spec = http(&[200]);
+        let out = probe(server.addr, &spec).await;
+        assert!(!out.ok, "the default Host is the address: {out:?}");
+        if let ProbeKind::Http { host, .. } = &mut spec.kind {
+            *host = Some("health.example".to_owned());
+        }
+        let out = probe(server.addr, &spec).await;
+        assert!(out.ok, "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn status_line_split_over_several_segments() {
+        let server = http_server(|_, _| {
+            vec![
+                b"HTT".to_vec(),
+                b"P/1.0 20".to_vec(),
+                b"0 OK\r".to_vec(),
+                b"\n\r\n".to_vec(),
+            ]
+        })
+        .await;
+        let out = probe(server.addr, &http(&[200])).await;
+        assert!(out.ok, "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn garbage_response_is_not_ok() {
+        let server = http_server(|_, _| vec![b"SSH-2.0-OpenSSH_9.2\r\n".to_vec()]).await;
+        let out = probe(server.addr, &http(&[200])).await;
+        assert!(!out.ok);
+        assert!(out.detail.starts_with("malformed status line"), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn endless_status_line_is_not_ok() {
+        let server = http_server(|_, _| vec![vec![b'x'; 4 * MAX_STATUS_LINE]]).await;
+        let out = probe(server.addr, &http(&[200])).await;
+        assert!(!out.ok);
+        assert!(out.detail.contains("longer than"), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out() {
+        let server = silent_server().await;
+        let mut spec = http(&[200]);
+        spec.timeout = Duration::from_millis(300);
+        let start = Instant::now();
+        let out = probe(server.addr, &spec).await;
+        let elapsed = start.elapsed();
+        assert!(!out.ok);
+        assert_eq!(out.detail, "timed out after 300ms");
+        assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(800), "{elapsed:?}");
+        assert!(out.latency >= Duration::from_millis(300), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn server_closing_at_once_is_not_ok() {
+        let server = closing_server().await;
+        let out = probe(server.addr, &http(&[200])).await;
+        assert!(!out.ok);
+        // Depending on timing the close reads as EOF or as a reset.
+        assert!(
+            out.detail == "connection closed before a status line"
+                || out.detail.starts_with("receive: ")
+                || out.detail.starts_with("send: "),
+            "{out:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn closed_port_is_refused() {
+        let addr = closed_port().await;
+        let out = probe(addr, &http(&[200])).await;
+        assert!(!out.ok);
+        assert_eq!(out.detail, "connect: connection refused");
+        let out = probe(addr, &tcp()).await;
+        assert!(!out.ok);
+        assert!(out.detail.contains("refused"), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_against_a_listening_port() {
+        let server = silent_server().await;
+        let out = probe(server.addr, &tcp()).await;
+        assert!(out.ok, "{out:?}");
+        assert_eq!(out.detail, "TCP connect");
+    }
+
+    #[tokio::test]
+    async fn ipv6_loopback() {
+        let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+            eprintln!("skipped: no IPv6 loopback");
+            return;
+        };
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 1024];
+            let mut len = 0;
+            while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
+                let n = conn.read(&mut buf[len..]).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                len += n;
+            }
+            let req = String::from_utf8_lossy(&buf[..len]).into_owned();
+            conn.write_all(&response("200 OK")).await.unwrap();
+            req
+        });
+        let out = probe(addr, &http(&[200])).await;
+        assert!(out.ok, "{out:?}");
+        let req = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            req.contains(&format!("\r\nHost: [::1]:{}\r\n", addr.port())),
+            "{req:?}"
+        );
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status_line("HTTP/1.1 200 OK"), Ok(200));
+        assert_eq!(
+            parse_status_line("HTTP/1.0 503 Service Unavailable"),
+            Ok(503)
+        );
+        assert_eq!(parse_status_line("HTTP/1.1 204"), Ok(204));
+        assert_eq!(parse_status_line("HTTP/1.1 404 "), Ok(404));
+        for bad in [
+            "",
+            "HTTP/1.1",
+            "HTTP/2 200 OK",
+            "HTTP/1.x 200 OK",
+            "HTTP/1.1 20 OK",
+            "HTTP/1.1 2000 OK",
+            "HTTP/1.1 +20 OK",
+            "HTTP/1.1 099 OK",
+            "HTTP/1.1 600 OK",
+            "http/1.1 200 OK",
+            "ICY 200 OK",
+        ] {
+            assert!(parse_status_line(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn default_host_header() {
+        assert_eq!(default_host("10.0.0.1:80".parse().unwrap()), "10.0.0.1");
+        assert_eq!(
+            default_host("10.0.0.1:8080".parse().unwrap()),
+            "10.0.0.1:8080"
+        );
+        assert_eq!(default_host("[fd00::1]:80".parse().unwrap()), "[fd00::1]");
+        assert_eq!(
+            default_host("[fd00::1]:8080".parse().unwrap()),
+            "[fd00::1]:8080"
+        );
+    }
+
+    #[test]
+    fn request_rejects_header_injection() {
+        let target = "10.0.0.1:80".parse().unwrap();
+        assert!(build_request(target, "GET", "/health\r\nX: y", None).is_err());
+        assert!(build_request(target, "GET", "/a b", None).is_err());
+        assert!(build_request(target, "GET", "/", Some("h\r\nX: y")).is_err());
+        assert!(build_request(target, "", "/", None).is_err());
+        assert_eq!(
+            build_request(target, "GET", "/health", None).unwrap(),
+            "GET /health HTTP/1.1\r\nHost: 10.0.0.1\r\nUser-Agent: lb-health\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn io_errors_read_lowercase() {
+        let e = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(describe(&e), "connection refused");
+        let e = io::Error::other("Boom");
+        assert_eq!(describe(&e), "boom");
+    }
+}

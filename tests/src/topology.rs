@@ -1,0 +1,269 @@
+//! The lab's topology, shared by the end-to-end tests and `cargo xtask lab`: a client
+//! namespace, a load balancer namespace and one namespace per backend, joined by veth pairs.
+//!
+//! ```text
+//!  client ns            load balancer ns                      backend ns (k = 1..n)
+//!  c0 10.0.1.2  ──────  lbc 10.0.1.1        lbb<k> 10.0.1<k>.1 ──── eth0 10.0.1<k>.2
+//!     fd00:1::2            fd00:1::1               fd00:1<k>::1          fd00:1<k>::2
+//! ```
+//! The client routes everything through the load balancer, and so does every backend (NAT
+//! mode: the load balancer is their gateway). Per `shared/lab-notes.md`, the veth peers of the
+//! interfaces the XDP program sends from get GRO (so redirected frames are received) and the
+//! senders get checksum offload off (so TCP survives redirection). Everything created is
+//! removed when the [`Lab`] is dropped, also on panic.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// The client's address.
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+/// The client's IPv6 address.
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
+/// The load balancer's address on the client side.
+pub const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+/// The load balancer's client-side interface.
+pub const LB_CLIENT_IFACE: &str = "lbc";
+
+/// One backend host.
+#[derive(Debug)]
+pub struct BackendHost {
+    /// Its name (`b1`, `b2`, ...), which its server answers with.
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    /// Its IPv4 address.
+    pub v4: Ipv4Addr,
+    /// Its IPv6 address.
+    pub v6: Ipv6Addr,
+    /// The load balancer's interface towards it.
+    pub lb_iface: String,
+    server: Option<Child>,
+}
+
+/// A running lab topology.
+#[derive(Debug)]
+pub struct Lab {
+    /// The client's namespace.
+    pub client_ns: String,
+    /// The load balancer's namespace.
+    pub lb_ns: String,
+    /// The backends.
+    pub backends: Vec<BackendHost>,
+    namespaces: Vec<String>,
+    processes: Vec<Child>,
+    backend_bin: PathBuf,
+}
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+fn run(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(out)
+}
+
+/// `ip netns exec NS ARGS...` as a command.
+pub fn in_ns(ns: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    cmd
+}
+
+impl Lab {
+    /// Creates the topology with `backends` backend hosts. `backend_bin` is the
+    /// `lb-test-backend` server binary.
+    pub fn create(backends: usize, backend_bin: &Path) -> anyhow::Result<Lab> {
+        let id = format!("{}-{}", std::process::id(), LABS.fetch_add(1, Ordering::Relaxed));
+        let mut lab = Lab {
+            client_ns: format!("lbt-{id}-c"),
+            lb_ns: format!("lbt-{id}-lb"),
+            backends: Vec::new(),
+            namespaces: Vec::new(),
+            processes: Vec::new(),
+            backend_bin: backend_bin.to_owned(),
+        };
+        for ns in [lab.client_ns.clone(), lab.lb_ns.clone()] {
+            lab.add_ns(&ns)?;
+        }
+        let lb = lab.lb_ns.clone();
+        lab.ns_run(&lb, &["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
+        lab.link(LB_CLIENT_IFACE, &lab.client_ns.clone(), "c0", "10.0.1.1/24", "fd00:1::1/64", "10.0.1.2/24", "fd00:1::2/64")?;
+        let client = lab.client_ns.clone();
+        lab.ns_run(&client, &["ip", "route", "add", "default", "via", "10.0.1.1"])?;
+        lab.ns_run(&client, &["ip", "-6", "route", "add", "default", "via", "fd00:1::1"])?;
+        for k in 1..=backends {
+            let name = format!("b{k}");
+            let ns = format!("lbt-{id}-{name}");
+            lab.add_ns(&ns)?;
+            let net = 10 + k;
+            let lb_iface = format!("lbb{k}");
+            lab.link(
+                &lb_iface,
+                &ns,
+                "eth0",
+                &format!("10.0.{net}.1/24"),
+                &format!("fd00:{net}::1/64"),
+                &format!("10.0.{net}.2/24"),
+                &format!("fd00:{net}::2/64"),
+            )?;
+            lab.ns_run(&ns, &["ip", "route", "add", "default", "via", &format!("10.0.{net}.1")])?;
+            lab.ns_run(&ns, &["ip", "-6", "route", "add", "default", "via", &format!("fd00:{net}::1")])?;
+            lab.backends.push(BackendHost {
+                name,
+                ns,
+                v4: Ipv4Addr::new(10, 0, net as u8, 2),
+                v6: format!("fd00:{net}::2").parse()?,
+                lb_iface,
+                server: None,
+            });
+        }
+        Ok(lab)
+    }
+
+    fn add_ns(&mut self, ns: &str) -> anyhow::Result<()> {
+        run(Command::new("ip").args(["netns", "add", ns]))?;
+        self.namespaces.push(ns.to_owned());
+        self.ns_run(ns, &["ip", "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// Runs a command in a namespace and fails unless it succeeds.
+    pub fn ns_run(&self, ns: &str, args: &[&str]) -> anyhow::Result<Output> {
+        run(&mut in_ns(ns, args))
+    }
+
+    /// A veth pair from the load balancer namespace (`lb_if`) to `peer_if` in `peer_ns`.
+    #[expect(clippy::too_many_arguments, reason = "one address per end and family")]
+    fn link(&self, lb_if: &str, peer_ns: &str, peer_if: &str, lb4: &str, lb6: &str, peer4: &str, peer6: &str) -> anyhow::Result<()> {
+        let lb = &self.lb_ns;
+        self.ns_run(lb, &[
+            "ip", "link", "add", lb_if, "numtxqueues", "2", "numrxqueues", "2", "type", "veth", "peer", "name", peer_if,
+            "netns", peer_ns, "numtxqueues", "2", "numrxqueues", "2",
+        ])?;
+        self.ns_run(lb, &["ip", "addr", "add", lb4, "dev", lb_if])?;
+        self.ns_run(lb, &["ip", "addr", "add", lb6, "dev", lb_if, "nodad"])?;
+        self.ns_run(lb, &["ip", "link", "set", lb_if, "up"])?;
+        self.ns_run(peer_ns, &["ip", "addr", "add", peer4, "dev", peer_if])?;
+        self.ns_run(peer_ns, &["ip", "addr", "add", peer6, "dev", peer_if, "nodad"])?;
+        self.ns_run(peer_ns, &["ip", "link", "set", peer_if, "up"])?;
+        // Redirected frames are only received by a peer with NAPI (GRO); TCP through them
+        // needs the senders to fill in their checksums themselves.
+        self.ns_run(peer_ns, &["ethtool", "-K", peer_if, "gro", "on", "tx", "off"])?;
+        self.ns_run(lb, &["ethtool", "-K", lb_if, "tx", "off"])?;
+        Ok(())
+    }
+
+    /// The load balancer's interfaces: the client side first.
+    pub fn lb_interfaces(&self) -> Vec<String> {
+        std::iter::once(LB_CLIENT_IFACE.to_owned())
+            .chain(self.backends.iter().map(|b| b.lb_iface.clone()))
+            .collect()
+    }
+
+    /// Starts backend `k`'s server (HTTP on 8080, UDP echo on 5353) and waits until it
+    /// answers locally (at most 5 s).
+    pub fn start_backend(&mut self, k: usize) -> anyhow::Result<()> {
+        let b = &self.backends[k];
+        let bin = self.backend_bin.to_string_lossy().into_owned();
+        let child = in_ns(&b.ns, &[&bin, &b.name, "[::]:8080", "[::]:5353"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {bin} in {}", b.ns))?;
+        self.backends[k].server = Some(child);
+        let b = &self.backends[k];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let ok = in_ns(&b.ns, &["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080"]).status().is_ok_and(|s| s.success());
+            if ok {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!("backend {} did not start listening", b.name)
+    }
+
+    /// Kills backend `k`'s server (as a crash would).
+    pub fn kill_backend(&mut self, k: usize) {
+        if let Some(mut child) = self.backends[k].server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a long-running process in a namespace; it is killed when the lab is dropped.
+    pub fn spawn(&mut self, ns: &str, args: &[&str]) -> anyhow::Result<()> {
+        let child = in_ns(ns, args).spawn().with_context(|| format!("starting {args:?} in {ns}"))?;
+        self.processes.push(child);
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for k in 0..self.backends.len() {
+            self.kill_backend(k);
+        }
+        for child in &mut self.processes {
+            // SAFETY: kill(2) on our own child's pid; SIGTERM lets the agent clean up.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for child in &mut self.processes {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Runs `f` on a new thread inside namespace `ns` (sockets it opens live there) and returns
+/// its result.
+pub fn in_namespace<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    let path = format!("/var/run/netns/{ns}");
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    let handle = thread::spawn(move || {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: setns on a valid namespace fd only changes this thread's network namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            return Err(anyhow::anyhow!("setns: {}", std::io::Error::last_os_error()));
+        }
+        Ok(f())
+    });
+    handle.join().map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+}
+
+/// One HTTP/1.1 GET with `Connection: close`: the status code and body, or an error
+/// (connect and read bounded by `timeout`).
+pub fn http_get(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response {response:?}")))?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
