@@ -2,5 +2,7 @@
 //! the data path's incremental updates, and a harness that runs frames through the real XDP
 //! program in the kernel with BPF_PROG_TEST_RUN.
 
+pub mod agent;
 pub mod harness;
 pub mod packet;
+pub mod topology;
