@@ -2,7 +2,9 @@
 //! configuration, health checks, the agent, its admin API and metrics, and the CLI. The `lb`
 //! binary is built on it.
 
+pub mod agent;
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod health;

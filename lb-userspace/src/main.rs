@@ -1,27 +1,51 @@
-//! `lb`: the load balancer's agent and CLI.
+//! `lb`: the load balancer's agent (`lb run`) and the CLI that manages it.
 
 use std::process::ExitCode;
 
+use clap::Parser as _;
+use lb_userspace::{
+    agent,
+    cli::{self, Cli, Command, EXIT_REFUSED},
+    config::{self, LogFormat},
+};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("version") | Some("--version") => {
-            println!("lb {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let Command::Run { config: path, xdp_mode } = &cli.command else {
+        return cli::execute(&cli);
+    };
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_REFUSED);
         }
-        Some("check-program") => match lb_userspace::dataplane::Dataplane::load(&Default::default()) {
-            Ok(_) => {
-                println!("the XDP program loads and passes the verifier");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
-        _ => {
-            eprintln!("usage: lb version | lb check-program");
-            ExitCode::from(2)
+    };
+    init_logging(config.global.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = agent::Options { config_path: path.clone(), mode: xdp_mode.map(Into::into) };
+    match runtime.block_on(agent::run(config, options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

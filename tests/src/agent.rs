@@ -1,7 +1,7 @@
 //! Running the real agent (`lb run`) in a lab's load balancer namespace, and its CLI.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output},
     thread,
     time::{Duration, Instant},
@@ -12,13 +12,16 @@ use serde_json::Value;
 
 use crate::topology::Lab;
 
-/// The `lb` binary built next to the test executables.
+/// The `lb` binary built next to the running executable (an xtask in `target/debug`, or a
+/// test in `target/debug/deps`).
 pub fn lb_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
-    let lb = dir.join("lb");
-    assert!(lb.exists(), "{} is missing: run the tests with `cargo xtask test` (it builds `lb`)", lb.display());
-    lb
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    [dir, dir.parent().unwrap_or(dir)]
+        .iter()
+        .map(|d| d.join("lb"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no `lb` binary next to {}: build it first (`cargo build`)", exe.display()))
 }
 
 /// A running agent: its configuration file and admin socket.

@@ -4,5 +4,6 @@
 
 pub mod agent;
 pub mod harness;
+pub mod netns;
 pub mod packet;
 pub mod topology;

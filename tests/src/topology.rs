@@ -267,3 +267,69 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> st
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((status, body))
 }
+
+/// A keep-alive HTTP connection opened from inside a namespace, kept by a thread there.
+pub struct HttpSession {
+    requests: std::sync::mpsc::Sender<(String, std::sync::mpsc::Sender<std::io::Result<(u16, String)>>)>,
+}
+
+impl HttpSession {
+    /// Connects to `addr` from namespace `ns`.
+    pub fn open(ns: &str, addr: std::net::SocketAddr, timeout: Duration) -> anyhow::Result<HttpSession> {
+        let (tx, rx) = std::sync::mpsc::channel::<(String, std::sync::mpsc::Sender<std::io::Result<(u16, String)>>)>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let path = format!("/var/run/netns/{ns}");
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        thread::spawn(move || {
+            use std::{io::{BufRead as _, BufReader, Read as _, Write as _}, os::fd::AsRawFd as _};
+            // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let _ = ready_tx.send(Err(std::io::Error::last_os_error()));
+                return;
+            }
+            let stream = match std::net::TcpStream::connect_timeout(&addr, timeout) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = stream.set_read_timeout(Some(timeout));
+            let _ = ready_tx.send(Ok(()));
+            let mut writer = stream.try_clone().expect("clone stream");
+            let mut reader = BufReader::new(stream);
+            for (path, reply) in rx {
+                let result = (|| {
+                    write!(writer, "GET {path} HTTP/1.1\r\nHost: lab\r\n\r\n")?;
+                    let mut line = String::new();
+                    reader.read_line(&mut line)?;
+                    let status = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+                    let mut length = 0;
+                    loop {
+                        line.clear();
+                        reader.read_line(&mut line)?;
+                        if line.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body)?;
+                    Ok((status, String::from_utf8_lossy(&body).trim().to_owned()))
+                })();
+                let _ = reply.send(result);
+            }
+        });
+        ready_rx.recv().context("session thread")??;
+        Ok(HttpSession { requests: tx })
+    }
+
+    /// One request on the connection.
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.requests.send((path.to_owned(), tx)).map_err(|_| std::io::Error::other("session closed"))?;
+        rx.recv().map_err(|_| std::io::Error::other("session closed"))?
+    }
+}

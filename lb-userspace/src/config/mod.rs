@@ -1,1 +1,103 @@
 //! YAML configuration: model, validation with file/line/field errors, differences.
+//!
+//! `parse` reads and checks a whole file before anything is applied; every error names the
+//! file, the line and the field, and says what is wrong.
+
+mod diff;
+pub mod duration;
+mod locate;
+mod model;
+mod validate;
+
+pub use diff::{ConfigDiff, diff};
+pub use model::*;
+
+use std::{fmt, path::Path};
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (as given).
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Field path such as `vips[1].backends[0].weight` (empty for syntax errors).
+    pub field: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Splits serde_yaml's "path: message at line L column C" into field and message.
+fn from_serde(file: &str, e: &serde_yaml::Error) -> ConfigError {
+    let text = e.to_string();
+    let text = match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    };
+    let (field, message) = match text.split_once(": ") {
+        Some((f, m)) if !f.contains(' ') && !f.is_empty() => (f.to_owned(), m.to_owned()),
+        _ => (String::new(), text),
+    };
+    ConfigError { file: file.to_owned(), line: e.location().map(|l| l.line()), field, message }
+}
+
+/// Parses and validates the text of a configuration file named `file_name`.
+pub fn parse(file_name: &str, text: &str) -> Result<Config, ConfigErrors> {
+    let doc: model::file::Document = serde_yaml::from_str(text).map_err(|e| ConfigErrors(vec![from_serde(file_name, &e)]))?;
+    validate::validate(&doc).map_err(|problems| {
+        ConfigErrors(
+            problems
+                .into_iter()
+                .map(|(field, message)| ConfigError {
+                    file: file_name.to_owned(),
+                    line: locate::line_of(text, &field),
+                    field,
+                    message,
+                })
+                .collect(),
+        )
+    })
+}
+
+/// Reads, parses and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError { file: name.clone(), line: None, field: String::new(), message: format!("cannot read the file: {e}") }])
+    })?;
+    parse(&name, &text)
+}
+
+#[cfg(test)]
+mod tests;

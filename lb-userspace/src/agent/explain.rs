@@ -1,0 +1,118 @@
+//! `lb explain`: which backend a flow goes to and why, read from the loaded program's maps and
+//! decided by the same rules as the data path (`lb-ebpf/src/choose.rs`, `conntrack.rs`), so
+//! the answer cannot disagree with what the data path does.
+
+use std::net::{IpAddr, SocketAddr};
+
+use lb_common::{
+    hash::flow_hash,
+    limits::MAX_RING_PROBES,
+    maglev::NO_BACKEND,
+    maps::*,
+};
+
+use super::state::Runtime;
+use crate::{
+    api::{ExplainReport, server::ApiError},
+    dataplane::Dataplane,
+};
+
+fn addr(a: IpAddr) -> Addr {
+    match a {
+        IpAddr::V4(a) => v4_addr(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+fn endpoint(b: &Backend) -> SocketAddr {
+    let ip: IpAddr = if b.family == FAMILY_V4 {
+        IpAddr::from([b.addr[0], b.addr[1], b.addr[2], b.addr[3]])
+    } else {
+        IpAddr::from(b.addr)
+    };
+    SocketAddr::new(ip, b.port)
+}
+
+fn serves(b: &Backend, generation: u32) -> bool {
+    b.generation == generation && (b.state == BackendState::Up as u8 || b.state == BackendState::Draining as u8)
+}
+
+/// Explains what the data path does with the next packet from `src` to `dst`.
+pub fn explain(rt: &Runtime, dp: &Dataplane, src: SocketAddr, dst: SocketAddr, protocol: &str) -> Result<ExplainReport, ApiError> {
+    let internal = |e: anyhow::Error| ApiError::internal(format!("{e:#}"));
+    let proto = match protocol {
+        "tcp" => PROTO_TCP,
+        "udp" => PROTO_UDP,
+        other => return Err(ApiError::bad_request(format!("unknown protocol {other:?}: use tcp or udp"))),
+    };
+    if src.is_ipv4() != dst.is_ipv4() {
+        return Err(ApiError::bad_request("source and destination must be of the same address family"));
+    }
+    let family = if src.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 };
+    let key = FlowKey { src: addr(src.ip()), dst: addr(dst.ip()), sport: src.port(), dport: dst.port(), proto, family, pad: [0; 2] };
+    let vip_key = VipKey { addr: key.dst, port: key.dport, proto, family };
+    let mut report = ExplainReport { vip: None, verdict: "pass".into(), backend: None, reason: String::new(), hash: None, slot: None, tracked: false };
+    let conn = dp.maps.conn(&key).map_err(internal)?;
+
+    let Some(meta) = dp.maps.vip(&vip_key).map_err(internal)? else {
+        if let Some(c) = conn.filter(|c| c.kind == CONN_TO_CLIENT) {
+            report.tracked = true;
+            report.verdict = "reply".into();
+            report.vip = rt.vip_by_id(c.vip_id).map(|v| v.config.name.clone());
+            report.reason = format!("a backend's reply of a tracked flow: its source becomes the VIP port {}", c.vip_port);
+        } else {
+            report.reason = format!("no VIP at {dst}/{protocol} and no tracked flow: passed to the kernel untouched");
+        }
+        return Ok(report);
+    };
+    report.vip = rt.vip_by_id(meta.id).map(|v| v.config.name.clone());
+
+    if let Some(c) = conn.filter(|c| c.kind == CONN_TO_BACKEND) {
+        report.tracked = true;
+        let b = dp.maps.backend(c.backend_id).map_err(internal)?;
+        if serves(&b, c.backend_gen) {
+            report.verdict = "forward".into();
+            report.backend = Some(endpoint(&b));
+            report.reason = format!("tracked flow: stays on its backend ({})", if b.state == BackendState::Up as u8 { "up" } else { "draining" });
+            return Ok(report);
+        }
+        report.reason = "tracked flow whose backend is down or removed: it is given a new backend; ".into();
+    }
+
+    if meta.flags & VIP_FLAG_ROUND_ROBIN != 0 {
+        report.verdict = "forward".into();
+        report.reason += "round-robin: a new flow takes the next slot of its CPU's turn through the ring; no per-flow answer";
+        return Ok(report);
+    }
+    let size = dp.sizing().ring_size;
+    let hash = flow_hash(&key, dp.sizing().hash_seed, meta.flags & VIP_FLAG_HASH_SRC_ONLY != 0);
+    let first = hash % size;
+    report.hash = Some(hash);
+    report.slot = Some(first);
+    let mut slot = first;
+    for probe in 0..MAX_RING_PROBES {
+        let id = dp.maps.ring_slot(&meta, slot).map_err(internal)?;
+        if id == NO_BACKEND {
+            break;
+        }
+        let b = dp.maps.backend(id).map_err(internal)?;
+        if b.state == BackendState::Up as u8 {
+            report.verdict = "forward".into();
+            report.backend = Some(endpoint(&b));
+            let how = if meta.flags & VIP_FLAG_LEAST_CONN != 0 {
+                "least-conn: the first of its two candidate slots, if it has fewer connections; "
+            } else {
+                ""
+            };
+            report.reason += &format!(
+                "{how}new flow: hash {hash:#010x} selects ring slot {first}{}",
+                if probe > 0 { format!("; its backend is not up, slot {slot} is the first with an up backend") } else { String::new() }
+            );
+            return Ok(report);
+        }
+        slot = (slot + 1) % size;
+    }
+    report.verdict = "drop".into();
+    report.reason += "no backend of this VIP is up: the packet is dropped and counted (drop_no_backend)";
+    Ok(report)
+}

@@ -1,0 +1,278 @@
+//! The agent (`lb run`): loads and attaches the data path, keeps its maps in step with the
+//! configuration, the health checks and the operator's commands, and serves the admin API and
+//! the metrics. One loop owns all state; everything else talks to it through channels.
+
+mod explain;
+mod report;
+pub mod state;
+mod vip_addresses;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow};
+use lb_common::maps::Backend;
+use serde_json::Value;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use crate::{
+    api::{
+        HealthStats, Request,
+        server::{self, ApiError, Call},
+    },
+    config::{self, AdminState, Config, XdpMode},
+    dataplane::{AttachMode, Dataplane},
+    health::{Checker, Transition},
+    metrics, neighbours,
+};
+use state::{Changes, OpError, Runtime};
+use vip_addresses::VipAddresses;
+
+/// How often next hops are re-resolved and packet rates sampled.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// Options of `lb run`.
+pub struct Options {
+    /// The configuration file.
+    pub config_path: PathBuf,
+    /// Overrides `global.xdp_mode`.
+    pub mode: Option<AttachMode>,
+}
+
+struct Agent {
+    config_path: PathBuf,
+    config: Config,
+    runtime: Runtime,
+    dp: Dataplane,
+    checker: Checker,
+    addresses: VipAddresses,
+    interfaces: Vec<(String, AttachMode)>,
+    started: Instant,
+    health: HealthStats,
+    rates: report::Rates,
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
+    let mut dp = Dataplane::load(&config.sizing())?;
+    let mode = opts.mode.unwrap_or(match config.global.xdp_mode {
+        XdpMode::Auto => AttachMode::Auto,
+        XdpMode::Driver => AttachMode::Driver,
+        XdpMode::Generic => AttachMode::Generic,
+    });
+    let mut interfaces = Vec::new();
+    for iface in &config.global.interfaces {
+        let used = dp.attach(iface, mode)?;
+        tracing::info!(interface = %iface, mode = %used, "XDP program attached");
+        interfaces.push((iface.clone(), used));
+    }
+    let (runtime, changes) = Runtime::new(&config).map_err(|e| anyhow!("{e}"))?;
+    let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    let announce_on = config.global.interfaces[0].clone();
+    let mut agent = Agent {
+        config_path: opts.config_path,
+        runtime,
+        dp,
+        checker: Checker::new(health_tx),
+        addresses: VipAddresses::new(announce_on),
+        interfaces,
+        started: Instant::now(),
+        health: HealthStats::default(),
+        rates: report::Rates::default(),
+        config,
+    };
+    agent.apply(changes).context("installing the configuration")?;
+
+    let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
+    let api = server::serve(&agent.config.global.admin_socket, calls_tx.clone()).await?;
+    tracing::info!(socket = %agent.config.global.admin_socket.display(), "admin API listening");
+    let metrics = match agent.config.global.metrics_address {
+        Some(addr) => {
+            let task = metrics::serve(addr, calls_tx.clone()).await?;
+            tracing::info!(%addr, "metrics listening on /metrics");
+            Some(task)
+        }
+        None => None,
+    };
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(REFRESH);
+    loop {
+        tokio::select! {
+            Some(t) = health_rx.recv() => agent.on_health(t),
+            Some(call) = calls.recv() => {
+                let answer = agent.handle(call.request);
+                let _ = call.reply.send(answer);
+            }
+            _ = tick.tick() => agent.refresh(),
+            _ = hup.recv() => {
+                if let Err(e) = agent.reload() {
+                    tracing::error!(error = %e.message, "reload refused; the running configuration is unchanged");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: detaching XDP, removing VIP addresses and the admin socket");
+    api.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    agent.addresses.clear();
+    let _ = std::fs::remove_file(&agent.config.global.admin_socket);
+    Ok(())
+}
+
+impl Agent {
+    /// Writes what `changes` says to the maps, the VIP addresses and the health checker.
+    fn apply(&mut self, changes: Changes) -> anyhow::Result<()> {
+        for (key, _, backends) in &changes.removed_vips {
+            self.dp.maps.remove_vip(key)?;
+            for &id in backends {
+                self.dp.maps.set_backend(id, &Backend::default())?;
+                self.checker.remove(id);
+            }
+        }
+        for &id in &changes.removed_backends {
+            self.dp.maps.set_backend(id, &Backend::default())?;
+            self.checker.remove(id);
+        }
+        for &vip_id in &changes.vips {
+            let Some(vip) = self.runtime.vip_by_id(vip_id) else {
+                continue;
+            };
+            let started = Instant::now();
+            self.dp.maps.apply_service(&vip.service())?;
+            self.health.last_table_write_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        self.addresses.sync(self.runtime.vips.iter().map(|v| v.config.address));
+        for &id in &changes.probe {
+            let Some((vip, b)) = self.runtime.backend_by_id(id) else {
+                continue;
+            };
+            match report::probe_target(vip, b) {
+                Some(target) => self.checker.add(target),
+                None => self.checker.remove(id),
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `changes` and answers the caller.
+    fn commit(&mut self, changes: Changes) -> Result<Value, ApiError> {
+        self.apply(changes).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        Ok(serde_json::json!({ "ok": true }))
+    }
+
+    fn on_health(&mut self, t: Transition) {
+        self.health.transitions += 1;
+        let mut changes = Changes::default();
+        self.runtime.set_health(t.id, t.health, &mut changes);
+        let swapped = !changes.vips.is_empty();
+        if let Err(e) = self.apply(changes) {
+            tracing::error!(backend = t.id, error = %e, "writing the maps after a health change failed");
+            return;
+        }
+        if swapped {
+            let ms = t.failed_probe_at.elapsed().as_secs_f64() * 1000.0;
+            self.health.swaps += 1;
+            self.health.last_probe_to_swap_ms = Some(ms);
+            self.health.max_probe_to_swap_ms = Some(self.health.max_probe_to_swap_ms.map_or(ms, |m| m.max(ms)));
+            tracing::info!(backend = t.id, health = ?t.health, probe_to_swap_ms = ms, detail = %t.detail, "ring swapped after a health change");
+        }
+    }
+
+    fn refresh(&mut self) {
+        let mut changes = Changes::default();
+        let ids: Vec<(u32, std::net::IpAddr)> = self
+            .runtime
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| (b.id, b.address)))
+            .collect();
+        for (id, addr) in ids {
+            if let Some(hop) = neighbours::resolve(addr) {
+                self.runtime.set_hop(id, hop, &mut changes);
+            }
+        }
+        if let Err(e) = self.apply(changes) {
+            tracing::error!(error = %e, "writing next hops failed");
+        }
+        self.rates.sample(&self.runtime, &self.dp.maps);
+    }
+
+    fn reload(&mut self) -> Result<Value, ApiError> {
+        let new = config::load(&self.config_path).map_err(|e| ApiError::refused(format!("the configuration is invalid, nothing was changed:\n{e}")))?;
+        let diff = config::diff(&self.config, &new);
+        if diff.needs_program_reload() {
+            return Err(ApiError::refused(format!(
+                "changing {} needs a restart of the agent; nothing was changed",
+                diff.global_changed.join(", ")
+            )));
+        }
+        let changes = self.runtime.reconfigure(&new).map_err(ApiError::refused)?;
+        tracing::info!(added = ?diff.vips_added, removed = ?diff.vips_removed, changed = ?diff.vips_changed, "configuration reloaded");
+        self.config = new;
+        self.commit(changes)?;
+        Ok(serde_json::json!({ "ok": true, "added": diff.vips_added, "removed": diff.vips_removed, "changed": diff.vips_changed }))
+    }
+
+    fn handle(&mut self, request: Request) -> Result<Value, ApiError> {
+        let mut changes = Changes::default();
+        match request {
+            Request::Status => to_json(&report::status(self)),
+            Request::Stats => to_json(&report::stats(self)),
+            Request::Config => to_json(&self.config),
+            Request::Explain { src, dst, protocol } => to_json(&explain::explain(&self.runtime, &self.dp, src, dst, &protocol)?),
+            Request::Reload => self.reload(),
+            Request::BackendAdd { vip, backend, weight } => {
+                let b = config::BackendConfig { address: backend.ip(), port: backend.port(), weight, state: AdminState::Up };
+                self.runtime.add_backend(&vip, &b, &mut changes).map_err(refused)?;
+                self.commit(changes)
+            }
+            Request::BackendRemove { vip, backend } => {
+                self.runtime.remove_backend(&vip, backend, &mut changes).map_err(refused)?;
+                self.commit(changes)
+            }
+            Request::BackendState { vip, backend, state } => {
+                let state = match state.as_str() {
+                    "up" => AdminState::Up,
+                    "draining" => AdminState::Draining,
+                    "down" => AdminState::Down,
+                    other => return Err(ApiError::bad_request(format!("unknown state {other:?}: use up, draining or down"))),
+                };
+                self.runtime.set_admin(&vip, backend, state, &mut changes).map_err(refused)?;
+                self.commit(changes)
+            }
+            Request::BackendWeight { vip, backend, weight } => {
+                self.runtime.set_weight(&vip, backend, weight, &mut changes).map_err(refused)?;
+                self.commit(changes)
+            }
+            Request::VipAdd { yaml } => {
+                let vip = report::parse_vip(&self.config, &yaml)?;
+                self.runtime.add_vip(&vip, &mut changes).map_err(refused)?;
+                self.commit(changes)
+            }
+            Request::VipRemove { name } => {
+                self.runtime.remove_vip(&name, &mut changes).map_err(refused)?;
+                self.commit(changes)
+            }
+        }
+    }
+}
+
+fn refused(e: OpError) -> ApiError {
+    ApiError::refused(e)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(ApiError::internal)
+}

@@ -1,0 +1,199 @@
+//! What the agent reports (status, stats, rates) and the small conversions between the
+//! configuration and the health checker.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::Instant,
+};
+
+use lb_common::{counters::Reason, maps::{BackendState, Traffic}};
+
+use super::{Agent, state::{BackendRuntime, Runtime, VipRuntime}};
+use crate::{
+    api::{BackendStatus, StatsReport, StatusReport, TrafficStatus, VipStatus, server::ApiError},
+    config::{self, AdminState, CheckKind, Config, HttpMethod, Protocol, Scheduler, Vip},
+    dataplane::Maps,
+    health::{Health, ProbeKind, ProbeSpec, Target},
+};
+
+/// Packet rates per VIP (`true`) and backend (`false`) id, from the last two samples.
+#[derive(Default)]
+pub struct Rates {
+    last: HashMap<(bool, u32), (Instant, u64)>,
+    rate: HashMap<(bool, u32), f64>,
+}
+
+impl Rates {
+    /// Samples every VIP's and backend's packet counter.
+    pub fn sample(&mut self, rt: &Runtime, maps: &Maps) {
+        let now = Instant::now();
+        let mut ids: Vec<(bool, u32)> = Vec::new();
+        for v in &rt.vips {
+            ids.push((true, v.id));
+            ids.extend(v.backends.iter().map(|b| (false, b.id)));
+        }
+        for key in ids {
+            let traffic = if key.0 { maps.vip_traffic(key.1) } else { maps.backend_traffic(key.1) };
+            let Ok(t) = traffic else { continue };
+            if let Some((then, packets)) = self.last.insert(key, (now, t.packets)) {
+                let secs = now.duration_since(then).as_secs_f64();
+                if secs > 0.0 {
+                    self.rate.insert(key, t.packets.saturating_sub(packets) as f64 / secs);
+                }
+            }
+        }
+    }
+
+    fn get(&self, vip: bool, id: u32) -> f64 {
+        self.rate.get(&(vip, id)).copied().unwrap_or(0.0)
+    }
+}
+
+fn traffic(t: Traffic, pps: f64) -> TrafficStatus {
+    TrafficStatus { packets: t.packets, bytes: t.bytes, new_flows: t.new_flows, packets_per_second: pps }
+}
+
+/// Lowercase name of an administrative state.
+pub fn admin_name(s: AdminState) -> &'static str {
+    match s {
+        AdminState::Up => "up",
+        AdminState::Draining => "draining",
+        AdminState::Down => "down",
+    }
+}
+
+fn state_name(s: BackendState) -> &'static str {
+    match s {
+        BackendState::Up => "up",
+        BackendState::Draining => "draining",
+        BackendState::Down => "down",
+        BackendState::Unused => "unused",
+    }
+}
+
+/// Name of a protocol as in the configuration.
+pub fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// Name of a scheduler as in the configuration.
+pub fn scheduler_name(s: Scheduler) -> &'static str {
+    match s {
+        Scheduler::Maglev => "maglev",
+        Scheduler::RoundRobin => "round-robin",
+        Scheduler::LeastConn => "least-conn",
+    }
+}
+
+fn backend_status(agent: &Agent, b: &BackendRuntime, active: &HashMap<u32, u64>) -> BackendStatus {
+    let hop = b.hop.is_resolved().then(|| {
+        let m = b.hop.dst_mac;
+        format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} (ifindex {})", m[0], m[1], m[2], m[3], m[4], m[5], b.hop.ifindex)
+    });
+    BackendStatus {
+        id: b.id,
+        address: b.address,
+        port: b.port,
+        weight: b.weight,
+        admin: admin_name(b.admin).into(),
+        health: match b.health {
+            Health::Up => "up".into(),
+            Health::Down => "down".into(),
+        },
+        state: state_name(b.effective()).into(),
+        active_connections: active.get(&b.id).copied().unwrap_or(0),
+        next_hop: hop,
+        traffic: traffic(agent.dp.maps.backend_traffic(b.id).unwrap_or_default(), agent.rates.get(false, b.id)),
+    }
+}
+
+fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>) -> VipStatus {
+    VipStatus {
+        name: v.config.name.clone(),
+        address: v.config.address,
+        port: v.config.port,
+        protocol: protocol_name(v.config.protocol).into(),
+        scheduler: scheduler_name(v.config.scheduler).into(),
+        ring_backends: agent.dp.maps.vip(&v.key()).ok().flatten().map_or(0, |m| m.backend_count),
+        traffic: traffic(agent.dp.maps.vip_traffic(v.id).unwrap_or_default(), agent.rates.get(true, v.id)),
+        backends: v.backends.iter().map(|b| backend_status(agent, b, active)).collect(),
+    }
+}
+
+/// `lb status`.
+pub fn status(agent: &Agent) -> StatusReport {
+    let active = agent.dp.maps.active_connections();
+    StatusReport {
+        config_file: agent.config_path.display().to_string(),
+        interfaces: agent.interfaces.iter().map(|(i, m)| (i.clone(), m.to_string())).collect(),
+        uptime_seconds: agent.started.elapsed().as_secs(),
+        vips: agent.runtime.vips.iter().map(|v| vip_status(agent, v, &active)).collect(),
+    }
+}
+
+/// `lb stats`.
+pub fn stats(agent: &Agent) -> StatsReport {
+    let counts = agent.dp.maps.reasons().unwrap_or([0; Reason::COUNT as usize]);
+    let mut health = agent.health.clone();
+    for t in agent.checker.snapshot() {
+        health.probes += t.probes;
+        health.failures += t.failures;
+    }
+    StatsReport {
+        reasons: Reason::ALL.iter().zip(counts).map(|(r, n)| (r.name().to_owned(), n)).collect(),
+        health,
+        connection_entries: agent.dp.maps.conn_count() as u64,
+    }
+}
+
+/// The health-check target for backend `b` of `vip`, or `None` when the VIP is not checked.
+pub fn probe_target(vip: &VipRuntime, b: &BackendRuntime) -> Option<Target> {
+    let hc = &vip.config.health_check;
+    let kind = match &hc.kind {
+        CheckKind::None => return None,
+        CheckKind::Tcp => ProbeKind::Tcp,
+        CheckKind::Http { method, path, expect_status, host } => ProbeKind::Http {
+            method: match method {
+                HttpMethod::Get => "GET",
+                HttpMethod::Head => "HEAD",
+            },
+            path: path.clone(),
+            host: host.clone(),
+            expect_status: expect_status.clone(),
+        },
+    };
+    Some(Target {
+        id: b.id,
+        addr: SocketAddr::new(b.address, hc.port.unwrap_or(b.port)),
+        spec: ProbeSpec { kind, timeout: hc.timeout },
+        interval: hc.interval,
+        fast_interval: hc.fast_interval,
+        rise: hc.rise,
+        fall: hc.fall,
+        initial: b.health,
+    })
+}
+
+/// Parses and validates the YAML of one VIP (a `vips:` entry) against the running global
+/// settings, with the same validation as the configuration file.
+pub fn parse_vip(running: &Config, yaml: &str) -> Result<Vip, ApiError> {
+    let global = serde_yaml::to_string(&running.global).map_err(ApiError::internal)?;
+    let mut doc = String::from("global:\n");
+    for line in global.lines() {
+        doc.push_str("  ");
+        doc.push_str(line);
+        doc.push('\n');
+    }
+    doc.push_str("vips:\n");
+    for (i, line) in yaml.lines().enumerate() {
+        doc.push_str(if i == 0 { "  - " } else { "    " });
+        doc.push_str(line);
+        doc.push('\n');
+    }
+    let parsed = config::parse("vip-add", &doc).map_err(|e| ApiError::bad_request(format!("invalid VIP:\n{e}")))?;
+    parsed.vips.into_iter().next().ok_or_else(|| ApiError::bad_request("no VIP given"))
+}

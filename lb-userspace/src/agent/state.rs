@@ -1,0 +1,528 @@
+//! The agent's model of what the data path should hold: VIPs and backends with their slot ids,
+//! administrative state, weight and health. Pure: every operation returns what changed and the
+//! caller writes it to the maps and the health checker.
+
+use std::net::{IpAddr, SocketAddr};
+
+use lb_common::{
+    limits::MAX_WEIGHT,
+    maps::{
+        Backend, BackendState, FAMILY_V4, FAMILY_V6, NextHop, VIP_FLAG_HASH_SRC_ONLY,
+        VIP_FLAG_LEAST_CONN, VIP_FLAG_ROUND_ROBIN, VipKey, v4_addr,
+    },
+};
+
+use crate::{
+    config::{AdminState, BackendConfig, CheckKind, Config, Scheduler, Vip},
+    dataplane::{Service, ServiceBackend},
+    health::Health,
+};
+
+/// A backend as the agent tracks it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendRuntime {
+    /// Slot id in the `BACKENDS` map.
+    pub id: u32,
+    /// Address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Share of new flows.
+    pub weight: u32,
+    /// What the operator asked for.
+    pub admin: AdminState,
+    /// What the health checks say.
+    pub health: Health,
+    /// Slot generation (bumped when a slot is reused).
+    pub generation: u32,
+    /// Next hop, once resolved.
+    pub hop: NextHop,
+}
+
+impl BackendRuntime {
+    /// The state the data path sees: down if the operator or the health checks say so,
+    /// draining if the operator drains it, up otherwise.
+    pub fn effective(&self) -> BackendState {
+        match (self.admin, self.health) {
+            (AdminState::Down, _) | (_, Health::Down) => BackendState::Down,
+            (AdminState::Draining, Health::Up) => BackendState::Draining,
+            (AdminState::Up, Health::Up) => BackendState::Up,
+        }
+    }
+
+    /// Address and port.
+    pub fn endpoint(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+}
+
+/// A VIP as the agent tracks it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VipRuntime {
+    /// Its configuration (the backends list there is not used: see `backends`).
+    pub config: Vip,
+    /// VIP id (index of its rings and counters).
+    pub id: u32,
+    /// The pool, in configuration order.
+    pub backends: Vec<BackendRuntime>,
+}
+
+fn addr_bytes(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(a) => v4_addr(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+fn family(a: IpAddr) -> u8 {
+    if a.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }
+}
+
+/// The data path key of a configured VIP.
+pub fn vip_key(v: &Vip) -> VipKey {
+    VipKey {
+        addr: addr_bytes(v.address),
+        port: v.port,
+        proto: v.protocol.number(),
+        family: family(v.address),
+    }
+}
+
+impl VipRuntime {
+    /// The data path key.
+    pub fn key(&self) -> VipKey {
+        vip_key(&self.config)
+    }
+
+    /// `VIP_FLAG_*` bits for its options and scheduler.
+    pub fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.config.source_affinity {
+            flags |= VIP_FLAG_HASH_SRC_ONLY;
+        }
+        flags |= match self.config.scheduler {
+            Scheduler::Maglev => 0,
+            Scheduler::RoundRobin => VIP_FLAG_ROUND_ROBIN,
+            Scheduler::LeastConn => VIP_FLAG_LEAST_CONN,
+        };
+        flags
+    }
+
+    /// What the data path should hold for this VIP.
+    pub fn service(&self) -> Service {
+        Service {
+            key: self.key(),
+            id: self.id,
+            flags: self.flags(),
+            backends: self
+                .backends
+                .iter()
+                .map(|b| ServiceBackend {
+                    id: b.id,
+                    weight: b.weight,
+                    backend: Backend {
+                        addr: addr_bytes(b.address),
+                        port: b.port,
+                        family: family(b.address),
+                        state: b.effective() as u8,
+                        generation: b.generation,
+                        hop: b.hop,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// The backend at `endpoint`.
+    pub fn backend(&self, endpoint: SocketAddr) -> Option<&BackendRuntime> {
+        self.backends.iter().find(|b| b.endpoint() == endpoint)
+    }
+
+    /// Whether its backends are health-checked.
+    pub fn checked(&self) -> bool {
+        !matches!(self.config.health_check.kind, CheckKind::None)
+    }
+}
+
+/// Something the operator asked for that cannot be done.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OpError {
+    /// No VIP of that name.
+    #[error("no VIP named {0:?} (see `lb status`)")]
+    NoSuchVip(String),
+    /// No such backend in the VIP.
+    #[error("VIP {vip:?} has no backend {endpoint} (see `lb status`)")]
+    NoSuchBackend {
+        /// VIP name.
+        vip: String,
+        /// Backend address and port.
+        endpoint: SocketAddr,
+    },
+    /// The backend is already in the VIP.
+    #[error("VIP {vip:?} already has backend {endpoint}")]
+    DuplicateBackend {
+        /// VIP name.
+        vip: String,
+        /// Backend address and port.
+        endpoint: SocketAddr,
+    },
+    /// A VIP with that name or address, port and protocol exists.
+    #[error("a VIP named {0:?} or with the same address, port and protocol already exists")]
+    DuplicateVip(String),
+    /// Address family differs from the VIP's.
+    #[error("backend {endpoint} is not of the same address family as VIP {vip:?}")]
+    FamilyMismatch {
+        /// VIP name.
+        vip: String,
+        /// Backend address and port.
+        endpoint: SocketAddr,
+    },
+    /// Weight out of range.
+    #[error("weight {0} is above the maximum {MAX_WEIGHT}")]
+    Weight(u32),
+    /// No free slot.
+    #[error("no free {0} slot: raise global.{0}_capacity in the configuration (needs a restart)")]
+    Full(&'static str),
+    /// The ring is too small for this many backends.
+    #[error("VIP {vip:?} would have {backends} backends; ring_size {ring} needs at most {max}")]
+    RingTooSmall {
+        /// VIP name.
+        vip: String,
+        /// Backends it would have.
+        backends: usize,
+        /// Ring size.
+        ring: u32,
+        /// Most backends the ring supports.
+        max: u32,
+    },
+}
+
+/// What an operation changed, for the caller to apply.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// VIP ids whose service must be written again.
+    pub vips: Vec<u32>,
+    /// VIPs removed from the data path (key and id), with their backend slots.
+    pub removed_vips: Vec<(VipKey, u32, Vec<u32>)>,
+    /// Backend slots freed (their flows are re-chosen).
+    pub removed_backends: Vec<u32>,
+    /// Backend slots that need a health checker (new or with a changed check).
+    pub probe: Vec<u32>,
+}
+
+impl Changes {
+    fn touch(&mut self, vip: u32) {
+        if !self.vips.contains(&vip) {
+            self.vips.push(vip);
+        }
+    }
+}
+
+/// Free slot ids with their generations.
+#[derive(Debug)]
+struct Slots {
+    generation: Vec<u32>,
+    used: Vec<bool>,
+    first: u32,
+}
+
+impl Slots {
+    fn new(capacity: u32, first: u32) -> Self {
+        Slots {
+            generation: vec![0; capacity as usize],
+            used: vec![false; capacity as usize],
+            first,
+        }
+    }
+
+    fn take(&mut self) -> Option<(u32, u32)> {
+        let i = (self.first as usize..self.used.len()).find(|&i| !self.used[i])?;
+        self.used[i] = true;
+        self.generation[i] = self.generation[i].wrapping_add(1).max(1);
+        Some((i as u32, self.generation[i]))
+    }
+
+    fn free(&mut self, id: u32) {
+        self.used[id as usize] = false;
+    }
+}
+
+/// Every VIP and backend the agent manages.
+#[derive(Debug)]
+pub struct Runtime {
+    /// VIPs in configuration order.
+    pub vips: Vec<VipRuntime>,
+    vip_slots: Slots,
+    backend_slots: Slots,
+    ring_size: u32,
+}
+
+impl Runtime {
+    /// The runtime for a validated configuration. Health-checked backends start down until
+    /// their first `rise` probes succeed: no flow is sent to a server not yet seen alive.
+    pub fn new(config: &Config) -> Result<(Runtime, Changes), OpError> {
+        let mut rt = Runtime {
+            vips: Vec::new(),
+            vip_slots: Slots::new(config.global.vip_capacity, 0),
+            backend_slots: Slots::new(config.global.backend_capacity, 1),
+            ring_size: config.global.ring_size,
+        };
+        let mut changes = Changes::default();
+        for vip in &config.vips {
+            rt.add_vip(vip, &mut changes)?;
+        }
+        Ok((rt, changes))
+    }
+
+    /// The VIP named `name`.
+    pub fn vip(&self, name: &str) -> Result<&VipRuntime, OpError> {
+        self.vips
+            .iter()
+            .find(|v| v.config.name == name)
+            .ok_or_else(|| OpError::NoSuchVip(name.to_owned()))
+    }
+
+    fn vip_mut(&mut self, name: &str) -> Result<&mut VipRuntime, OpError> {
+        self.vips
+            .iter_mut()
+            .find(|v| v.config.name == name)
+            .ok_or_else(|| OpError::NoSuchVip(name.to_owned()))
+    }
+
+    /// The VIP with id `id`.
+    pub fn vip_by_id(&self, id: u32) -> Option<&VipRuntime> {
+        self.vips.iter().find(|v| v.id == id)
+    }
+
+    /// The VIP and backend with slot `id`.
+    pub fn backend_by_id(&self, id: u32) -> Option<(&VipRuntime, &BackendRuntime)> {
+        self.vips
+            .iter()
+            .find_map(|v| v.backends.iter().find(|b| b.id == id).map(|b| (v, b)))
+    }
+
+    fn backend_mut(&mut self, vip: &str, endpoint: SocketAddr) -> Result<(u32, &mut BackendRuntime), OpError> {
+        let v = self.vip_mut(vip)?;
+        let id = v.id;
+        let name = v.config.name.clone();
+        v.backends
+            .iter_mut()
+            .find(|b| b.endpoint() == endpoint)
+            .map(|b| (id, b))
+            .ok_or(OpError::NoSuchBackend { vip: name, endpoint })
+    }
+
+    fn max_backends_per_vip(&self) -> u32 {
+        self.ring_size / lb_common::limits::RING_SLOTS_PER_BACKEND
+    }
+
+    fn new_backend(&mut self, vip: &Vip, b: &BackendConfig) -> Result<BackendRuntime, OpError> {
+        let (id, generation) = self.backend_slots.take().ok_or(OpError::Full("backend"))?;
+        let checked = !matches!(vip.health_check.kind, CheckKind::None);
+        Ok(BackendRuntime {
+            id,
+            address: b.address,
+            port: b.port,
+            weight: b.weight,
+            admin: b.state,
+            health: if checked { Health::Down } else { Health::Up },
+            generation,
+            hop: NextHop::default(),
+        })
+    }
+
+    /// Adds a VIP with its backends.
+    pub fn add_vip(&mut self, vip: &Vip, changes: &mut Changes) -> Result<(), OpError> {
+        let key = vip_key(vip);
+        if self.vips.iter().any(|v| v.config.name == vip.name || v.key() == key) {
+            return Err(OpError::DuplicateVip(vip.name.clone()));
+        }
+        if vip.backends.len() as u32 > self.max_backends_per_vip() {
+            return Err(OpError::RingTooSmall {
+                vip: vip.name.clone(),
+                backends: vip.backends.len(),
+                ring: self.ring_size,
+                max: self.max_backends_per_vip(),
+            });
+        }
+        let (id, _) = self.vip_slots.take().ok_or(OpError::Full("vip"))?;
+        let mut backends = Vec::with_capacity(vip.backends.len());
+        for b in &vip.backends {
+            match self.new_backend(vip, b) {
+                Ok(b) => backends.push(b),
+                Err(e) => {
+                    backends.iter().for_each(|b: &BackendRuntime| self.backend_slots.free(b.id));
+                    self.vip_slots.free(id);
+                    return Err(e);
+                }
+            }
+        }
+        changes.probe.extend(backends.iter().map(|b| b.id));
+        self.vips.push(VipRuntime {
+            config: vip.clone(),
+            id,
+            backends,
+        });
+        changes.touch(id);
+        Ok(())
+    }
+
+    /// Removes a VIP: its traffic goes to the kernel again, its backends' slots are freed.
+    pub fn remove_vip(&mut self, name: &str, changes: &mut Changes) -> Result<(), OpError> {
+        let pos = self
+            .vips
+            .iter()
+            .position(|v| v.config.name == name)
+            .ok_or_else(|| OpError::NoSuchVip(name.to_owned()))?;
+        let vip = self.vips.remove(pos);
+        let ids: Vec<u32> = vip.backends.iter().map(|b| b.id).collect();
+        ids.iter().for_each(|&id| self.backend_slots.free(id));
+        self.vip_slots.free(vip.id);
+        changes.vips.retain(|&v| v != vip.id);
+        changes.removed_vips.push((vip.key(), vip.id, ids));
+        Ok(())
+    }
+
+    /// Adds a backend to a VIP.
+    pub fn add_backend(&mut self, vip: &str, b: &BackendConfig, changes: &mut Changes) -> Result<u32, OpError> {
+        let endpoint = SocketAddr::new(b.address, b.port);
+        if b.weight > MAX_WEIGHT {
+            return Err(OpError::Weight(b.weight));
+        }
+        let max = self.max_backends_per_vip();
+        let ring = self.ring_size;
+        let v = self.vip(vip)?;
+        if v.config.address.is_ipv4() != b.address.is_ipv4() {
+            return Err(OpError::FamilyMismatch { vip: vip.to_owned(), endpoint });
+        }
+        if v.backend(endpoint).is_some() {
+            return Err(OpError::DuplicateBackend { vip: vip.to_owned(), endpoint });
+        }
+        if v.backends.len() as u32 + 1 > max {
+            return Err(OpError::RingTooSmall { vip: vip.to_owned(), backends: v.backends.len() + 1, ring, max });
+        }
+        let config = v.config.clone();
+        let backend = self.new_backend(&config, b)?;
+        let id = backend.id;
+        let v = self.vip_mut(vip)?;
+        v.backends.push(backend);
+        changes.touch(v.id);
+        changes.probe.push(id);
+        Ok(id)
+    }
+
+    /// Removes a backend: its flows are given other backends at their next packet.
+    pub fn remove_backend(&mut self, vip: &str, endpoint: SocketAddr, changes: &mut Changes) -> Result<u32, OpError> {
+        let (vip_id, id) = {
+            let (vip_id, b) = self.backend_mut(vip, endpoint)?;
+            (vip_id, b.id)
+        };
+        let v = self.vip_mut(vip)?;
+        v.backends.retain(|b| b.id != id);
+        self.backend_slots.free(id);
+        changes.touch(vip_id);
+        changes.removed_backends.push(id);
+        Ok(id)
+    }
+
+    /// Sets a backend's administrative state (drain, undrain, down).
+    pub fn set_admin(&mut self, vip: &str, endpoint: SocketAddr, state: AdminState, changes: &mut Changes) -> Result<(), OpError> {
+        let (vip_id, b) = self.backend_mut(vip, endpoint)?;
+        if b.admin != state {
+            b.admin = state;
+            changes.touch(vip_id);
+        }
+        Ok(())
+    }
+
+    /// Sets a backend's weight.
+    pub fn set_weight(&mut self, vip: &str, endpoint: SocketAddr, weight: u32, changes: &mut Changes) -> Result<(), OpError> {
+        if weight > MAX_WEIGHT {
+            return Err(OpError::Weight(weight));
+        }
+        let (vip_id, b) = self.backend_mut(vip, endpoint)?;
+        if b.weight != weight {
+            b.weight = weight;
+            changes.touch(vip_id);
+        }
+        Ok(())
+    }
+
+    /// Records a health transition of backend slot `id`; unknown ids (removed since) are
+    /// ignored.
+    pub fn set_health(&mut self, id: u32, health: Health, changes: &mut Changes) {
+        for v in &mut self.vips {
+            if let Some(b) = v.backends.iter_mut().find(|b| b.id == id) {
+                if b.health != health {
+                    b.health = health;
+                    changes.touch(v.id);
+                }
+            }
+        }
+    }
+
+    /// Records the next hop of backend slot `id`; returns whether it changed.
+    pub fn set_hop(&mut self, id: u32, hop: NextHop, changes: &mut Changes) {
+        for v in &mut self.vips {
+            if let Some(b) = v.backends.iter_mut().find(|b| b.id == id) {
+                if b.hop != hop {
+                    b.hop = hop;
+                    changes.touch(v.id);
+                }
+            }
+        }
+    }
+
+    /// Moves to a new configuration, keeping the slot ids, health and next hops of VIPs and
+    /// backends that stay (matched by VIP name and backend address and port), so their flows
+    /// are not disturbed.
+    pub fn reconfigure(&mut self, config: &Config) -> Result<Changes, OpError> {
+        let mut changes = Changes::default();
+        let gone: Vec<String> = self
+            .vips
+            .iter()
+            .filter(|v| !config.vips.iter().any(|n| n.name == v.config.name && vip_key(n) == v.key()))
+            .map(|v| v.config.name.clone())
+            .collect();
+        for name in gone {
+            self.remove_vip(&name, &mut changes)?;
+        }
+        for new in &config.vips {
+            if self.vip(&new.name).is_err() {
+                self.add_vip(new, &mut changes)?;
+                continue;
+            }
+            let check_changed = self.vip(&new.name)?.config.health_check != new.health_check;
+            let old_endpoints: Vec<SocketAddr> = self.vip(&new.name)?.backends.iter().map(|b| b.endpoint()).collect();
+            for endpoint in &old_endpoints {
+                if !new.backends.iter().any(|b| SocketAddr::new(b.address, b.port) == *endpoint) {
+                    self.remove_backend(&new.name, *endpoint, &mut changes)?;
+                }
+            }
+            for b in &new.backends {
+                let endpoint = SocketAddr::new(b.address, b.port);
+                if self.vip(&new.name)?.backend(endpoint).is_none() {
+                    self.add_backend(&new.name, b, &mut changes)?;
+                } else {
+                    self.set_weight(&new.name, endpoint, b.weight, &mut changes)?;
+                    self.set_admin(&new.name, endpoint, b.state, &mut changes)?;
+                }
+            }
+            let v = self.vip_mut(&new.name)?;
+            if matches!(new.health_check.kind, CheckKind::None) {
+                for b in &mut v.backends {
+                    b.health = Health::Up;
+                }
+            }
+            if v.config != *new {
+                v.config = new.clone();
+                changes.touch(v.id);
+            }
+            if check_changed {
+                let ids: Vec<u32> = v.backends.iter().map(|b| b.id).collect();
+                changes.probe.extend(ids);
+            }
+        }
+        Ok(changes)
+    }
+}

@@ -1,0 +1,314 @@
+//! The `lb` command line: the agent (`lb run`) and the verbs that manage it through the admin
+//! socket. Exit codes: 0 done, 1 refused or invalid, 2 usage error, 3 agent unreachable.
+
+mod render;
+mod table;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+
+use crate::{
+    api::{
+        DEFAULT_ADMIN_SOCKET, Request,
+        client::{Client, ClientError},
+    },
+    config,
+    dataplane::AttachMode,
+};
+
+/// Exit code: the agent refused the request, or a file is invalid.
+pub const EXIT_REFUSED: u8 = 1;
+/// Exit code: the agent could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// An XDP layer-4 load balancer.
+#[derive(Parser, Debug)]
+#[command(name = "lb", version, about)]
+pub struct Cli {
+    /// The agent's admin socket.
+    #[arg(long, global = true, env = "LB_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub socket: PathBuf,
+    /// Print JSON instead of tables (read commands).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// XDP attach mode on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ModeArg {
+    /// Driver mode, generic if the driver lacks XDP.
+    Auto,
+    /// Driver (native) mode only.
+    Driver,
+    /// Generic mode only.
+    Generic,
+}
+
+/// The verbs.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent in the foreground.
+    Run {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Override global.xdp_mode.
+        #[arg(long, value_enum)]
+        xdp_mode: Option<ModeArg>,
+    },
+    /// VIPs and backends: state, health, weight, connections, packets/s.
+    Status,
+    /// Counters: verdict reasons, health checks, table swaps.
+    Stats,
+    /// Manage a VIP's backends.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Add or remove VIPs.
+    #[command(subcommand)]
+    Vip(VipCommand),
+    /// Which backend a flow goes to, and why (from the data path's own maps).
+    Explain {
+        /// Client address and port, e.g. 192.0.2.10:40000.
+        src: SocketAddr,
+        /// VIP address and port, e.g. 10.0.0.10:80.
+        dst: SocketAddr,
+        /// tcp or udp.
+        proto: String,
+    },
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Re-read the configuration file and apply the difference (same as SIGHUP).
+    Reload,
+}
+
+/// `lb backend ...`
+#[derive(Subcommand, Debug)]
+pub enum BackendCommand {
+    /// Add a backend (health-checked backends take traffic once their checks pass).
+    Add {
+        /// VIP name.
+        vip: String,
+        /// Backend address and port.
+        backend: SocketAddr,
+        /// Weight.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Remove a backend; its flows move to the other backends (drain first to keep them).
+    Remove {
+        /// VIP name.
+        vip: String,
+        /// Backend address and port.
+        backend: SocketAddr,
+    },
+    /// Stop sending new flows to a backend; its flows stay.
+    Drain {
+        /// VIP name.
+        vip: String,
+        /// Backend address and port.
+        backend: SocketAddr,
+    },
+    /// Send new flows to a drained backend again.
+    Undrain {
+        /// VIP name.
+        vip: String,
+        /// Backend address and port.
+        backend: SocketAddr,
+    },
+    /// Set a backend's weight (0 takes no new flows).
+    Weight {
+        /// VIP name.
+        vip: String,
+        /// Backend address and port.
+        backend: SocketAddr,
+        /// New weight.
+        weight: u32,
+    },
+}
+
+/// `lb vip ...`
+#[derive(Subcommand, Debug)]
+pub enum VipCommand {
+    /// Add a VIP from a YAML file holding one `vips:` entry, or from options.
+    Add {
+        /// VIP name.
+        name: Option<String>,
+        /// VIP address and port.
+        address: Option<SocketAddr>,
+        /// tcp or udp.
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// maglev, round-robin or least-conn.
+        #[arg(long, default_value = "maglev")]
+        scheduler: String,
+        /// Health check: http, tcp or none.
+        #[arg(long, default_value = "http")]
+        check: String,
+        /// Backend as ADDRESS:PORT or ADDRESS:PORT*WEIGHT; repeat for more.
+        #[arg(long = "backend")]
+        backends: Vec<String>,
+        /// YAML file with the VIP instead of the options above.
+        #[arg(long, conflicts_with_all = ["name", "address"])]
+        file: Option<PathBuf>,
+    },
+    /// Remove a VIP: its traffic goes to the kernel again.
+    Remove {
+        /// VIP name.
+        name: String,
+    },
+}
+
+/// `lb config ...`
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate a configuration file without touching anything.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Show the running configuration.
+    Show,
+}
+
+impl From<ModeArg> for AttachMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Auto => AttachMode::Auto,
+            ModeArg::Driver => AttachMode::Driver,
+            ModeArg::Generic => AttachMode::Generic,
+        }
+    }
+}
+
+/// Builds the YAML of one VIP from `lb vip add` options.
+fn vip_yaml(name: &str, address: SocketAddr, protocol: &str, scheduler: &str, check: &str, backends: &[String]) -> Result<String, String> {
+    let mut y = format!(
+        "name: {name}\naddress: {}\nport: {}\nprotocol: {protocol}\nscheduler: {scheduler}\nhealth_check:\n  type: {check}\nbackends:\n",
+        address.ip(),
+        address.port()
+    );
+    if backends.is_empty() {
+        y = y.replace("backends:\n", "backends: []\n");
+    }
+    for b in backends {
+        let (endpoint, weight) = b.split_once('*').unwrap_or((b, "1"));
+        let endpoint: SocketAddr = endpoint.parse().map_err(|_| format!("backend {b:?}: expected ADDRESS:PORT or ADDRESS:PORT*WEIGHT"))?;
+        let weight: u32 = weight.parse().map_err(|_| format!("backend {b:?}: weight must be a whole number"))?;
+        y += &format!("  - address: {}\n    port: {}\n    weight: {weight}\n", endpoint.ip(), endpoint.port());
+    }
+    Ok(y)
+}
+
+/// Runs a client verb; `run` is handled by the caller.
+pub fn execute(cli: &Cli) -> ExitCode {
+    let client = Client::new(&cli.socket);
+    let result: Result<Option<Value>, ClientError> = match &cli.command {
+        Command::Run { .. } => unreachable!("lb run is handled by main"),
+        Command::Config(ConfigCommand::Check { file }) => {
+            return match config::load(file) {
+                Ok(c) => {
+                    println!("{}: valid ({} VIPs, {} backends)", file.display(), c.vips.len(), c.vips.iter().map(|v| v.backends.len()).sum::<usize>());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(EXIT_REFUSED)
+                }
+            };
+        }
+        Command::Config(ConfigCommand::Show) => client.get("/v1/config").map(Some),
+        Command::Status => client.get("/v1/status").map(Some),
+        Command::Stats => client.get("/v1/stats").map(Some),
+        Command::Explain { src, dst, proto } => client
+            .command(&Request::Explain { src: *src, dst: *dst, protocol: proto.clone() })
+            .map(Some),
+        Command::Reload => client.command(&Request::Reload).map(|_| None),
+        Command::Backend(b) => {
+            let request = match b {
+                BackendCommand::Add { vip, backend, weight } => Request::BackendAdd { vip: vip.clone(), backend: *backend, weight: *weight },
+                BackendCommand::Remove { vip, backend } => Request::BackendRemove { vip: vip.clone(), backend: *backend },
+                BackendCommand::Drain { vip, backend } => Request::BackendState { vip: vip.clone(), backend: *backend, state: "draining".into() },
+                BackendCommand::Undrain { vip, backend } => Request::BackendState { vip: vip.clone(), backend: *backend, state: "up".into() },
+                BackendCommand::Weight { vip, backend, weight } => Request::BackendWeight { vip: vip.clone(), backend: *backend, weight: *weight },
+            };
+            client.command(&request).map(|_| None)
+        }
+        Command::Vip(VipCommand::Remove { name }) => client.command(&Request::VipRemove { name: name.clone() }).map(|_| None),
+        Command::Vip(VipCommand::Add { name, address, protocol, scheduler, check, backends, file }) => {
+            let yaml = match (file, name, address) {
+                (Some(f), _, _) => std::fs::read_to_string(f).map_err(|e| format!("reading {}: {e}", f.display())),
+                (None, Some(n), Some(a)) => vip_yaml(n, *a, protocol, scheduler, check, backends),
+                _ => Err("give NAME and ADDRESS:PORT, or --file".to_owned()),
+            };
+            match yaml {
+                Ok(yaml) => client.command(&Request::VipAdd { yaml }).map(|_| None),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    match result {
+        Ok(None) => {
+            if cli.json {
+                println!("{{\"ok\":true}}");
+            } else {
+                println!("ok");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Some(value)) => {
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            } else {
+                print!("{}", render::human(&cli.command, &value));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ ClientError::Unreachable(..)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_REFUSED)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vip_yaml_from_options() {
+        let y = vip_yaml("web", "10.0.0.1:80".parse().unwrap(), "tcp", "maglev", "none", &["10.1.0.1:8080*3".into()]).unwrap();
+        assert_eq!(
+            y,
+            "name: web\naddress: 10.0.0.1\nport: 80\nprotocol: tcp\nscheduler: maglev\nhealth_check:\n  type: none\nbackends:\n  - address: 10.1.0.1\n    port: 8080\n    weight: 3\n"
+        );
+        assert!(vip_yaml("web", "10.0.0.1:80".parse().unwrap(), "tcp", "maglev", "none", &["nope".into()]).is_err());
+    }
+
+    #[test]
+    fn parses_every_verb() {
+        for args in [
+            &["lb", "status", "--json"][..],
+            &["lb", "backend", "drain", "web", "10.1.0.1:80"],
+            &["lb", "backend", "weight", "web", "10.1.0.1:80", "5"],
+            &["lb", "vip", "add", "web", "10.0.0.1:80", "--backend", "10.1.0.1:80"],
+            &["lb", "explain", "192.0.2.1:1234", "10.0.0.1:80", "tcp"],
+            &["lb", "config", "check", "x.yaml"],
+            &["lb", "run", "--config", "x.yaml", "--xdp-mode", "generic"],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        assert!(Cli::try_parse_from(["lb", "backend", "drain", "web", "not-an-address"]).is_err());
+    }
+}

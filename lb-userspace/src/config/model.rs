@@ -1,0 +1,468 @@
+//! The configuration as the agent uses it, and its YAML form (`file` types: what serde reads
+//! and writes, with defaults and `deny_unknown_fields`).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use lb_common::{
+    limits::{DEFAULT_BACKEND_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_RING_SIZE, DEFAULT_VIP_CAPACITY},
+    maps::{PROTO_TCP, PROTO_UDP},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{api::DEFAULT_ADMIN_SOCKET, dataplane::Sizing};
+
+/// A whole configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Settings of the load balancer itself.
+    pub global: Global,
+    /// The virtual services.
+    pub vips: Vec<Vip>,
+}
+
+/// `global:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Global {
+    /// Interfaces the XDP program is attached to; VIP addresses are added to the first.
+    pub interfaces: Vec<String>,
+    /// How to attach.
+    pub xdp_mode: XdpMode,
+    /// Forwarding mode.
+    pub forwarding: Forwarding,
+    /// Flow hash seed: the same on every node of a cluster.
+    pub hash_seed: u32,
+    /// Slots of each Maglev ring (prime).
+    pub ring_size: u32,
+    /// VIPs the maps hold.
+    pub vip_capacity: u32,
+    /// Backend slots (all VIPs; slot 0 reserved).
+    pub backend_capacity: u32,
+    /// Connection table entries (two per flow).
+    pub conn_capacity: u32,
+    /// The admin API's unix socket.
+    pub admin_socket: PathBuf,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_address: Option<SocketAddr>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// `global.xdp_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Driver mode, falling back to generic mode with a warning.
+    Auto,
+    /// Driver (native) mode only.
+    Driver,
+    /// Generic mode (any interface, slower).
+    Generic,
+}
+
+/// `global.forwarding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// Destination NAT; replies come back through the load balancer.
+    Nat,
+}
+
+/// `global.log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A `vips:` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vip {
+    /// Unique name.
+    pub name: String,
+    /// Address clients connect to.
+    pub address: IpAddr,
+    /// Port clients connect to.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// How new flows are given a backend.
+    pub scheduler: Scheduler,
+    /// Hash only the client address (sticky sessions).
+    pub source_affinity: bool,
+    /// How backends are checked.
+    pub health_check: HealthCheck,
+    /// The pool.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// `protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        }
+    }
+}
+
+/// `scheduler`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    /// Weighted Maglev hashing: the same choice on every node.
+    Maglev,
+    /// Weighted round robin per new flow (per CPU).
+    RoundRobin,
+    /// The less loaded of two candidates per new flow.
+    LeastConn,
+}
+
+/// `health_check`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// What a probe does.
+    pub kind: CheckKind,
+    /// Probe port, if not the backend's.
+    pub port: Option<u16>,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Time between probes while a backend is changing state.
+    pub fast_interval: Duration,
+    /// Longest a probe may take.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a backend up.
+    pub rise: u32,
+    /// Consecutive failures that take a backend down.
+    pub fall: u32,
+}
+
+/// `health_check.type` and its options.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    /// An HTTP request; healthy when the status is expected.
+    Http {
+        /// GET or HEAD.
+        method: HttpMethod,
+        /// Request path.
+        path: String,
+        /// Healthy statuses.
+        expect_status: Vec<u16>,
+        /// Host header, if not the backend's address.
+        host: Option<String>,
+    },
+    /// A TCP connect.
+    Tcp,
+    /// No checks: backends are always considered healthy.
+    None,
+}
+
+/// `health_check.method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    /// GET.
+    Get,
+    /// HEAD.
+    Head,
+}
+
+/// A `backends:` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// Address (same family as the VIP's).
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Share of new flows; 0 takes none.
+    pub weight: u32,
+    /// Administrative state.
+    pub state: AdminState,
+}
+
+/// `backends[].state`: what the operator wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// In service.
+    Up,
+    /// Keeps its flows, takes no new ones.
+    Draining,
+    /// Out of service.
+    Down,
+}
+
+impl Config {
+    /// The map sizes and seed to load the data path with.
+    pub fn sizing(&self) -> Sizing {
+        Sizing {
+            vip_capacity: self.global.vip_capacity,
+            backend_capacity: self.global.backend_capacity,
+            ring_size: self.global.ring_size,
+            conn_capacity: self.global.conn_capacity,
+            hash_seed: self.global.hash_seed,
+        }
+    }
+}
+
+/// The YAML form.
+pub mod file {
+    use super::*;
+
+    /// The document.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Document {
+        pub global: Global,
+        #[serde(default)]
+        pub vips: Vec<Vip>,
+    }
+
+    fn default_mode() -> XdpMode {
+        XdpMode::Auto
+    }
+    fn default_forwarding() -> String {
+        "nat".into()
+    }
+    fn default_ring() -> u32 {
+        DEFAULT_RING_SIZE
+    }
+    fn default_vips() -> u32 {
+        DEFAULT_VIP_CAPACITY
+    }
+    fn default_backends() -> u32 {
+        DEFAULT_BACKEND_CAPACITY
+    }
+    fn default_conns() -> u32 {
+        DEFAULT_CONN_CAPACITY
+    }
+    fn default_socket() -> PathBuf {
+        DEFAULT_ADMIN_SOCKET.into()
+    }
+    fn default_log() -> LogFormat {
+        LogFormat::Human
+    }
+    fn default_protocol() -> Protocol {
+        Protocol::Tcp
+    }
+    fn default_scheduler() -> Scheduler {
+        Scheduler::Maglev
+    }
+    fn default_weight() -> u32 {
+        1
+    }
+    fn default_state() -> AdminState {
+        AdminState::Up
+    }
+
+    /// `global:`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Global {
+        pub interfaces: Vec<String>,
+        #[serde(default = "default_mode")]
+        pub xdp_mode: XdpMode,
+        #[serde(default = "default_forwarding")]
+        pub forwarding: String,
+        #[serde(default)]
+        pub hash_seed: u32,
+        #[serde(default = "default_ring")]
+        pub ring_size: u32,
+        #[serde(default = "default_vips")]
+        pub vip_capacity: u32,
+        #[serde(default = "default_backends")]
+        pub backend_capacity: u32,
+        #[serde(default = "default_conns")]
+        pub conn_capacity: u32,
+        #[serde(default = "default_socket")]
+        pub admin_socket: PathBuf,
+        #[serde(default)]
+        pub metrics_address: Option<SocketAddr>,
+        #[serde(default = "default_log")]
+        pub log_format: LogFormat,
+    }
+
+    /// A `vips:` entry.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Vip {
+        pub name: String,
+        pub address: IpAddr,
+        pub port: u16,
+        #[serde(default = "default_protocol")]
+        pub protocol: Protocol,
+        #[serde(default = "default_scheduler")]
+        pub scheduler: Scheduler,
+        #[serde(default)]
+        pub source_affinity: bool,
+        #[serde(default)]
+        pub health_check: HealthCheck,
+        #[serde(default)]
+        pub backends: Vec<Backend>,
+    }
+
+    /// `health_check.type`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum CheckType {
+        #[default]
+        Http,
+        Tcp,
+        None,
+    }
+
+    /// One status or a list.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(untagged)]
+    pub enum Statuses {
+        One(u16),
+        Many(Vec<u16>),
+    }
+
+    /// A duration: `"2s"` or a number of seconds.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(untagged)]
+    pub enum Dur {
+        Seconds(u64),
+        Text(String),
+    }
+
+    /// `health_check:`; options left out take HAProxy's defaults.
+    #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct HealthCheck {
+        #[serde(default, rename = "type")]
+        pub kind: CheckType,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub method: Option<HttpMethod>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub path: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub expect_status: Option<Statuses>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub host: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub port: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub interval: Option<Dur>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub fast_interval: Option<Dur>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub timeout: Option<Dur>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub rise: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub fall: Option<u32>,
+    }
+
+    /// A `backends:` entry; the port defaults to the VIP's.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Backend {
+        pub address: IpAddr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub port: Option<u16>,
+        #[serde(default = "default_weight")]
+        pub weight: u32,
+        #[serde(default = "default_state")]
+        pub state: AdminState,
+    }
+}
+
+impl Serialize for Config {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_file().serialize(s)
+    }
+}
+
+impl Serialize for Global {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        global_to_file(self).serialize(s)
+    }
+}
+
+fn global_to_file(g: &Global) -> file::Global {
+    file::Global {
+        interfaces: g.interfaces.clone(),
+        xdp_mode: g.xdp_mode,
+        forwarding: "nat".into(),
+        hash_seed: g.hash_seed,
+        ring_size: g.ring_size,
+        vip_capacity: g.vip_capacity,
+        backend_capacity: g.backend_capacity,
+        conn_capacity: g.conn_capacity,
+        admin_socket: g.admin_socket.clone(),
+        metrics_address: g.metrics_address,
+        log_format: g.log_format,
+    }
+}
+
+fn dur(d: Duration) -> Option<file::Dur> {
+    Some(file::Dur::Text(super::duration::format(d)))
+}
+
+impl Config {
+    /// The YAML form of this configuration (parses back to an equal one).
+    pub fn to_file(&self) -> file::Document {
+        file::Document {
+            global: global_to_file(&self.global),
+            vips: self
+                .vips
+                .iter()
+                .map(|v| {
+                    let h = &v.health_check;
+                    let mut check = file::HealthCheck {
+                        port: h.port,
+                        interval: dur(h.interval),
+                        fast_interval: dur(h.fast_interval),
+                        timeout: dur(h.timeout),
+                        rise: Some(h.rise),
+                        fall: Some(h.fall),
+                        ..file::HealthCheck::default()
+                    };
+                    match &h.kind {
+                        CheckKind::Http { method, path, expect_status, host } => {
+                            check.kind = file::CheckType::Http;
+                            check.method = Some(*method);
+                            check.path = Some(path.clone());
+                            check.expect_status = Some(file::Statuses::Many(expect_status.clone()));
+                            check.host = host.clone();
+                        }
+                        CheckKind::Tcp => check.kind = file::CheckType::Tcp,
+                        CheckKind::None => check.kind = file::CheckType::None,
+                    }
+                    file::Vip {
+                        name: v.name.clone(),
+                        address: v.address,
+                        port: v.port,
+                        protocol: v.protocol,
+                        scheduler: v.scheduler,
+                        source_affinity: v.source_affinity,
+                        health_check: check,
+                        backends: v
+                            .backends
+                            .iter()
+                            .map(|b| file::Backend { address: b.address, port: Some(b.port), weight: b.weight, state: b.state })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}

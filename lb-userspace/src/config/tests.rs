@@ -1,0 +1,164 @@
+use std::time::Duration;
+
+use super::*;
+
+const GOOD: &str = "\
+global:
+  interfaces: [eth0]
+vips:
+  - name: web
+    address: 10.0.0.1
+    port: 80
+    backends:
+      - address: 10.1.0.1
+        port: 8080
+      - address: 10.1.0.2
+        port: 8080
+";
+
+/// The error text for `text`, which must be invalid.
+fn error(text: &str) -> String {
+    parse("t.yaml", text).expect_err("the file must be rejected").to_string()
+}
+
+/// `GOOD` with `from` replaced by `to` (which must occur).
+fn with(from: &str, to: &str) -> String {
+    assert!(GOOD.contains(from), "{from:?}");
+    GOOD.replacen(from, to, 1)
+}
+
+#[test]
+fn good_file_has_defaults() {
+    let c = parse("t.yaml", GOOD).unwrap();
+    assert_eq!(c.global.ring_size, 65537);
+    assert_eq!(c.global.xdp_mode, XdpMode::Auto);
+    let v = &c.vips[0];
+    assert_eq!((v.protocol, v.scheduler, v.source_affinity), (Protocol::Tcp, Scheduler::Maglev, false));
+    let h = &v.health_check;
+    assert_eq!(
+        h.kind,
+        CheckKind::Http { method: HttpMethod::Get, path: "/health".into(), expect_status: vec![200], host: None }
+    );
+    assert_eq!((h.interval, h.timeout, h.rise, h.fall), (Duration::from_secs(2), Duration::from_secs(1), 2, 3));
+    assert_eq!(v.backends[1].port, 8080);
+    assert_eq!((v.backends[0].weight, v.backends[0].state), (1, AdminState::Up));
+}
+
+#[test]
+fn bad_files_are_rejected_with_file_line_and_field() {
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{GOOD}extra: 1\n"), "t.yaml:12: unknown field `extra`, expected `global` or `vips`"),
+        (with("    port: 80\n", "    port: 80\n    colour: red\n"), "t.yaml:7: vips[0]: unknown field `colour`, expected one of `name`, `address`, `port`, `protocol`, `scheduler`, `source_affinity`, `health_check`, `backends`"),
+        (with("        port: 8080\n      - address: 10.1.0.2", "        prot: 8080\n      - address: 10.1.0.2"), "t.yaml:9: vips[0].backends[0]: unknown field `prot`, expected one of `address`, `port`, `weight`, `state`"),
+        (with("address: 10.0.0.1", "address: 10.0.0.300"), "t.yaml:5: vips[0].address: invalid IP address syntax"),
+        (with("    port: 80", "    port: 0"), "t.yaml:6: vips[0].port: port 0 is not allowed: use 1-65535"),
+        (with("    port: 80", "    port: 70000"), "t.yaml:6: vips[0].port: invalid value: integer `70000`, expected u16"),
+        (with("    port: 80\n", "    port: 80\n    protocol: sctp\n"), "t.yaml:7: vips[0].protocol: unknown variant `sctp`, expected `tcp` or `udp`"),
+        (with("    port: 80\n", "    port: 80\n    scheduler: random\n"), "t.yaml:7: vips[0].scheduler: unknown variant `random`, expected one of `maglev`, `round-robin`, `least-conn`"),
+        (with("        port: 8080\n      - address: 10.1.0.2", "        port: 8080\n        weight: 70000\n      - address: 10.1.0.2"), "t.yaml:10: vips[0].backends[0].weight: 70000 is above the maximum weight 65535"),
+        (format!("{GOOD}  - name: web2\n    address: 10.0.0.1\n    port: 80\n"), "t.yaml:13: vips[1].address: 10.0.0.1:80/tcp is already vips[0] (\"web\")"),
+        (format!("{GOOD}  - name: web\n    address: 10.0.0.2\n    port: 80\n"), "t.yaml:12: vips[1].name: \"web\" is already the name of vips[0]"),
+        (with("10.1.0.2", "10.1.0.1"), "t.yaml:10: vips[0].backends[1].address: 10.1.0.1:8080 is listed twice (also backends[0])"),
+        (with("10.1.0.2", "2001:db8::2"), "t.yaml:10: vips[0].backends[1].address: 2001:db8::2 is IPv6 but the VIP 10.0.0.1 is IPv4"),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  ring_size: 65536\n"), "t.yaml:3: global.ring_size: ring size 65536 must be a prime between 7 and 1048573"),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  ring_size: 101\n"), "t.yaml:8: vips[0].backends: 2 backends need a ring of at least 200 slots but global.ring_size is 101: use a prime such as 211"),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  vip_capacity: 1\n")
+            + "  - name: web2\n    address: 10.0.0.2\n    port: 80\n", "t.yaml:4: vips: 2 VIPs exceed global.vip_capacity 1"),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  backend_capacity: 2\n"), "t.yaml:4: vips: 2 backends in all exceed global.backend_capacity 2 (slot 0 is reserved: at most 1)"),
+        (with("    port: 80\n", "    port: 80\n    health_check:\n      interval: 1s\n      timeout: 3s\n"), "t.yaml:9: vips[0].health_check.timeout: 3s is longer than the interval 1s"),
+        (with("    port: 80\n", "    port: 80\n    health_check:\n      rise: 0\n"), "t.yaml:8: vips[0].health_check.rise: 0 is out of range 1-100"),
+        (with("    port: 80\n", "    port: 80\n    health_check:\n      interval: 2 parsecs\n"), "t.yaml:8: vips[0].health_check.interval: \"2 parsecs\" is not a duration: write it like 500ms, 2s or 1m"),
+        (with("    port: 80\n", "    port: 80\n    health_check:\n      expect_status: [200, 700]\n"), "t.yaml:8: vips[0].health_check.expect_status: 700 is not an HTTP status (100-599)"),
+        (with("    port: 80\n", "    port: 80\n    health_check:\n      path: health\n"), "t.yaml:8: vips[0].health_check.path: \"health\" must start with '/'"),
+        (with("    port: 80\n", "    port: 80\n    health_check:\n      type: tcp\n      path: /health\n"), "t.yaml:9: vips[0].health_check.path: only used by type http"),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  forwarding: dsr\n"), "t.yaml:3: global.forwarding: \"dsr\" is not supported yet: use \"nat\" (direct server return comes in a later release)"),
+        (with("  interfaces: [eth0]", "  interfaces: []"), "t.yaml:2: global.interfaces: at least one interface is required"),
+        (with("  interfaces: [eth0]", "  interfaces: [eth0, \"bad/name\"]"), "t.yaml:2: global.interfaces[1]: \"bad/name\" is not a valid interface name"),
+        (with("    port: 80", "\tport: 80"), "t.yaml:6: found a tab character that violates indentation at line 6 column 1, while scanning a plain scalar"),
+        (with("    port: 80", "    port: eighty"), "t.yaml:6: vips[0].port: invalid type: string \"eighty\", expected u16"),
+        ("vips: []\n".to_owned(), "t.yaml:1: missing field `global`"),
+        (with("name: web", "name: \"we b\""), "t.yaml:4: vips[0].name: \"we b\" must be 1-63 letters, digits, '_', '.' or '-'"),
+    ];
+    assert!(cases.len() >= 22);
+    for (text, want) in &cases {
+        assert_eq!(error(text), *want, "for the file\n{text}");
+    }
+}
+
+#[test]
+fn reports_every_problem_at_once() {
+    let text = with("    port: 80", "    port: 0").replace("10.1.0.2", "2001:db8::2");
+    let e = parse("t.yaml", &text).unwrap_err();
+    assert_eq!(e.0.len(), 2, "{e}");
+}
+
+#[test]
+fn round_trips_through_yaml() {
+    let text = "\
+global:
+  interfaces: [eth0, eth1]
+  xdp_mode: generic
+  hash_seed: 99
+  metrics_address: 127.0.0.1:9100
+  log_format: json
+vips:
+  - name: web
+    address: 2001:db8::1
+    port: 443
+    scheduler: least-conn
+    source_affinity: true
+    health_check:
+      type: http
+      method: HEAD
+      path: /ready
+      expect_status: [200, 204]
+      host: example.org
+      interval: 1500ms
+      timeout: 1s
+      rise: 3
+      fall: 4
+    backends:
+      - address: 2001:db8::10
+        weight: 3
+        state: draining
+  - name: dns
+    address: 10.0.0.53
+    port: 53
+    protocol: udp
+    scheduler: round-robin
+    health_check:
+      type: tcp
+      port: 5353
+    backends: []
+";
+    let c = parse("t.yaml", text).unwrap();
+    let again = serde_yaml::to_string(&c).unwrap();
+    assert_eq!(parse("again.yaml", &again).unwrap(), c, "{again}");
+    assert_eq!(c.vips[0].backends[0].port, 443);
+    assert_eq!(c.vips[1].health_check.kind, CheckKind::Tcp);
+}
+
+#[test]
+fn diff_names_what_changed() {
+    let old = parse("a", GOOD).unwrap();
+    assert!(diff(&old, &old).is_empty());
+    let new = parse("b", &with("port: 8080\n      - address: 10.1.0.2", "port: 8080\n        weight: 5\n      - address: 10.1.0.2")).unwrap();
+    let d = diff(&old, &new);
+    assert_eq!((d.vips_changed.clone(), d.needs_program_reload()), (vec!["web".to_owned()], false));
+    let new = parse("c", &(with("interfaces: [eth0]", "interfaces: [eth0]\n  hash_seed: 5") + "  - name: img\n    address: 10.0.0.2\n    port: 80\n")).unwrap();
+    let d = diff(&old, &new);
+    assert_eq!(d.global_changed, vec!["hash_seed".to_owned()]);
+    assert!(d.needs_program_reload());
+    assert_eq!(d.vips_added, vec!["img".to_owned()]);
+    let d = diff(&new, &old);
+    assert_eq!(d.vips_removed, vec!["img".to_owned()]);
+    let new = parse("d", &with("interfaces: [eth0]", "interfaces: [eth0]\n  log_format: json")).unwrap();
+    assert!(!diff(&old, &new).needs_program_reload());
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    for (name, text) in [("lab.yaml", include_str!("../../../examples/lab.yaml")), ("edge.yaml", include_str!("../../../examples/edge.yaml"))] {
+        parse(name, text).unwrap_or_else(|e| panic!("{e}"));
+    }
+}

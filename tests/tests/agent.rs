@@ -1,0 +1,255 @@
+//! The agent and its CLI against real backends in a lab (network namespaces, driver-mode XDP
+//! on veths). Needs root.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use lb_common::{
+    hash::flow_hash,
+    maglev::{MaglevBackend, build_table},
+    maps::{FAMILY_V4, FlowKey, PROTO_TCP, v4_addr},
+};
+use lb_tests::{
+    agent::{Agent, all_in_state, backends},
+    topology::{Lab, http_get, in_namespace},
+};
+use serde_json::Value;
+
+const SEED: u32 = 7;
+const RING: u32 = 65537;
+
+fn config(b1_weight: u32) -> String {
+    format!(
+        r#"global:
+  interfaces: [lbc, lbb1, lbb2, lbb3]
+  xdp_mode: driver
+  hash_seed: {SEED}
+  ring_size: {RING}
+  vip_capacity: 8
+  backend_capacity: 64
+  admin_socket: "{{socket}}"
+  metrics_address: 127.0.0.1:9100
+vips:
+  - name: web
+    address: 10.0.0.10
+    port: 80
+    protocol: tcp
+    health_check:
+      type: http
+      path: /health
+      interval: 200ms
+      fast_interval: 100ms
+      timeout: 150ms
+      rise: 2
+      fall: 2
+    backends:
+      - address: 10.0.11.2
+        port: 8080
+        weight: {b1_weight}
+      - address: 10.0.12.2
+        port: 8080
+      - address: 10.0.13.2
+        port: 8080
+"#
+    )
+}
+
+fn lab_with_agent(yaml: &str) -> (Lab, Agent) {
+    let mut lab = Lab::create(3, env!("CARGO_BIN_EXE_lb-test-backend").as_ref()).expect("lab");
+    for k in 0..3 {
+        lab.start_backend(k).expect("backend");
+    }
+    let agent = Agent::start(&mut lab, yaml).expect("agent");
+    agent
+        .wait_status(Duration::from_secs(10), |s| all_in_state(s, "web", "up"))
+        .expect("every backend passes its health checks");
+    (lab, agent)
+}
+
+/// Sends `n` requests from the client to `vip` and counts the answering backends.
+fn spread(lab: &Lab, vip: SocketAddr, n: usize) -> HashMap<String, usize> {
+    in_namespace(&lab.client_ns, move || {
+        let mut seen = HashMap::new();
+        for _ in 0..n {
+            let (status, body) = http_get(vip, "/", Duration::from_secs(3)).unwrap_or_else(|e| panic!("GET {vip}: {e}"));
+            assert_eq!(status, 200);
+            *seen.entry(body.trim().to_owned()).or_insert(0) += 1;
+        }
+        seen
+    })
+    .unwrap()
+}
+
+fn web() -> SocketAddr {
+    "10.0.0.10:80".parse().unwrap()
+}
+
+fn ok(agent: &Agent, args: &[&str]) -> String {
+    let out = agent.cli(args);
+    assert!(out.status.success(), "lb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must be refused with `code` and a message containing `needle`.
+fn refused(agent: &Agent, args: &[&str], code: i32, needle: &str) {
+    let out = agent.cli(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "lb {args:?}: {stderr}");
+    assert!(stderr.contains(needle), "lb {args:?}: {stderr:?} should mention {needle:?}");
+}
+
+fn backend<'a>(status: &'a Value, endpoint: &str) -> &'a Value {
+    let (ip, port) = endpoint.rsplit_once(':').unwrap();
+    backends(status, "web")
+        .into_iter()
+        .find(|b| b["address"] == ip && b["port"] == port.parse::<u16>().unwrap())
+        .unwrap_or_else(|| panic!("no backend {endpoint} in {status:#}"))
+}
+
+#[test]
+fn cli_manages_a_running_agent() {
+    let (lab, agent) = lab_with_agent(&config(1));
+
+    let seen = spread(&lab, web(), 60);
+    assert_eq!(seen.len(), 3, "all three backends answer: {seen:?}");
+    let human = ok(&agent, &["status"]);
+    assert!(human.contains("VIP web 10.0.0.10:80/tcp") && human.contains("10.0.12.2:8080"), "{human}");
+    let stats = agent.json(&["stats"]).unwrap();
+    let forwarded = stats["reasons"].as_array().unwrap().iter().find(|r| r[0] == "forward_to_backend").unwrap()[1].as_u64().unwrap();
+    assert!(forwarded >= 60 * 3, "forwarded packets counted: {forwarded}");
+
+    // Drain: new connections avoid the backend; undrain brings it back.
+    ok(&agent, &["backend", "drain", "web", "10.0.12.2:8080"]);
+    let status = agent.json(&["status"]).unwrap();
+    assert_eq!(backend(&status, "10.0.12.2:8080")["state"], "draining");
+    assert!(!spread(&lab, web(), 40).contains_key("b2"), "a drained backend gets no new connections");
+    ok(&agent, &["backend", "undrain", "web", "10.0.12.2:8080"]);
+    assert_eq!(backend(&agent.json(&["status"]).unwrap(), "10.0.12.2:8080")["state"], "up");
+
+    // Weight 0 takes no new flows.
+    ok(&agent, &["backend", "weight", "web", "10.0.11.2:8080", "0"]);
+    assert_eq!(backend(&agent.json(&["status"]).unwrap(), "10.0.11.2:8080")["weight"], 0);
+    assert!(!spread(&lab, web(), 40).contains_key("b1"));
+    ok(&agent, &["backend", "weight", "web", "10.0.11.2:8080", "1"]);
+
+    // Remove and add back (health-checked: it comes back once its checks pass).
+    ok(&agent, &["backend", "remove", "web", "10.0.13.2:8080"]);
+    assert_eq!(backends(&agent.json(&["status"]).unwrap(), "web").len(), 2);
+    assert!(!spread(&lab, web(), 30).contains_key("b3"));
+    ok(&agent, &["backend", "add", "web", "10.0.13.2:8080", "--weight", "2"]);
+    agent.wait_status(Duration::from_secs(10), |s| all_in_state(s, "web", "up") && backends(s, "web").len() == 3).unwrap();
+
+    // A second VIP:port with its own pool.
+    ok(&agent, &["vip", "add", "img", "10.0.0.10:8081", "--check", "tcp", "--backend", "10.0.13.2:8080"]);
+    agent.wait_status(Duration::from_secs(10), |s| all_in_state(s, "img", "up")).unwrap();
+    let img: SocketAddr = "10.0.0.10:8081".parse().unwrap();
+    assert_eq!(spread(&lab, img, 10).keys().collect::<Vec<_>>(), vec!["b3"]);
+    ok(&agent, &["vip", "remove", "img"]);
+    assert!(backends(&agent.json(&["status"]).unwrap(), "img").is_empty());
+
+    // Explain answers from the data path's maps.
+    let e = agent.json(&["explain", "10.0.1.2:40000", "10.0.0.10:80", "tcp"]).unwrap();
+    assert_eq!(e["verdict"], "forward");
+    assert_eq!(e["vip"], "web");
+    let e = agent.json(&["explain", "10.0.1.2:40000", "10.0.0.99:80", "tcp"]).unwrap();
+    assert_eq!(e["verdict"], "pass");
+
+    // Bad input is refused with a clear error and changes nothing.
+    let before = agent.json(&["status"]).unwrap();
+    refused(&agent, &["backend", "drain", "nosuch", "10.0.11.2:8080"], 1, "no VIP named \"nosuch\"");
+    refused(&agent, &["backend", "drain", "web", "10.9.9.9:8080"], 1, "has no backend 10.9.9.9:8080");
+    refused(&agent, &["backend", "weight", "web", "10.0.11.2:8080", "70000"], 1, "maximum");
+    refused(&agent, &["backend", "add", "web", "10.0.11.2:8080"], 1, "already has backend");
+    refused(&agent, &["backend", "add", "web", "[fd00::1]:8080"], 1, "address family");
+    refused(&agent, &["vip", "add", "web", "10.0.0.11:80", "--backend", "10.0.11.2:8080"], 1, "already exists");
+    refused(&agent, &["explain", "10.0.1.2:1", "10.0.0.10:80", "sctp"], 1, "unknown protocol");
+    refused(&agent, &["backend", "drain", "web", "not-an-address"], 2, "invalid value");
+    let after = agent.json(&["status"]).unwrap();
+    for (b, a) in backends(&before, "web").iter().zip(backends(&after, "web")) {
+        assert_eq!((&b["address"], &b["state"], &b["weight"]), (&a["address"], &a["state"], &a["weight"]));
+    }
+    let out = std::process::Command::new(lb_tests::agent::lb_binary())
+        .args(["--socket", "/nonexistent/lb.sock", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "unreachable agent");
+
+    // Configuration check, reload, and a reload of an invalid file that changes nothing.
+    ok(&agent, &["config", "check", agent.config.to_str().unwrap()]);
+    std::fs::write(&agent.config, config(5).replace("{socket}", agent.socket.to_str().unwrap())).unwrap();
+    ok(&agent, &["reload"]);
+    assert_eq!(backend(&agent.json(&["status"]).unwrap(), "10.0.11.2:8080")["weight"], 5);
+    std::fs::write(&agent.config, config(70000).replace("{socket}", agent.socket.to_str().unwrap())).unwrap();
+    refused(&agent, &["config", "check", agent.config.to_str().unwrap()], 1, "weight");
+    refused(&agent, &["reload"], 1, "weight");
+    assert_eq!(backend(&agent.json(&["status"]).unwrap(), "10.0.11.2:8080")["weight"], 5);
+
+    // Prometheus metrics on the configured address.
+    let metrics = in_namespace(&lab.lb_ns, || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9100").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    })
+    .unwrap();
+    assert!(metrics.contains("lb_vip_packets_total{vip=\"web\"}"), "{metrics}");
+    assert!(metrics.contains("lb_backend_healthy{vip=\"web\",backend=\"10.0.12.2:8080\"} 1"), "{metrics}");
+}
+
+/// The backend the Maglev builder puts in the slot of `src`'s flow to the web VIP.
+fn expected(pool: &[(u32, IpAddr)], src: SocketAddr) -> SocketAddr {
+    let backends: Vec<MaglevBackend> = pool
+        .iter()
+        .map(|&(id, ip)| MaglevBackend { id, addr: v4_addr(match ip { IpAddr::V4(a) => a.octets(), _ => unreachable!() }), port: 8080, weight: 1 })
+        .collect();
+    let ring = build_table(&backends, RING, SEED);
+    let IpAddr::V4(client) = src.ip() else { unreachable!() };
+    let key = FlowKey { src: v4_addr(client.octets()), dst: v4_addr([10, 0, 0, 10]), sport: src.port(), dport: 80, proto: PROTO_TCP, family: FAMILY_V4, pad: [0; 2] };
+    let id = ring[(flow_hash(&key, SEED, false) % RING) as usize];
+    let ip = pool.iter().find(|(i, _)| *i == id).unwrap().1;
+    SocketAddr::new(ip, 8080)
+}
+
+/// Asserts that for `n` new flows the data path's choice (via `lb explain`) is the Maglev
+/// builder's for `pool`.
+fn ring_matches_builder(agent: &Agent, pool: &[(u32, IpAddr)], n: u16) {
+    for port in 0..n {
+        let src: SocketAddr = format!("10.0.1.2:{}", 20000 + port * 7).parse().unwrap();
+        let e = agent.json(&["explain", &src.to_string(), "10.0.0.10:80", "tcp"]).unwrap();
+        assert_eq!(e["verdict"], "forward", "{e:#}");
+        assert_eq!(e["backend"], expected(pool, src).to_string(), "flow from {src}: {e:#}");
+    }
+}
+
+#[test]
+fn health_failure_and_recovery_swap_the_ring() {
+    let (mut lab, agent) = lab_with_agent(&config(1));
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let all = [(1, ip("10.0.11.2")), (2, ip("10.0.12.2")), (3, ip("10.0.13.2"))];
+    ring_matches_builder(&agent, &all, 150);
+
+    lab.kill_backend(1);
+    let down = agent
+        .wait_status(Duration::from_secs(5), |s| backend(s, "10.0.12.2:8080")["health"] == "down")
+        .expect("the killed backend is marked down");
+    assert_eq!(backend(&down, "10.0.12.2:8080")["state"], "down");
+    let stats = agent.json(&["stats"]).unwrap();
+    let swap_ms = stats["health"]["last_probe_to_swap_ms"].as_f64().expect("probe-to-swap time measured");
+    println!("probe to swapped ring: {swap_ms:.2} ms");
+    assert!(swap_ms < 1000.0, "{swap_ms} ms");
+    ring_matches_builder(&agent, &[all[0], all[2]], 150);
+    let seen = spread(&lab, web(), 30);
+    assert!(!seen.contains_key("b2"), "no new connection goes to the dead backend: {seen:?}");
+
+    lab.start_backend(1).unwrap();
+    agent
+        .wait_status(Duration::from_secs(5), |s| backend(s, "10.0.12.2:8080")["state"] == "up")
+        .expect("the backend comes back");
+    ring_matches_builder(&agent, &all, 150);
+    assert!(spread(&lab, web(), 60).contains_key("b2"), "it takes its share again");
+}
