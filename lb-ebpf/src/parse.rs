@@ -34,6 +34,9 @@ pub struct Packet {
     pub key: FlowKey,
     /// Frame length in bytes.
     pub len: u64,
+    /// A TCP SYN without ACK: the first packet of a new connection (possibly on a 5-tuple the
+    /// client used before).
+    pub syn: bool,
 }
 
 /// A bounds-checked pointer to a `T` at `offset` bytes into the frame.
@@ -112,6 +115,7 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Reason> {
             let tcp = unsafe { &*tcp };
             key.sport = u16::from_be_bytes(tcp.source);
             key.dport = u16::from_be_bytes(tcp.dest);
+            pkt.syn = tcp.syn() != 0 && tcp.ack() == 0;
         }
         PROTO_UDP => {
             let udp = ptr_at::<UdpHdr>(ctx, l4)?;

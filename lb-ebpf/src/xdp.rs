@@ -3,7 +3,7 @@
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     counters::Reason,
-    maps::{ConnEntry, VipKey, VipMeta},
+    maps::{BackendState, ConnEntry, VipKey, VipMeta},
 };
 
 use crate::{
@@ -56,7 +56,11 @@ fn verdict(action: u32, reason: Reason) -> u32 {
 #[inline(never)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> u32 {
     let (id, backend, new_flow) = match conntrack::tracked(&pkt.key) {
-        Tracked::Live(id, backend) => (id, backend, false),
+        // A new connection that reuses the 5-tuple of a flow on a draining backend is a new
+        // flow: draining keeps existing connections only.
+        Tracked::Live(id, backend) if !(pkt.syn && backend.state == BackendState::Draining as u8) => {
+            (id, backend, false)
+        }
         tracked => {
             if matches!(tracked, Tracked::Stale) {
                 count(Reason::Rescheduled);

@@ -101,7 +101,9 @@ impl Netns {
         let bytes: Vec<u8> = out
             .trim()
             .split(':')
-            .map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|e| panic!("MAC of {dev}: {out:?}: {e}")))
+            .map(|b| {
+                u8::from_str_radix(b, 16).unwrap_or_else(|e| panic!("MAC of {dev}: {out:?}: {e}"))
+            })
             .collect();
         bytes.try_into().unwrap_or_else(|_| panic!("MAC of {dev}: {out:?}"))
     }

@@ -23,12 +23,6 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// The client's address.
-pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
-/// The client's IPv6 address.
-pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
-/// The load balancer's address on the client side.
-pub const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 /// The load balancer's client-side interface.
 pub const LB_CLIENT_IFACE: &str = "lbc";
 
@@ -249,23 +243,40 @@ pub fn in_namespace<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 
     handle.join().map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
 }
 
-/// One HTTP/1.1 GET with `Connection: close`: the status code and body, or an error
-/// (connect and read bounded by `timeout`).
+/// One HTTP/1.1 GET on a new connection: the status code and body, or an error (each step
+/// bounded by `timeout`). The client closes first, as browsers do, so the connection's source
+/// port stays in TIME_WAIT and the next connection gets a new 5-tuple.
 pub fn http_get(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
-    use std::io::{Read as _, Write as _};
+    use std::io::Write as _;
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    s.read_to_string(&mut response)?;
-    let status = response
+    write!(s, "GET {path} HTTP/1.1\r\nHost: lab\r\n\r\n")?;
+    read_response(&mut std::io::BufReader::new(s))
+}
+
+/// Reads one HTTP/1.1 response framed by Content-Length: status and body (trimmed).
+fn read_response<R: std::io::BufRead>(reader: &mut R) -> std::io::Result<(u16, String)> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response {response:?}")))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut length = 0;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok((status, String::from_utf8_lossy(&body).trim().to_owned()))
 }
 
 /// A keep-alive HTTP connection opened from inside a namespace, kept by a thread there.
@@ -281,7 +292,7 @@ impl HttpSession {
         let path = format!("/var/run/netns/{ns}");
         let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
         thread::spawn(move || {
-            use std::{io::{BufRead as _, BufReader, Read as _, Write as _}, os::fd::AsRawFd as _};
+            use std::{io::{BufReader, Write as _}, os::fd::AsRawFd as _};
             // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 let _ = ready_tx.send(Err(std::io::Error::last_os_error()));
@@ -299,26 +310,7 @@ impl HttpSession {
             let mut writer = stream.try_clone().expect("clone stream");
             let mut reader = BufReader::new(stream);
             for (path, reply) in rx {
-                let result = (|| {
-                    write!(writer, "GET {path} HTTP/1.1\r\nHost: lab\r\n\r\n")?;
-                    let mut line = String::new();
-                    reader.read_line(&mut line)?;
-                    let status = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-                    let mut length = 0;
-                    loop {
-                        line.clear();
-                        reader.read_line(&mut line)?;
-                        if line.trim().is_empty() {
-                            break;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body)?;
-                    Ok((status, String::from_utf8_lossy(&body).trim().to_owned()))
-                })();
+                let result = write!(writer, "GET {path} HTTP/1.1\r\nHost: lab\r\n\r\n").and_then(|()| read_response(&mut reader));
                 let _ = reply.send(result);
             }
         });

@@ -335,6 +335,15 @@ fn draining_backend_keeps_its_flow_and_gets_no_new_ones() {
         assert_eq!(run.action, XDP_TX);
         assert_ne!(sent_to(&run.out), drained, "new flow {port} sent to the drained backend");
     }
+
+    // A new connection reusing the drained flow's 5-tuple (a SYN) is a new flow.
+    let run = lb.run(&flow.bytes());
+    assert_eq!(run.action, XDP_TX);
+    let now = sent_to(&run.out);
+    assert_ne!(now, drained, "a SYN on a reused 5-tuple must not go to the drained backend");
+    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)]);
+    assert_eq!(lb.dp.maps.conn(&flow_key(&flow)).unwrap().unwrap().backend_id, now);
+    assert_eq!(sent_to(&lb.run(&with_flags(&flow, ACK).bytes()).out), now, "and its next packets follow");
 }
 
 #[test]
@@ -511,6 +520,16 @@ fn ring_swap_flips_to_the_spare_ring() {
     for slot in (0..want.len() as u32).step_by(997) {
         let old = lb.dp.maps.ring_slot(&before, slot).unwrap();
         assert!((1..=3).contains(&old));
+    }
+    // After more swaps (each writing only the slots that differ from the spare ring), every
+    // slot of the live ring is still exactly the builder's.
+    let full = pool4(PROTO_TCP);
+    for svc in [full.clone(), { let mut s = full.clone(); s.backends.remove(0); s }, full] {
+        let live = lb.dp.maps.apply_service(&svc).unwrap();
+        let want = svc.ring(lb.dp.sizing().ring_size, lb.dp.sizing().hash_seed);
+        for (slot, id) in want.iter().enumerate() {
+            assert_eq!(lb.dp.maps.ring_slot(&live, slot as u32).unwrap(), *id, "slot {slot}");
+        }
     }
 }
 

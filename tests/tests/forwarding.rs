@@ -4,26 +4,27 @@
 //!
 //! BPF_PROG_TEST_RUN without a context runs the program in the calling thread's network
 //! namespace with that namespace's loopback (ifindex 1) as the ingress interface, and the FIB
-//! lookup uses that namespace's routes and neighbours. So each case builds a private namespace
-//! and runs there (`lb_tests::netns`). As in `fixtures.rs`, every case checks the verdict, the
-//! exact output bytes (built from scratch by `lb_tests::packet`) and the counter changes.
+//! lookup uses that namespace's interfaces, routes, neighbours and sysctls. So each case builds
+//! a private namespace and runs there (`lb_tests::netns`). As in `fixtures.rs`, every case
+//! checks the verdict, the exact output bytes (built from scratch by `lb_tests::packet`) and
+//! the counter changes.
 //!
-//! What `bpf_fib_lookup` needs to answer with a next hop (kernel `bpf_ipv4_fib_lookup` /
-//! `bpf_ipv6_fib_lookup`, checked here by
-//! [`fib_lookup_checks_forwarding_on_the_ingress_interface_only`]):
+//! What `bpf_fib_lookup` needs to answer with a next hop (kernel `bpf_ipv4_fib_lookup` and
+//! `bpf_ipv6_fib_lookup`; the first point is shown by
+//! `fib_lookup_checks_forwarding_on_the_ingress_interface_only`):
 //! - forwarding enabled on the interface in the lookup's `ifindex`, which the data path sets to
-//!   the ingress interface, i.e. the loopback in a test run. `net.ipv4.ip_forward=1` and
+//!   the ingress interface: in a test run the loopback. `net.ipv4.ip_forward=1` and
 //!   `net.ipv6.conf.all.forwarding=1` switch it on for every interface, `lo` included; with it
-//!   off on `lo` the lookup fails (`BPF_FIB_LKUP_RET_FWD_DISABLED`) even with a route and a
-//!   neighbour. Forwarding on the egress interface is not checked.
-//! - a unicast route (none: `BPF_FIB_LKUP_RET_NOT_FWDED`);
-//! - a valid neighbour entry for the next hop (none: `BPF_FIB_LKUP_RET_NO_NEIGH`); the lookup
-//!   never starts neighbour resolution, only the kernel's own forwarding of the passed packet
-//!   does.
+//!   off on `lo` alone the lookup fails (`BPF_FIB_LKUP_RET_FWD_DISABLED`) despite a route and a
+//!   neighbour, while forwarding off on the egress interface changes nothing.
+//! - a unicast route (otherwise `BPF_FIB_LKUP_RET_NOT_FWDED`);
+//! - a valid neighbour entry for the next hop (otherwise `BPF_FIB_LKUP_RET_NO_NEIGH`); the
+//!   lookup does not start neighbour resolution: no entry appears.
 //!
-//! The kernel has no `dummy` driver, so the backend-side interface is a veth pair (its peer is
-//! up too, for carrier), whose neighbour entries behave like a NIC's (a dummy interface is
-//! NOARP: an entry created there would hold the interface's own MAC).
+//! The kernel under test has no `dummy` driver, so the backend-side interface is a veth pair
+//! (peer up too, for carrier). It is also the better stand-in for a NIC: a dummy interface is
+//! NOARP, and a neighbour entry the kernel creates on a NOARP interface holds that interface's
+//! own MAC (`arp_constructor`, `ndisc_constructor`), which the FIB would then return.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -48,20 +49,19 @@ const ID6: u32 = 11;
 
 /// The backend-side interface and the MAC it is created with.
 const DEV: &str = "d0";
-const DEV_MAC: &str = "02:1b:00:00:00:fe";
+const DEV_MAC: Mac = [0x02, 0x1b, 0x00, 0x00, 0x00, 0xfe];
 /// The MAC of both backends in the neighbour table.
 const NEIGH_MAC: Mac = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x01];
-const NEIGH_MAC_STR: &str = "02:aa:bb:cc:dd:01";
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const SYN_ACK: u8 = 0x12;
 
-const UNRESOLVED: NextHop = NextHop {
-    ifindex: 0,
-    dst_mac: [0; 6],
-    src_mac: [0; 6],
-};
+const UNRESOLVED: NextHop = NextHop { ifindex: 0, dst_mac: [0; 6], src_mac: [0; 6] };
+
+fn mac_str(m: Mac) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
 
 fn from_client(src: IpAddr, dst: IpAddr, l4: L4) -> Frame {
     Frame {
@@ -75,20 +75,25 @@ fn from_client(src: IpAddr, dst: IpAddr, l4: L4) -> Frame {
     }
 }
 
+fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
+    L4::Tcp { sport, dport, flags }
+}
+
 fn syn4() -> Frame {
-    from_client(CLIENT4, VIP4, L4::Tcp { sport: 40000, dport: 80, flags: SYN })
+    from_client(CLIENT4, VIP4, tcp(40000, 80, SYN))
 }
 
 fn ack4() -> Frame {
-    from_client(CLIENT4, VIP4, L4::Tcp { sport: 40000, dport: 80, flags: ACK })
+    from_client(CLIENT4, VIP4, tcp(40000, 80, ACK))
 }
 
 fn dgram6() -> Frame {
     from_client(CLIENT6, VIP6, L4::Udp { sport: 6000, dport: 443, no_checksum: false })
 }
 
-/// `f` with its destination rewritten to `ip`:`port` and sent from `src_mac` to `dst_mac`.
-fn to_endpoint(f: &Frame, ip: IpAddr, port: u16, dst_mac: Mac, src_mac: Mac) -> Frame {
+/// `f` rewritten to its family's backend and sent from `src_mac` to `dst_mac`.
+fn sent(f: &Frame, dst_mac: Mac, src_mac: Mac) -> Frame {
+    let (ip, port) = if f.src.is_ipv4() { (BACKEND4, PORT4) } else { (BACKEND6, PORT6) };
     let mut out = f.clone();
     out.dst = ip;
     out.dst_mac = dst_mac;
@@ -101,31 +106,31 @@ fn to_endpoint(f: &Frame, ip: IpAddr, port: u16, dst_mac: Mac, src_mac: Mac) -> 
 
 /// `f` rewritten to its backend, Ethernet header untouched: what the kernel gets on XDP_PASS.
 fn rewritten_only(f: &Frame) -> Frame {
-    let (ip, port) = if f.src.is_ipv4() { (BACKEND4, PORT4) } else { (BACKEND6, PORT6) };
-    to_endpoint(f, ip, port, f.dst_mac, f.src_mac)
+    sent(f, f.dst_mac, f.src_mac)
 }
 
-/// VIP4:80/TCP with the single backend BACKEND4:8080 and VIP6:443/UDP with BACKEND6:8443,
-/// both reached through `hop`.
-fn services(hop: NextHop) -> Vec<Service> {
+/// VIP4:80/TCP with the single backend BACKEND4:8080 reached through `hop4`, and VIP6:443/UDP
+/// with BACKEND6:8443 through `hop6`.
+fn services(hop4: NextHop, hop6: NextHop) -> Vec<Service> {
     let mut v4 = service(1, VIP4, 80, PROTO_TCP, ID4, &[(BACKEND4, PORT4, 1)]);
     let mut v6 = service(2, VIP6, 443, PROTO_UDP, ID6, &[(BACKEND6, PORT6, 1)]);
-    v4.backends[0].backend.hop = hop;
-    v6.backends[0].backend.hop = hop;
+    v4.backends[0].backend.hop = hop4;
+    v6.backends[0].backend.hop = hop6;
     vec![v4, v6]
 }
 
 /// What one program instance did with a sequence of frames.
 struct Outcome {
     runs: Vec<Run>,
-    /// Traffic counters of the IPv4 and the IPv6 VIP and of their backends.
+    /// Traffic counters of the IPv4 and the IPv6 VIP, and of their backends.
     vips: [Traffic; 2],
     backends: [Traffic; 2],
 }
 
 /// Loads the program, installs `services` and runs `frames` in order, all inside `ns`.
-fn run_in(ns: &Netns, services: Vec<Service>, frames: Vec<Vec<u8>>) -> Outcome {
+fn run_in(ns: &Netns, services: Vec<Service>, frames: &[Frame]) -> Outcome {
     require_root();
+    let frames: Vec<Vec<u8>> = frames.iter().map(Frame::bytes).collect();
     ns.run_in(move || {
         let mut lb = Lb::load(&test_sizing(0x5eed));
         for svc in &services {
@@ -149,38 +154,59 @@ fn expect(run: &Run, what: &str, action: u32, want: &Frame, reason: Reason) {
     assert_eq!(run.counted, vec![(reason, 1)], "{what}: counters");
 }
 
-/// Checks the VIP and backend counters after one new flow of `frames` packets per family.
-fn expect_traffic(outcome: &Outcome, frames: [&[Frame]; 2]) {
-    for (i, frames) in frames.into_iter().enumerate() {
-        let bytes = frames.iter().map(|f| f.bytes().len() as u64).sum();
-        let want = Traffic {
-            packets: frames.len() as u64,
-            bytes,
-            new_flows: 1,
-        };
-        assert_eq!(outcome.vips[i], want, "VIP {} counters", i + 1);
-        assert_eq!(outcome.backends[i], want, "backend counters of VIP {}", i + 1);
+/// Checks that `frames`, all from the client, were handed to the kernel rewritten.
+fn expect_passed(outcome: &Outcome, frames: &[Frame], why: &str) {
+    for (run, f) in outcome.runs.iter().zip(frames) {
+        let what = format!("{} ({why})", f.dst);
+        expect(run, &what, XDP_PASS, &rewritten_only(f), Reason::PassToKernelRoute);
     }
 }
 
-/// Adds the veth pair `d0`/`d0p` (up) and returns `d0`'s index.
+/// Checks that `frames`, all from the client, were redirected with the FIB's MACs.
+fn expect_resolved(outcome: &Outcome, frames: &[Frame], why: &str) {
+    for (run, f) in outcome.runs.iter().zip(frames) {
+        let what = format!("{} ({why})", f.dst);
+        let want = sent(f, NEIGH_MAC, DEV_MAC);
+        expect(run, &what, XDP_REDIRECT, &want, Reason::ForwardToBackend);
+    }
+}
+
+/// Checks the VIP and backend counters after one flow per family made of these frames.
+fn expect_traffic(outcome: &Outcome, v4: &[Frame], v6: &[Frame]) {
+    for (i, frames) in [v4, v6].into_iter().enumerate() {
+        let bytes = frames.iter().map(|f| f.bytes().len() as u64).sum();
+        let want = Traffic { packets: frames.len() as u64, bytes, new_flows: 1 };
+        assert_eq!(outcome.vips[i], want, "VIP {} counters", i + 1);
+        assert_eq!(outcome.backends[i], want, "counters of VIP {}'s backend", i + 1);
+    }
+}
+
+/// Runs `ip ARGS` (whitespace-separated) inside `ns`.
+fn ip(ns: &Netns, args: &str) {
+    let args: Vec<&str> = ["ip"].into_iter().chain(args.split_whitespace()).collect();
+    ns.exec(&args);
+}
+
+/// Adds the veth pair `d0`/`d0p` (both up) and returns `d0`'s index.
 fn add_backend_link(ns: &Netns) -> u32 {
-    ns.exec(&["ip", "link", "add", DEV, "address", DEV_MAC, "type", "veth", "peer", "name", "d0p"]);
-    ns.exec(&["ip", "link", "set", "d0p", "up"]);
-    ns.exec(&["ip", "link", "set", DEV, "up"]);
+    ip(ns, &format!("link add {DEV} address {} type veth peer name d0p", mac_str(DEV_MAC)));
+    ip(ns, "link set d0p up");
+    ip(ns, &format!("link set {DEV} up"));
+    assert_eq!(ns.mac(DEV), DEV_MAC);
     ns.ifindex(DEV)
 }
 
 /// `d0` on the backends' subnets (connected routes to both backends).
 fn add_backend_routes(ns: &Netns) {
-    ns.exec(&["ip", "addr", "add", "10.1.0.254/24", "dev", DEV]);
-    ns.exec(&["ip", "-6", "addr", "add", "2001:db8:b::fe/64", "dev", DEV, "nodad"]);
+    ip(ns, &format!("addr add 10.1.0.254/24 dev {DEV}"));
+    ip(ns, &format!("-6 addr add 2001:db8:b::fe/64 dev {DEV} nodad"));
 }
 
 /// Permanent neighbour entries for both backends on `d0`.
 fn add_backend_neighbours(ns: &Netns) {
-    ns.exec(&["ip", "neigh", "add", "10.1.0.1", "lladdr", NEIGH_MAC_STR, "dev", DEV, "nud", "permanent"]);
-    ns.exec(&["ip", "-6", "neigh", "add", "2001:db8:b::1", "lladdr", NEIGH_MAC_STR, "dev", DEV, "nud", "permanent"]);
+    let mac = mac_str(NEIGH_MAC);
+    ip(ns, &format!("neigh add 10.1.0.1 lladdr {mac} dev {DEV} nud permanent"));
+    ip(ns, &format!("-6 neigh add 2001:db8:b::1 lladdr {mac} dev {DEV} nud permanent"));
 }
 
 /// Forwarding on for every interface of the namespace.
@@ -189,15 +215,14 @@ fn enable_forwarding(ns: &Netns) {
     ns.sysctl("net.ipv6.conf.all.forwarding", "1");
 }
 
-/// A namespace whose FIB resolves both backends: route, neighbour and forwarding; returns it
-/// with `d0`'s index.
-fn resolvable() -> (Netns, u32) {
+/// A namespace whose FIB resolves both backends: route, neighbour and forwarding.
+fn resolvable() -> Netns {
     let ns = Netns::new("fwd");
-    let dev = add_backend_link(&ns);
+    add_backend_link(&ns);
     add_backend_routes(&ns);
     add_backend_neighbours(&ns);
     enable_forwarding(&ns);
-    (ns, dev)
+    ns
 }
 
 #[test]
@@ -205,34 +230,36 @@ fn two_arm_backend_is_redirected_with_its_hops_macs() {
     let ns = Netns::new("fwd");
     let dev = add_backend_link(&ns);
     assert_ne!(dev, 1, "the backend side must not be the ingress interface");
-    let dev_mac = ns.mac(DEV);
-    let hop = NextHop { ifindex: dev, dst_mac: backend_mac(ID4), src_mac: dev_mac };
+    let hop = |id| NextHop { ifindex: dev, dst_mac: backend_mac(id), src_mac: DEV_MAC };
     let reply = Frame {
         dst_mac: LB_MAC,
         src_mac: backend_mac(ID4),
         vlan: None,
         src: BACKEND4,
         dst: CLIENT4,
-        l4: L4::Tcp { sport: PORT4, dport: 40000, flags: SYN_ACK },
+        l4: tcp(PORT4, 40000, SYN_ACK),
         payload: b"world!".to_vec(),
     };
     let frames = [syn4(), ack4(), reply.clone(), dgram6()];
-    let outcome = run_in(&ns, services(hop), frames.iter().map(Frame::bytes).collect());
+    let outcome = run_in(&ns, services(hop(ID4), hop(ID6)), &frames);
     let r = &outcome.runs;
 
-    let to_backend = |f: &Frame, ip, port| to_endpoint(f, ip, port, backend_mac(ID4), dev_mac);
-    expect(&r[0], "IPv4 SYN", XDP_REDIRECT, &to_backend(&frames[0], BACKEND4, PORT4), Reason::ForwardToBackend);
-    expect(&r[1], "IPv4 ACK", XDP_REDIRECT, &to_backend(&frames[1], BACKEND4, PORT4), Reason::ForwardToBackend);
-    // The reply goes back out of the interface the client's packets came in on (in a test run
-    // the loopback, so XDP_TX), towards the MAC they came from.
-    let mut back = reply.clone();
-    back.src = VIP4;
-    back.dst_mac = CLIENT_MAC;
-    back.src_mac = LB_MAC;
-    back.l4 = L4::Tcp { sport: 80, dport: 40000, flags: SYN_ACK };
+    let to_backend = |f: &Frame, id| sent(f, backend_mac(id), DEV_MAC);
+    let fwd = Reason::ForwardToBackend;
+    expect(&r[0], "IPv4 SYN", XDP_REDIRECT, &to_backend(&frames[0], ID4), fwd);
+    expect(&r[1], "IPv4 ACK", XDP_REDIRECT, &to_backend(&frames[1], ID4), fwd);
+    // Back out of the interface the client's packets came in on (in a test run the loopback,
+    // so XDP_TX), towards the MAC they came from.
+    let back = Frame {
+        dst_mac: CLIENT_MAC,
+        src_mac: LB_MAC,
+        src: VIP4,
+        l4: tcp(80, 40000, SYN_ACK),
+        ..reply
+    };
     expect(&r[2], "IPv4 reply", XDP_TX, &back, Reason::ReplyToClient);
-    expect(&r[3], "IPv6 UDP", XDP_REDIRECT, &to_backend(&frames[3], BACKEND6, PORT6), Reason::ForwardToBackend);
-    expect_traffic(&outcome, [&frames[..3], &frames[3..]]);
+    expect(&r[3], "IPv6 UDP", XDP_REDIRECT, &to_backend(&frames[3], ID6), fwd);
+    expect_traffic(&outcome, &frames[..3], &frames[3..]);
 }
 
 #[test]
@@ -240,26 +267,18 @@ fn unresolved_hop_without_a_route_is_left_to_the_kernel() {
     let ns = Netns::new("fwd");
     enable_forwarding(&ns);
     let frames = [syn4(), dgram6()];
-    let outcome = run_in(&ns, services(UNRESOLVED), frames.iter().map(Frame::bytes).collect());
-    for (run, f) in outcome.runs.iter().zip(&frames) {
-        expect(run, &format!("{} without a route", f.dst), XDP_PASS, &rewritten_only(f), Reason::PassToKernelRoute);
-    }
-    expect_traffic(&outcome, [&frames[..1], &frames[1..]]);
+    let outcome = run_in(&ns, services(UNRESOLVED, UNRESOLVED), &frames);
+    expect_passed(&outcome, &frames, "no route");
+    expect_traffic(&outcome, &frames[..1], &frames[1..]);
 }
 
 #[test]
 fn unresolved_hop_is_resolved_by_the_fib() {
-    let (ns, _) = resolvable();
-    let dev_mac = ns.mac(DEV);
-    assert_eq!(dev_mac, [0x02, 0x1b, 0, 0, 0, 0xfe]);
+    let ns = resolvable();
     let frames = [syn4(), ack4(), dgram6()];
-    let outcome = run_in(&ns, services(UNRESOLVED), frames.iter().map(Frame::bytes).collect());
-    let r = &outcome.runs;
-    let via_fib = |f: &Frame, ip, port| to_endpoint(f, ip, port, NEIGH_MAC, dev_mac);
-    expect(&r[0], "IPv4 SYN", XDP_REDIRECT, &via_fib(&frames[0], BACKEND4, PORT4), Reason::ForwardToBackend);
-    expect(&r[1], "IPv4 ACK", XDP_REDIRECT, &via_fib(&frames[1], BACKEND4, PORT4), Reason::ForwardToBackend);
-    expect(&r[2], "IPv6 UDP", XDP_REDIRECT, &via_fib(&frames[2], BACKEND6, PORT6), Reason::ForwardToBackend);
-    expect_traffic(&outcome, [&frames[..2], &frames[2..]]);
+    let outcome = run_in(&ns, services(UNRESOLVED, UNRESOLVED), &frames);
+    expect_resolved(&outcome, &frames, "route and neighbour");
+    expect_traffic(&outcome, &frames[..2], &frames[2..]);
 }
 
 #[test]
@@ -269,36 +288,30 @@ fn unresolved_hop_without_a_neighbour_is_left_to_the_kernel() {
     add_backend_routes(&ns);
     enable_forwarding(&ns);
     let frames = [syn4(), dgram6()];
-    let outcome = run_in(&ns, services(UNRESOLVED), frames.iter().map(Frame::bytes).collect());
-    for (run, f) in outcome.runs.iter().zip(&frames) {
-        expect(run, &format!("{} without a neighbour", f.dst), XDP_PASS, &rewritten_only(f), Reason::PassToKernelRoute);
-    }
-    expect_traffic(&outcome, [&frames[..1], &frames[1..]]);
-    let neigh = ns.exec(&["ip", "neigh", "show", "dev", DEV]) + &ns.exec(&["ip", "-6", "neigh", "show", "dev", DEV]);
-    assert!(!neigh.contains("10.1.0.1 ") && !neigh.contains("2001:db8:b::1 "), "the lookup created an entry: {neigh}");
+    let outcome = run_in(&ns, services(UNRESOLVED, UNRESOLVED), &frames);
+    expect_passed(&outcome, &frames, "route, no neighbour");
+    expect_traffic(&outcome, &frames[..1], &frames[1..]);
+    let neigh = ns.exec(&["ip", "neigh", "show", "dev", DEV])
+        + &ns.exec(&["ip", "-6", "neigh", "show", "dev", DEV]);
+    assert!(
+        !neigh.contains("10.1.0.1 ") && !neigh.contains("2001:db8:b::1 "),
+        "the lookup created a neighbour entry: {neigh}"
+    );
 }
 
 #[test]
 fn fib_lookup_checks_forwarding_on_the_ingress_interface_only() {
     let frames = [syn4(), dgram6()];
-    let bytes = || frames.iter().map(Frame::bytes).collect::<Vec<_>>();
 
-    let (ns, _) = resolvable();
+    let ns = resolvable();
     ns.sysctl("net.ipv4.conf.lo.forwarding", "0");
     ns.sysctl("net.ipv6.conf.lo.forwarding", "0");
-    let outcome = run_in(&ns, services(UNRESOLVED), bytes());
-    for (run, f) in outcome.runs.iter().zip(&frames) {
-        expect(run, &format!("{}, forwarding off on lo", f.dst), XDP_PASS, &rewritten_only(f), Reason::PassToKernelRoute);
-    }
+    let outcome = run_in(&ns, services(UNRESOLVED, UNRESOLVED), &frames);
+    expect_passed(&outcome, &frames, "forwarding off on lo");
 
-    let (ns, _) = resolvable();
+    let ns = resolvable();
     ns.sysctl(&format!("net.ipv4.conf.{DEV}.forwarding"), "0");
     ns.sysctl(&format!("net.ipv6.conf.{DEV}.forwarding"), "0");
-    let dev_mac = ns.mac(DEV);
-    let outcome = run_in(&ns, services(UNRESOLVED), bytes());
-    for (run, f) in outcome.runs.iter().zip(&frames) {
-        let (ip, port) = if f.src.is_ipv4() { (BACKEND4, PORT4) } else { (BACKEND6, PORT6) };
-        let want = to_endpoint(f, ip, port, NEIGH_MAC, dev_mac);
-        expect(run, &format!("{}, forwarding off on {DEV}", f.dst), XDP_REDIRECT, &want, Reason::ForwardToBackend);
-    }
+    let outcome = run_in(&ns, services(UNRESOLVED, UNRESOLVED), &frames);
+    expect_resolved(&outcome, &frames, "forwarding off on d0");
 }

@@ -10,13 +10,24 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...]>";
+// The lab shares the end-to-end tests' topology and agent runner (by path: xtask must build
+// before `setup` has installed the eBPF toolchain, so it cannot depend on the test crate).
+#[path = "../../tests/src/agent.rs"]
+#[allow(dead_code, reason = "shared with the tests, which use all of it")]
+mod agent;
+mod lab;
+#[path = "../../tests/src/topology.rs"]
+#[allow(dead_code, reason = "shared with the tests, which use all of it")]
+mod topology;
+
+const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...] | lab [--keep]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup(),
         Some("test") => setup().and_then(|()| test(&args[1..])),
+        Some("lab") => setup().and_then(|()| build_bins()).and_then(|()| lab::run(&root(), args.iter().any(|a| a == "--keep"))),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -58,6 +69,11 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// Installs what the machine lacks (idempotent).
 fn setup() -> anyhow::Result<()> {
     run(Command::new("bash").arg("scripts/setup.sh"))
+}
+
+/// Builds `lb` and the lab's backend server.
+fn build_bins() -> anyhow::Result<()> {
+    run(Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(["build", "--quiet", "--bins"]))
 }
 
 /// Every test: host unit tests and the kernel fixtures (needs root). Ends with one line

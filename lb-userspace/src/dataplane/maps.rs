@@ -21,6 +21,8 @@ pub struct Maps {
     active_conns: Array<MapData, u64>,
     ring_size: u32,
     hash_seed: u32,
+    /// What each VIP's two rings hold, so a swap writes only the slots that differ.
+    written: std::collections::HashMap<u32, [Vec<u32>; 2]>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
@@ -50,6 +52,7 @@ impl Maps {
             active_conns: take(ebpf, MAP_ACTIVE_CONNS)?.try_into()?,
             ring_size: sizing.ring_size,
             hash_seed: sizing.hash_seed,
+            written: std::collections::HashMap::new(),
         })
     }
 
@@ -70,6 +73,9 @@ impl Maps {
 
     /// Removes a VIP: its traffic goes to the kernel from the next packet on.
     pub fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        if let Some(meta) = self.vip(key)? {
+            self.written.remove(&meta.id);
+        }
         match self.vips.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
@@ -78,7 +84,8 @@ impl Maps {
 
     /// Writes `ring` into the VIP's spare ring, then replaces the VIP entry so that it points
     /// at it: in-flight packets see the old ring or the new one, never a mix. A new VIP gets
-    /// ring 0 before it becomes visible.
+    /// ring 0 before it becomes visible. Only slots that differ from what the spare ring
+    /// already holds are written (one syscall each).
     pub fn publish_ring(
         &mut self,
         key: &VipKey,
@@ -95,13 +102,21 @@ impl Maps {
         );
         let half = match self.vip(key)? {
             Some(live) if live.id == id => 1 - (live.ring_half & 1),
-            _ => 0,
+            _ => {
+                self.written.remove(&id);
+                0
+            }
         };
+        let before = self.written.get(&id).map(|h| &h[half as usize]).filter(|r| r.len() == ring.len());
         for (slot, &backend) in ring.iter().enumerate() {
+            if before.is_some_and(|b| b[slot] == backend) {
+                continue;
+            }
             self.ring
                 .set(ring_index(id, half, self.ring_size, slot as u32), backend, 0)
                 .with_context(|| format!("writing ring slot {slot} of VIP {id}"))?;
         }
+        self.written.entry(id).or_insert_with(|| [Vec::new(), Vec::new()])[half as usize] = ring.to_vec();
         let meta = VipMeta {
             id,
             flags,
