@@ -187,6 +187,20 @@ impl Lab {
         bail!("backend {} did not start listening", b.name)
     }
 
+    /// Starts another server on backend `k`'s host, named `name`, on TCP `port` (a second
+    /// pool on the same hosts); it runs until the lab is dropped.
+    pub fn start_server(&mut self, k: usize, name: &str, port: u16) -> anyhow::Result<()> {
+        let ns = self.backends[k].ns.clone();
+        let bin = self.backend_bin.to_string_lossy().into_owned();
+        let child = in_ns(&ns, &[&bin, name, &format!("[::]:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {bin} in {ns}"))?;
+        self.processes.push(child);
+        Ok(())
+    }
+
     /// Kills backend `k`'s server (as a crash would).
     pub fn kill_backend(&mut self, k: usize) {
         if let Some(mut child) = self.backends[k].server.take() {

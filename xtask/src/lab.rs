@@ -88,6 +88,7 @@ pub fn run(root: &Path, keep: bool) -> anyhow::Result<()> {
     for k in 0..3 {
         lab.start_backend(k)?;
     }
+    lab.start_server(2, "img3", 9090)?;
     println!("   client {}  →  load balancer {} (XDP on {})  →  backends {}", lab.client_ns, lab.lb_ns, lab.lb_interfaces().join(", "),
         lab.backends.iter().map(|b| format!("{} {}", b.name, b.v4)).collect::<Vec<_>>().join(", "));
     let agent = Agent::start(&mut lab, &yaml.replace(SHIPPED_SOCKET, "{socket}"))?;

@@ -101,3 +101,4 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)] mod probe_tmp;

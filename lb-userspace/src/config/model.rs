@@ -2,6 +2,7 @@
 //! and writes, with defaults and `deny_unknown_fields`).
 
 use std::{
+    fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::Duration,
@@ -304,7 +305,7 @@ pub mod file {
     pub struct Vip {
         pub name: String,
         pub address: IpAddr,
-        pub port: u16,
+        pub port: Port,
         #[serde(default = "default_protocol")]
         pub protocol: Protocol,
         #[serde(default = "default_scheduler")]
@@ -327,20 +328,112 @@ pub mod file {
         None,
     }
 
+    /// An integer as written, with what it should be for type errors; ranges are checked by
+    /// validation so that every problem is reported.
+    fn integer<'de, D: serde::Deserializer<'de>>(d: D, what: &'static str) -> Result<i64, D::Error> {
+        struct V(&'static str);
+        impl serde::de::Visitor<'_> for V {
+            type Value = i64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+                Ok(v)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+                Ok(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+        }
+        d.deserialize_i64(V(what))
+    }
+
+    /// A port number as written.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+    #[serde(transparent)]
+    pub struct Port(pub i64);
+
+    impl<'de> Deserialize<'de> for Port {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            integer(d, "a port number (1-65535)").map(Port)
+        }
+    }
+
+    /// An HTTP status as written.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+    #[serde(transparent)]
+    pub struct Status(pub i64);
+
+    impl<'de> Deserialize<'de> for Status {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            integer(d, "an HTTP status (100-599)").map(Status)
+        }
+    }
+
     /// One status or a list.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize)]
     #[serde(untagged)]
     pub enum Statuses {
-        One(u16),
-        Many(Vec<u16>),
+        One(Status),
+        Many(Vec<Status>),
+    }
+
+    impl<'de> Deserialize<'de> for Statuses {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Statuses;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an HTTP status or a list of them, such as [200, 204]")
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Statuses, E> {
+                    Ok(Statuses::One(Status(v)))
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Statuses, E> {
+                    Ok(Statuses::One(Status(i64::try_from(v).unwrap_or(i64::MAX))))
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Statuses, A::Error> {
+                    let mut list = Vec::new();
+                    while let Some(s) = seq.next_element()? {
+                        list.push(s);
+                    }
+                    Ok(Statuses::Many(list))
+                }
+            }
+            d.deserialize_any(V)
+        }
     }
 
     /// A duration: `"2s"` or a number of seconds.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize)]
     #[serde(untagged)]
     pub enum Dur {
-        Seconds(u64),
+        Seconds(i64),
         Text(String),
+    }
+
+    impl<'de> Deserialize<'de> for Dur {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Dur;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a duration such as 500ms, 2s or 1m")
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Dur, E> {
+                    Ok(Dur::Seconds(v))
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Dur, E> {
+                    Ok(Dur::Seconds(i64::try_from(v).unwrap_or(i64::MAX)))
+                }
+                fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Dur, E> {
+                    Ok(Dur::Text(v.to_string()))
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dur, E> {
+                    Ok(Dur::Text(v.to_owned()))
+                }
+            }
+            d.deserialize_any(V)
+        }
     }
 
     /// `health_check:`; options left out take HAProxy's defaults.
@@ -358,7 +451,7 @@ pub mod file {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub host: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub port: Option<u16>,
+        pub port: Option<Port>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub interval: Option<Dur>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -377,7 +470,7 @@ pub mod file {
     pub struct Backend {
         pub address: IpAddr,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub port: Option<u16>,
+        pub port: Option<Port>,
         #[serde(default = "default_weight")]
         pub weight: u32,
         #[serde(default = "default_state")]
@@ -428,7 +521,7 @@ impl Config {
                 .map(|v| {
                     let h = &v.health_check;
                     let mut check = file::HealthCheck {
-                        port: h.port,
+                        port: h.port.map(|p| file::Port(p.into())),
                         interval: dur(h.interval),
                         fast_interval: dur(h.fast_interval),
                         timeout: dur(h.timeout),
@@ -441,7 +534,7 @@ impl Config {
                             check.kind = file::CheckType::Http;
                             check.method = Some(*method);
                             check.path = Some(path.clone());
-                            check.expect_status = Some(file::Statuses::Many(expect_status.clone()));
+                            check.expect_status = Some(file::Statuses::Many(expect_status.iter().map(|&s| file::Status(s.into())).collect()));
                             check.host = host.clone();
                         }
                         CheckKind::Tcp => check.kind = file::CheckType::Tcp,
@@ -450,7 +543,7 @@ impl Config {
                     file::Vip {
                         name: v.name.clone(),
                         address: v.address,
-                        port: v.port,
+                        port: file::Port(v.port.into()),
                         protocol: v.protocol,
                         scheduler: v.scheduler,
                         source_affinity: v.source_affinity,
@@ -458,7 +551,7 @@ impl Config {
                         backends: v
                             .backends
                             .iter()
-                            .map(|b| file::Backend { address: b.address, port: Some(b.port), weight: b.weight, state: b.state })
+                            .map(|b| file::Backend { address: b.address, port: Some(file::Port(b.port.into())), weight: b.weight, state: b.state })
                             .collect(),
                     }
                 })
