@@ -526,3 +526,142 @@ impl Runtime {
         Ok(changes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    const YAML: &str = "\
+global:
+  interfaces: [eth0]
+  backend_capacity: 6
+  vip_capacity: 2
+  ring_size: 307
+vips:
+  - name: web
+    address: 10.0.0.1
+    port: 80
+    backends:
+      - address: 10.1.0.1
+      - address: 10.1.0.2
+        state: draining
+  - name: dns
+    address: 10.0.0.1
+    port: 53
+    protocol: udp
+    health_check:
+      type: none
+    backends:
+      - address: 10.2.0.1
+";
+
+    fn runtime() -> Runtime {
+        Runtime::new(&config::parse("t", YAML).unwrap()).unwrap().0
+    }
+
+    fn ep(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn slots_and_initial_health() {
+        let rt = runtime();
+        let web = rt.vip("web").unwrap();
+        let dns = rt.vip("dns").unwrap();
+        assert_eq!((web.id, dns.id), (0, 1));
+        let ids: Vec<u32> = rt.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.id)).collect();
+        assert_eq!(ids, vec![1, 2, 3], "slot 0 is never used");
+        // Checked backends start down until their probes pass; unchecked ones are up.
+        assert_eq!(web.backends[0].health, Health::Down);
+        assert_eq!(dns.backends[0].health, Health::Up);
+        assert_eq!(dns.backends[0].effective(), BackendState::Up);
+        assert_eq!(web.backends[1].admin, AdminState::Draining);
+    }
+
+    #[test]
+    fn effective_state_combines_admin_and_health() {
+        let mut b = runtime().vip("web").unwrap().backends[0].clone();
+        for (admin, health, want) in [
+            (AdminState::Up, Health::Up, BackendState::Up),
+            (AdminState::Draining, Health::Up, BackendState::Draining),
+            (AdminState::Down, Health::Up, BackendState::Down),
+            (AdminState::Up, Health::Down, BackendState::Down),
+            (AdminState::Draining, Health::Down, BackendState::Down),
+        ] {
+            b.admin = admin;
+            b.health = health;
+            assert_eq!(b.effective(), want, "{admin:?} {health:?}");
+        }
+    }
+
+    #[test]
+    fn operations_report_what_changed() {
+        let mut rt = runtime();
+        let mut ch = Changes::default();
+        rt.set_health(1, Health::Up, &mut ch);
+        assert_eq!(ch.vips, vec![0]);
+        let mut ch = Changes::default();
+        rt.set_health(1, Health::Up, &mut ch);
+        rt.set_weight("web", ep("10.1.0.1:80"), 1, &mut ch).unwrap();
+        assert_eq!(ch, Changes::default(), "no change, nothing to write");
+        rt.set_admin("web", ep("10.1.0.2:80"), AdminState::Up, &mut ch).unwrap();
+        assert_eq!(ch.vips, vec![0]);
+        assert_eq!(rt.vip("web").unwrap().service().backends[1].backend.state, BackendState::Down as u8, "still unproven");
+    }
+
+    #[test]
+    fn refused_operations_change_nothing() {
+        let mut rt = runtime();
+        let mut ch = Changes::default();
+        let b = |a: &str| BackendConfig { address: a.parse().unwrap(), port: 80, weight: 1, state: AdminState::Up };
+        assert_eq!(rt.add_backend("nope", &b("10.1.0.9"), &mut ch), Err(OpError::NoSuchVip("nope".into())));
+        assert!(matches!(rt.add_backend("web", &b("10.1.0.1"), &mut ch), Err(OpError::DuplicateBackend { .. })));
+        assert!(matches!(rt.add_backend("web", &b("2001:db8::1"), &mut ch), Err(OpError::FamilyMismatch { .. })));
+        assert_eq!(rt.set_weight("web", ep("10.1.0.1:80"), 70_000, &mut ch), Err(OpError::Weight(70_000)));
+        assert!(matches!(rt.remove_backend("web", ep("10.9.9.9:80"), &mut ch), Err(OpError::NoSuchBackend { .. })));
+        assert_eq!(ch, Changes::default());
+        // Six slots, slot 0 reserved, three used: two more fit, the third does not.
+        rt.add_backend("web", &b("10.1.0.3"), &mut ch).unwrap();
+        rt.add_backend("dns", &BackendConfig { port: 53, ..b("10.2.0.2") }, &mut ch).unwrap();
+        let third = BackendConfig { port: 53, ..b("10.2.0.3") };
+        assert_eq!(rt.add_backend("dns", &third, &mut ch), Err(OpError::Full("backend")));
+        // The ring (307 slots) holds at most three backends per VIP.
+        let mut rt = runtime();
+        rt.add_backend("web", &b("10.1.0.3"), &mut ch).unwrap();
+        assert!(matches!(rt.add_backend("web", &b("10.1.0.4"), &mut ch), Err(OpError::RingTooSmall { max: 3, .. })));
+    }
+
+    #[test]
+    fn reused_slots_get_a_new_generation() {
+        let mut rt = runtime();
+        let mut ch = Changes::default();
+        let old = rt.vip("web").unwrap().backends[0].clone();
+        assert_eq!(rt.remove_backend("web", old.endpoint(), &mut ch), Ok(old.id));
+        assert_eq!(ch.removed_backends, vec![old.id]);
+        let b = BackendConfig { address: "10.1.0.7".parse().unwrap(), port: 80, weight: 1, state: AdminState::Up };
+        let id = rt.add_backend("web", &b, &mut ch).unwrap();
+        let new = rt.backend_by_id(id).unwrap().1;
+        assert_eq!(id, old.id, "the freed slot is reused");
+        assert_ne!(new.generation, old.generation, "so stale flows are recognised");
+    }
+
+    #[test]
+    fn reconfigure_keeps_what_stays() {
+        let mut rt = runtime();
+        let mut ch = Changes::default();
+        rt.set_health(1, Health::Up, &mut ch);
+        let changed = YAML
+            .replace("      - address: 10.1.0.2\n        state: draining\n", "      - address: 10.1.0.3\n        weight: 4\n")
+            .replace("  - name: dns\n    address: 10.0.0.1\n    port: 53\n    protocol: udp\n    health_check:\n      type: none\n    backends:\n      - address: 10.2.0.1\n", "");
+        let ch = rt.reconfigure(&config::parse("t", &changed).unwrap()).unwrap();
+        let web = rt.vip("web").unwrap();
+        assert_eq!(web.backends[0].id, 1, "the kept backend keeps its slot");
+        assert_eq!(web.backends[0].health, Health::Up, "and its health");
+        assert_eq!((web.backends[1].address, web.backends[1].weight), ("10.1.0.3".parse().unwrap(), 4));
+        assert_eq!(ch.removed_backends, vec![2]);
+        assert_eq!(ch.removed_vips.len(), 1, "dns removed");
+        assert!(rt.vip("dns").is_err());
+        assert_eq!(ch.vips, vec![0]);
+    }
+}
