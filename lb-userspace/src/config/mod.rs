@@ -65,10 +65,18 @@ fn from_serde(file: &str, e: &serde_yaml::Error) -> ConfigError {
         Some(i) => text[..i].to_owned(),
         None => text,
     };
-    let (field, message) = match text.split_once(": ") {
+    let (field, mut message) = match text.split_once(": ") {
         Some((f, m)) if !f.contains(' ') && !f.is_empty() => (f.to_owned(), m.to_owned()),
         _ => (String::new(), text),
     };
+    const HINTS: [(&str, &str); 3] = [
+        ("tab character", "indent with spaces, YAML does not allow tabs"),
+        ("invalid IP address syntax", "write an IPv4 or IPv6 address such as 10.0.0.1 or 2001:db8::1"),
+        ("invalid socket address syntax", "write IP:PORT such as 127.0.0.1:9100 or [::1]:9100"),
+    ];
+    if let Some((_, hint)) = HINTS.iter().find(|(what, _)| message.contains(what)) {
+        message = format!("{message}: {hint}");
+    }
     ConfigError { file: file.to_owned(), line: e.location().map(|l| l.line()), field, message }
 }
 
@@ -101,4 +109,3 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)] mod probe_tmp;

@@ -50,9 +50,9 @@ fn bad_files_are_rejected_with_file_line_and_field() {
         (format!("{GOOD}extra: 1\n"), "t.yaml:12: unknown field `extra`, expected `global` or `vips`"),
         (with("    port: 80\n", "    port: 80\n    colour: red\n"), "t.yaml:7: vips[0]: unknown field `colour`, expected one of `name`, `address`, `port`, `protocol`, `scheduler`, `source_affinity`, `health_check`, `backends`"),
         (with("        port: 8080\n      - address: 10.1.0.2", "        prot: 8080\n      - address: 10.1.0.2"), "t.yaml:9: vips[0].backends[0]: unknown field `prot`, expected one of `address`, `port`, `weight`, `state`"),
-        (with("address: 10.0.0.1", "address: 10.0.0.300"), "t.yaml:5: vips[0].address: invalid IP address syntax"),
-        (with("    port: 80", "    port: 0"), "t.yaml:6: vips[0].port: port 0 is not allowed: use 1-65535"),
-        (with("    port: 80", "    port: 70000"), "t.yaml:6: vips[0].port: invalid value: integer `70000`, expected u16"),
+        (with("address: 10.0.0.1", "address: 10.0.0.300"), "t.yaml:5: vips[0].address: invalid IP address syntax: write an IPv4 or IPv6 address such as 10.0.0.1 or 2001:db8::1"),
+        (with("    port: 80", "    port: 0"), "t.yaml:6: vips[0].port: 0 is not a port: use 1-65535"),
+        (with("    port: 80", "    port: 70000"), "t.yaml:6: vips[0].port: 70000 is not a port: use 1-65535"),
         (with("    port: 80\n", "    port: 80\n    protocol: sctp\n"), "t.yaml:7: vips[0].protocol: unknown variant `sctp`, expected `tcp` or `udp`"),
         (with("    port: 80\n", "    port: 80\n    scheduler: random\n"), "t.yaml:7: vips[0].scheduler: unknown variant `random`, expected one of `maglev`, `round-robin`, `least-conn`"),
         (with("        port: 8080\n      - address: 10.1.0.2", "        port: 8080\n        weight: 70000\n      - address: 10.1.0.2"), "t.yaml:10: vips[0].backends[0].weight: 70000 is above the maximum weight 65535"),
@@ -60,11 +60,11 @@ fn bad_files_are_rejected_with_file_line_and_field() {
         (format!("{GOOD}  - name: web\n    address: 10.0.0.2\n    port: 80\n"), "t.yaml:12: vips[1].name: \"web\" is already the name of vips[0]"),
         (with("10.1.0.2", "10.1.0.1"), "t.yaml:10: vips[0].backends[1].address: 10.1.0.1:8080 is listed twice (also backends[0])"),
         (with("10.1.0.2", "2001:db8::2"), "t.yaml:10: vips[0].backends[1].address: 2001:db8::2 is IPv6 but the VIP 10.0.0.1 is IPv4"),
-        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  ring_size: 65536\n"), "t.yaml:3: global.ring_size: ring size 65536 must be a prime between 7 and 1048573"),
-        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  ring_size: 101\n"), "t.yaml:8: vips[0].backends: 2 backends need a ring of at least 200 slots but global.ring_size is 101: use a prime such as 211"),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  ring_size: 65536\n"), "t.yaml:3: global.ring_size: ring size 65536 must be a prime between 7 and 1048573: use 65537"),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  ring_size: 101\n"), "t.yaml:8: vips[0].backends: VIP \"web\" has 2 backends, which need a ring of at least 200 slots (100 per backend) but global.ring_size is 101: set global.ring_size to a prime such as 211"),
         (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  vip_capacity: 1\n")
-            + "  - name: web2\n    address: 10.0.0.2\n    port: 80\n", "t.yaml:4: vips: 2 VIPs exceed global.vip_capacity 1"),
-        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  backend_capacity: 2\n"), "t.yaml:4: vips: 2 backends in all exceed global.backend_capacity 2 (slot 0 is reserved: at most 1)"),
+            + "  - name: web2\n    address: 10.0.0.2\n    port: 80\n", "t.yaml:4: vips: 2 VIPs exceed global.vip_capacity 1: raise it or remove VIPs"),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  backend_capacity: 2\n"), "t.yaml:4: vips: 2 backends in all exceed global.backend_capacity 2 (slot 0 is reserved: at most 1): raise it to at least 3"),
         (with("    port: 80\n", "    port: 80\n    health_check:\n      interval: 1s\n      timeout: 3s\n"), "t.yaml:9: vips[0].health_check.timeout: 3s is longer than the interval 1s"),
         (with("    port: 80\n", "    port: 80\n    health_check:\n      rise: 0\n"), "t.yaml:8: vips[0].health_check.rise: 0 is out of range 1-100"),
         (with("    port: 80\n", "    port: 80\n    health_check:\n      interval: 2 parsecs\n"), "t.yaml:8: vips[0].health_check.interval: \"2 parsecs\" is not a duration: write it like 500ms, 2s or 1m"),
@@ -73,11 +73,28 @@ fn bad_files_are_rejected_with_file_line_and_field() {
         (with("    port: 80\n", "    port: 80\n    health_check:\n      type: tcp\n      path: /health\n"), "t.yaml:9: vips[0].health_check.path: only used by type http"),
         (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  forwarding: dsr\n"), "t.yaml:3: global.forwarding: \"dsr\" is not supported yet: use \"nat\" (direct server return comes in a later release)"),
         (with("  interfaces: [eth0]", "  interfaces: []"), "t.yaml:2: global.interfaces: at least one interface is required"),
-        (with("  interfaces: [eth0]", "  interfaces: [eth0, \"bad/name\"]"), "t.yaml:2: global.interfaces[1]: \"bad/name\" is not a valid interface name"),
-        (with("    port: 80", "\tport: 80"), "t.yaml:6: found a tab character that violates indentation at line 6 column 1, while scanning a plain scalar"),
-        (with("    port: 80", "    port: eighty"), "t.yaml:6: vips[0].port: invalid type: string \"eighty\", expected u16"),
+        (with("  interfaces: [eth0]", "  interfaces: [eth0, \"bad/name\"]"), "t.yaml:2: global.interfaces[1]: \"bad/name\" is not a valid interface name: use 1-15 characters without '/', ':' or spaces (see `ip link`)"),
+        (with("    port: 80", "\tport: 80"), "t.yaml:6: found a tab character that violates indentation at line 6 column 1, while scanning a plain scalar: indent with spaces, YAML does not allow tabs"),
+        (with("    port: 80", "    port: eighty"), "t.yaml:6: vips[0].port: invalid type: string \"eighty\", expected a port number (1-65535)"),
         ("vips: []\n".to_owned(), "t.yaml:1: missing field `global`"),
         (with("name: web", "name: \"we b\""), "t.yaml:4: vips[0].name: \"we b\" must be 1-63 letters, digits, '_', '.' or '-'"),
+        (with("        port: 8080\n      - address: 10.1.0.2", "        port: 80800\n      - address: 10.1.0.2"), "t.yaml:9: vips[0].backends[0].port: 80800 is not a port: use 1-65535"),
+        (with("    port: 80\n", "    port: 80\n    health_check:\n      type: tcp\n      port: 0\n")
+            , "t.yaml:9: vips[0].health_check.port: 0 is not a port: use 1-65535"),
+        (with("    port: 80\n", "    port: 80\n    health_check:\n      interval: -1\n"), "t.yaml:8: vips[0].health_check.interval: -1 is not a duration: write it like 500ms, 2s or 1m"),
+        (with("    port: 80\n", "    port: 80\n    health_check:\n      interval: 0ms\n"), "t.yaml:8: vips[0].health_check.interval: must be above zero"),
+        (with("    port: 80\n", "    port: 80\n    health_check:\n      expect_status: [200, ok]\n"), "t.yaml:8: vips[0].health_check.expect_status[1]: invalid type: string \"ok\", expected an HTTP status (100-599)"),
+        (with("    port: 80\n", "    port: 80\n    health_check:\n      type: grpc\n"), "t.yaml:8: vips[0].health_check.type: unknown variant `grpc`, expected one of `http`, `tcp`, `none`"),
+        (with("    port: 80\n", "    port: 80\n    health_check:\n      method: POST\n"), "t.yaml:8: vips[0].health_check.method: unknown variant `POST`, expected `GET` or `HEAD`"),
+        (with("  interfaces: [eth0]", "  interfaces: [eth0, eth0]"), "t.yaml:2: global.interfaces[1]: interface eth0 is listed twice"),
+        (with("  interfaces: [eth0]", "  interfaces: [eth0:1]"), "t.yaml:2: global.interfaces[0]: \"eth0:1\" is not a valid interface name: use 1-15 characters without '/', ':' or spaces (see `ip link`)"),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  xdp_mode: offload\n"), "t.yaml:3: global.xdp_mode: unknown variant `offload`, expected one of `auto`, `driver`, `generic`"),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  forwarding: tunnel\n"), "t.yaml:3: global.forwarding: \"tunnel\" is not a forwarding mode: use \"nat\""),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  metrics_address: localhost:9100\n"), "t.yaml:3: global.metrics_address: invalid socket address syntax: write IP:PORT such as 127.0.0.1:9100 or [::1]:9100"),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  conn_capacity: 1\n"), "t.yaml:3: global.conn_capacity: connection table capacity 1 must be between 2 and 16777216"),
+        (with("    address: 10.0.0.1\n", ""), "t.yaml:4: vips[0]: missing field `address`"),
+        (with("  interfaces: [eth0]\n", ""), "t.yaml:1: global: missing field `interfaces`"),
+        (with("    port: 80\n", "    port: 80\n    port: 81\n"), "t.yaml:4: vips[0]: duplicate field `port`"),
     ];
     assert!(cases.len() >= 22);
     for (text, want) in &cases {
@@ -90,6 +107,38 @@ fn reports_every_problem_at_once() {
     let text = with("    port: 80", "    port: 0").replace("10.1.0.2", "2001:db8::2");
     let e = parse("t.yaml", &text).unwrap_err();
     assert_eq!(e.0.len(), 2, "{e}");
+}
+
+#[test]
+fn reports_every_bad_size_without_follow_on_errors() {
+    let text = with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  ring_size: 0\n  vip_capacity: 0\n  backend_capacity: 1\n");
+    assert_eq!(
+        error(&text),
+        "t.yaml:3: global.ring_size: ring size 0 must be a prime between 7 and 1048573\n\
+         t.yaml:4: global.vip_capacity: VIP capacity 0 must be between 1 and 4096\n\
+         t.yaml:5: global.backend_capacity: backend capacity 1 must be between 2 and 65536"
+    );
+}
+
+#[test]
+fn a_pool_too_big_for_any_ring_is_told_to_split() {
+    let mut text = GOOD.replace("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  backend_capacity: 20000\n");
+    for i in 0..10_486u32 {
+        text.push_str(&format!("      - address: 10.2.{}.{}\n", i / 256, i % 256));
+    }
+    assert_eq!(
+        error(&text),
+        "t.yaml:8: vips[0].backends: VIP \"web\" has 10488 backends, which need a ring of at least 1048800 slots (100 per backend) \
+         but global.ring_size is 65537: the largest ring size is 1048573: split the pool over several VIPs"
+    );
+}
+
+#[test]
+fn scalar_forms_are_accepted() {
+    let text = with("    port: 80\n", "    port: 80\n    health_check:\n      interval: 3\n      timeout: 1500ms\n      expect_status: 204\n");
+    let h = parse("t.yaml", &text).unwrap().vips[0].health_check.clone();
+    assert_eq!((h.interval, h.timeout), (Duration::from_secs(3), Duration::from_millis(1500)));
+    assert!(matches!(h.kind, CheckKind::Http { expect_status, .. } if expect_status == vec![204]));
 }
 
 #[test]

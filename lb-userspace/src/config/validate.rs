@@ -4,7 +4,7 @@
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use lb_common::{
-    limits::{MAX_WEIGHT, RING_SLOTS_PER_BACKEND},
+    limits::{MAX_BACKEND_CAPACITY, MAX_RING_SIZE, MAX_WEIGHT, MIN_RING_SIZE, RING_SLOTS_PER_BACKEND},
     maglev::is_prime,
 };
 
@@ -30,25 +30,42 @@ struct Checker {
     problems: Vec<Problem>,
 }
 
+/// Which global sizes are valid: checks against an invalid size would only repeat its error.
+#[derive(Clone, Copy)]
+struct SizesOk {
+    ring_size: bool,
+    vip_capacity: bool,
+    backend_capacity: bool,
+}
+
 impl Checker {
     fn report(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push((path.into(), message.into()));
     }
 }
 
+/// The kernel's rule (`dev_valid_name`).
 fn valid_ifname(name: &str) -> bool {
-    (1..=15).contains(&name.len()) && !name.contains('/') && !name.chars().any(char::is_whitespace)
+    (1..libc::IFNAMSIZ).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
 fn valid_vip_name(name: &str) -> bool {
     (1..=63).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
-fn next_prime(mut n: u32) -> u32 {
-    while !is_prime(n) {
+/// The smallest prime ring size at or above `n`, if there is one within the limits.
+fn next_prime(n: u64) -> Option<u32> {
+    let mut n = u32::try_from(n.max(MIN_RING_SIZE as u64)).ok()?;
+    while n <= MAX_RING_SIZE {
+        if is_prime(n) {
+            return Some(n);
+        }
         n += 1;
     }
-    n
+    None
 }
 
 fn sizing_field(e: &SizingError) -> &'static str {
@@ -60,10 +77,21 @@ fn sizing_field(e: &SizingError) -> &'static str {
     }
 }
 
+/// Checks a port as written.
+fn port(c: &mut Checker, path: String, n: i64) -> u16 {
+    match u16::try_from(n) {
+        Ok(p) if p > 0 => p,
+        _ => {
+            c.report(path, format!("{n} is not a port: use 1-65535"));
+            0
+        }
+    }
+}
+
 /// Checks `doc` and builds the configuration, or returns every problem found.
 pub fn validate(doc: &file::Document) -> Result<Config, Vec<Problem>> {
     let mut c = Checker { problems: Vec::new() };
-    let global = global(&mut c, &doc.global);
+    let (global, sizes) = global(&mut c, &doc.global);
     let mut vips = Vec::new();
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut keys: HashMap<(SocketAddr, Protocol), usize> = HashMap::new();
@@ -74,34 +102,38 @@ pub fn validate(doc: &file::Document) -> Result<Config, Vec<Problem>> {
         } else if let Some(j) = names.insert(&v.name, i) {
             c.report(format!("{at}.name"), format!("{:?} is already the name of vips[{j}]", v.name));
         }
-        if v.port == 0 {
-            c.report(format!("{at}.port"), "port 0 is not allowed: use 1-65535");
-        }
-        let key = (SocketAddr::new(v.address, v.port), v.protocol);
-        if let Some(j) = keys.insert(key, i) {
+        let vip_port = port(&mut c, format!("{at}.port"), v.port.0);
+        let key = (SocketAddr::new(v.address, vip_port), v.protocol);
+        if vip_port != 0
+            && let Some(j) = keys.insert(key, i)
+        {
             c.report(
                 format!("{at}.address"),
                 format!("{}/{} is already vips[{j}] ({:?})", key.0, protocol_name(v.protocol), doc.vips[j].name),
             );
         }
         let health_check = health_check(&mut c, &format!("{at}.health_check"), &v.health_check);
-        let backends = backends(&mut c, &at, v);
+        let backends = backends(&mut c, &at, v, vip_port);
         let needed = backends.len() as u64 * RING_SLOTS_PER_BACKEND as u64;
-        if needed > global.ring_size as u64 {
+        if sizes.ring_size && needed > global.ring_size as u64 {
+            let advice = match next_prime(needed) {
+                Some(p) => format!("set global.ring_size to a prime such as {p}"),
+                None => format!("the largest ring size is {MAX_RING_SIZE}: split the pool over several VIPs"),
+            };
             c.report(
                 format!("{at}.backends"),
                 format!(
-                    "{} backends need a ring of at least {needed} slots but global.ring_size is {}: use a prime such as {}",
+                    "VIP {:?} has {} backends, which need a ring of at least {needed} slots ({RING_SLOTS_PER_BACKEND} per backend) but global.ring_size is {}: {advice}",
+                    v.name,
                     backends.len(),
                     global.ring_size,
-                    next_prime(needed.min(u32::MAX as u64) as u32)
                 ),
             );
         }
         vips.push(Vip {
             name: v.name.clone(),
             address: v.address,
-            port: v.port,
+            port: vip_port,
             protocol: v.protocol,
             scheduler: v.scheduler,
             source_affinity: v.source_affinity,
@@ -109,17 +141,25 @@ pub fn validate(doc: &file::Document) -> Result<Config, Vec<Problem>> {
             backends,
         });
     }
-    if vips.len() as u64 > global.vip_capacity as u64 {
-        c.report("vips", format!("{} VIPs exceed global.vip_capacity {}", vips.len(), global.vip_capacity));
+    if sizes.vip_capacity && vips.len() as u64 > global.vip_capacity as u64 {
+        c.report(
+            "vips",
+            format!("{} VIPs exceed global.vip_capacity {}: raise it or remove VIPs", vips.len(), global.vip_capacity),
+        );
     }
     let total: usize = vips.iter().map(|v| v.backends.len()).sum();
-    if total as u64 >= global.backend_capacity as u64 {
+    if sizes.backend_capacity && total as u64 >= global.backend_capacity as u64 {
+        let advice = if total < MAX_BACKEND_CAPACITY as usize {
+            format!("raise it to at least {}", total + 1)
+        } else {
+            format!("at most {} backends fit in all: remove backends", MAX_BACKEND_CAPACITY - 1)
+        };
         c.report(
             "vips",
             format!(
-                "{total} backends in all exceed global.backend_capacity {} (slot 0 is reserved: at most {})",
+                "{total} backends in all exceed global.backend_capacity {} (slot 0 is reserved: at most {}): {advice}",
                 global.backend_capacity,
-                global.backend_capacity.saturating_sub(1)
+                global.backend_capacity.saturating_sub(1),
             ),
         );
     }
@@ -133,13 +173,16 @@ fn protocol_name(p: Protocol) -> &'static str {
     }
 }
 
-fn global(c: &mut Checker, g: &file::Global) -> Global {
+fn global(c: &mut Checker, g: &file::Global) -> (Global, SizesOk) {
     if g.interfaces.is_empty() {
         c.report("global.interfaces", "at least one interface is required");
     }
     for (i, name) in g.interfaces.iter().enumerate() {
         if !valid_ifname(name) {
-            c.report(format!("global.interfaces[{i}]"), format!("{name:?} is not a valid interface name"));
+            c.report(
+                format!("global.interfaces[{i}]"),
+                format!("{name:?} is not a valid interface name: use 1-{} characters without '/', ':' or spaces (see `ip link`)", libc::IFNAMSIZ - 1),
+            );
         } else if g.interfaces[..i].contains(name) {
             c.report(format!("global.interfaces[{i}]"), format!("interface {name} is listed twice"));
         }
@@ -149,17 +192,8 @@ fn global(c: &mut Checker, g: &file::Global) -> Global {
         "dsr" => c.report("global.forwarding", "\"dsr\" is not supported yet: use \"nat\" (direct server return comes in a later release)"),
         other => c.report("global.forwarding", format!("{other:?} is not a forwarding mode: use \"nat\"")),
     }
-    let sizing = Sizing {
-        vip_capacity: g.vip_capacity,
-        backend_capacity: g.backend_capacity,
-        ring_size: g.ring_size,
-        conn_capacity: g.conn_capacity,
-        hash_seed: g.hash_seed,
-    };
-    if let Err(e) = sizing.validate() {
-        c.report(sizing_field(&e), e.to_string());
-    }
-    Global {
+    let sizes = sizes(c, g);
+    let global = Global {
         interfaces: g.interfaces.clone(),
         xdp_mode: g.xdp_mode,
         forwarding: Forwarding::Nat,
@@ -171,13 +205,54 @@ fn global(c: &mut Checker, g: &file::Global) -> Global {
         admin_socket: g.admin_socket.clone(),
         metrics_address: g.metrics_address,
         log_format: g.log_format,
+    };
+    (global, sizes)
+}
+
+/// Checks each size on its own, so that every bad one is reported, then all together.
+fn sizes(c: &mut Checker, g: &file::Global) -> SizesOk {
+    let all = Sizing {
+        vip_capacity: g.vip_capacity,
+        backend_capacity: g.backend_capacity,
+        ring_size: g.ring_size,
+        conn_capacity: g.conn_capacity,
+        hash_seed: g.hash_seed,
+    };
+    let base = Sizing::default();
+    let alone = [
+        Sizing { ring_size: all.ring_size, ..base.clone() },
+        Sizing { vip_capacity: all.vip_capacity, ..base.clone() },
+        Sizing { backend_capacity: all.backend_capacity, ..base.clone() },
+        Sizing { conn_capacity: all.conn_capacity, ..base },
+    ];
+    let mut ok = [true; 4];
+    for (i, s) in alone.iter().enumerate() {
+        if let Err(e) = s.validate() {
+            ok[i] = false;
+            let mut message = e.to_string();
+            if let SizingError::RingSize(n) = e
+                && (MIN_RING_SIZE..=MAX_RING_SIZE).contains(&n)
+                && let Some(p) = next_prime(n as u64)
+            {
+                message.push_str(&format!(": use {p}"));
+            }
+            c.report(sizing_field(&e), message);
+        }
     }
+    if ok.iter().all(|&o| o)
+        && let Err(e) = all.validate()
+    {
+        c.report(sizing_field(&e), e.to_string());
+    }
+    SizesOk { ring_size: ok[0], vip_capacity: ok[1], backend_capacity: ok[2] }
 }
 
 fn duration_field(c: &mut Checker, path: String, value: &Option<file::Dur>, default: Duration) -> Duration {
     let d = match value {
         None => return default,
-        Some(file::Dur::Seconds(s)) => Ok(Duration::from_secs(*s)),
+        Some(file::Dur::Seconds(s)) => {
+            u64::try_from(*s).map(Duration::from_secs).map_err(|_| format!("{s} is not a duration: write it like 500ms, 2s or 1m"))
+        }
         Some(file::Dur::Text(t)) => duration::parse(t),
     };
     match d {
@@ -213,26 +288,26 @@ fn health_check(c: &mut Checker, at: &str, h: &file::HealthCheck) -> HealthCheck
     };
     let rise = count("rise", h.rise, DEFAULT_RISE);
     let fall = count("fall", h.fall, DEFAULT_FALL);
-    if h.port == Some(0) {
-        c.report(format!("{at}.port"), "port 0 is not allowed: use 1-65535");
-    }
+    let probe_port = h.port.map(|p| port(c, format!("{at}.port"), p.0));
     let kind = match h.kind {
         file::CheckType::Http => {
             let path = h.path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.into());
             if !path.starts_with('/') {
                 c.report(format!("{at}.path"), format!("{path:?} must start with '/'"));
             }
-            let expect_status = match &h.expect_status {
-                None => vec![DEFAULT_HEALTH_STATUS],
+            let given = match &h.expect_status {
+                None => vec![file::Status(DEFAULT_HEALTH_STATUS.into())],
                 Some(file::Statuses::One(s)) => vec![*s],
                 Some(file::Statuses::Many(list)) => list.clone(),
             };
-            if expect_status.is_empty() {
+            if given.is_empty() {
                 c.report(format!("{at}.expect_status"), "list at least one status");
             }
-            for s in &expect_status {
-                if !(100..=599).contains(s) {
-                    c.report(format!("{at}.expect_status"), format!("{s} is not an HTTP status (100-599)"));
+            let mut expect_status = Vec::new();
+            for file::Status(s) in given {
+                match u16::try_from(s) {
+                    Ok(s) if (100..=599).contains(&s) => expect_status.push(s),
+                    _ => c.report(format!("{at}.expect_status"), format!("{s} is not an HTTP status (100-599)")),
                 }
             }
             CheckKind::Http {
@@ -251,18 +326,18 @@ fn health_check(c: &mut Checker, at: &str, h: &file::HealthCheck) -> HealthCheck
             if other == file::CheckType::Tcp { CheckKind::Tcp } else { CheckKind::None }
         }
     };
-    HealthCheck { kind, port: h.port, interval, fast_interval, timeout, rise, fall }
+    HealthCheck { kind, port: probe_port, interval, fast_interval, timeout, rise, fall }
 }
 
-fn backends(c: &mut Checker, at: &str, v: &file::Vip) -> Vec<BackendConfig> {
+fn backends(c: &mut Checker, at: &str, v: &file::Vip, vip_port: u16) -> Vec<BackendConfig> {
     let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
     let mut out = Vec::new();
     for (j, b) in v.backends.iter().enumerate() {
         let bat = format!("{at}.backends[{j}]");
-        let port = b.port.unwrap_or(v.port);
-        if port == 0 {
-            c.report(format!("{bat}.port"), "port 0 is not allowed: use 1-65535");
-        }
+        let port = match b.port {
+            Some(p) => port(c, format!("{bat}.port"), p.0),
+            None => vip_port,
+        };
         if b.weight > MAX_WEIGHT {
             c.report(format!("{bat}.weight"), format!("{} is above the maximum weight {MAX_WEIGHT}", b.weight));
         }
@@ -274,7 +349,9 @@ fn backends(c: &mut Checker, at: &str, v: &file::Vip) -> Vec<BackendConfig> {
             );
         }
         let endpoint = SocketAddr::new(b.address, port);
-        if let Some(k) = seen.insert(endpoint, j) {
+        if port != 0
+            && let Some(k) = seen.insert(endpoint, j)
+        {
             c.report(format!("{bat}.address"), format!("{endpoint} is listed twice (also backends[{k}])"));
         }
         out.push(BackendConfig { address: b.address, port, weight: b.weight, state: b.state });
