@@ -28,6 +28,45 @@ pub const LB_MAC: Mac = [0x02, 0x1b, 0x00, 0x00, 0x00, 0x01];
 /// The client's (or its router's) MAC in the fixtures.
 pub const CLIENT_MAC: Mac = [0x02, 0xc1, 0x00, 0x00, 0x00, 0x01];
 
+/// The VIP of the IPv4 fixtures.
+pub const VIP4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+/// The client of the IPv4 fixtures.
+pub const CLIENT4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10));
+/// The VIP of the IPv6 fixtures.
+pub const VIP6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+/// The client of the IPv6 fixtures.
+pub const CLIENT6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x10));
+
+/// TCP flags: SYN.
+pub const SYN: u8 = 0x02;
+/// TCP flags: ACK.
+pub const ACK: u8 = 0x10;
+/// TCP flags: SYN and ACK.
+pub const SYN_ACK: u8 = 0x12;
+
+/// A frame from the client (its MAC) to the load balancer (its MAC) with a small payload.
+pub fn from_client(src: IpAddr, dst: IpAddr, l4: L4) -> Frame {
+    Frame {
+        dst_mac: LB_MAC,
+        src_mac: CLIENT_MAC,
+        vlan: None,
+        src,
+        dst,
+        l4,
+        payload: b"hello".to_vec(),
+    }
+}
+
+/// A TCP header.
+pub fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
+    L4::Tcp { sport, dport, flags }
+}
+
+/// A UDP header with a checksum.
+pub fn udp(sport: u16, dport: u16) -> L4 {
+    L4::Udp { sport, dport, no_checksum: false }
+}
+
 /// The MAC the fixtures give backend slot `id`.
 pub fn backend_mac(id: u32) -> Mac {
     [0x02, 0xbe, 0, 0, (id >> 8) as u8, id as u8]

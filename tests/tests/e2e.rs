@@ -93,6 +93,17 @@ fn steady_load(lab: &Lab, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<(Inst
     })
 }
 
+/// `n` long-lived connections to the web VIP, each with the backend that answered it.
+fn sessions(lab: &Lab, n: usize) -> Vec<(HttpSession, String)> {
+    (0..n)
+        .map(|_| {
+            let s = HttpSession::open(&lab.client_ns, web(), Duration::from_secs(2)).unwrap();
+            let (_, owner) = s.get("/").unwrap();
+            (s, owner)
+        })
+        .collect()
+}
+
 fn backend_state(agent: &Agent, vip: &str, ip: &str) -> (String, String) {
     let status = agent.json(&["status"]).unwrap();
     let b = backends(&status, vip).into_iter().find(|b| b["address"] == ip).unwrap().clone();
@@ -122,13 +133,7 @@ fn distribution_of_3000_connections_follows_the_ring() {
 fn failure_under_load_then_recovery() {
     let mut r = running();
     // Long-lived connections; those on healthy backends must not notice anything.
-    let sessions: Vec<(HttpSession, String)> = (0..6)
-        .map(|_| {
-            let s = HttpSession::open(&r.lab.client_ns, web(), Duration::from_secs(2)).unwrap();
-            let (_, owner) = s.get("/").unwrap();
-            (s, owner)
-        })
-        .collect();
+    let sessions = sessions(&r.lab, 6);
     let stop = Arc::new(AtomicBool::new(false));
     let load = steady_load(&r.lab, stop.clone());
     thread::sleep(Duration::from_millis(500));
@@ -255,13 +260,7 @@ fn traffic_not_for_a_vip_is_unaffected() {
 fn reload_under_load_breaks_no_connection() {
     let mut r = running();
     r.lab.start_server(1, "img2", 9090).unwrap();
-    let sessions: Vec<(HttpSession, String)> = (0..6)
-        .map(|_| {
-            let s = HttpSession::open(&r.lab.client_ns, web(), Duration::from_secs(2)).unwrap();
-            let (_, owner) = s.get("/").unwrap();
-            (s, owner)
-        })
-        .collect();
+    let sessions = sessions(&r.lab, 6);
     let stop = Arc::new(AtomicBool::new(false));
     let load = steady_load(&r.lab, stop.clone());
     thread::sleep(Duration::from_millis(300));

@@ -10,14 +10,7 @@ use lb_common::{counters::Reason, maps::*};
 use lb_tests::{harness::*, packet::*};
 use lb_userspace::dataplane::Service;
 
-const VIP4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-const CLIENT4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
-const VIP6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
-const CLIENT6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x10));
 
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
-const SYN_ACK: u8 = 0x12;
 
 fn v4(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 1, 0, last))
@@ -43,26 +36,6 @@ fn setup(services: &[&Service]) -> Lb {
         lb.dp.maps.apply_service(svc).expect("apply service");
     }
     lb
-}
-
-fn from_client(src: IpAddr, dst: IpAddr, l4: L4) -> Frame {
-    Frame {
-        dst_mac: LB_MAC,
-        src_mac: CLIENT_MAC,
-        vlan: None,
-        src,
-        dst,
-        l4,
-        payload: b"hello".to_vec(),
-    }
-}
-
-fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
-    L4::Tcp { sport, dport, flags }
-}
-
-fn udp(sport: u16, dport: u16) -> L4 {
-    L4::Udp { sport, dport, no_checksum: false }
 }
 
 /// `f` with its destination rewritten to `ip`:`port` and sent from `src_mac` to `dst_mac`.

@@ -35,11 +35,7 @@ use lb_common::{
 use lb_tests::{harness::*, netns::Netns, packet::*};
 use lb_userspace::dataplane::Service;
 
-const VIP4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-const CLIENT4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
 const BACKEND4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1));
-const VIP6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
-const CLIENT6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x10));
 const BACKEND6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 1));
 const PORT4: u16 = 8080;
 const PORT6: u16 = 8443;
@@ -53,30 +49,11 @@ const DEV_MAC: Mac = [0x02, 0x1b, 0x00, 0x00, 0x00, 0xfe];
 /// The MAC of both backends in the neighbour table.
 const NEIGH_MAC: Mac = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x01];
 
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
-const SYN_ACK: u8 = 0x12;
 
 const UNRESOLVED: NextHop = NextHop { ifindex: 0, dst_mac: [0; 6], src_mac: [0; 6] };
 
 fn mac_str(m: Mac) -> String {
     m.map(|b| format!("{b:02x}")).join(":")
-}
-
-fn from_client(src: IpAddr, dst: IpAddr, l4: L4) -> Frame {
-    Frame {
-        dst_mac: LB_MAC,
-        src_mac: CLIENT_MAC,
-        vlan: None,
-        src,
-        dst,
-        l4,
-        payload: b"hello".to_vec(),
-    }
-}
-
-fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
-    L4::Tcp { sport, dport, flags }
 }
 
 fn syn4() -> Frame {

@@ -106,7 +106,15 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(REFRESH);
     loop {
         tokio::select! {
-            Some(t) = health_rx.recv() => agent.on_health(t),
+            Some(t) = health_rx.recv() => {
+                // Transitions that arrived together (several backends flipping at once) are
+                // applied together: each VIP's ring is rebuilt and written once.
+                let mut batch = vec![t];
+                while let Ok(t) = health_rx.try_recv() {
+                    batch.push(t);
+                }
+                agent.on_health(batch);
+            }
             Some(call) = calls.recv() => {
                 let answer = agent.handle(call.request);
                 let _ = call.reply.send(answer);
@@ -172,21 +180,26 @@ impl Agent {
         Ok(serde_json::json!({ "ok": true }))
     }
 
-    fn on_health(&mut self, t: Transition) {
-        self.health.transitions += 1;
+    fn on_health(&mut self, batch: Vec<Transition>) {
+        self.health.transitions += batch.len() as u64;
         let mut changes = Changes::default();
-        self.runtime.set_health(t.id, t.health, &mut changes);
+        for t in &batch {
+            self.runtime.set_health(t.id, t.health, &mut changes);
+        }
         let swapped = !changes.vips.is_empty();
         if let Err(e) = self.apply(changes) {
-            tracing::error!(backend = t.id, error = %e, "writing the maps after a health change failed");
+            tracing::error!(error = %e, "writing the maps after a health change failed");
             return;
         }
-        if swapped {
+        if !swapped {
+            return;
+        }
+        self.health.swaps += 1;
+        for t in &batch {
             let ms = t.failed_probe_at.elapsed().as_secs_f64() * 1000.0;
-            self.health.swaps += 1;
             self.health.last_probe_to_swap_ms = Some(ms);
             self.health.max_probe_to_swap_ms = Some(self.health.max_probe_to_swap_ms.map_or(ms, |m| m.max(ms)));
-            tracing::info!(backend = t.id, health = ?t.health, probe_to_swap_ms = ms, detail = %t.detail, "ring swapped after a health change");
+            tracing::info!(backend = t.id, health = %t.health, probe_to_swap_ms = ms, detail = %t.detail, "ring swapped after a health change");
         }
     }
 
