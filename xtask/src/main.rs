@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup(),
-        Some("test") => setup().and_then(|()| test(&args[1..])),
+        Some("test") => setup().and_then(|()| build_bins()).and_then(|()| test(&args[1..])),
         Some("lab") => setup().and_then(|()| build_bins()).and_then(|()| lab::run(&root(), args.iter().any(|a| a == "--keep"))),
         _ => {
             eprintln!("{USAGE}");
@@ -71,7 +71,8 @@ fn setup() -> anyhow::Result<()> {
     run(Command::new("bash").arg("scripts/setup.sh"))
 }
 
-/// Builds `lb` and the lab's backend server.
+/// Builds `lb` and the lab's backend server (the end-to-end tests run them; `cargo test`
+/// builds only the test crate's own binaries).
 fn build_bins() -> anyhow::Result<()> {
     run(Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(["build", "--quiet", "--bins"]))
 }
