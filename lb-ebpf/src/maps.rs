@@ -2,6 +2,7 @@
 //! the defaults from `lb_common::limits`, resized by the agent at load time.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -22,10 +23,13 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_VI
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_BACKEND_CAPACITY, 0);
 
-/// Two Maglev rings per VIP, each `LB_RING_SIZE` backend ids.
+/// Two Maglev rings per VIP, each `LB_RING_SIZE` backend ids. Memory-mappable, so the agent
+/// writes rings as memory.
 #[map]
-pub static RING: Array<u32> =
-    Array::with_max_entries(ring_map_entries(DEFAULT_VIP_CAPACITY, DEFAULT_RING_SIZE), 0);
+pub static RING: Array<u32> = Array::with_max_entries(
+    ring_map_entries(DEFAULT_VIP_CAPACITY, DEFAULT_RING_SIZE),
+    BPF_F_MMAPABLE,
+);
 
 /// Both directions of every flow; shared by all CPUs (no BPF_F_NO_COMMON_LRU).
 #[map]

@@ -178,7 +178,10 @@ impl Lab {
         let b = &self.backends[k];
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let ok = in_ns(&b.ns, &["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080"]).status().is_ok_and(|s| s.success());
+            let ok = in_ns(&b.ns, &["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
             if ok {
                 return Ok(());
             }

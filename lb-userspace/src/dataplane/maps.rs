@@ -7,13 +7,13 @@ use aya::{
 };
 use lb_common::{counters::Reason, limits::ring_index, maps::*};
 
-use super::Sizing;
+use super::{Sizing, ring_memory::RingMemory};
 
 /// The maps of one loaded data path.
 pub struct Maps {
     vips: HashMap<MapData, VipKey, VipMeta>,
     backends: Array<MapData, Backend>,
-    ring: Array<MapData, u32>,
+    ring: RingMemory,
     conns: HashMap<MapData, FlowKey, ConnEntry>,
     reasons: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, Traffic>,
@@ -21,8 +21,6 @@ pub struct Maps {
     active_conns: Array<MapData, u64>,
     ring_size: u32,
     hash_seed: u32,
-    /// What each VIP's two rings hold, so a swap writes only the slots that differ.
-    written: std::collections::HashMap<u32, [Vec<u32>; 2]>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
@@ -44,7 +42,10 @@ impl Maps {
         Ok(Maps {
             vips: take(ebpf, MAP_VIPS)?.try_into()?,
             backends: take(ebpf, MAP_BACKENDS)?.try_into()?,
-            ring: take(ebpf, MAP_RING)?.try_into()?,
+            ring: match take(ebpf, MAP_RING)? {
+                Map::Array(data) => RingMemory::new(data, sizing.ring_map_entries()).context("mapping the RING map into memory")?,
+                _ => anyhow::bail!("the {MAP_RING} map is not an array"),
+            },
             conns: take(ebpf, MAP_CONNS)?.try_into()?,
             reasons: take(ebpf, MAP_REASONS)?.try_into()?,
             vip_stats: take(ebpf, MAP_VIP_STATS)?.try_into()?,
@@ -52,7 +53,6 @@ impl Maps {
             active_conns: take(ebpf, MAP_ACTIVE_CONNS)?.try_into()?,
             ring_size: sizing.ring_size,
             hash_seed: sizing.hash_seed,
-            written: std::collections::HashMap::new(),
         })
     }
 
@@ -73,9 +73,6 @@ impl Maps {
 
     /// Removes a VIP: its traffic goes to the kernel from the next packet on.
     pub fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
-        if let Some(meta) = self.vip(key)? {
-            self.written.remove(&meta.id);
-        }
         match self.vips.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
@@ -84,8 +81,8 @@ impl Maps {
 
     /// Writes `ring` into the VIP's spare ring, then replaces the VIP entry so that it points
     /// at it: in-flight packets see the old ring or the new one, never a mix. A new VIP gets
-    /// ring 0 before it becomes visible. Only slots that differ from what the spare ring
-    /// already holds are written (one syscall each).
+    /// ring 0 before it becomes visible. The ring is written through shared memory; the VIP
+    /// update that follows is a syscall, which orders those writes before it.
     pub fn publish_ring(
         &mut self,
         key: &VipKey,
@@ -102,21 +99,14 @@ impl Maps {
         );
         let half = match self.vip(key)? {
             Some(live) if live.id == id => 1 - (live.ring_half & 1),
-            _ => {
-                self.written.remove(&id);
-                0
-            }
+            _ => 0,
         };
-        let before = self.written.get(&id).map(|h| &h[half as usize]).filter(|r| r.len() == ring.len());
         for (slot, &backend) in ring.iter().enumerate() {
-            if before.is_some_and(|b| b[slot] == backend) {
-                continue;
-            }
-            self.ring
-                .set(ring_index(id, half, self.ring_size, slot as u32), backend, 0)
-                .with_context(|| format!("writing ring slot {slot} of VIP {id}"))?;
+            anyhow::ensure!(
+                self.ring.set(ring_index(id, half, self.ring_size, slot as u32), backend),
+                "ring slot {slot} of VIP {id} is beyond the ring map (VIP id above the capacity?)"
+            );
         }
-        self.written.entry(id).or_insert_with(|| [Vec::new(), Vec::new()])[half as usize] = ring.to_vec();
         let meta = VipMeta {
             id,
             flags,
@@ -129,9 +119,9 @@ impl Maps {
 
     /// Backend id in `slot` of the live ring of the VIP `meta` describes.
     pub fn ring_slot(&self, meta: &VipMeta, slot: u32) -> anyhow::Result<u32> {
-        Ok(self
-            .ring
-            .get(&ring_index(meta.id, meta.ring_half & 1, self.ring_size, slot), 0)?)
+        self.ring
+            .get(ring_index(meta.id, meta.ring_half & 1, self.ring_size, slot))
+            .ok_or_else(|| anyhow!("ring slot {slot} of VIP {} is beyond the ring map", meta.id))
     }
 
     /// The backend in slot `id`.

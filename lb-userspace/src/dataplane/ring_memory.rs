@@ -1,0 +1,83 @@
+//! The `RING` map mapped into the agent's memory (the map is created `BPF_F_MMAPABLE`):
+//! writing a 65,537-slot ring is a memory copy instead of one syscall per slot.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+};
+
+use aya::maps::MapData;
+
+/// Bytes per element of a BPF array: values are rounded up to 8 bytes.
+const ELEMENT: usize = 8;
+
+/// The ring map's memory, shared with the kernel.
+pub struct RingMemory {
+    base: NonNull<u8>,
+    len: usize,
+    entries: u32,
+    _map: MapData,
+}
+
+// SAFETY: the mapping is owned by this value alone in this process (no other handle to it is
+// made), so moving it to another thread moves the only accessor.
+unsafe impl Send for RingMemory {}
+
+impl RingMemory {
+    /// Maps the `entries` u32 elements of `map` read-write.
+    pub fn new(map: MapData, entries: u32) -> io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = (entries as usize * ELEMENT).div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of the map's fd, of the size the kernel allows for an
+        // array of `entries` elements; the result is checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(RingMemory { base, len, entries, _map: map })
+    }
+
+    fn slot(&self, index: u32) -> Option<*mut u32> {
+        // SAFETY: index < entries keeps the offset inside the mapping (len >= entries × 8).
+        (index < self.entries).then(|| unsafe { self.base.as_ptr().add(index as usize * ELEMENT).cast::<u32>() })
+    }
+
+    /// The backend id at `index`.
+    pub fn get(&self, index: u32) -> Option<u32> {
+        // SAFETY: an in-bounds, aligned u32 of the mapping; the kernel writes it only through
+        // this same memory (the data path only reads the ring).
+        self.slot(index).map(|p| unsafe { p.read_volatile() })
+    }
+
+    /// Writes the backend id at `index`; `false` if out of range.
+    pub fn set(&mut self, index: u32, id: u32) -> bool {
+        match self.slot(index) {
+            // SAFETY: as in `get`; packets only read the other half of the VIP's rings while
+            // the agent writes this one.
+            Some(p) => {
+                unsafe { p.write_volatile(id) };
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for RingMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`, which nothing else references.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
