@@ -22,8 +22,6 @@ use lb_common::maps::{
 
 /// The XDP program object, built by `build.rs` from `lb-ebpf`.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
-/// The benchmarks' floor programs, bare forwarder, generator and receiver (`lb-ebpf/src/bin/floors.rs`).
-pub static FLOORS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-floors"));
 
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
