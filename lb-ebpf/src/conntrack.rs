@@ -94,5 +94,6 @@ pub fn track(ctx: &XdpContext, pkt: &Packet, vip_id: u32, id: u32, backend: &Bac
     };
     if !forward_ok || CONNS.insert(&reply_key, &entry, 0).is_err() {
         count(Reason::ConnInsertFailed);
+        aya_log_ebpf::debug!(ctx, "VIP {}: connection table insert failed", vip_id);
     }
 }

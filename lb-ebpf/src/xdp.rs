@@ -1,6 +1,9 @@
 //! The entry point: parse → VIP lookup → connection table → scheduler → rewrite → forward.
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+// Debug logs only on rare paths (failures, rescheduling): off unless the agent runs at debug
+// level, and then one global read and branch per log statement reached.
+use aya_log_ebpf::debug;
 use lb_common::{
     counters::Reason,
     maps::{BackendState, ConnEntry, VipKey, VipMeta},
@@ -64,10 +67,14 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> u32 {
         tracked => {
             if matches!(tracked, Tracked::Stale) {
                 count(Reason::Rescheduled);
+                debug!(ctx, "VIP {}: a flow's backend is down or gone; choosing again", vip.id);
             }
             let (id, backend) = match choose(vip, &pkt.key) {
                 Ok(chosen) => chosen,
-                Err(reason) => return verdict(xdp_action::XDP_DROP, reason),
+                Err(reason) => {
+                    debug!(ctx, "VIP {}: no backend for a new flow (reason {})", vip.id, reason as u32);
+                    return verdict(xdp_action::XDP_DROP, reason);
+                }
             };
             conntrack::track(ctx, pkt, vip.id, id, backend);
             (id, backend, true)

@@ -551,3 +551,38 @@ fn least_conn_prefers_the_less_loaded_candidate() {
     assert_eq!(lb.dp.maps.active_connections_of(2).unwrap(), to_idle as u64, "each new flow counted");
     assert_eq!(lb.dp.maps.active_connections_of(1).unwrap(), 1000 + (sent.len() - to_idle) as u64);
 }
+
+/// Collects the program's log records.
+struct Collected(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Collected {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        self.0.lock().unwrap().push(format!("{} {}", record.level(), record.args()));
+    }
+    fn flush(&self) {}
+}
+
+static COLLECTED: Collected = Collected(std::sync::Mutex::new(Vec::new()));
+
+#[test]
+fn debug_logs_report_rare_events() {
+    require_root();
+    let mut svc = pool4(PROTO_TCP);
+    for b in &mut svc.backends {
+        b.backend.state = BackendState::Down as u8;
+    }
+    let mut lb = Lb { dp: lb_userspace::dataplane::Dataplane::load_with_debug_logs(&test_sizing(1), &COLLECTED).unwrap() };
+    lb.dp.maps.apply_service(&svc).unwrap();
+    let mut logs = lb.dp.take_debug_logs().expect("loaded with logs");
+    assert_eq!(lb.run(&from_client(CLIENT4, VIP4, tcp(1234, 80, SYN)).bytes()).action, XDP_DROP);
+    logs.flush();
+    let records = COLLECTED.0.lock().unwrap().clone();
+    assert!(
+        records.iter().any(|r| r == "DEBUG VIP 1: no backend for a new flow (reason 12)"),
+        "{records:?}"
+    );
+    assert_eq!(Reason::DropNoBackend as u32, 12);
+}

@@ -59,7 +59,16 @@ struct Agent {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
-    let mut dp = Dataplane::load(&config.sizing())?;
+    // The program's own debug logs (rare events) only when the agent logs at debug level.
+    let mut dp = if tracing::enabled!(tracing::Level::DEBUG) {
+        Dataplane::load_with_debug_logs(&config.sizing(), log::logger())?
+    } else {
+        Dataplane::load(&config.sizing())?
+    };
+    let ebpf_logs = match dp.take_debug_logs() {
+        Some(logs) => Some(read_ebpf_logs(logs)?),
+        None => None,
+    };
     let mode = opts.mode.unwrap_or(match config.global.xdp_mode {
         XdpMode::Auto => AttachMode::Auto,
         XdpMode::Driver => AttachMode::Driver,
@@ -131,8 +140,8 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: detaching XDP, removing VIP addresses and the admin socket");
     api.abort();
-    if let Some(m) = metrics {
-        m.abort();
+    for task in [metrics, ebpf_logs].into_iter().flatten() {
+        task.abort();
     }
     agent.addresses.clear();
     let _ = std::fs::remove_file(&agent.config.global.admin_socket);
@@ -284,6 +293,20 @@ impl Agent {
 
 fn refused(e: OpError) -> ApiError {
     ApiError::refused(e)
+}
+
+/// Forwards the program's debug log records to the log (and so tracing) output as they come.
+fn read_ebpf_logs(logs: crate::dataplane::EbpfLogs) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    // SAFETY: `EbpfLogs` owns the log ring buffer's fd, which stays open and is the one
+    // `as_raw_fd` returns for as long as the `AsyncFd` owns the value.
+    let mut fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logs, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow!("watching the program's log buffer: {e}"))?;
+    Ok(tokio::spawn(async move {
+        while let Ok(mut ready) = fd.readable_mut().await {
+            ready.get_inner_mut().flush();
+            ready.clear_ready();
+        }
+    }))
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {

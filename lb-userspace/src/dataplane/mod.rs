@@ -51,13 +51,45 @@ pub struct Dataplane {
     /// The program's maps.
     pub maps: Maps,
     sizing: Sizing,
+    logs: Option<EbpfLogs>,
+}
+
+/// The program's debug log buffer (see [`Dataplane::load_with_debug_logs`]).
+pub struct EbpfLogs(aya_log::EbpfLogger<&'static dyn log::Log>);
+
+impl EbpfLogs {
+    /// Sends every pending record to the logger.
+    pub fn flush(&mut self) {
+        self.0.flush();
+    }
+}
+
+impl std::os::fd::AsRawFd for EbpfLogs {
+    /// The log ring buffer's fd: open, and the same, for the whole life of this value.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
 }
 
 impl Dataplane {
     /// Loads the program into the kernel with maps sized by `sizing`; the verifier runs here.
+    /// The program's debug logs are off.
     pub fn load(sizing: &Sizing) -> anyhow::Result<Self> {
+        Self::load_with(sizing, None)
+    }
+
+    /// As [`Dataplane::load`], with the program's debug logs (rare events only: no backend,
+    /// rescheduled flows, failed connection-table inserts) sent to `logger` whenever
+    /// [`EbpfLogs::flush`] is called.
+    pub fn load_with_debug_logs(sizing: &Sizing, logger: &'static dyn log::Log) -> anyhow::Result<Self> {
+        Self::load_with(sizing, Some(logger))
+    }
+
+    fn load_with(sizing: &Sizing, logger: Option<&'static dyn log::Log>) -> anyhow::Result<Self> {
         sizing.validate()?;
+        let log_level = if logger.is_some() { aya_log::Level::Debug as u8 } else { 0 };
         let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &log_level, true)
             .override_global(GLOBAL_RING_SIZE, &sizing.ring_size, true)
             .override_global(GLOBAL_HASH_SEED, &sizing.hash_seed, true)
             .map_max_entries(MAP_VIPS, sizing.vip_capacity)
@@ -70,6 +102,11 @@ impl Dataplane {
             .map_max_entries(MAP_ACTIVE_CONNS, sizing.backend_capacity)
             .load(PROGRAM)
             .context("loading the XDP object (maps)")?;
+        // The logger holds the log ring buffer's fd: it must live while the program loads.
+        let logs = match logger {
+            Some(l) => Some(EbpfLogs(aya_log::EbpfLogger::init_with_logger(&mut ebpf, l).context("opening the program's log buffer")?)),
+            None => None,
+        };
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .context("the object has no XDP program")?
@@ -80,6 +117,7 @@ impl Dataplane {
             ebpf,
             maps,
             sizing: sizing.clone(),
+            logs,
         })
     }
 
@@ -127,6 +165,11 @@ impl Dataplane {
                 }
             },
         }
+    }
+
+    /// The program's debug log buffer, if loaded with debug logs (to be polled by the caller).
+    pub fn take_debug_logs(&mut self) -> Option<EbpfLogs> {
+        self.logs.take()
     }
 
     /// The sizes and seed this instance was loaded with.
