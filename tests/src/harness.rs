@@ -67,6 +67,19 @@ pub fn udp(sport: u16, dport: u16) -> L4 {
     L4::Udp { sport, dport, no_checksum: false }
 }
 
+/// `f` with its destination rewritten to `ip`:`port` and sent from `src_mac` to `dst_mac`:
+/// what the data path should make of a client's frame.
+pub fn to_endpoint(f: &Frame, ip: IpAddr, port: u16, dst_mac: Mac, src_mac: Mac) -> Frame {
+    let mut out = f.clone();
+    out.dst = ip;
+    out.dst_mac = dst_mac;
+    out.src_mac = src_mac;
+    match &mut out.l4 {
+        L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = port,
+    }
+    out
+}
+
 /// The MAC the fixtures give backend slot `id`.
 pub fn backend_mac(id: u32) -> Mac {
     [0x02, 0xbe, 0, 0, (id >> 8) as u8, id as u8]

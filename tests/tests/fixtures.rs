@@ -38,18 +38,6 @@ fn setup(services: &[&Service]) -> Lb {
     lb
 }
 
-/// `f` with its destination rewritten to `ip`:`port` and sent from `src_mac` to `dst_mac`.
-fn to_endpoint(f: &Frame, ip: IpAddr, port: u16, dst_mac: Mac, src_mac: Mac) -> Frame {
-    let mut out = f.clone();
-    out.dst = ip;
-    out.dst_mac = dst_mac;
-    out.src_mac = src_mac;
-    match &mut out.l4 {
-        L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = port,
-    }
-    out
-}
-
 /// The backend's reply to client frame `f`, sent from backend `id` at `ip`:`port`.
 fn reply_of(f: &Frame, id: u32, ip: IpAddr, port: u16) -> Frame {
     let (csport, _) = ports(f);

@@ -71,14 +71,7 @@ fn dgram6() -> Frame {
 /// `f` rewritten to its family's backend and sent from `src_mac` to `dst_mac`.
 fn sent(f: &Frame, dst_mac: Mac, src_mac: Mac) -> Frame {
     let (ip, port) = if f.src.is_ipv4() { (BACKEND4, PORT4) } else { (BACKEND6, PORT6) };
-    let mut out = f.clone();
-    out.dst = ip;
-    out.dst_mac = dst_mac;
-    out.src_mac = src_mac;
-    match &mut out.l4 {
-        L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = port,
-    }
-    out
+    to_endpoint(f, ip, port, dst_mac, src_mac)
 }
 
 /// `f` rewritten to its backend, Ethernet header untouched: what the kernel gets on XDP_PASS.
