@@ -59,6 +59,25 @@ pub fn second_choice(hash: u32) -> u32 {
     (x ^ (x >> 32)) as u32
 }
 
+/// The bit of an endpoint (address and port; `salt` tells VIPs from backends) in the
+/// `ENDPOINT_FILTER` map: word `bit >> 6`, bit `bit & 63`. Below 65,536. A few operations and
+/// no helper call: the data path computes it for every packet.
+#[inline(always)]
+pub fn endpoint_bit(addr: &Addr, port: u16, salt: u64) -> u32 {
+    let (a0, a1) = addr_words(addr);
+    let h = (a0 ^ a1.rotate_left(29) ^ ((port as u64) << 40) ^ salt).wrapping_mul(MIX);
+    (h >> 48) as u32
+}
+
+/// A 64-bit tag of a VIP (address, port, protocol, family), never 0: the `VIP_LIVE` entry of
+/// the VIP's id, compared by the data path with the tag of an established flow's destination.
+#[inline(always)]
+pub fn vip_tag(addr: &Addr, port: u16, proto: u8, family: u8) -> u64 {
+    let (a0, a1) = addr_words(addr);
+    let x = finish64(mix(mix(a0, a1), (port as u64) | ((proto as u64) << 16) | ((family as u64) << 24)));
+    x | 1
+}
+
 /// Hash of a backend's identity (address and port) under `seed`. Maglev derives each
 /// backend's offset and skip from it, so the table depends on what the backends are, not on
 /// the order or the slot ids they were given.
@@ -141,6 +160,31 @@ mod tests {
             }
         }
         assert!(n > 1000 && seconds.len() > 95, "{} distinct second slots over {n} flows", seconds.len());
+    }
+
+    #[test]
+    fn endpoint_bits_spread() {
+        // 1,000 backends on one port set few enough bits that a random flow rarely passes.
+        let mut bits = std::collections::HashSet::new();
+        for i in 0..1000u32 {
+            let b = endpoint_bit(&v4_addr([10, 1, (i >> 8) as u8, i as u8]), 8080, 2);
+            assert!(b < 65536);
+            bits.insert(b);
+        }
+        assert!(bits.len() > 985, "{} distinct bits", bits.len());
+        let a = v4_addr([10, 0, 0, 10]);
+        assert_ne!(endpoint_bit(&a, 80, 1), endpoint_bit(&a, 81, 1));
+        assert_ne!(endpoint_bit(&a, 80, 1), endpoint_bit(&a, 80, 2));
+    }
+
+    #[test]
+    fn vip_tags_differ_and_are_never_zero() {
+        let a = v4_addr([10, 0, 0, 10]);
+        let t = vip_tag(&a, 80, 6, 4);
+        assert_ne!(t, 0);
+        assert_ne!(t, vip_tag(&a, 81, 6, 4));
+        assert_ne!(t, vip_tag(&a, 80, 17, 4));
+        assert_ne!(t, vip_tag(&v4_addr([10, 0, 0, 11]), 80, 6, 4));
     }
 
     #[test]

@@ -27,6 +27,25 @@ pub const MAP_RR_CURSORS: &str = "RR_CURSORS";
 /// agent every second and incremented by the data path for each new flow in between.
 pub const MAP_ACTIVE_CONNS: &str = "ACTIVE_CONNS";
 
+/// `ENDPOINT_FILTER`: array of [`ENDPOINT_FILTER_WORDS`] 64-bit words, one bit per hash of a
+/// VIP or backend endpoint ([`crate::hash::endpoint_bit`]). A clear bit proves that a packet
+/// is for no VIP (destination) or from no backend (source), so traffic that is neither skips
+/// the `VIPS` and `CONNS` lookups. The agent sets a bit before it writes the VIP or backend
+/// and never clears one (a stale bit only costs a lookup).
+pub const MAP_ENDPOINT_FILTER: &str = "ENDPOINT_FILTER";
+/// Words of `ENDPOINT_FILTER` (65,536 bits, 8 KiB).
+pub const ENDPOINT_FILTER_WORDS: u32 = 1024;
+/// Salt of VIP endpoints (address, port) in `ENDPOINT_FILTER`.
+pub const FILTER_VIP: u64 = 0x7669_7000;
+/// Salt of backend endpoints (address, port) in `ENDPOINT_FILTER`.
+pub const FILTER_BACKEND: u64 = 0x6265_6b00;
+
+/// `VIP_LIVE`: array VIP id → [`crate::hash::vip_tag`] of the VIP that id serves now (0: none).
+/// Established flows are forwarded from their connection-table entry without the `VIPS`
+/// lookup when their entry's VIP id still serves their VIP; the agent writes the tag before
+/// the VIP entry and clears it before removing the VIP.
+pub const MAP_VIP_LIVE: &str = "VIP_LIVE";
+
 /// Read-only global: number of slots of one Maglev ring (prime).
 pub const GLOBAL_RING_SIZE: &str = "LB_RING_SIZE";
 /// Read-only global: the flow hash seed (same on every node of a cluster).
@@ -160,7 +179,10 @@ pub struct Backend {
 }
 
 /// The 5-tuple of a packet as seen on the wire: the connection table's key.
-#[repr(C)]
+///
+/// 8-byte aligned (its size, 40, is unchanged): the data path then builds and copies keys
+/// with 64-bit stores instead of byte loops.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// Source address.

@@ -18,8 +18,9 @@ use crate::{
 pub enum Tracked {
     /// Not tracked: a new flow.
     Miss,
-    /// Tracked, and its backend still serves it (up or draining).
-    Live(u32, &'static Backend),
+    /// Tracked, and its backend still serves it (up or draining): backend id, backend, and
+    /// the VIP id the flow was assigned under.
+    Live(u32, &'static Backend, u32),
     /// Tracked, but its backend is down or its slot was given to another backend.
     Stale,
 }
@@ -32,8 +33,8 @@ pub fn tracked(key: &FlowKey) -> Tracked {
     };
     // SAFETY: the pointer comes from a successful map lookup; the fields are copied out at once
     // (a concurrent update can at worst give a stale backend id, which the checks below catch).
-    let (kind, id, generation) =
-        unsafe { ((*entry).kind, (*entry).backend_id, (*entry).backend_gen) };
+    let (kind, id, generation, vip_id) =
+        unsafe { ((*entry).kind, (*entry).backend_id, (*entry).backend_gen, (*entry).vip_id) };
     if kind != CONN_TO_BACKEND {
         return Tracked::Miss;
     }
@@ -42,7 +43,7 @@ pub fn tracked(key: &FlowKey) -> Tracked {
             if b.generation == generation
                 && (b.state == BackendState::Up as u8 || b.state == BackendState::Draining as u8) =>
         {
-            Tracked::Live(id, b)
+            Tracked::Live(id, b, vip_id)
         }
         _ => Tracked::Stale,
     }

@@ -12,7 +12,7 @@ use lb_common::{
         DEFAULT_BACKEND_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_RING_SIZE, DEFAULT_VIP_CAPACITY,
         ring_map_entries,
     },
-    maps::{Backend, ConnEntry, FlowKey, Traffic, VipKey, VipMeta},
+    maps::{Addr, Backend, ConnEntry, ENDPOINT_FILTER_WORDS, FlowKey, Traffic, VipKey, VipMeta},
 };
 
 /// VIP address, port and protocol → VIP id, flags and live ring.
@@ -56,6 +56,33 @@ pub static VIP_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(DEFAU
 #[map]
 pub static BACKEND_STATS: PerCpuArray<Traffic> =
     PerCpuArray::with_max_entries(DEFAULT_BACKEND_CAPACITY, 0);
+
+/// One bit per VIP and backend endpoint hash (`lb_common::maps::MAP_ENDPOINT_FILTER`).
+#[map]
+pub static ENDPOINT_FILTER: Array<u64> = Array::with_max_entries(ENDPOINT_FILTER_WORDS, 0);
+
+/// VIP id → tag of the VIP it serves (`lb_common::maps::MAP_VIP_LIVE`).
+#[map]
+pub static VIP_LIVE: Array<u64> = Array::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
+
+/// Whether VIP id `vip_id` still serves the VIP that `key` is addressed to.
+#[inline(always)]
+pub fn vip_is_live(vip_id: u32, key: &FlowKey) -> bool {
+    VIP_LIVE
+        .get(vip_id)
+        .is_some_and(|tag| *tag == lb_common::hash::vip_tag(&key.dst, key.dport, key.proto, key.family))
+}
+
+/// Whether `addr`:`port` may be an endpoint of kind `salt` (`FILTER_VIP`, `FILTER_BACKEND`):
+/// false means it certainly is not. An inlined array access, no helper call.
+#[inline(always)]
+pub fn maybe_endpoint(addr: &Addr, port: u16, salt: u64) -> bool {
+    let bit = lb_common::hash::endpoint_bit(addr, port, salt);
+    match ENDPOINT_FILTER.get(bit >> 6) {
+        Some(word) => *word & (1u64 << (bit & 63)) != 0,
+        None => true,
+    }
+}
 
 /// Slots per Maglev ring; set by the agent at load time (`lb_common::maps::GLOBAL_RING_SIZE`).
 #[unsafe(no_mangle)]

@@ -6,14 +6,14 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::debug;
 use lb_common::{
     counters::Reason,
-    maps::{BackendState, ConnEntry, VipKey, VipMeta},
+    maps::{Backend, BackendState, ConnEntry, FILTER_BACKEND, FILTER_VIP, VipKey, VipMeta},
 };
 
 use crate::{
     choose::choose,
     conntrack::{self, Tracked},
     forward,
-    maps::VIPS,
+    maps::{VIPS, maybe_endpoint, vip_is_live},
     nat::{self, Endpoint},
     parse::{Packet, parse},
     stats::{count, count_traffic},
@@ -22,24 +22,39 @@ use crate::{
 /// The XDP program attached to the load balancer's interfaces.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    let mut pkt = Packet::default();
-    if let Err(reason) = parse(&ctx, &mut pkt) {
-        return verdict(xdp_action::XDP_PASS, reason);
-    }
-    let vip_key = VipKey {
-        addr: pkt.key.dst,
-        port: pkt.key.dport,
-        proto: pkt.key.proto,
-        family: pkt.key.family,
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let pkt = match parse(&ctx, &mut slot) {
+        Ok(pkt) => pkt,
+        Err(reason) => return verdict(xdp_action::XDP_PASS, reason),
     };
-    if let Some(vip) = VIPS.get_ptr(&vip_key) {
-        // SAFETY: pointer from a successful lookup; the agent replaces VIP values whole, so the
-        // copy is either the old or the new value.
-        let vip = unsafe { *vip };
-        return to_backend(&ctx, &pkt, &vip);
+    // The endpoint filter's clear bits let traffic for no VIP and from no backend (the host's
+    // own) skip both hash lookups.
+    if maybe_endpoint(&pkt.key.dst, pkt.key.dport, FILTER_VIP) {
+        // Established flows first: their connection-table entry has everything needed, so
+        // while their VIP id still serves their VIP they skip the VIPS lookup.
+        let tracked = conntrack::tracked(&pkt.key);
+        if let Tracked::Live(id, backend, vip_id) = tracked {
+            if !(pkt.syn && backend.state == BackendState::Draining as u8) && vip_is_live(vip_id, &pkt.key) {
+                return established(&ctx, pkt, vip_id, id, backend);
+            }
+        }
+        let vip_key = VipKey {
+            addr: pkt.key.dst,
+            port: pkt.key.dport,
+            proto: pkt.key.proto,
+            family: pkt.key.family,
+        };
+        if let Some(vip) = VIPS.get_ptr(&vip_key) {
+            // SAFETY: pointer from a successful lookup; the agent replaces VIP values whole, so
+            // the copy is either the old or the new value.
+            let vip = unsafe { *vip };
+            return to_backend(&ctx, pkt, &vip, &tracked);
+        }
     }
-    if let Some(conn) = conntrack::reply(&pkt.key) {
-        return to_client(&ctx, &pkt, conn);
+    if maybe_endpoint(&pkt.key.src, pkt.key.sport, FILTER_BACKEND) {
+        if let Some(conn) = conntrack::reply(&pkt.key) {
+            return to_client(&ctx, pkt, conn);
+        }
     }
     verdict(xdp_action::XDP_PASS, Reason::PassNotVip)
 }
@@ -57,14 +72,14 @@ fn verdict(action: u32, reason: Reason) -> u32 {
 /// Not inlined, like `to_client`: with everything in one frame LLVM's stack exceeds the
 /// verifier's 512 bytes for the whole call chain.
 #[inline(never)]
-fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> u32 {
-    let (id, backend, new_flow) = match conntrack::tracked(&pkt.key) {
+fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, tracked: &Tracked) -> u32 {
+    let (id, backend, new_flow) = match *tracked {
         // A new connection that reuses the 5-tuple of a flow on a draining backend is a new
         // flow: draining keeps existing connections only.
-        Tracked::Live(id, backend) if !(pkt.syn && backend.state == BackendState::Draining as u8) => {
+        Tracked::Live(id, backend, _) if !(pkt.syn && backend.state == BackendState::Draining as u8) => {
             (id, backend, false)
         }
-        tracked => {
+        ref tracked => {
             if matches!(tracked, Tracked::Stale) {
                 count(Reason::Rescheduled);
                 debug!(ctx, "VIP {}: a flow's backend is down or gone; choosing again", vip.id);
@@ -80,10 +95,22 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> u32 {
             (id, backend, true)
         }
     };
+    forward_to(ctx, pkt, vip.id, id, backend, new_flow)
+}
+
+/// A packet of an established flow whose VIP id still serves its VIP: to its backend.
+#[inline(never)]
+fn established(ctx: &XdpContext, pkt: &Packet, vip_id: u32, id: u32, backend: &Backend) -> u32 {
+    forward_to(ctx, pkt, vip_id, id, backend, false)
+}
+
+/// Rewrites `pkt` to backend `id`, counts it and sends it on.
+#[inline(always)]
+fn forward_to(ctx: &XdpContext, pkt: &Packet, vip_id: u32, id: u32, backend: &Backend, new_flow: bool) -> u32 {
     if let Err(reason) = nat::rewrite(ctx, pkt, Endpoint::Destination, &backend.addr, backend.port) {
         return verdict(xdp_action::XDP_PASS, reason);
     }
-    count_traffic(vip.id, id, pkt.len, new_flow);
+    count_traffic(vip_id, id, pkt.len, new_flow);
     match forward::send(ctx, pkt, &backend.hop, &pkt.key.src, &backend.addr) {
         Ok(action) => verdict(action, Reason::ForwardToBackend),
         Err(reason) => verdict(xdp_action::XDP_PASS, reason),

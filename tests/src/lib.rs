@@ -3,6 +3,7 @@
 //! program in the kernel with BPF_PROG_TEST_RUN.
 
 pub mod agent;
+pub mod bench;
 pub mod harness;
 pub mod netns;
 pub mod packet;

@@ -574,3 +574,32 @@ fn debug_logs_report_rare_events() {
     );
     assert_eq!(Reason::DropNoBackend as u32, 12);
 }
+
+#[test]
+fn removed_vip_sends_its_established_flows_to_the_kernel() {
+    // Established packets skip the VIPS lookup while their VIP id still serves their VIP:
+    // removing the VIP must end that at once, and adding it back must resume balancing.
+    let svc = pool4(PROTO_TCP);
+    let mut lb = setup(&[&svc]);
+    let flow = from_client(CLIENT4, VIP4, tcp(44000, 80, SYN));
+    let backend = establish(&lb, &svc, &flow);
+    let next = with_flags(&flow, ACK).bytes();
+    assert_eq!(sent_to(&lb.run(&next).out), backend);
+
+    lb.dp.maps.remove_vip(&svc.key).unwrap();
+    expect_passed(&lb, &next, Reason::PassNotVip);
+
+    lb.dp.maps.apply_service(&svc).unwrap();
+    let run = lb.run(&next);
+    assert_eq!(run.action, XDP_TX);
+    assert_eq!(sent_to(&run.out), backend, "the tracked flow resumes on its backend");
+}
+
+#[test]
+fn host_traffic_from_a_backend_port_on_another_address_passes() {
+    // The endpoint filter lets traffic that is neither for a VIP nor from a backend skip both
+    // lookups; traffic that matches a backend's port but not its address still passes.
+    let lb = setup(&[&pool4(PROTO_TCP)]);
+    let host = from_client(v4(200), CLIENT4, tcp(8080, 40000, ACK)).bytes();
+    expect_passed(&lb, &host, Reason::PassNotVip);
+}

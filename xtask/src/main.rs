@@ -20,13 +20,14 @@ mod lab;
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
 mod topology;
 
-const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...] | lab [--keep]>";
+const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...] | lab [--keep] | bench [lb-bench args...]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup(),
         Some("test") => setup().and_then(|()| build_bins()).and_then(|()| test(&args[1..])),
+        Some("bench") => setup().and_then(|()| bench(&args[1..])),
         Some("lab") => setup().and_then(|()| build_bins()).and_then(|()| lab::run(&root(), args.iter().any(|a| a == "--keep"))),
         _ => {
             eprintln!("{USAGE}");
@@ -75,6 +76,15 @@ fn setup() -> anyhow::Result<()> {
 /// builds only the test crate's own binaries).
 fn build_bins() -> anyhow::Result<()> {
     run(Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(["build", "--quiet", "--bins"]))
+}
+
+/// The benchmarks (BENCHMARKS.md): release builds of `lb` and the lab's backend server (the
+/// control-plane part runs the agent), then `lb-bench` with the remaining arguments, e.g.
+/// `cargo xtask bench datapath --sets 21` or `cargo xtask bench pktgen --dev eth1 --dst 10.0.0.10`.
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo).args(["build", "--quiet", "--release", "--bins"]))?;
+    run(Command::new(&cargo).args(["run", "--quiet", "--release", "-p", "lb-tests", "--bin", "lb-bench", "--"]).args(args))
 }
 
 /// Every test: host unit tests and the kernel fixtures (needs root). Ends with one line

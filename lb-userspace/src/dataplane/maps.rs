@@ -19,6 +19,10 @@ pub struct Maps {
     vip_stats: PerCpuArray<MapData, Traffic>,
     backend_stats: PerCpuArray<MapData, Traffic>,
     active_conns: Array<MapData, u64>,
+    endpoint_filter: Array<MapData, u64>,
+    vip_live: Array<MapData, u64>,
+    /// What `endpoint_filter` holds, so a bit is written once, without reading the map.
+    filter_words: Vec<u64>,
     ring_size: u32,
     hash_seed: u32,
 }
@@ -51,6 +55,9 @@ impl Maps {
             vip_stats: take(ebpf, MAP_VIP_STATS)?.try_into()?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?.try_into()?,
             active_conns: take(ebpf, MAP_ACTIVE_CONNS)?.try_into()?,
+            endpoint_filter: take(ebpf, MAP_ENDPOINT_FILTER)?.try_into()?,
+            vip_live: take(ebpf, MAP_VIP_LIVE)?.try_into()?,
+            filter_words: vec![0; ENDPOINT_FILTER_WORDS as usize],
             ring_size: sizing.ring_size,
             hash_seed: sizing.hash_seed,
         })
@@ -66,6 +73,20 @@ impl Maps {
         self.hash_seed
     }
 
+    /// Sets the endpoint filter's bit for `addr`:`port` (`salt`: VIP or backend), so that the
+    /// data path looks its packets up. Bits are never cleared: a stale one only costs a lookup.
+    fn admit_endpoint(&mut self, addr: &Addr, port: u16, salt: u64) -> anyhow::Result<()> {
+        let bit = lb_common::hash::endpoint_bit(addr, port, salt);
+        let (word, mask) = ((bit >> 6) as usize, 1u64 << (bit & 63));
+        if self.filter_words[word] & mask == 0 {
+            self.filter_words[word] |= mask;
+            self.endpoint_filter
+                .set(word as u32, self.filter_words[word], 0)
+                .context("writing the endpoint filter")?;
+        }
+        Ok(())
+    }
+
     /// The VIP entry for `key`, if any.
     pub fn vip(&self, key: &VipKey) -> anyhow::Result<Option<VipMeta>> {
         Ok(optional(self.vips.get(key, 0))?)
@@ -73,6 +94,10 @@ impl Maps {
 
     /// Removes a VIP: its traffic goes to the kernel from the next packet on.
     pub fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        // First the established flows' fast path, then the VIP itself.
+        if let Some(meta) = self.vip(key)? {
+            self.vip_live.set(meta.id, 0, 0).context("clearing VIP_LIVE")?;
+        }
         match self.vips.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
@@ -99,7 +124,13 @@ impl Maps {
         );
         let half = match self.vip(key)? {
             Some(live) if live.id == id => 1 - (live.ring_half & 1),
-            _ => 0,
+            Some(live) => {
+                // The VIP moves to another id: flows tracked under the old one take the
+                // VIPS lookup again.
+                self.vip_live.set(live.id, 0, 0).context("clearing VIP_LIVE")?;
+                0
+            }
+            None => 0,
         };
         for (slot, &backend) in ring.iter().enumerate() {
             anyhow::ensure!(
@@ -113,6 +144,9 @@ impl Maps {
             ring_half: half,
             backend_count,
         };
+        self.admit_endpoint(&key.addr, key.port, FILTER_VIP)?;
+        let tag = lb_common::hash::vip_tag(&key.addr, key.port, key.proto, key.family);
+        self.vip_live.set(id, tag, 0).context("writing VIP_LIVE")?;
         self.vips.insert(key, meta, 0).context("publishing the VIP")?;
         Ok(meta)
     }
@@ -132,6 +166,8 @@ impl Maps {
     /// Writes the backend in slot `id`.
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> anyhow::Result<()> {
         anyhow::ensure!(id != 0, "backend slot 0 is reserved");
+        // Before the backend exists for the data path: its replies must not skip CONNS.
+        self.admit_endpoint(&backend.addr, backend.port, FILTER_BACKEND)?;
         self.backends
             .set(id, backend, 0)
             .with_context(|| format!("writing backend slot {id}"))

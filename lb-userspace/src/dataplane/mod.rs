@@ -17,11 +17,13 @@ use aya::{
 };
 use lb_common::maps::{
     GLOBAL_HASH_SEED, GLOBAL_RING_SIZE, MAP_ACTIVE_CONNS, MAP_BACKEND_STATS, MAP_BACKENDS,
-    MAP_CONNS, MAP_RING, MAP_RR_CURSORS, MAP_VIP_STATS, MAP_VIPS, PROGRAM_NAME,
+    MAP_CONNS, MAP_RING, MAP_RR_CURSORS, MAP_VIP_LIVE, MAP_VIP_STATS, MAP_VIPS, PROGRAM_NAME,
 };
 
 /// The XDP program object, built by `build.rs` from `lb-ebpf`.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
+/// The benchmarks' floor programs, bare forwarder, generator and receiver (`lb-ebpf/src/bin/floors.rs`).
+pub static FLOORS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-floors"));
 
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -94,6 +96,7 @@ impl Dataplane {
             .override_global(GLOBAL_HASH_SEED, &sizing.hash_seed, true)
             .map_max_entries(MAP_VIPS, sizing.vip_capacity)
             .map_max_entries(MAP_VIP_STATS, sizing.vip_capacity)
+            .map_max_entries(MAP_VIP_LIVE, sizing.vip_capacity)
             .map_max_entries(MAP_RING, sizing.ring_map_entries())
             .map_max_entries(MAP_BACKENDS, sizing.backend_capacity)
             .map_max_entries(MAP_BACKEND_STATS, sizing.backend_capacity)
