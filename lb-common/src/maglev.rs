@@ -30,12 +30,12 @@ pub const fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let mut d = 3u32;
     while (d as u64) * (d as u64) <= n as u64 {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 2;
@@ -72,7 +72,7 @@ mod build {
         if live.is_empty() || m == 0 {
             return table;
         }
-        live.sort_by(|a, b| (a.addr, a.port, a.id).cmp(&(b.addr, b.port, b.id)));
+        live.sort_by_key(|b| (b.addr, b.port, b.id));
         let max_weight = live.iter().map(|b| b.weight as u64).max().unwrap_or(1);
         let seed = seed as u64;
         let mut walkers: Vec<Walker> = live
@@ -127,7 +127,7 @@ mod build {
         if live.is_empty() {
             return vec![NO_BACKEND; size as usize];
         }
-        live.sort_by(|a, b| (a.addr, a.port, a.id).cmp(&(b.addr, b.port, b.id)));
+        live.sort_by_key(|b| (b.addr, b.port, b.id));
         let total: i64 = live.iter().map(|b| b.weight as i64).sum();
         let mut current = vec![0i64; live.len()];
         (0..size)

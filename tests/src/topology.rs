@@ -296,15 +296,18 @@ fn read_response<R: std::io::BufRead>(reader: &mut R) -> std::io::Result<(u16, S
     Ok((status, String::from_utf8_lossy(&body).trim().to_owned()))
 }
 
+/// A request path and where its answer goes.
+type SessionRequest = (String, std::sync::mpsc::Sender<std::io::Result<(u16, String)>>);
+
 /// A keep-alive HTTP connection opened from inside a namespace, kept by a thread there.
 pub struct HttpSession {
-    requests: std::sync::mpsc::Sender<(String, std::sync::mpsc::Sender<std::io::Result<(u16, String)>>)>,
+    requests: std::sync::mpsc::Sender<SessionRequest>,
 }
 
 impl HttpSession {
     /// Connects to `addr` from namespace `ns`.
     pub fn open(ns: &str, addr: std::net::SocketAddr, timeout: Duration) -> anyhow::Result<HttpSession> {
-        let (tx, rx) = std::sync::mpsc::channel::<(String, std::sync::mpsc::Sender<std::io::Result<(u16, String)>>)>();
+        let (tx, rx) = std::sync::mpsc::channel::<SessionRequest>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let path = format!("/var/run/netns/{ns}");
         let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;

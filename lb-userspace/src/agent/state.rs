@@ -448,29 +448,27 @@ impl Runtime {
         Ok(())
     }
 
-    /// Records a health transition of backend slot `id`; unknown ids (removed since) are
-    /// ignored.
-    pub fn set_health(&mut self, id: u32, health: Health, changes: &mut Changes) {
+    /// Applies `update` to backend slot `id` (ignored if the backend is gone) and marks its VIP
+    /// for writing if `update` reports a change.
+    fn update_backend(&mut self, id: u32, changes: &mut Changes, update: impl FnOnce(&mut BackendRuntime) -> bool) {
         for v in &mut self.vips {
             if let Some(b) = v.backends.iter_mut().find(|b| b.id == id) {
-                if b.health != health {
-                    b.health = health;
+                if update(b) {
                     changes.touch(v.id);
                 }
+                return;
             }
         }
     }
 
-    /// Records the next hop of backend slot `id`; returns whether it changed.
+    /// Records a health transition of backend slot `id`.
+    pub fn set_health(&mut self, id: u32, health: Health, changes: &mut Changes) {
+        self.update_backend(id, changes, |b| std::mem::replace(&mut b.health, health) != health);
+    }
+
+    /// Records the next hop of backend slot `id`.
     pub fn set_hop(&mut self, id: u32, hop: NextHop, changes: &mut Changes) {
-        for v in &mut self.vips {
-            if let Some(b) = v.backends.iter_mut().find(|b| b.id == id) {
-                if b.hop != hop {
-                    b.hop = hop;
-                    changes.touch(v.id);
-                }
-            }
-        }
+        self.update_backend(id, changes, |b| std::mem::replace(&mut b.hop, hop) != hop);
     }
 
     /// Moves to a new configuration, keeping the slot ids, health and next hops of VIPs and
