@@ -33,7 +33,8 @@ use super::{
 };
 use crate::{
     harness::{
-        CLIENT_MAC, LB_MAC, Lb, XDP_PASS, XDP_TX, backend_endpoint, backend_mac, flow_key, service,
+        CLIENT_MAC, LB_MAC, Lb, XDP_PASS, XDP_TX, backend_endpoint, backend_mac, flow_key, from_client, service, tcp,
+        udp,
     },
     packet::{Frame, L4, verify_checksums},
 };
@@ -128,29 +129,13 @@ struct Path {
 }
 
 fn tcp_frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8) -> Frame {
-    Frame {
-        dst_mac: LB_MAC,
-        src_mac: CLIENT_MAC,
-        vlan: None,
-        src,
-        dst,
-        l4: L4::Tcp { sport, dport, flags },
-        // 14 + 20 + 20 + 10 = 64 bytes.
-        payload: vec![0x61; 10],
-    }
+    // 14 + 20 + 20 + 10 = 64 bytes.
+    Frame { payload: vec![0x61; 10], ..from_client(src, dst, tcp(sport, dport, flags)) }
 }
 
 fn udp_frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Frame {
-    Frame {
-        dst_mac: LB_MAC,
-        src_mac: CLIENT_MAC,
-        vlan: None,
-        src,
-        dst,
-        l4: L4::Udp { sport, dport, no_checksum: false },
-        // 14 + 20 + 8 + 22 = 64 bytes.
-        payload: vec![0x62; 22],
-    }
+    // 14 + 20 + 8 + 22 = 64 bytes.
+    Frame { payload: vec![0x62; 22], ..from_client(src, dst, udp(sport, dport)) }
 }
 
 /// Client address and port of fresh flow `n` (100.64.0.0/16, never reused in a run).
