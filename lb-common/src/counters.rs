@@ -2,6 +2,9 @@
 
 /// Why the data path gave a packet the verdict it gave. The discriminant is the index in the
 /// `REASONS` per-CPU array.
+/// Why the data path gave a packet the verdict it gave (or, for the last [`Reason::EVENTS`], an
+/// event it counted beside a verdict). The discriminant is the index in the `REASONS` per-CPU
+/// array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -11,14 +14,15 @@ pub enum Reason {
     ReplyToClient,
     /// Not IPv4 or IPv6 (ARP, LLDP, ...): passed to the kernel.
     PassNotIp,
-    /// IPv4/IPv6 but neither TCP nor UDP (ICMP, neighbour discovery, ...): passed.
+    /// IPv4/IPv6 but neither TCP nor UDP, nor an ICMP error of a VIP flow (echo, neighbour
+    /// discovery, ...): passed.
     PassNotTcpUdp,
-    /// TCP/UDP to no VIP and not a reply of a tracked flow: passed.
+    /// TCP/UDP to no VIP and not from a backend endpoint (or from one, to this host): passed.
     PassNotVip,
-    /// IPv4 header with options (IHL > 5): passed (handled by the kernel).
-    PassIpv4Options,
-    /// IPv4 fragment (MF set or non-zero offset): passed.
+    /// IPv4 fragment (MF set or non-zero offset) not addressed to a VIP address: passed.
     PassFragment,
+    /// IPv4 header with options, not addressed to a VIP address: passed.
+    PassIpv4Options,
     /// IPv6 with an extension header before TCP/UDP: passed.
     PassIpv6ExtHeader,
     /// Frame ends inside a header: passed (the kernel drops it).
@@ -34,15 +38,42 @@ pub enum Reason {
     DropNoBackend,
     /// Ring or backend map lookup failed (agent still filling the maps): dropped.
     DropMapMiss,
-    /// Connection table full and the insert failed: the packet is still forwarded.
+    /// IPv4 fragment addressed to a VIP address: dropped (the host would answer it with a
+    /// reset or an ICMP error).
+    DropFragment,
+    /// IPv4 header with options addressed to a VIP address: dropped (not balanced).
+    DropIpv4Options,
+    /// IPv4 header checksum wrong, for a VIP or from a backend: dropped.
+    DropBadChecksum,
+    /// IP length field does not fit the frame (or is below the headers), for a VIP or from
+    /// a backend: dropped.
+    DropBadLength,
+    /// TCP data offset below 5 words or beyond the frame: dropped.
+    DropBadTcpHeader,
+    /// New flow from a martian source (broadcast, multicast, loopback, unspecified, a VIP
+    /// address), or a reply to a martian destination: dropped, nothing inserted.
+    DropMartian,
+    /// ICMP or ICMPv6 error about a VIP flow, sent on to the flow's backend.
+    IcmpToBackend,
+    /// A backend's ICMP or ICMPv6 error about a client's packet, rewritten to the VIP and sent
+    /// towards the client.
+    IcmpToClient,
+    /// Event, not a verdict: a connection-table insert failed (the packet is still forwarded).
     ConnInsertFailed,
-    /// A tracked flow's backend went down; the flow was given a new backend.
+    /// Event, not a verdict: a tracked flow's backend went down; the flow was given a new backend.
     Rescheduled,
+    /// Event, not a verdict: a TCP packet other than a SYN found no entry and follows no SYN
+    /// of this node (the entry was evicted or expired, or the flow moved here from another
+    /// node). Maglev gives it the same backend while the backend set is unchanged.
+    FlowResumedWithoutEntry,
 }
 
 impl Reason {
     /// Number of reasons (size of the `REASONS` map).
-    pub const COUNT: u32 = Reason::Rescheduled as u32 + 1;
+    pub const COUNT: u32 = Reason::FlowResumedWithoutEntry as u32 + 1;
+
+    /// How many of the last reasons are events counted beside a verdict, not verdicts.
+    pub const EVENTS: u32 = 3;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Reason::COUNT as usize] = [
@@ -51,8 +82,8 @@ impl Reason {
         Reason::PassNotIp,
         Reason::PassNotTcpUdp,
         Reason::PassNotVip,
-        Reason::PassIpv4Options,
         Reason::PassFragment,
+        Reason::PassIpv4Options,
         Reason::PassIpv6ExtHeader,
         Reason::PassTruncated,
         Reason::PassMalformed,
@@ -60,8 +91,17 @@ impl Reason {
         Reason::PassToKernelRoute,
         Reason::DropNoBackend,
         Reason::DropMapMiss,
+        Reason::DropFragment,
+        Reason::DropIpv4Options,
+        Reason::DropBadChecksum,
+        Reason::DropBadLength,
+        Reason::DropBadTcpHeader,
+        Reason::DropMartian,
+        Reason::IcmpToBackend,
+        Reason::IcmpToClient,
         Reason::ConnInsertFailed,
         Reason::Rescheduled,
+        Reason::FlowResumedWithoutEntry,
     ];
 
     /// Stable snake_case name, used in metrics and the CLI.
@@ -72,8 +112,8 @@ impl Reason {
             Reason::PassNotIp => "pass_not_ip",
             Reason::PassNotTcpUdp => "pass_not_tcp_udp",
             Reason::PassNotVip => "pass_not_vip",
-            Reason::PassIpv4Options => "pass_ipv4_options",
             Reason::PassFragment => "pass_fragment",
+            Reason::PassIpv4Options => "pass_ipv4_options",
             Reason::PassIpv6ExtHeader => "pass_ipv6_ext_header",
             Reason::PassTruncated => "pass_truncated",
             Reason::PassMalformed => "pass_malformed",
@@ -81,9 +121,23 @@ impl Reason {
             Reason::PassToKernelRoute => "pass_to_kernel_route",
             Reason::DropNoBackend => "drop_no_backend",
             Reason::DropMapMiss => "drop_map_miss",
+            Reason::DropFragment => "drop_fragment",
+            Reason::DropIpv4Options => "drop_ipv4_options",
+            Reason::DropBadChecksum => "drop_bad_checksum",
+            Reason::DropBadLength => "drop_bad_length",
+            Reason::DropBadTcpHeader => "drop_bad_tcp_header",
+            Reason::DropMartian => "drop_martian",
+            Reason::IcmpToBackend => "icmp_to_backend",
+            Reason::IcmpToClient => "icmp_to_client",
             Reason::ConnInsertFailed => "conn_insert_failed",
             Reason::Rescheduled => "rescheduled",
+            Reason::FlowResumedWithoutEntry => "flow_resumed_without_entry",
         }
+    }
+
+    /// Whether this is an event counted beside a verdict rather than a packet's verdict.
+    pub const fn is_event(self) -> bool {
+        self as u32 >= Reason::COUNT - Reason::EVENTS
     }
 }
 
@@ -96,5 +150,10 @@ mod tests {
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i, "{}", r.name());
         }
+        let mut events = Reason::ALL.iter().filter(|r| r.is_event());
+        assert_eq!(events.next(), Some(&Reason::ConnInsertFailed));
+        assert_eq!(events.next(), Some(&Reason::Rescheduled));
+        assert_eq!(events.next(), Some(&Reason::FlowResumedWithoutEntry));
+        assert_eq!(events.next(), None);
     }
 }

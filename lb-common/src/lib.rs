@@ -10,7 +10,9 @@ extern crate std;
 
 pub mod counters;
 pub mod csum;
+pub mod flow;
 pub mod hash;
 pub mod limits;
 pub mod maglev;
 pub mod maps;
+pub mod martian;

@@ -25,10 +25,41 @@ pub const RING_SLOTS_PER_BACKEND: u32 = 100;
 /// Each VIP owns two rings: the live one and the one the agent writes before flipping.
 pub const RINGS_PER_VIP: u32 = 2;
 
-/// Default capacity of the connection table (entries; a flow uses two, one per direction).
+/// Default capacity of the connection table (entries, one per flow).
 pub const DEFAULT_CONN_CAPACITY: u32 = 262_144;
 /// Upper bound on the connection table capacity accepted at load time.
 pub const MAX_CONN_CAPACITY: u32 = 16 * 1024 * 1024;
+
+/// Default capacity of the half-open table: round-robin and least-conn flows between their
+/// SYN and their first packet after it (a SYN flood evicts only these).
+pub const DEFAULT_HALF_OPEN_CAPACITY: u32 = half_open_capacity(DEFAULT_CONN_CAPACITY);
+/// Upper bound on the half-open table capacity accepted at load time.
+pub const MAX_HALF_OPEN_CAPACITY: u32 = 1024 * 1024;
+
+/// The half-open table's capacity for a connection table of `conn_capacity` entries: a
+/// sixteenth of it, within 1,024 and [`MAX_HALF_OPEN_CAPACITY`].
+pub const fn half_open_capacity(conn_capacity: u32) -> u32 {
+    let c = conn_capacity / 16;
+    if c < 1024 {
+        1024
+    } else if c > MAX_HALF_OPEN_CAPACITY {
+        MAX_HALF_OPEN_CAPACITY
+    } else {
+        c
+    }
+}
+
+/// A TCP flow whose client sent FIN expires after this many seconds without a packet.
+pub const TCP_CLOSING_IDLE_SECS: u32 = 30;
+/// A TCP flow whose client sent RST expires this many seconds later.
+pub const TCP_RESET_LINGER_SECS: u32 = 2;
+/// Default idle timeout of a UDP flow, in seconds (per VIP in the configuration).
+pub const DEFAULT_UDP_IDLE_SECS: u16 = 30;
+/// Longest UDP idle timeout accepted, in seconds.
+pub const MAX_UDP_IDLE_SECS: u16 = u16::MAX;
+
+/// Words of the `SYN_SEEN` bitmap (one bit per flow-hash bucket): 262,144 bits, 32 KiB.
+pub const SYN_SEEN_WORDS: u32 = 4096;
 
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 65535;

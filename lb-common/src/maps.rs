@@ -13,8 +13,21 @@ pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 /// `RING`: array of backend ids, [`crate::limits::RINGS_PER_VIP`] Maglev rings per VIP.
 pub const MAP_RING: &str = "RING";
-/// `CONNS`: shared LRU hash [`FlowKey`] → [`ConnEntry`], both directions of every flow.
+/// `CONNS`: shared LRU hash [`FlowKey`] → [`Flow`], one entry per flow (client → VIP),
+/// inserted with the flow's first packet after its SYN (a SYN alone inserts nothing).
 pub const MAP_CONNS: &str = "CONNS";
+/// `HALF_OPEN`: shared LRU hash [`FlowKey`] → [`Flow`]: the backend a round-robin or
+/// least-conn VIP gave a SYN, until the flow's next packet moves it to `CONNS`.
+pub const MAP_HALF_OPEN: &str = "HALF_OPEN";
+/// `REPLIES`: hash [`BackendKey`] → [`ReplyTarget`], one per backend endpoint.
+pub const MAP_REPLIES: &str = "REPLIES";
+/// `VIP_ADDRS`: hash [`VipKey`] with port and protocol 0 → number of VIPs on that address:
+/// packets from a VIP address are martians.
+pub const MAP_VIP_ADDRS: &str = "VIP_ADDRS";
+/// `SYN_SEEN`: array of [`crate::limits::SYN_SEEN_WORDS`] 64-bit words, one bit per flow
+/// hash bucket, set by a SYN of a Maglev VIP and cleared by the flow's next packet: a non-SYN
+/// TCP packet that finds no entry and no bit is a flow resumed without its entry.
+pub const MAP_SYN_SEEN: &str = "SYN_SEEN";
 /// `REASONS`: per-CPU array [`crate::counters::Reason`] → packet count.
 pub const MAP_REASONS: &str = "REASONS";
 /// `VIP_STATS`: per-CPU array VIP id → [`Traffic`].
@@ -59,6 +72,10 @@ pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.
 pub const PROTO_UDP: u8 = 17;
+/// IP protocol number of ICMP.
+pub const PROTO_ICMP: u8 = 1;
+/// IP protocol number of ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// An IPv4 or IPv6 address as stored in map keys and values.
 pub type Addr = [u8; 16];
@@ -110,6 +127,10 @@ pub struct VipMeta {
     pub ring_half: u32,
     /// Number of backends in the live ring (informational).
     pub backend_count: u32,
+    /// Idle timeout of the VIP's UDP flows, in seconds.
+    pub udp_idle_secs: u16,
+    /// Always zero.
+    pub pad: u16,
 }
 
 /// Where to send a rewritten packet at layer 2.
@@ -201,33 +222,26 @@ pub struct FlowKey {
     pub pad: [u8; 2],
 }
 
-/// A connection-table entry for packets from the client to the VIP.
-pub const CONN_TO_BACKEND: u8 = 1;
-/// A connection-table entry for packets from the backend to the client.
-pub const CONN_TO_CLIENT: u8 = 2;
+/// The connection table's value (one entry per flow, client → VIP).
+pub use crate::flow::Flow;
 
-/// The connection table's value: one entry per direction of a flow.
+/// A backend's address, port, protocol and family: the key of `REPLIES` (the same layout as a
+/// VIP's key).
+pub type BackendKey = VipKey;
+
+/// `REPLIES` value: what a backend's packets from its service endpoint are translated to.
+/// The agent writes one per backend endpoint; an endpoint serves one VIP only (the
+/// configuration refuses two), so a reply is translated without per-flow state and any node
+/// with the same configuration translates it the same way.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnEntry {
-    /// [`CONN_TO_BACKEND`] or [`CONN_TO_CLIENT`].
-    pub kind: u8,
-    /// Always zero.
-    pub pad: [u8; 3],
-    /// The flow's backend.
-    pub backend_id: u32,
-    /// The backend slot's generation when the flow was assigned.
-    pub backend_gen: u32,
-    /// The flow's VIP.
+pub struct ReplyTarget {
+    /// The VIP the backend serves: its address and port become the reply's source.
+    pub vip: VipKey,
+    /// The VIP's id (counters).
     pub vip_id: u32,
-    /// Replies only: the VIP address written back as the source.
-    pub vip_addr: Addr,
-    /// Replies only: the VIP port written back as the source port.
-    pub vip_port: u16,
-    /// Always zero.
-    pub pad2: [u8; 2],
-    /// Replies only: the hop the client's packets came from (its router or itself).
-    pub client_hop: NextHop,
+    /// The backend's slot (counters).
+    pub backend_id: u32,
 }
 
 /// Packet and byte counters of a VIP or a backend.
@@ -263,7 +277,9 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::ConnEntry {}
+    unsafe impl aya::Pod for super::Flow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ReplyTarget {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Traffic {}
 }
@@ -276,11 +292,12 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<VipKey>(), 20);
-        assert_eq!(size_of::<VipMeta>(), 16);
+        assert_eq!(size_of::<VipMeta>(), 20);
         assert_eq!(size_of::<NextHop>(), 16);
         assert_eq!(size_of::<Backend>(), 40);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<ConnEntry>(), 52);
+        assert_eq!(size_of::<Flow>(), 16);
+        assert_eq!(size_of::<ReplyTarget>(), 28);
         assert_eq!(size_of::<Traffic>(), 24);
     }
 

@@ -25,9 +25,10 @@ use crate::maps::{ACTIVE_CONNS, BACKENDS, RING, RR_CURSORS, hash_seed, ring_size
 /// A chosen backend: its slot id and its entry.
 type Chosen = (u32, &'static Backend);
 
-/// Picks the backend for a new flow of `vip`.
+/// Picks the backend for a new flow of `vip`; `hash` is the flow's full 5-tuple hash
+/// (`flow_hash(key, seed, false)`), computed once by the caller.
 #[inline(always)]
-pub fn choose(vip: &VipMeta, key: &FlowKey) -> Result<Chosen, Reason> {
+pub fn choose(vip: &VipMeta, key: &FlowKey, hash: u32) -> Result<Chosen, Reason> {
     let size = ring_size();
     if size == 0 {
         // Never loaded like this (the agent checks sizes); the test also removes the
@@ -43,7 +44,7 @@ pub fn choose(vip: &VipMeta, key: &FlowKey) -> Result<Chosen, Reason> {
         unsafe { *cursor = if slot + 1 == size { 0 } else { slot + 1 } };
         return rings.first_up(slot);
     }
-    let hash = flow_hash(key, hash_seed(), vip.flags & VIP_FLAG_HASH_SRC_ONLY != 0);
+    let hash = if vip.flags & VIP_FLAG_HASH_SRC_ONLY != 0 { flow_hash(key, hash_seed(), true) } else { hash };
     let first = rings.first_up(hash % size)?;
     if vip.flags & VIP_FLAG_LEAST_CONN == 0 {
         return Ok(first);
@@ -56,6 +57,7 @@ pub fn choose(vip: &VipMeta, key: &FlowKey) -> Result<Chosen, Reason> {
         // SAFETY: a valid pointer into the array map. Several CPUs may race on it and lose an
         // increment (the BPF target has no fetch-add in Rust's core); the agent overwrites the
         // counts with a recount every second, so a lost increment lasts at most that long.
+        // Called once per flow: for a SYN, or for a flow's first packet without a SYN.
         unsafe { *count += 1 };
     }
     Ok(chosen)

@@ -1,100 +1,140 @@
-//! The connection table: which backend a flow was given, and how to rewrite its replies.
+//! The connection table: one entry per flow (client → VIP), which backend it was given.
+//!
+//! - A SYN inserts nothing into `CONNS`: a Maglev VIP's SYN is scheduled from the ring alone
+//!   (and marks `SYN_SEEN`), a round-robin or least-conn VIP's SYN goes to the small
+//!   `HALF_OPEN` table. The flow's next packet inserts its entry. A SYN flood therefore never
+//!   evicts an established flow.
+//! - Entries are copied out of the map whole; the only in-place write is an entry's
+//!   deadline and state (FIN, RST, idle refresh), at most once a second per flow.
+//! - Replies have no entry: `REPLIES` translates them (see `xdp::to_client`).
 
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     counters::Reason,
-    maps::{Backend, BackendState, CONN_TO_BACKEND, CONN_TO_CLIENT, ConnEntry, FlowKey},
+    flow::{Flow, clock_secs},
+    limits::SYN_SEEN_WORDS,
+    maps::{Backend, BackendState, FlowKey},
 };
 
-use aya_ebpf::programs::XdpContext;
-
 use crate::{
-    forward::arrived_from,
-    maps::{BACKENDS, CONNS},
-    parse::Packet,
+    maps::{BACKENDS, CONNS, HALF_OPEN, SYN_SEEN},
     stats::count,
 };
 
-/// What the table says about a client → VIP packet.
+/// What a table says about a client → VIP packet.
 pub enum Tracked {
-    /// Not tracked: a new flow.
+    /// Not tracked (or expired): a new flow.
     Miss,
     /// Tracked, and its backend still serves it (up or draining): backend id, backend, and
-    /// the VIP id the flow was assigned under.
-    Live(u32, &'static Backend, u32),
+    /// the entry.
+    Live(u32, &'static Backend, Flow),
     /// Tracked, but its backend is down or its slot was given to another backend.
     Stale,
 }
 
-/// Looks up the flow of a client → VIP packet.
+/// Seconds of the coarse monotonic clock.
 #[inline(always)]
-pub fn tracked(key: &FlowKey) -> Tracked {
-    let Some(entry) = CONNS.get_ptr(key) else {
+pub fn now() -> u32 {
+    // SAFETY: a helper without arguments.
+    clock_secs(unsafe { bpf_ktime_get_coarse_ns() })
+}
+
+/// Looks up the flow of a client → VIP packet with `tcp_flags` in `CONNS`, and applies the
+/// packet to a live entry's lifecycle (FIN, RST, idle refresh).
+#[inline(always)]
+pub fn tracked(key: &FlowKey, tcp_flags: u8) -> Tracked {
+    let Some(ptr) = CONNS.get_ptr_mut(key) else {
         return Tracked::Miss;
     };
-    // SAFETY: the pointer comes from a successful map lookup; the fields are copied out at once
-    // (a concurrent update can at worst give a stale backend id, which the checks below catch).
-    let (kind, id, generation, vip_id) =
-        unsafe { ((*entry).kind, (*entry).backend_id, (*entry).backend_gen, (*entry).vip_id) };
-    if kind != CONN_TO_BACKEND {
-        return Tracked::Miss;
+    // SAFETY: the pointer comes from a successful lookup and is valid for this run (RCU); the
+    // entry is copied at once. A node the LRU recycles meanwhile gives another flow's entry,
+    // whose backend checks below still hold.
+    let flow = unsafe { *ptr };
+    if flow.needs_clock(tcp_flags) {
+        let now = now();
+        if flow.expired(now) {
+            return Tracked::Miss;
+        }
+        if let Some(update) = flow.after_packet(tcp_flags, now) {
+            // SAFETY: as above; two aligned stores into the value. On a recycled node they
+            // change another flow's deadline, which at worst expires it early (its next packet
+            // is then scheduled again, counted as resumed).
+            unsafe {
+                (*ptr).deadline = update.deadline;
+                (*ptr).state = update.state;
+            }
+        }
     }
-    match BACKENDS.get(id) {
+    live(flow)
+}
+
+/// Looks up a round-robin or least-conn flow between its SYN and its next packet.
+#[inline(always)]
+pub fn half_open(key: &FlowKey) -> Tracked {
+    match HALF_OPEN.get_ptr(key) {
+        // SAFETY: as in `tracked`: copied at once.
+        Some(ptr) => live(unsafe { *ptr }),
+        None => Tracked::Miss,
+    }
+}
+
+/// Whether `flow`'s backend still serves it.
+#[inline(always)]
+fn live(flow: Flow) -> Tracked {
+    match BACKENDS.get(flow.backend_id) {
         Some(b)
-            if b.generation == generation
+            if b.generation as u16 == flow.backend_gen
                 && (b.state == BackendState::Up as u8 || b.state == BackendState::Draining as u8) =>
         {
-            Tracked::Live(id, b, vip_id)
+            Tracked::Live(flow.backend_id, b, flow)
         }
         _ => Tracked::Stale,
     }
 }
 
-/// The reply entry for a backend → client packet, if this is one.
-#[inline(always)]
-pub fn reply(key: &FlowKey) -> Option<&'static ConnEntry> {
-    let entry = CONNS.get_ptr(key)?;
-    // SAFETY: pointer from a successful lookup, valid for this program run (RCU). The entry is
-    // read in place rather than copied to keep the stack small; reply entries are written
-    // once, when their flow is assigned.
-    let entry = unsafe { &*entry };
-    (entry.kind == CONN_TO_CLIENT).then_some(entry)
+/// Records `flow` for `key` in `CONNS` (or `HALF_OPEN` for a round-robin or least-conn SYN);
+/// a failed insert is counted, and the packet is still forwarded.
+///
+/// Not inlined: its key and value would push the caller's frame past the BPF stack limit
+/// (512 bytes); as a BPF-to-BPF call its frame is separate.
+#[inline(never)]
+pub fn track(key: &FlowKey, flow: &Flow, half_open: bool) {
+    let inserted = if half_open { HALF_OPEN.insert(key, flow, 0) } else { CONNS.insert(key, flow, 0) };
+    if inserted.is_err() {
+        count(Reason::ConnInsertFailed);
+    }
 }
 
-/// Records both directions of the flow of `pkt`, now served by backend `id`. Replies go back
-/// to the hop the client's packet came from.
-///
-/// Not inlined: its two entries and keys would push the caller's frame past the BPF stack
-/// limit (512 bytes); as a BPF-to-BPF call its frame is separate.
-#[inline(never)]
-pub fn track(ctx: &XdpContext, pkt: &Packet, vip_id: u32, id: u32, backend: &Backend) {
-    let Ok(client_hop) = arrived_from(ctx) else {
-        return;
+/// The `SYN_SEEN` word and bit of a flow hash.
+#[inline(always)]
+fn syn_bit(hash: u32) -> (u32, u64) {
+    ((hash >> 6) % SYN_SEEN_WORDS, 1u64 << (hash & 63))
+}
+
+/// Notes that a SYN of the flow with `hash` was scheduled without an entry.
+#[inline(always)]
+pub fn mark_syn(hash: u32) {
+    let (word, bit) = syn_bit(hash);
+    if let Some(w) = SYN_SEEN.get_ptr_mut(word) {
+        // SAFETY: a valid pointer into the array map. CPUs may race on a word and lose a bit:
+        // the flow's next packet is then counted as resumed, which only skews that counter.
+        unsafe { *w |= bit };
+    }
+}
+
+/// Whether a SYN of the flow with `hash` was seen (clearing the mark).
+#[inline(always)]
+pub fn take_syn(hash: u32) -> bool {
+    let (word, bit) = syn_bit(hash);
+    let Some(w) = SYN_SEEN.get_ptr_mut(word) else {
+        return false;
     };
-    // One entry serves both directions: the forward entry simply carries the reply fields too.
-    // Building it once keeps this frame small.
-    let mut entry = ConnEntry {
-        kind: CONN_TO_BACKEND,
-        backend_id: id,
-        backend_gen: backend.generation,
-        vip_id,
-        vip_addr: pkt.key.dst,
-        vip_port: pkt.key.dport,
-        client_hop,
-        ..ConnEntry::default()
-    };
-    let forward_ok = CONNS.insert(&pkt.key, &entry, 0).is_ok();
-    entry.kind = CONN_TO_CLIENT;
-    let reply_key = FlowKey {
-        src: backend.addr,
-        dst: pkt.key.src,
-        sport: backend.port,
-        dport: pkt.key.sport,
-        proto: pkt.key.proto,
-        family: pkt.key.family,
-        pad: [0; 2],
-    };
-    if !forward_ok || CONNS.insert(&reply_key, &entry, 0).is_err() {
-        count(Reason::ConnInsertFailed);
-        aya_log_ebpf::debug!(ctx, "VIP {}: connection table insert failed", vip_id);
+    // SAFETY: as in `mark_syn`.
+    unsafe {
+        let seen = *w & bit != 0;
+        if seen {
+            *w &= !bit;
+        }
+        seen
     }
 }

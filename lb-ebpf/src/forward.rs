@@ -20,6 +20,8 @@ use crate::parse::{Packet, ptr_at};
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+/// The destination is not forwarded: an address of this host (or broadcast, multicast).
+const BPF_FIB_LKUP_RET_NOT_FWDED: i64 = 4;
 
 /// Sends `pkt` (already rewritten to travel `src` → `dst`) towards `hop`. `Err` means "hand it
 /// to the kernel" with the reason to count.
@@ -35,22 +37,33 @@ pub fn send(
         set_macs(ctx, &hop.dst_mac, &hop.src_mac)?;
         return Ok(out(ctx, hop.ifindex));
     }
-    let resolved = fib(ctx, pkt, src, dst)?;
+    let resolved = fib(ctx, pkt, src, dst).map_err(|_| Reason::PassToKernelRoute)?;
     set_macs(ctx, &resolved.dst_mac, &resolved.src_mac)?;
     Ok(out(ctx, resolved.ifindex))
 }
 
-/// The hop the frame in `ctx` arrived from: replies to it go back the same way.
+/// Where a packet from `src` to a client at `dst` goes, by the kernel's FIB (routes and
+/// neighbours: state that is the same for every flow and, with the same network
+/// configuration, on every node). `Ok(None)`: rewrite it and let the kernel forward it (no
+/// neighbour entry yet, or no route). `Err(PassNotVip)`: it is addressed to this host itself
+/// (a health probe's answer, the host's own connection): leave it untouched.
 #[inline(always)]
-pub fn arrived_from(ctx: &XdpContext) -> Result<NextHop, Reason> {
-    let eth = ptr_at::<EthHdr>(ctx, 0)?;
-    // SAFETY: bounds-checked by `ptr_at`.
-    let eth = unsafe { &*eth };
-    Ok(NextHop {
-        ifindex: ctx.ingress_ifindex() as u32,
-        dst_mac: eth.src_addr,
-        src_mac: eth.dst_addr,
-    })
+pub fn towards_client(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr) -> Result<Option<NextHop>, Reason> {
+    match fib(ctx, pkt, src, dst) {
+        Ok(hop) => Ok(Some(hop)),
+        Err(BPF_FIB_LKUP_RET_NOT_FWDED) => Err(Reason::PassNotVip),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Sends `pkt` to `hop`, or to the kernel when there is none (`PassToKernelRoute`).
+#[inline(always)]
+pub fn send_to(ctx: &XdpContext, hop: &Option<NextHop>) -> Result<u32, Reason> {
+    let Some(hop) = hop else {
+        return Err(Reason::PassToKernelRoute);
+    };
+    set_macs(ctx, &hop.dst_mac, &hop.src_mac)?;
+    Ok(out(ctx, hop.ifindex))
 }
 
 #[inline(always)]
@@ -74,9 +87,9 @@ fn set_macs(ctx: &XdpContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), Reason
     Ok(())
 }
 
-/// The slow path: asks the kernel's FIB for the next hop of `dst`.
+/// Asks the kernel's FIB for the next hop of `dst`; `Err` is the helper's return code.
 #[inline(never)]
-fn fib(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr) -> Result<NextHop, Reason> {
+fn fib(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr) -> Result<NextHop, i64> {
     // SAFETY: bpf_fib_lookup is a plain C struct for which all zeroes is a valid value.
     let mut p: bpf_fib_lookup = unsafe { zeroed() };
     p.l4_protocol = pkt.key.proto;
@@ -96,7 +109,7 @@ fn fib(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr) -> Result<NextHop
         fib_lookup(ctx.ctx.cast(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0)
     };
     if rc != BPF_FIB_LKUP_RET_SUCCESS {
-        return Err(Reason::PassToKernelRoute);
+        return Err(rc);
     }
     Ok(NextHop {
         ifindex: p.ifindex,

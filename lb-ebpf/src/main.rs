@@ -1,6 +1,7 @@
 //! The load balancer's XDP program. Each packet goes top to bottom through:
-//! parse → VIP lookup → connection table → scheduler → NAT rewrite → forward.
-//! Replies from backends are matched in the connection table and rewritten back to the VIP.
+//! parse → sanity → VIP lookup → connection table → scheduler → NAT rewrite → forward.
+//! Replies from backends are translated back to the VIP from the `REPLIES` map (no per-flow
+//! state); ICMP errors follow their flow.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -11,11 +12,15 @@ mod conntrack;
 #[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod sanity;
 #[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]

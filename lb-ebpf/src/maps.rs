@@ -9,10 +9,13 @@ use aya_ebpf::{
 use lb_common::{
     counters::Reason,
     limits::{
-        DEFAULT_BACKEND_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_RING_SIZE, DEFAULT_VIP_CAPACITY,
-        ring_map_entries,
+        DEFAULT_BACKEND_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_HALF_OPEN_CAPACITY, DEFAULT_RING_SIZE,
+        DEFAULT_VIP_CAPACITY, SYN_SEEN_WORDS, ring_map_entries,
     },
-    maps::{Addr, Backend, ConnEntry, ENDPOINT_FILTER_WORDS, FlowKey, Traffic, VipKey, VipMeta},
+    maps::{
+        Addr, Backend, BackendKey, ENDPOINT_FILTER_WORDS, Flow, FlowKey, ReplyTarget, Traffic, VipKey,
+        VipMeta,
+    },
 };
 
 /// VIP address, port and protocol → VIP id, flags and live ring.
@@ -31,10 +34,25 @@ pub static RING: Array<u32> = Array::with_max_entries(
     BPF_F_MMAPABLE,
 );
 
-/// Both directions of every flow; shared by all CPUs (no BPF_F_NO_COMMON_LRU).
+/// One entry per flow (client → VIP); shared by all CPUs (no BPF_F_NO_COMMON_LRU).
 #[map]
-pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
-    LruHashMap::with_max_entries(DEFAULT_CONN_CAPACITY, 0);
+pub static CONNS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_CONN_CAPACITY, 0);
+
+/// Round-robin and least-conn flows between their SYN and their next packet.
+#[map]
+pub static HALF_OPEN: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_HALF_OPEN_CAPACITY, 0);
+
+/// Backend endpoint → the VIP its replies are translated to.
+#[map]
+pub static REPLIES: HashMap<BackendKey, ReplyTarget> = HashMap::with_max_entries(DEFAULT_BACKEND_CAPACITY, 0);
+
+/// VIP addresses (port and protocol 0): sources no client can have.
+#[map]
+pub static VIP_ADDRS: HashMap<VipKey, u32> = HashMap::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
+
+/// Flow-hash buckets of SYNs scheduled without an entry (`lb_common::maps::MAP_SYN_SEEN`).
+#[map]
+pub static SYN_SEEN: Array<u64> = Array::with_max_entries(SYN_SEEN_WORDS, 0);
 
 /// Next ring slot per round-robin VIP, per CPU.
 #[map]
@@ -64,6 +82,13 @@ pub static ENDPOINT_FILTER: Array<u64> = Array::with_max_entries(ENDPOINT_FILTER
 /// VIP id → tag of the VIP it serves (`lb_common::maps::MAP_VIP_LIVE`).
 #[map]
 pub static VIP_LIVE: Array<u64> = Array::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
+
+/// Whether `addr` is the address of a VIP.
+#[inline(always)]
+pub fn is_vip_address(addr: &Addr, family: u8) -> bool {
+    let key = VipKey { addr: *addr, port: 0, proto: 0, family };
+    VIP_ADDRS.get_ptr(&key).is_some()
+}
 
 /// Whether VIP id `vip_id` still serves the VIP that `key` is addressed to.
 #[inline(always)]

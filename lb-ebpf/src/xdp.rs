@@ -1,4 +1,6 @@
-//! The entry point: parse → VIP lookup → connection table → scheduler → rewrite → forward.
+//! The entry point: parse → sanity → VIP lookup → connection table → scheduler → rewrite →
+//! forward. Replies are translated from `REPLIES`; fragments and ICMP errors have their own
+//! short paths.
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 // Debug logs only on rare paths (failures, rescheduling): off unless the agent runs at debug
@@ -6,16 +8,22 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::debug;
 use lb_common::{
     counters::Reason,
-    maps::{Backend, BackendState, ConnEntry, FILTER_BACKEND, FILTER_VIP, VipKey, VipMeta},
+    hash::flow_hash,
+    martian::is_martian,
+    maps::{
+        Backend, BackendKey, BackendState, FILTER_BACKEND, FILTER_VIP, Flow, PROTO_UDP, ReplyTarget,
+        VIP_FLAG_LEAST_CONN, VIP_FLAG_ROUND_ROBIN, VipKey, VipMeta,
+    },
 };
 
 use crate::{
     choose::choose,
     conntrack::{self, Tracked},
-    forward,
-    maps::{VIPS, maybe_endpoint, vip_is_live},
+    forward, icmp,
+    maps::{BACKENDS, REPLIES, VIPS, hash_seed, is_vip_address, maybe_endpoint, vip_is_live},
     nat::{self, Endpoint},
-    parse::{Packet, parse},
+    parse::{self, Kind, Packet, parse},
+    sanity,
     stats::{count, count_traffic},
 };
 
@@ -27,33 +35,33 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Ok(pkt) => pkt,
         Err(reason) => return verdict(xdp_action::XDP_PASS, reason),
     };
+    match pkt.kind {
+        Kind::Transport => {}
+        Kind::Fragment => return unbalanced(pkt, Reason::PassFragment, Reason::DropFragment),
+        Kind::Ipv4Options => return unbalanced(pkt, Reason::PassIpv4Options, Reason::DropIpv4Options),
+        Kind::Icmp | Kind::IcmpError => return icmp_error(&ctx, pkt),
+    }
     // The endpoint filter's clear bits let traffic for no VIP and from no backend (the host's
     // own) skip both hash lookups.
     if maybe_endpoint(&pkt.key.dst, pkt.key.dport, FILTER_VIP) {
-        // Established flows first: their connection-table entry has everything needed, so
-        // while their VIP id still serves their VIP they skip the VIPS lookup.
-        let tracked = conntrack::tracked(&pkt.key);
-        if let Tracked::Live(id, backend, vip_id) = tracked {
-            if !(pkt.syn && backend.state == BackendState::Draining as u8) && vip_is_live(vip_id, &pkt.key) {
-                return established(&ctx, pkt, vip_id, id, backend);
+        if let Err(reason) = sanity::check(&ctx, pkt) {
+            return verdict(xdp_action::XDP_DROP, reason);
+        }
+        // Established flows first: their entry has everything needed, so while their VIP id
+        // still serves their VIP they skip the VIPS lookup. A SYN is always scheduled anew.
+        let tracked = conntrack::tracked(&pkt.key, pkt.tcp_flags);
+        if let Tracked::Live(id, backend, flow) = tracked {
+            if !pkt.syn() && vip_is_live(flow.vip_id as u32, &pkt.key) {
+                return established(&ctx, pkt, flow.vip_id as u32, id, backend);
             }
         }
-        let vip_key = VipKey {
-            addr: pkt.key.dst,
-            port: pkt.key.dport,
-            proto: pkt.key.proto,
-            family: pkt.key.family,
-        };
-        if let Some(vip) = VIPS.get_ptr(&vip_key) {
-            // SAFETY: pointer from a successful lookup; the agent replaces VIP values whole, so
-            // the copy is either the old or the new value.
-            let vip = unsafe { *vip };
-            return to_backend(&ctx, pkt, &vip, &tracked);
+        if let Some(action) = to_vip(&ctx, pkt, &tracked) {
+            return action;
         }
     }
     if maybe_endpoint(&pkt.key.src, pkt.key.sport, FILTER_BACKEND) {
-        if let Some(conn) = conntrack::reply(&pkt.key) {
-            return to_client(&ctx, pkt, conn);
+        if let Some(action) = to_client(&ctx, pkt) {
+            return action;
         }
     }
     verdict(xdp_action::XDP_PASS, Reason::PassNotVip)
@@ -67,35 +75,107 @@ fn verdict(action: u32, reason: Reason) -> u32 {
     action
 }
 
-/// A client's packet for a VIP: to the flow's backend, or to a newly chosen one.
+/// The VIP a backend endpoint's packets are translated to, if it is one.
+#[inline(always)]
+fn reply_target(addr: &lb_common::maps::Addr, port: u16, proto: u8, family: u8) -> Option<ReplyTarget> {
+    let key = BackendKey { addr: *addr, port, proto, family };
+    // SAFETY: pointer from a successful lookup, copied at once; the agent replaces values whole.
+    REPLIES.get_ptr(&key).map(|t| unsafe { *t })
+}
+
+/// A client's packet for a VIP (`None`: no VIP at its destination).
 ///
-/// Not inlined, like `to_client`: with everything in one frame LLVM's stack exceeds the
-/// verifier's 512 bytes for the whole call chain.
+/// Not inlined, like `to_client`, and the lookups are made here rather than in `lb_xdp`:
+/// with their keys and values in one frame LLVM's stack exceeds the verifier's 512 bytes for
+/// the whole call chain.
 #[inline(never)]
+fn to_vip(ctx: &XdpContext, pkt: &Packet, tracked: &Tracked) -> Option<u32> {
+    let vip_key = VipKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
+    let vip = VIPS.get_ptr(&vip_key)?;
+    // SAFETY: pointer from a successful lookup; the agent replaces VIP values whole, so the copy
+    // is either the old or the new value.
+    let vip = unsafe { *vip };
+    Some(to_backend(ctx, pkt, &vip, tracked))
+}
+
+/// A client's packet for `vip`: to the flow's backend, or to a newly chosen one.
+#[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, tracked: &Tracked) -> u32 {
-    let (id, backend, new_flow) = match *tracked {
-        // A new connection that reuses the 5-tuple of a flow on a draining backend is a new
-        // flow: draining keeps existing connections only.
-        Tracked::Live(id, backend, _) if !(pkt.syn && backend.state == BackendState::Draining as u8) => {
-            (id, backend, false)
+    if let Tracked::Live(id, backend, _) = *tracked {
+        // A SYN on a tracked 5-tuple starts a new connection; draining keeps existing ones only.
+        if !pkt.syn() {
+            return forward_to(ctx, pkt, vip.id, id, backend, false);
         }
-        ref tracked => {
-            if matches!(tracked, Tracked::Stale) {
-                count(Reason::Rescheduled);
-                debug!(ctx, "VIP {}: a flow's backend is down or gone; choosing again", vip.id);
-            }
-            let (id, backend) = match choose(vip, &pkt.key) {
-                Ok(chosen) => chosen,
-                Err(reason) => {
-                    debug!(ctx, "VIP {}: no backend for a new flow (reason {})", vip.id, reason as u32);
-                    return verdict(xdp_action::XDP_DROP, reason);
-                }
-            };
-            conntrack::track(ctx, pkt, vip.id, id, backend);
-            (id, backend, true)
+    }
+    if let Err(reason) = sanity::client_source_ok(&pkt.key) {
+        return verdict(xdp_action::XDP_DROP, reason);
+    }
+    if matches!(tracked, Tracked::Stale) {
+        count(Reason::Rescheduled);
+        debug!(ctx, "VIP {}: a flow's backend is down or gone; choosing again", vip.id);
+    }
+    let id = match pick(pkt, vip, tracked) {
+        Ok(id) => id,
+        Err(reason) => {
+            debug!(ctx, "VIP {}: no backend for a new flow (reason {})", vip.id, reason as u32);
+            return verdict(xdp_action::XDP_DROP, reason);
         }
     };
-    forward_to(ctx, pkt, vip.id, id, backend, new_flow)
+    let Some(backend) = BACKENDS.get(id) else {
+        return verdict(xdp_action::XDP_DROP, Reason::DropMapMiss);
+    };
+    // New flows are counted at their SYN (TCP) or at their entry's insert (UDP).
+    forward_to(ctx, pkt, vip.id, id, backend, pkt.syn() || !pkt.is_tcp())
+}
+
+/// Chooses the backend of a packet that has no live entry (or is a SYN), and records what the
+/// flow needs: nothing for a Maglev SYN (its next packet finds the same ring slot), a
+/// half-open entry for a round-robin or least-conn SYN, a connection-table entry for the
+/// flow's first packet after its SYN. Returns the backend's id.
+///
+/// Not inlined (its own frame keeps the chain below 512 bytes of stack); it returns the id
+/// alone because a BPF-to-BPF call may not write a map pointer into its caller's frame.
+#[inline(never)]
+fn pick(pkt: &Packet, vip: &VipMeta, tracked: &Tracked) -> Result<u32, Reason> {
+    let syn = pkt.syn();
+    let hash = flow_hash(&pkt.key, hash_seed(), false);
+    let stateful = vip.flags & (VIP_FLAG_ROUND_ROBIN | VIP_FLAG_LEAST_CONN) != 0;
+    if stateful && pkt.is_tcp() {
+        if let Tracked::Live(id, backend, flow) = conntrack::half_open(&pkt.key) {
+            // A retransmitted SYN keeps its backend while it takes new flows; the next packet
+            // moves the flow to the connection table.
+            if !syn {
+                conntrack::track(&pkt.key, &flow, false);
+                return Ok(id);
+            }
+            if backend.state == BackendState::Up as u8 {
+                return Ok(id);
+            }
+        }
+    }
+    let (id, backend) = choose(vip, &pkt.key, hash)?;
+    let udp = pkt.key.proto == PROTO_UDP;
+    let now = if udp { conntrack::now() } else { 0 };
+    let flow = Flow::new(id, backend.generation, vip.id, udp, vip.udp_idle_secs, now);
+    if syn {
+        match *tracked {
+            // A reused 5-tuple: its old entry must not catch the new connection's next packet.
+            Tracked::Live(old, ..) if old != id || stateful => conntrack::track(&pkt.key, &flow, false),
+            Tracked::Stale => conntrack::track(&pkt.key, &flow, false),
+            _ => {}
+        }
+        if stateful {
+            conntrack::track(&pkt.key, &flow, true);
+        } else {
+            conntrack::mark_syn(hash);
+        }
+        return Ok(id);
+    }
+    if pkt.is_tcp() && !matches!(tracked, Tracked::Stale) && (stateful || !conntrack::take_syn(hash)) {
+        count(Reason::FlowResumedWithoutEntry);
+    }
+    conntrack::track(&pkt.key, &flow, false);
+    Ok(id)
 }
 
 /// A packet of an established flow whose VIP id still serves its VIP: to its backend.
@@ -117,15 +197,124 @@ fn forward_to(ctx: &XdpContext, pkt: &Packet, vip_id: u32, id: u32, backend: &Ba
     }
 }
 
-/// A backend's reply: back to the VIP's address and port, towards the client.
+/// A backend's reply: back to the VIP's address and port, towards the client by the FIB
+/// (`None`: not from a backend endpoint). Translated from the backend endpoint alone, so any
+/// node with the same configuration translates it, whichever node saw the flow's first packet.
 #[inline(never)]
-fn to_client(ctx: &XdpContext, pkt: &Packet, conn: &ConnEntry) -> u32 {
-    if let Err(reason) = nat::rewrite(ctx, pkt, Endpoint::Source, &conn.vip_addr, conn.vip_port) {
+fn to_client(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
+    let target = reply_target(&pkt.key.src, pkt.key.sport, pkt.key.proto, pkt.key.family)?;
+    Some(reply(ctx, pkt, &target))
+}
+
+/// Translates a backend's reply to `target`'s VIP and sends it towards the client.
+#[inline(always)]
+fn reply(ctx: &XdpContext, pkt: &Packet, target: &ReplyTarget) -> u32 {
+    if let Err(reason) = sanity::check(ctx, pkt) {
+        return verdict(xdp_action::XDP_DROP, reason);
+    }
+    if is_martian(&pkt.key.dst, pkt.key.family) {
+        return verdict(xdp_action::XDP_DROP, Reason::DropMartian);
+    }
+    let hop = match forward::towards_client(ctx, pkt, &target.vip.addr, &pkt.key.dst) {
+        Ok(hop) => hop,
+        Err(reason) => return verdict(xdp_action::XDP_PASS, reason),
+    };
+    if let Err(reason) = nat::rewrite(ctx, pkt, Endpoint::Source, &target.vip.addr, target.vip.port) {
         return verdict(xdp_action::XDP_PASS, reason);
     }
-    count_traffic(conn.vip_id, conn.backend_id, pkt.len, false);
-    match forward::send(ctx, pkt, &conn.client_hop, &conn.vip_addr, &pkt.key.dst) {
+    count_traffic(target.vip_id, target.backend_id, pkt.len, false);
+    match forward::send_to(ctx, &hop) {
         Ok(action) => verdict(action, Reason::ReplyToClient),
+        Err(reason) => verdict(xdp_action::XDP_PASS, reason),
+    }
+}
+
+/// An IPv4 fragment or a header with options, which the data path does not balance: dropped
+/// when addressed to a VIP address (its host would answer it with a reset or port
+/// unreachable, as the VIP address is its own), passed otherwise.
+#[inline(never)]
+fn unbalanced(pkt: &Packet, pass: Reason, drop: Reason) -> u32 {
+    if is_vip_address(&pkt.key.dst, pkt.key.family) {
+        return verdict(xdp_action::XDP_DROP, drop);
+    }
+    verdict(xdp_action::XDP_PASS, pass)
+}
+
+/// An ICMP or ICMPv6 packet: an error quoting a VIP flow's packet follows its flow (see
+/// `icmp`); anything else passes.
+#[inline(never)]
+fn icmp_error(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
+    if let Err(reason) = parse::quoted(ctx, pkt) {
+        return verdict(xdp_action::XDP_PASS, reason);
+    }
+    let pkt = &*pkt;
+    let q = &pkt.key;
+    if pkt.icmp_to_sender {
+        // The quoted packet went VIP → client: the error belongs to the client's flow `q`.
+        if !maybe_endpoint(&q.dst, q.dport, FILTER_VIP) {
+            return verdict(xdp_action::XDP_PASS, Reason::PassNotTcpUdp);
+        }
+        return icmp_to_backend(ctx, pkt);
+    }
+    // The quoted packet went client → backend: a backend's error about it, for the client.
+    if !maybe_endpoint(&q.dst, q.dport, FILTER_BACKEND) {
+        return verdict(xdp_action::XDP_PASS, Reason::PassNotTcpUdp);
+    }
+    icmp_to_client(ctx, pkt)
+}
+
+/// A backend's error about a client's packet: to the client, from the VIP.
+#[inline(never)]
+fn icmp_to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    let q = &pkt.key;
+    let Some(target) = reply_target(&q.dst, q.dport, q.proto, q.family) else {
+        return verdict(xdp_action::XDP_PASS, Reason::PassNotTcpUdp);
+    };
+    if let Err(reason) = sanity::check(ctx, pkt) {
+        return verdict(xdp_action::XDP_DROP, reason);
+    }
+    let hop = match forward::towards_client(ctx, pkt, &target.vip.addr, &q.src) {
+        Ok(hop) => hop,
+        Err(reason) => return verdict(xdp_action::XDP_PASS, reason),
+    };
+    if let Err(reason) = icmp::rewrite(ctx, pkt, &target.vip.addr, target.vip.port) {
+        return verdict(xdp_action::XDP_PASS, reason);
+    }
+    count_traffic(target.vip_id, target.backend_id, pkt.len, false);
+    match forward::send_to(ctx, &hop) {
+        Ok(action) => verdict(action, Reason::IcmpToClient),
+        Err(reason) => verdict(xdp_action::XDP_PASS, reason),
+    }
+}
+
+/// An error about a packet the load balancer sent for a VIP's flow: to that flow's backend
+/// (its entry, or for a flow without one the ring's choice; nothing is inserted).
+#[inline(never)]
+fn icmp_to_backend(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    let q = &pkt.key;
+    let vip_key = VipKey { addr: q.dst, port: q.dport, proto: q.proto, family: q.family };
+    let Some(vip) = VIPS.get_ptr(&vip_key) else {
+        return verdict(xdp_action::XDP_PASS, Reason::PassNotTcpUdp);
+    };
+    // SAFETY: as in `to_vip`.
+    let vip = &unsafe { *vip };
+    if let Err(reason) = sanity::check(ctx, pkt) {
+        return verdict(xdp_action::XDP_DROP, reason);
+    }
+    let flow = &pkt.key;
+    let (id, backend) = match conntrack::tracked(flow, 0) {
+        Tracked::Live(id, backend, _) => (id, backend),
+        _ => match choose(vip, flow, flow_hash(flow, hash_seed(), false)) {
+            Ok(chosen) => chosen,
+            Err(reason) => return verdict(xdp_action::XDP_DROP, reason),
+        },
+    };
+    if let Err(reason) = icmp::rewrite(ctx, pkt, &backend.addr, backend.port) {
+        return verdict(xdp_action::XDP_PASS, reason);
+    }
+    count_traffic(vip.id, id, pkt.len, false);
+    match forward::send(ctx, pkt, &backend.hop, &flow.dst, &backend.addr) {
+        Ok(action) => verdict(action, Reason::IcmpToBackend),
         Err(reason) => verdict(xdp_action::XDP_PASS, reason),
     }
 }

@@ -10,7 +10,10 @@ use lb_common::{
 };
 use lb_userspace::dataplane::{Dataplane, Service, ServiceBackend, Sizing};
 
-use crate::packet::{Frame, L4, Mac};
+use crate::{
+    netns::Netns,
+    packet::{Frame, L4, Mac},
+};
 
 /// XDP verdicts (linux/bpf.h `enum xdp_action`).
 pub const XDP_ABORTED: u32 = 0;
@@ -112,6 +115,38 @@ pub struct Run {
 pub struct Lb {
     /// The data path under test.
     pub dp: Dataplane,
+    /// The namespace its packets run in, if it has its own (see [`Lb::with_client_side`]).
+    ns: Option<(Netns, std::fs::File)>,
+}
+
+/// The client-side interface of [`Lb::with_client_side`], with the load balancer's MAC.
+pub const CLIENT_SIDE_DEV: &str = "cl0";
+
+/// A namespace whose FIB reaches the fixtures' clients ([`CLIENT4`], [`CLIENT6`]) through
+/// `cl0` (MAC [`LB_MAC`]) with permanent neighbour entries ([`CLIENT_MAC`]), forwarding on.
+pub fn client_side_netns() -> Netns {
+    let ns = Netns::new("fx");
+    add_client_side(&ns);
+    ns
+}
+
+/// Adds the client side of [`client_side_netns`] to `ns`.
+pub fn add_client_side(ns: &Netns) {
+    let mac = |m: Mac| m.map(|b| format!("{b:02x}")).join(":");
+    for cmd in [
+        format!("link add {CLIENT_SIDE_DEV} address {} type veth peer name cl0p", mac(LB_MAC)),
+        "link set cl0p up".to_string(),
+        format!("link set {CLIENT_SIDE_DEV} up"),
+        format!("addr add 192.0.2.1/24 dev {CLIENT_SIDE_DEV}"),
+        format!("-6 addr add 2001:db8:c::1/64 dev {CLIENT_SIDE_DEV} nodad"),
+        format!("neigh add {CLIENT4} lladdr {} dev {CLIENT_SIDE_DEV} nud permanent", mac(CLIENT_MAC)),
+        format!("-6 neigh add {CLIENT6} lladdr {} dev {CLIENT_SIDE_DEV} nud permanent", mac(CLIENT_MAC)),
+    ] {
+        let args: Vec<&str> = ["ip"].into_iter().chain(cmd.split_whitespace()).collect();
+        ns.exec(&args);
+    }
+    ns.sysctl("net.ipv4.ip_forward", "1");
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1");
 }
 
 /// Sizes small enough for many instances at once, with the default ring size.
@@ -130,11 +165,33 @@ impl Lb {
         let dp = Dataplane::load(sizing).unwrap_or_else(|e| {
             panic!("loading the XDP program failed (the tests need root and BPF): {e:#}")
         });
-        Lb { dp }
+        Lb { dp, ns: None }
+    }
+
+    /// Wraps an already loaded data path (packets run in the caller's namespace).
+    pub fn from_dataplane(dp: Dataplane) -> Lb {
+        Lb { dp, ns: None }
+    }
+
+    /// Loads the program and runs its packets in a namespace of its own whose FIB reaches the
+    /// clients ([`client_side_netns`]): replies leave by `cl0` (XDP_REDIRECT) to
+    /// [`CLIENT_MAC`]. [`Lb::run`] moves the calling thread into that namespace.
+    pub fn with_client_side(sizing: &Sizing) -> Lb {
+        let ns = client_side_netns();
+        let path = format!("/var/run/netns/{}", ns.name());
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        Lb { ns: Some((ns, file)), ..Lb::load(sizing) }
     }
 
     /// Runs one frame through the program once.
     pub fn run(&self, frame: &[u8]) -> Run {
+        if let Some((_, file)) = &self.ns {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: setns with a valid namespace file descriptor changes only this thread's
+            // network namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        }
         let before = self.dp.maps.reasons().expect("reading REASONS");
         let mut out = vec![0u8; frame.len() + 256];
         let result = self
@@ -190,6 +247,7 @@ pub fn service(
         },
         id,
         flags: 0,
+        udp_idle_secs: lb_common::limits::DEFAULT_UDP_IDLE_SECS,
         backends: backends
             .iter()
             .enumerate()

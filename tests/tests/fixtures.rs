@@ -31,7 +31,7 @@ fn pool6(proto: u8) -> Service {
 
 fn setup(services: &[&Service]) -> Lb {
     require_root();
-    let mut lb = Lb::load(&test_sizing(0x5eed));
+    let mut lb = Lb::with_client_side(&test_sizing(0x5eed));
     for svc in services {
         lb.dp.maps.apply_service(svc).expect("apply service");
     }
@@ -69,29 +69,9 @@ fn with_flags(f: &Frame, new: u8) -> Frame {
     f
 }
 
-/// First packet, a second packet of the same flow, and the backend's reply, each checked
-/// byte for byte, with their counters and connection-table entries.
-fn round_trip(lb: &Lb, svc: &Service, first: &Frame, next: &Frame) {
-    let key = flow_key(first);
-    let chosen = lb.ring_choice(svc, &key);
-    let (bip, bport) = backend_endpoint(svc, chosen);
-
-    let run = lb.run(&first.bytes());
-    assert_eq!(run.action, XDP_TX, "first packet verdict");
-    assert_eq!(run.out, to_endpoint(first, bip, bport, backend_mac(chosen), LB_MAC).bytes());
-    verify_checksums(&run.out).expect("first packet checksums");
-    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)]);
-    let entry = lb.dp.maps.conn(&key).unwrap().expect("flow tracked");
-    assert_eq!((entry.kind, entry.backend_id, entry.vip_id), (CONN_TO_BACKEND, chosen, svc.id));
-
-    let run = lb.run(&next.bytes());
-    assert_eq!(run.action, XDP_TX, "second packet verdict");
-    assert_eq!(run.out, to_endpoint(next, bip, bport, backend_mac(chosen), LB_MAC).bytes());
-    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)]);
-
-    let reply = reply_of(first, chosen, bip, bport);
-    let run = lb.run(&reply.bytes());
-    assert_eq!(run.action, XDP_TX, "reply verdict");
+/// What the data path should make of backend reply `reply` to client frame `first`: its
+/// source rewritten to the VIP, sent from the client side's MAC to the client's.
+fn translated(reply: &Frame, first: &Frame) -> Frame {
     let mut expected = reply.clone();
     expected.src = first.dst;
     match &mut expected.l4 {
@@ -99,9 +79,46 @@ fn round_trip(lb: &Lb, svc: &Service, first: &Frame, next: &Frame) {
     }
     expected.dst_mac = CLIENT_MAC;
     expected.src_mac = LB_MAC;
-    assert_eq!(run.out, expected.bytes(), "reply rewritten to the VIP towards the client");
+    expected
+}
+
+/// Runs backend reply `reply` to client frame `first` and checks it left translated towards
+/// the client (XDP_REDIRECT out of the client side found by the FIB).
+fn expect_reply(lb: &Lb, reply: &Frame, first: &Frame) {
+    let run = lb.run(&reply.bytes());
+    assert_eq!(run.action, XDP_REDIRECT, "reply verdict");
+    assert_eq!(run.out, translated(reply, first).bytes(), "reply rewritten to the VIP towards the client");
     verify_checksums(&run.out).expect("reply checksums");
     assert_eq!(run.counted, vec![(Reason::ReplyToClient, 1)]);
+}
+
+/// First packet, a second packet of the same flow, and the backend's reply, each checked
+/// byte for byte, with their counters and connection-table entries. A TCP flow's entry is
+/// written by its second packet (the SYN inserts nothing); a UDP flow's by its first.
+fn round_trip(lb: &Lb, svc: &Service, first: &Frame, next: &Frame) {
+    let key = flow_key(first);
+    let chosen = lb.ring_choice(svc, &key);
+    let (bip, bport) = backend_endpoint(svc, chosen);
+    let tcp = first.proto() == PROTO_TCP;
+
+    let run = lb.run(&first.bytes());
+    assert_eq!(run.action, XDP_TX, "first packet verdict");
+    assert_eq!(run.out, to_endpoint(first, bip, bport, backend_mac(chosen), LB_MAC).bytes());
+    verify_checksums(&run.out).expect("first packet checksums");
+    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)]);
+    assert_eq!(lb.dp.maps.conn(&key).unwrap().is_some(), !tcp, "a SYN inserts no entry; a datagram does");
+
+    let run = lb.run(&next.bytes());
+    assert_eq!(run.action, XDP_TX, "second packet verdict");
+    assert_eq!(run.out, to_endpoint(next, bip, bport, backend_mac(chosen), LB_MAC).bytes());
+    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)], "the handshake's ACK is no resumed flow");
+    let entry = lb.dp.maps.conn(&key).unwrap().expect("flow tracked");
+    assert_eq!((entry.backend_id, entry.vip_id as u32), (chosen, svc.id));
+    let want_state = if tcp { lb_common::flow::FLOW_OPEN } else { lb_common::flow::FLOW_IDLE };
+    assert_eq!(entry.state, want_state);
+
+    let reply = reply_of(first, chosen, bip, bport);
+    expect_reply(lb, &reply, first);
 
     let b = lb.dp.maps.backend_traffic(chosen).unwrap();
     assert_eq!((b.packets, b.new_flows), (3, 1), "backend counters");
@@ -240,19 +257,31 @@ fn malformed_options_fragments_and_extension_headers_pass() {
     bad_version[14] = 0x55;
     expect_passed(&lb, &bad_version, Reason::PassMalformed);
 
-    let mut options = base.clone();
-    options[14] = 0x46;
-    options.splice(34..34, [1, 1, 1, 0]); // NOP NOP NOP EOL
-    expect_passed(&lb, &options, Reason::PassIpv4Options);
-
+    // Fragments and IPv4 options are not balanced: for a VIP address they are dropped (the
+    // host owns the address and would answer with a reset), for any other address passed.
+    let not_for_a_vip = from_client(CLIENT4, v4(200), tcp(40000, 80, SYN)).bytes();
     let mut more_fragments = base.clone();
     more_fragments[20] = 0x20; // MF, offset 0
-    expect_passed(&lb, &more_fragments, Reason::PassFragment);
-
     let mut later_fragment = base.clone();
     later_fragment[20] = 0x00;
     later_fragment[21] = 0xb9; // offset 185 × 8 bytes
-    expect_passed(&lb, &later_fragment, Reason::PassFragment);
+    let mut options = base.clone();
+    options[14] = 0x46;
+    options.splice(34..34, [1, 1, 1, 0]); // NOP NOP NOP EOL
+    for (frame, pass, drop) in [
+        (more_fragments, Reason::PassFragment, Reason::DropFragment),
+        (later_fragment, Reason::PassFragment, Reason::DropFragment),
+        (options, Reason::PassIpv4Options, Reason::DropIpv4Options),
+    ] {
+        let run = lb.run(&frame);
+        assert_eq!((run.action, run.counted), (XDP_DROP, vec![(drop, 1)]), "{drop:?}");
+        let mut other = frame.clone();
+        other[..not_for_a_vip.len().min(34)].copy_from_slice(&not_for_a_vip[..34]);
+        other[14] = frame[14];
+        other[20..22].copy_from_slice(&frame[20..22]);
+        expect_passed(&lb, &other, pass);
+    }
+    assert_eq!(lb.dp.maps.conn_count(), 0, "nothing tracked");
 
     let mut ext = from_client(CLIENT6, VIP6, tcp(40000, 443, SYN)).bytes();
     ext[20] = 0; // hop-by-hop options header first
@@ -265,10 +294,12 @@ fn malformed_options_fragments_and_extension_headers_pass() {
     expect_passed(&lb, &stacked, Reason::PassVlanStacked);
 }
 
-/// Establishes `flow` and returns its backend.
+/// Establishes `flow` (its SYN, then an ACK, which inserts its entry) and returns its backend.
 fn establish(lb: &Lb, svc: &Service, flow: &Frame) -> u32 {
     let chosen = lb.ring_choice(svc, &flow_key(flow));
     assert_eq!(lb.run(&flow.bytes()).action, XDP_TX);
+    assert_eq!(lb.run(&with_flags(flow, ACK).bytes()).action, XDP_TX);
+    assert_eq!(lb.dp.maps.conn(&flow_key(flow)).unwrap().map(|e| e.backend_id), Some(chosen));
     chosen
 }
 
@@ -562,7 +593,7 @@ fn debug_logs_report_rare_events() {
     for b in &mut svc.backends {
         b.backend.state = BackendState::Down as u8;
     }
-    let mut lb = Lb { dp: lb_userspace::dataplane::Dataplane::load_with_debug_logs(&test_sizing(1), &COLLECTED).unwrap() };
+    let mut lb = Lb::from_dataplane(lb_userspace::dataplane::Dataplane::load_with_debug_logs(&test_sizing(1), &COLLECTED).unwrap());
     lb.dp.maps.apply_service(&svc).unwrap();
     let mut logs = lb.dp.take_debug_logs().expect("loaded with logs");
     assert_eq!(lb.run(&from_client(CLIENT4, VIP4, tcp(1234, 80, SYN)).bytes()).action, XDP_DROP);

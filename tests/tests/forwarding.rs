@@ -200,6 +200,7 @@ fn two_arm_backend_is_redirected_with_its_hops_macs() {
     let ns = Netns::new("fwd");
     let dev = add_backend_link(&ns);
     assert_ne!(dev, 1, "the backend side must not be the ingress interface");
+    add_client_side(&ns);
     let hop = |id| NextHop { ifindex: dev, dst_mac: backend_mac(id), src_mac: DEV_MAC };
     let reply = Frame {
         dst_mac: LB_MAC,
@@ -218,8 +219,7 @@ fn two_arm_backend_is_redirected_with_its_hops_macs() {
     let fwd = Reason::ForwardToBackend;
     expect(&r[0], "IPv4 SYN", XDP_REDIRECT, &to_backend(&frames[0], ID4), fwd);
     expect(&r[1], "IPv4 ACK", XDP_REDIRECT, &to_backend(&frames[1], ID4), fwd);
-    // Back out of the interface the client's packets came in on (in a test run the loopback,
-    // so XDP_TX), towards the MAC they came from.
+    // Towards the client by the FIB: out of the client side, to the client's MAC.
     let back = Frame {
         dst_mac: CLIENT_MAC,
         src_mac: LB_MAC,
@@ -227,7 +227,7 @@ fn two_arm_backend_is_redirected_with_its_hops_macs() {
         l4: tcp(80, 40000, SYN_ACK),
         ..reply
     };
-    expect(&r[2], "IPv4 reply", XDP_TX, &back, Reason::ReplyToClient);
+    expect(&r[2], "IPv4 reply", XDP_REDIRECT, &back, Reason::ReplyToClient);
     expect(&r[3], "IPv6 UDP", XDP_REDIRECT, &to_backend(&frames[3], ID6), fwd);
     expect_traffic(&outcome, &frames[..3], &frames[3..]);
 }

@@ -33,8 +33,8 @@ fn endpoint(b: &Backend) -> SocketAddr {
     SocketAddr::new(ip, b.port)
 }
 
-fn serves(b: &Backend, generation: u32) -> bool {
-    b.generation == generation && (b.state == BackendState::Up as u8 || b.state == BackendState::Draining as u8)
+fn serves(b: &Backend, generation: u16) -> bool {
+    b.generation as u16 == generation && (b.state == BackendState::Up as u8 || b.state == BackendState::Draining as u8)
 }
 
 /// Explains what the data path does with the next packet from `src` to `dst`.
@@ -55,19 +55,22 @@ pub fn explain(rt: &Runtime, dp: &Dataplane, src: SocketAddr, dst: SocketAddr, p
     let conn = dp.maps.conn(&key).map_err(internal)?;
 
     let Some(meta) = dp.maps.vip(&vip_key).map_err(internal)? else {
-        if let Some(c) = conn.filter(|c| c.kind == CONN_TO_CLIENT) {
-            report.tracked = true;
+        let backend_key = BackendKey { addr: key.src, port: key.sport, proto, family };
+        if let Some(t) = dp.maps.reply_target(&backend_key).map_err(internal)? {
             report.verdict = "reply".into();
-            report.vip = rt.vip_by_id(c.vip_id).map(|v| v.config.name.clone());
-            report.reason = format!("a backend's reply of a tracked flow: its source becomes the VIP port {}", c.vip_port);
+            report.vip = rt.vip_by_id(t.vip_id).map(|v| v.config.name.clone());
+            report.reason = format!(
+                "from a backend endpoint: a reply, its source becomes the VIP port {} (towards the client by the FIB; untouched if {dst} is this host)",
+                t.vip.port
+            );
         } else {
-            report.reason = format!("no VIP at {dst}/{protocol} and no tracked flow: passed to the kernel untouched");
+            report.reason = format!("no VIP at {dst}/{protocol} and not from a backend endpoint: passed to the kernel untouched");
         }
         return Ok(report);
     };
     report.vip = rt.vip_by_id(meta.id).map(|v| v.config.name.clone());
 
-    if let Some(c) = conn.filter(|c| c.kind == CONN_TO_BACKEND) {
+    if let Some(c) = conn {
         report.tracked = true;
         let b = dp.maps.backend(c.backend_id).map_err(internal)?;
         if serves(&b, c.backend_gen) {

@@ -114,6 +114,7 @@ impl VipRuntime {
             key: self.key(),
             id: self.id,
             flags: self.flags(),
+            udp_idle_secs: lb_common::limits::DEFAULT_UDP_IDLE_SECS,
             backends: self
                 .backends
                 .iter()

@@ -42,7 +42,7 @@ pub struct Global {
     pub vip_capacity: u32,
     /// Backend slots (all VIPs; slot 0 reserved).
     pub backend_capacity: u32,
-    /// Connection table entries (two per flow).
+    /// Connection table entries (one per flow).
     pub conn_capacity: u32,
     /// The admin API's unix socket.
     pub admin_socket: PathBuf,
@@ -217,6 +217,7 @@ impl Config {
             backend_capacity: self.global.backend_capacity,
             ring_size: self.global.ring_size,
             conn_capacity: self.global.conn_capacity,
+            half_open_capacity: lb_common::limits::half_open_capacity(self.global.conn_capacity),
             hash_seed: self.global.hash_seed,
         }
     }

@@ -73,7 +73,7 @@ fn sizing_field(e: &SizingError) -> &'static str {
         SizingError::RingSize(_) | SizingError::RingMapTooLarge { .. } => "global.ring_size",
         SizingError::VipCapacity(_) => "global.vip_capacity",
         SizingError::BackendCapacity(_) => "global.backend_capacity",
-        SizingError::ConnCapacity(_) => "global.conn_capacity",
+        SizingError::ConnCapacity(_) | SizingError::HalfOpenCapacity(_) => "global.conn_capacity",
     }
 }
 
@@ -216,6 +216,7 @@ fn sizes(c: &mut Checker, g: &file::Global) -> SizesOk {
         backend_capacity: g.backend_capacity,
         ring_size: g.ring_size,
         conn_capacity: g.conn_capacity,
+        half_open_capacity: lb_common::limits::half_open_capacity(g.conn_capacity),
         hash_seed: g.hash_seed,
     };
     let base = Sizing::default();

@@ -14,7 +14,10 @@ pub struct Maps {
     vips: HashMap<MapData, VipKey, VipMeta>,
     backends: Array<MapData, Backend>,
     ring: RingMemory,
-    conns: HashMap<MapData, FlowKey, ConnEntry>,
+    conns: HashMap<MapData, FlowKey, Flow>,
+    half_open: HashMap<MapData, FlowKey, Flow>,
+    replies: HashMap<MapData, BackendKey, ReplyTarget>,
+    vip_addrs: HashMap<MapData, VipKey, u32>,
     reasons: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, Traffic>,
     backend_stats: PerCpuArray<MapData, Traffic>,
@@ -23,6 +26,10 @@ pub struct Maps {
     vip_live: Array<MapData, u64>,
     /// What `endpoint_filter` holds, so a bit is written once, without reading the map.
     filter_words: Vec<u64>,
+    /// The `REPLIES` key each backend slot owns.
+    reply_keys: std::collections::HashMap<u32, BackendKey>,
+    /// The VIPs on each VIP address (`VIP_ADDRS` keys), by VIP key.
+    vip_addr_users: std::collections::HashMap<VipKey, std::collections::HashSet<VipKey>>,
     ring_size: u32,
     hash_seed: u32,
 }
@@ -51,6 +58,9 @@ impl Maps {
                 _ => anyhow::bail!("the {MAP_RING} map is not an array"),
             },
             conns: take(ebpf, MAP_CONNS)?.try_into()?,
+            half_open: take(ebpf, MAP_HALF_OPEN)?.try_into()?,
+            replies: take(ebpf, MAP_REPLIES)?.try_into()?,
+            vip_addrs: take(ebpf, MAP_VIP_ADDRS)?.try_into()?,
             reasons: take(ebpf, MAP_REASONS)?.try_into()?,
             vip_stats: take(ebpf, MAP_VIP_STATS)?.try_into()?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?.try_into()?,
@@ -58,6 +68,8 @@ impl Maps {
             endpoint_filter: take(ebpf, MAP_ENDPOINT_FILTER)?.try_into()?,
             vip_live: take(ebpf, MAP_VIP_LIVE)?.try_into()?,
             filter_words: vec![0; ENDPOINT_FILTER_WORDS as usize],
+            reply_keys: Default::default(),
+            vip_addr_users: Default::default(),
             ring_size: sizing.ring_size,
             hash_seed: sizing.hash_seed,
         })
@@ -99,23 +111,30 @@ impl Maps {
             self.vip_live.set(meta.id, 0, 0).context("clearing VIP_LIVE")?;
         }
         match self.vips.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e.into()),
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e.into()),
         }
+        let addr = address_key(key);
+        if let Some(users) = self.vip_addr_users.get_mut(&addr) {
+            users.remove(key);
+            if users.is_empty() {
+                self.vip_addr_users.remove(&addr);
+                match self.vip_addrs.remove(&addr) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes `ring` into the VIP's spare ring, then replaces the VIP entry so that it points
     /// at it: in-flight packets see the old ring or the new one, never a mix. A new VIP gets
     /// ring 0 before it becomes visible. The ring is written through shared memory; the VIP
-    /// update that follows is a syscall, which orders those writes before it.
-    pub fn publish_ring(
-        &mut self,
-        key: &VipKey,
-        id: u32,
-        flags: u32,
-        ring: &[u32],
-        backend_count: u32,
-    ) -> anyhow::Result<VipMeta> {
+    /// update that follows is a syscall, which orders those writes before it. `vip`'s
+    /// `ring_half` is chosen here.
+    pub fn publish_ring(&mut self, key: &VipKey, vip: VipMeta, ring: &[u32]) -> anyhow::Result<VipMeta> {
+        let id = vip.id;
         anyhow::ensure!(
             ring.len() == self.ring_size as usize,
             "ring of {} slots, the program was loaded for {}",
@@ -138,13 +157,11 @@ impl Maps {
                 "ring slot {slot} of VIP {id} is beyond the ring map (VIP id above the capacity?)"
             );
         }
-        let meta = VipMeta {
-            id,
-            flags,
-            ring_half: half,
-            backend_count,
-        };
+        let meta = VipMeta { ring_half: half, ..vip };
         self.admit_endpoint(&key.addr, key.port, FILTER_VIP)?;
+        let addr = address_key(key);
+        self.vip_addrs.insert(addr, 1, 0).context("writing VIP_ADDRS")?;
+        self.vip_addr_users.entry(addr).or_default().insert(*key);
         let tag = lb_common::hash::vip_tag(&key.addr, key.port, key.proto, key.family);
         self.vip_live.set(id, tag, 0).context("writing VIP_LIVE")?;
         self.vips.insert(key, meta, 0).context("publishing the VIP")?;
@@ -163,28 +180,74 @@ impl Maps {
         Ok(self.backends.get(&id, 0)?)
     }
 
-    /// Writes the backend in slot `id`.
+    /// Writes the backend in slot `id`. A free slot (`BackendState::Unused`) also stops the
+    /// translation of the endpoint's replies.
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> anyhow::Result<()> {
         anyhow::ensure!(id != 0, "backend slot 0 is reserved");
-        // Before the backend exists for the data path: its replies must not skip CONNS.
-        self.admit_endpoint(&backend.addr, backend.port, FILTER_BACKEND)?;
+        if backend.state == BackendState::Unused as u8 {
+            self.forget_replies(id)?;
+        } else {
+            // Before the backend exists for the data path: its replies must not skip REPLIES.
+            self.admit_endpoint(&backend.addr, backend.port, FILTER_BACKEND)?;
+        }
         self.backends
             .set(id, backend, 0)
             .with_context(|| format!("writing backend slot {id}"))
     }
 
+    /// Makes the data path translate the replies of backend slot `id` (its endpoint under
+    /// `proto`) to the VIP `vip`. Refuses an endpoint that another slot's replies already use:
+    /// its replies could not be told apart.
+    pub fn set_replies(&mut self, id: u32, backend: &Backend, vip: &VipKey, vip_id: u32) -> anyhow::Result<()> {
+        let key = BackendKey { addr: backend.addr, port: backend.port, proto: vip.proto, family: backend.family };
+        if let Some((other, _)) = self.reply_keys.iter().find(|(slot, k)| **k == key && **slot != id) {
+            anyhow::bail!("backend endpoint of slot {id} already serves another VIP (slot {other}): replies would be ambiguous");
+        }
+        if self.reply_keys.get(&id).is_some_and(|old| *old != key) {
+            self.forget_replies(id)?;
+        }
+        self.admit_endpoint(&key.addr, key.port, FILTER_BACKEND)?;
+        let target = ReplyTarget { vip: *vip, vip_id, backend_id: id };
+        self.replies.insert(key, target, 0).with_context(|| format!("writing the replies of backend slot {id}"))?;
+        self.reply_keys.insert(id, key);
+        Ok(())
+    }
+
+    fn forget_replies(&mut self, id: u32) -> anyhow::Result<()> {
+        if let Some(key) = self.reply_keys.remove(&id) {
+            match self.replies.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The reply translation of a backend endpoint, if any.
+    pub fn reply_target(&self, key: &BackendKey) -> anyhow::Result<Option<ReplyTarget>> {
+        Ok(optional(self.replies.get(key, 0))?)
+    }
+
     /// The connection-table entry for `key`, if any.
-    pub fn conn(&self, key: &FlowKey) -> anyhow::Result<Option<ConnEntry>> {
+    pub fn conn(&self, key: &FlowKey) -> anyhow::Result<Option<Flow>> {
         Ok(optional(self.conns.get(key, 0))?)
     }
 
-    /// Client → VIP flows in the connection table per backend id (walks the table).
+    /// The half-open entry for `key` (a round-robin or least-conn SYN), if any.
+    pub fn half_open(&self, key: &FlowKey) -> anyhow::Result<Option<Flow>> {
+        Ok(optional(self.half_open.get(key, 0))?)
+    }
+
+    /// Removes the connection-table entry for `key` (as the LRU would evict it).
+    pub fn forget_conn(&mut self, key: &FlowKey) -> anyhow::Result<()> {
+        Ok(self.conns.remove(key)?)
+    }
+
+    /// Flows in the connection table per backend id (walks the table).
     pub fn active_connections(&self) -> std::collections::HashMap<u32, u64> {
         let mut counts = std::collections::HashMap::new();
         for (_, entry) in self.conns.iter().flatten() {
-            if entry.kind == CONN_TO_BACKEND {
-                *counts.entry(entry.backend_id).or_insert(0) += 1;
-            }
+            *counts.entry(entry.backend_id).or_insert(0) += 1;
         }
         counts
     }
@@ -230,6 +293,11 @@ impl Maps {
     pub fn backend_traffic(&self, id: u32) -> anyhow::Result<Traffic> {
         sum(&self.backend_stats, id)
     }
+}
+
+/// The `VIP_ADDRS` key of a VIP's address.
+fn address_key(vip: &VipKey) -> VipKey {
+    VipKey { addr: vip.addr, port: 0, proto: 0, family: vip.family }
 }
 
 fn sum(map: &PerCpuArray<MapData, Traffic>, id: u32) -> anyhow::Result<Traffic> {

@@ -17,7 +17,8 @@ use aya::{
 };
 use lb_common::maps::{
     GLOBAL_HASH_SEED, GLOBAL_RING_SIZE, MAP_ACTIVE_CONNS, MAP_BACKEND_STATS, MAP_BACKENDS,
-    MAP_CONNS, MAP_RING, MAP_RR_CURSORS, MAP_VIP_LIVE, MAP_VIP_STATS, MAP_VIPS, PROGRAM_NAME,
+    MAP_CONNS, MAP_HALF_OPEN, MAP_REPLIES, MAP_RING, MAP_RR_CURSORS, MAP_VIP_ADDRS, MAP_VIP_LIVE,
+    MAP_VIP_STATS, MAP_VIPS, PROGRAM_NAME,
 };
 
 /// The XDP program object, built by `build.rs` from `lb-ebpf`.
@@ -101,6 +102,9 @@ impl Dataplane {
             .map_max_entries(MAP_BACKENDS, sizing.backend_capacity)
             .map_max_entries(MAP_BACKEND_STATS, sizing.backend_capacity)
             .map_max_entries(MAP_CONNS, sizing.conn_capacity)
+            .map_max_entries(MAP_HALF_OPEN, sizing.half_open_capacity)
+            .map_max_entries(MAP_REPLIES, sizing.backend_capacity)
+            .map_max_entries(MAP_VIP_ADDRS, sizing.vip_capacity)
             .map_max_entries(MAP_RR_CURSORS, sizing.vip_capacity)
             .map_max_entries(MAP_ACTIVE_CONNS, sizing.backend_capacity)
             .load(PROGRAM)

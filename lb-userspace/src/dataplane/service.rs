@@ -28,6 +28,8 @@ pub struct Service {
     pub id: u32,
     /// `VIP_FLAG_*` bits.
     pub flags: u32,
+    /// Idle timeout of UDP flows, in seconds.
+    pub udp_idle_secs: u16,
     /// The pool.
     pub backends: Vec<ServiceBackend>,
 }
@@ -68,10 +70,18 @@ impl Maps {
     /// down by its flows at once), then the new ring in the spare half, then the VIP entry.
     pub fn apply_service(&mut self, svc: &Service) -> anyhow::Result<VipMeta> {
         for b in &svc.backends {
+            self.set_replies(b.id, &b.backend, &svc.key, svc.id)?;
             self.set_backend(b.id, &b.backend)?;
         }
         let ring = svc.ring(self.ring_size(), self.hash_seed());
-        let live = svc.maglev_backends().len() as u32;
-        self.publish_ring(&svc.key, svc.id, svc.flags, &ring, live)
+        let meta = VipMeta {
+            id: svc.id,
+            flags: svc.flags,
+            ring_half: 0,
+            backend_count: svc.maglev_backends().len() as u32,
+            udp_idle_secs: svc.udp_idle_secs,
+            pad: 0,
+        };
+        self.publish_ring(&svc.key, meta, &ring)
     }
 }

@@ -12,8 +12,10 @@ pub struct Sizing {
     pub backend_capacity: u32,
     /// Slots of each Maglev ring (prime).
     pub ring_size: u32,
-    /// Connection table entries (two per flow).
+    /// Connection table entries (one per flow).
     pub conn_capacity: u32,
+    /// Half-open table entries (round-robin and least-conn SYNs).
+    pub half_open_capacity: u32,
     /// Flow hash seed: the same on every node of a cluster.
     pub hash_seed: u32,
 }
@@ -25,6 +27,7 @@ impl Default for Sizing {
             backend_capacity: DEFAULT_BACKEND_CAPACITY,
             ring_size: DEFAULT_RING_SIZE,
             conn_capacity: DEFAULT_CONN_CAPACITY,
+            half_open_capacity: DEFAULT_HALF_OPEN_CAPACITY,
             hash_seed: 0,
         }
     }
@@ -45,6 +48,9 @@ pub enum SizingError {
     /// Connection table capacity out of range.
     #[error("connection table capacity {0} must be between 2 and {MAX_CONN_CAPACITY}")]
     ConnCapacity(u32),
+    /// Half-open table capacity out of range.
+    #[error("half-open table capacity {0} must be between 2 and {MAX_HALF_OPEN_CAPACITY}")]
+    HalfOpenCapacity(u32),
     /// The rings of all VIPs do not fit one map.
     #[error("{vips} VIPs × {RINGS_PER_VIP} rings × {ring} slots exceeds 2^32 entries")]
     RingMapTooLarge {
@@ -69,6 +75,9 @@ impl Sizing {
         }
         if !(2..=MAX_CONN_CAPACITY).contains(&self.conn_capacity) {
             return Err(SizingError::ConnCapacity(self.conn_capacity));
+        }
+        if !(2..=MAX_HALF_OPEN_CAPACITY).contains(&self.half_open_capacity) {
+            return Err(SizingError::HalfOpenCapacity(self.half_open_capacity));
         }
         if (self.vip_capacity as u64) * (RINGS_PER_VIP as u64) * (self.ring_size as u64) > u32::MAX as u64 {
             return Err(SizingError::RingMapTooLarge {
@@ -103,6 +112,7 @@ mod tests {
             (Sizing { vip_capacity: 0, ..ok.clone() }, SizingError::VipCapacity(0)),
             (Sizing { backend_capacity: 1, ..ok.clone() }, SizingError::BackendCapacity(1)),
             (Sizing { conn_capacity: MAX_CONN_CAPACITY + 1, ..ok.clone() }, SizingError::ConnCapacity(MAX_CONN_CAPACITY + 1)),
+            (Sizing { half_open_capacity: 1, ..ok.clone() }, SizingError::HalfOpenCapacity(1)),
             (
                 Sizing { vip_capacity: 4096, ring_size: 1_048_573, ..ok.clone() },
                 SizingError::RingMapTooLarge { vips: 4096, ring: 1_048_573 },

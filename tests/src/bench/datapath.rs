@@ -302,7 +302,7 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         ..Sizing::default()
     };
     let dp = Dataplane::load(&sizing).context("loading the data path (needs root)")?;
-    let mut lb = Lb { dp };
+    let mut lb = Lb::from_dataplane(dp);
     let pool8 = |port: u16| -> Vec<(IpAddr, u16, u32)> {
         (1..=8u8).map(|k| (IpAddr::V4(Ipv4Addr::new(10, 0, 10 + k, 2)), port, 1)).collect()
     };

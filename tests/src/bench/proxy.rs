@@ -283,7 +283,7 @@ impl Rig {
                 },
             });
         }
-        let svc = Service { key: VipKey { addr: v4_addr(VIP), port: 80, proto: PROTO_TCP, family: FAMILY_V4 }, id: 1, flags: 0, backends };
+        let svc = Service { key: VipKey { addr: v4_addr(VIP), port: 80, proto: PROTO_TCP, family: FAMILY_V4 }, id: 1, flags: 0, udp_idle_secs: lb_common::limits::DEFAULT_UDP_IDLE_SECS, backends };
         let sizing = Sizing { vip_capacity: 4, backend_capacity: 16, hash_seed: 42, ..Sizing::default() };
         let mut dp = Dataplane::load(&sizing).context("loading the data path")?;
         dp.maps.apply_service(&svc)?;

@@ -197,6 +197,7 @@ impl Rig {
             key: VipKey { addr: v4_addr(VIP), port: VIP_PORT, proto: PROTO_UDP, family: FAMILY_V4 },
             id: 1,
             flags: 0,
+            udp_idle_secs: lb_common::limits::DEFAULT_UDP_IDLE_SECS,
             backends,
         };
         let sizing = Sizing { vip_capacity: 4, backend_capacity: 16, hash_seed: 42, ..Sizing::default() };
