@@ -111,7 +111,7 @@ fn backend<'a>(status: &'a Value, endpoint: &str) -> &'a Value {
 
 #[test]
 fn cli_manages_a_running_agent() {
-    let (lab, agent) = lab_with_agent(&config(1));
+    let (mut lab, agent) = lab_with_agent(&config(1));
 
     let seen = spread(&lab, web(), 60);
     assert_eq!(seen.len(), 3, "all three backends answer: {seen:?}");
@@ -142,11 +142,15 @@ fn cli_manages_a_running_agent() {
     ok(&agent, &["backend", "add", "web", "10.0.13.2:8080", "--weight", "2"]);
     agent.wait_status(Duration::from_secs(10), |s| all_in_state(s, "web", "up") && backends(s, "web").len() == 3).unwrap();
 
-    // A second VIP:port with its own pool.
-    ok(&agent, &["vip", "add", "img", "10.0.0.10:8081", "--check", "tcp", "--backend", "10.0.13.2:8080"]);
+    // A second VIP:port with its own pool: another port of b3's host, since a backend endpoint
+    // serves one VIP.
+    lab.start_server(2, "img3", 9090).expect("image server");
+    refused(&agent, &["vip", "add", "img", "10.0.0.10:8081", "--backend", "10.0.13.2:8080"], 1, "already serves VIP \"web\"");
+    ok(&agent, &["vip", "add", "img", "10.0.0.10:8081", "--check", "tcp", "--backend", "10.0.13.2:9090"]);
     agent.wait_status(Duration::from_secs(10), |s| all_in_state(s, "img", "up")).unwrap();
     let img: SocketAddr = "10.0.0.10:8081".parse().unwrap();
-    assert_eq!(spread(&lab, img, 10).keys().collect::<Vec<_>>(), vec!["b3"]);
+    assert_eq!(spread(&lab, img, 10).keys().collect::<Vec<_>>(), vec!["img3"]);
+    refused(&agent, &["backend", "add", "img", "10.0.11.2:8080"], 1, "already serves VIP \"web\"");
     ok(&agent, &["vip", "remove", "img"]);
     assert!(backends(&agent.json(&["status"]).unwrap(), "img").is_empty());
 

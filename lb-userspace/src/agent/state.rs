@@ -13,7 +13,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{AdminState, BackendConfig, CheckKind, Config, Scheduler, Vip},
+    config::{AdminState, BackendConfig, BackendEndpoint, CheckKind, Config, ONE_VIP_PER_ENDPOINT, Protocol, Scheduler, Vip, shared_endpoints},
     dataplane::{Service, ServiceBackend},
     health::Health,
 };
@@ -167,6 +167,14 @@ pub enum OpError {
         /// Backend address and port.
         endpoint: SocketAddr,
     },
+    /// The backend endpoint serves another VIP, and replies from it would be ambiguous.
+    #[error("backend {endpoint} already serves VIP {vip:?}; {ONE_VIP_PER_ENDPOINT}")]
+    SharedBackend {
+        /// Backend address, port and protocol.
+        endpoint: BackendEndpoint,
+        /// The VIP it serves.
+        vip: String,
+    },
     /// A VIP with that name or address, port and protocol exists.
     #[error("a VIP named {0:?} or with the same address, port and protocol already exists")]
     DuplicateVip(String),
@@ -262,6 +270,7 @@ impl Runtime {
     /// The runtime for a validated configuration. Health-checked backends start down until
     /// their first `rise` probes succeed: no flow is sent to a server not yet seen alive.
     pub fn new(config: &Config) -> Result<(Runtime, Changes), OpError> {
+        refuse_shared(config_pools(config))?;
         let mut rt = Runtime {
             vips: Vec::new(),
             vip_slots: Slots::new(config.global.vip_capacity, 0),
@@ -270,7 +279,7 @@ impl Runtime {
         };
         let mut changes = Changes::default();
         for vip in &config.vips {
-            rt.add_vip(vip, &mut changes)?;
+            rt.place_vip(vip, &mut changes)?;
         }
         Ok((rt, changes))
     }
@@ -332,8 +341,23 @@ impl Runtime {
         })
     }
 
+    /// Refuses `backends` for VIP `vip` of `protocol` if another VIP already serves one of them.
+    fn refuse_shared_with_running(&self, vip: &str, protocol: Protocol, backends: Vec<SocketAddr>) -> Result<(), OpError> {
+        let running = self
+            .vips
+            .iter()
+            .map(|v| (v.config.name.as_str(), v.config.protocol, v.backends.iter().map(BackendRuntime::endpoint).collect()));
+        refuse_shared(running.chain([(vip, protocol, backends)]))
+    }
+
     /// Adds a VIP with its backends.
     pub fn add_vip(&mut self, vip: &Vip, changes: &mut Changes) -> Result<(), OpError> {
+        self.refuse_shared_with_running(&vip.name, vip.protocol, vip.backends.iter().map(BackendConfig::endpoint).collect())?;
+        self.place_vip(vip, changes)
+    }
+
+    /// Adds a VIP with its backends, which no other VIP serves.
+    fn place_vip(&mut self, vip: &Vip, changes: &mut Changes) -> Result<(), OpError> {
         let key = vip_key(vip);
         if self.vips.iter().any(|v| v.config.name == vip.name || v.key() == key) {
             return Err(OpError::DuplicateVip(vip.name.clone()));
@@ -386,6 +410,13 @@ impl Runtime {
 
     /// Adds a backend to a VIP.
     pub fn add_backend(&mut self, vip: &str, b: &BackendConfig, changes: &mut Changes) -> Result<u32, OpError> {
+        let protocol = self.vip(vip)?.config.protocol;
+        self.refuse_shared_with_running(vip, protocol, vec![b.endpoint()])?;
+        self.place_backend(vip, b, changes)
+    }
+
+    /// Adds a backend, which no other VIP serves, to a VIP.
+    fn place_backend(&mut self, vip: &str, b: &BackendConfig, changes: &mut Changes) -> Result<u32, OpError> {
         let endpoint = SocketAddr::new(b.address, b.port);
         if b.weight > MAX_WEIGHT {
             return Err(OpError::Weight(b.weight));
@@ -474,8 +505,9 @@ impl Runtime {
 
     /// Moves to a new configuration, keeping the slot ids, health and next hops of VIPs and
     /// backends that stay (matched by VIP name and backend address and port), so their flows
-    /// are not disturbed.
+    /// are not disturbed. A backend endpoint may move from one VIP to another.
     pub fn reconfigure(&mut self, config: &Config) -> Result<Changes, OpError> {
+        refuse_shared(config_pools(config))?;
         let mut changes = Changes::default();
         let gone: Vec<String> = self
             .vips
@@ -488,7 +520,7 @@ impl Runtime {
         }
         for new in &config.vips {
             if self.vip(&new.name).is_err() {
-                self.add_vip(new, &mut changes)?;
+                self.place_vip(new, &mut changes)?;
                 continue;
             }
             let check_changed = self.vip(&new.name)?.config.health_check != new.health_check;
@@ -501,7 +533,7 @@ impl Runtime {
             for b in &new.backends {
                 let endpoint = SocketAddr::new(b.address, b.port);
                 if self.vip(&new.name)?.backend(endpoint).is_none() {
-                    self.add_backend(&new.name, b, &mut changes)?;
+                    self.place_backend(&new.name, b, &mut changes)?;
                 } else {
                     self.set_weight(&new.name, endpoint, b.weight, &mut changes)?;
                     self.set_admin(&new.name, endpoint, b.state, &mut changes)?;
@@ -523,6 +555,19 @@ impl Runtime {
             }
         }
         Ok(changes)
+    }
+}
+
+/// Each VIP of `config` with its protocol and backends, for [`shared_endpoints`].
+fn config_pools(config: &Config) -> impl Iterator<Item = (&str, Protocol, impl Iterator<Item = SocketAddr> + '_)> {
+    config.vips.iter().map(|v| (v.name.as_str(), v.protocol, v.backends.iter().map(BackendConfig::endpoint)))
+}
+
+/// Refuses the first backend endpoint of `pools` that serves a second VIP.
+fn refuse_shared<'a, B: IntoIterator<Item = SocketAddr>>(pools: impl IntoIterator<Item = (&'a str, Protocol, B)>) -> Result<(), OpError> {
+    match shared_endpoints(pools).into_iter().next() {
+        Some(s) => Err(OpError::SharedBackend { endpoint: s.endpoint, vip: s.first.to_owned() }),
+        None => Ok(()),
     }
 }
 
@@ -629,6 +674,71 @@ vips:
         let mut rt = runtime();
         rt.add_backend("web", &b("10.1.0.3"), &mut ch).unwrap();
         assert!(matches!(rt.add_backend("web", &b("10.1.0.4"), &mut ch), Err(OpError::RingTooSmall { max: 3, .. })));
+    }
+
+    fn tcp(endpoint: &str) -> BackendEndpoint {
+        BackendEndpoint { addr: ep(endpoint), protocol: Protocol::Tcp }
+    }
+
+    fn shared(endpoint: &str, vip: &str) -> Result<(), OpError> {
+        Err(OpError::SharedBackend { endpoint: tcp(endpoint), vip: vip.into() })
+    }
+
+    #[test]
+    fn a_backend_endpoint_serves_one_vip() {
+        let mut rt = runtime();
+        let mut ch = Changes::default();
+        rt.remove_vip("dns", &mut ch).unwrap();
+        let b = |a: &str| BackendConfig { address: ep(a).ip(), port: ep(a).port(), weight: 1, state: AdminState::Up };
+        let img = |backends: &[&str]| Vip { name: "img".into(), port: 81, backends: backends.iter().map(|a| b(a)).collect(), ..rt.vip("web").unwrap().config.clone() };
+        let (before, img_taken, img_shared) = (rt.vips.clone(), img(&["10.1.0.1:8080"]), img(&["10.1.0.5:80", "10.1.0.2:80"]));
+        let mut ch = Changes::default();
+        assert_eq!(rt.add_vip(&img_shared, &mut ch), shared("10.1.0.2:80", "web"));
+        assert_eq!(
+            rt.add_vip(&img_shared, &mut ch).unwrap_err().to_string(),
+            "backend 10.1.0.2:80/tcp already serves VIP \"web\"; replies from one backend endpoint must map to one VIP"
+        );
+        assert_eq!((&rt.vips, &ch), (&before, &Changes::default()), "a refused VIP changes nothing");
+        rt.add_vip(&img_taken, &mut ch).unwrap();
+        let (before, mut ch) = (rt.vips.clone(), Changes::default());
+        assert_eq!(rt.add_backend("img", &b("10.1.0.1:80"), &mut ch).map(|_| ()), shared("10.1.0.1:80", "web"));
+        assert_eq!(rt.add_backend("web", &b("10.1.0.1:8080"), &mut ch).map(|_| ()), shared("10.1.0.1:8080", "img"));
+        assert_eq!((&rt.vips, &ch), (&before, &Changes::default()), "a refused backend changes nothing");
+        rt.add_backend("img", &b("10.1.0.1:81"), &mut ch).expect("another port of the same address");
+    }
+
+    #[test]
+    fn a_backend_endpoint_may_serve_another_protocol() {
+        let mut rt = runtime();
+        let mut ch = Changes::default();
+        let web_backend = BackendConfig { address: "10.1.0.1".parse().unwrap(), port: 80, weight: 1, state: AdminState::Up };
+        let id = rt.add_backend("dns", &web_backend, &mut ch).expect("10.1.0.1:80 serves web over tcp, dns over udp");
+        assert_eq!(rt.backend_by_id(id).unwrap().0.config.name, "dns");
+    }
+
+    #[test]
+    fn reconfigure_refuses_a_shared_backend_endpoint_and_changes_nothing() {
+        let mut rt = runtime();
+        let before = rt.vips.clone();
+        let mut new = config::parse("t", YAML).unwrap();
+        new.vips[1].protocol = Protocol::Tcp;
+        new.vips[1].backends.push(BackendConfig { address: "10.1.0.2".parse().unwrap(), port: 80, weight: 1, state: AdminState::Up });
+        assert_eq!(rt.reconfigure(&new).map(|_| ()), shared("10.1.0.2:80", "web"));
+        assert_eq!(rt.vips, before);
+        assert_eq!(Runtime::new(&new).map(|_| ()).unwrap_err(), OpError::SharedBackend { endpoint: tcp("10.1.0.2:80"), vip: "web".into() });
+    }
+
+    #[test]
+    fn reconfigure_may_move_a_backend_endpoint_to_an_earlier_vip() {
+        let mut rt = runtime();
+        let img = "  - name: img\n    address: 10.0.0.1\n    port: 81\n    backends:\n      - address: 10.1.0.2\n        port: 80\n";
+        let moved = YAML
+            .replace("      - address: 10.1.0.2\n        state: draining\n", "")
+            .replace("vips:\n", &format!("vips:\n{img}"))
+            .replace("  - name: dns\n    address: 10.0.0.1\n    port: 53\n    protocol: udp\n    health_check:\n      type: none\n    backends:\n      - address: 10.2.0.1\n", "");
+        rt.reconfigure(&config::parse("t", &moved).unwrap()).expect("the endpoint leaves web as it joins img");
+        let endpoints = |vip: &str| rt.vip(vip).unwrap().backends.iter().map(BackendRuntime::endpoint).collect::<Vec<_>>();
+        assert_eq!((endpoints("img"), endpoints("web")), (vec![ep("10.1.0.2:80")], vec![ep("10.1.0.1:80")]));
     }
 
     #[test]

@@ -5,11 +5,13 @@
 
 mod diff;
 pub mod duration;
+mod endpoints;
 mod locate;
 mod model;
 mod validate;
 
 pub use diff::{ConfigDiff, diff};
+pub use endpoints::{BackendEndpoint, ONE_VIP_PER_ENDPOINT, SharedEndpoint, shared_endpoints};
 pub use model::*;
 
 use std::{fmt, path::Path};

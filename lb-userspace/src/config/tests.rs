@@ -133,6 +133,72 @@ fn a_pool_too_big_for_any_ring_is_told_to_split() {
     );
 }
 
+/// `GOOD` with a second VIP (`img`, tcp on 10.0.0.2:80 unless changed by `vip`) whose pool is
+/// `backends`.
+fn with_img(vip: &str, backends: &str) -> String {
+    format!("{GOOD}  - name: img\n    address: 10.0.0.2\n    port: 80\n{vip}    backends:\n{backends}")
+}
+
+#[test]
+fn a_backend_endpoint_serves_one_vip() {
+    let v6 = "\
+global:
+  interfaces: [eth0]
+vips:
+  - name: web6
+    address: 2001:db8::1
+    port: 443
+    backends:
+      - address: 2001:db8::10
+  - name: api6
+    address: 2001:db8::2
+    port: 443
+    backends:
+      - { address: 2001:db8::11 }
+      - { address: 2001:db8::10, port: 443 }
+";
+    let cases: Vec<(String, &str)> = vec![
+        (with_img("", "      - address: 10.1.0.2\n        port: 8080\n"),
+         "t.yaml:16: vips[1].backends[0]: backend 10.1.0.2:8080/tcp already serves VIP \"web\" (vips[0]); replies from one backend endpoint must map to one VIP"),
+        (with_img("    port: 8080\n", "      - address: 10.1.0.3\n      - address: 10.1.0.1\n").replacen("    port: 80\n    port: 8080\n", "    port: 8080\n", 1),
+         "t.yaml:17: vips[1].backends[1]: backend 10.1.0.1:8080/tcp already serves VIP \"web\" (vips[0]); replies from one backend endpoint must map to one VIP"),
+        (v6.to_owned(),
+         "t.yaml:14: vips[1].backends[1]: backend [2001:db8::10]:443/tcp already serves VIP \"web6\" (vips[0]); replies from one backend endpoint must map to one VIP"),
+        (with_img("    protocol: udp\n", "      - address: 10.1.0.1\n        port: 8080\n")
+            + "  - name: dns\n    address: 10.0.0.3\n    port: 53\n    protocol: udp\n    backends:\n      - address: 10.1.0.1\n        port: 8080\n",
+         "t.yaml:24: vips[2].backends[0]: backend 10.1.0.1:8080/udp already serves VIP \"img\" (vips[1]); replies from one backend endpoint must map to one VIP"),
+    ];
+    for (text, want) in &cases {
+        assert_eq!(error(text), *want, "for the file\n{text}");
+    }
+}
+
+#[test]
+fn shared_backend_endpoints_are_reported_with_every_other_problem() {
+    let text = with_img("", "      - address: 10.1.0.1\n        port: 8080\n        weight: 70000\n      - address: 10.1.0.2\n        port: 8080\n");
+    assert_eq!(
+        error(&text),
+        "t.yaml:18: vips[1].backends[0].weight: 70000 is above the maximum weight 65535\n\
+         t.yaml:16: vips[1].backends[0]: backend 10.1.0.1:8080/tcp already serves VIP \"web\" (vips[0]); replies from one backend endpoint must map to one VIP\n\
+         t.yaml:19: vips[1].backends[1]: backend 10.1.0.2:8080/tcp already serves VIP \"web\" (vips[0]); replies from one backend endpoint must map to one VIP"
+    );
+    let repeated = with("10.1.0.2", "10.1.0.1");
+    assert_eq!(error(&repeated), "t.yaml:10: vips[0].backends[1].address: 10.1.0.1:8080 is listed twice (also backends[0])", "one VIP: reported once");
+}
+
+#[test]
+fn a_backend_address_may_serve_other_protocols_and_ports() {
+    for text in [
+        with_img("    protocol: udp\n", "      - address: 10.1.0.1\n        port: 8080\n"),
+        with_img("", "      - address: 10.1.0.1\n        port: 8081\n"),
+        with_img("", "      - address: 10.1.0.1\n"),
+        with_img("    address: 2001:db8::1\n", "      - address: 2001:db8::10\n        port: 8080\n").replacen("    address: 10.0.0.2\n", "", 1),
+    ] {
+        let c = parse("t.yaml", &text).unwrap_or_else(|e| panic!("{e}\nfor the file\n{text}"));
+        assert_eq!(c.vips.len(), 2);
+    }
+}
+
 #[test]
 fn scalar_forms_are_accepted() {
     let text = with("    port: 80\n", "    port: 80\n    health_check:\n      interval: 3\n      timeout: 1500ms\n      expect_status: 204\n");

@@ -8,7 +8,11 @@ use lb_common::{
     maglev::is_prime,
 };
 
-use super::{duration, model::*};
+use super::{
+    duration,
+    endpoints::{ONE_VIP_PER_ENDPOINT, shared_endpoints},
+    model::*,
+};
 use crate::dataplane::{Sizing, SizingError};
 
 /// Most consecutive results `rise` and `fall` may ask for.
@@ -109,7 +113,7 @@ pub fn validate(doc: &file::Document) -> Result<Config, Vec<Problem>> {
         {
             c.report(
                 format!("{at}.address"),
-                format!("{}/{} is already vips[{j}] ({:?})", key.0, protocol_name(v.protocol), doc.vips[j].name),
+                format!("{}/{} is already vips[{j}] ({:?})", key.0, v.protocol, doc.vips[j].name),
             );
         }
         let health_check = health_check(&mut c, &format!("{at}.health_check"), &v.health_check);
@@ -141,6 +145,7 @@ pub fn validate(doc: &file::Document) -> Result<Config, Vec<Problem>> {
             backends,
         });
     }
+    shared_backends(&mut c, &vips);
     if sizes.vip_capacity && vips.len() as u64 > global.vip_capacity as u64 {
         c.report(
             "vips",
@@ -166,10 +171,15 @@ pub fn validate(doc: &file::Document) -> Result<Config, Vec<Problem>> {
     if c.problems.is_empty() { Ok(Config { global, vips }) } else { Err(c.problems) }
 }
 
-fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
+/// Refuses every backend endpoint that serves a second VIP, at its second occurrence. A port of
+/// 0 was already reported as invalid.
+fn shared_backends(c: &mut Checker, vips: &[Vip]) {
+    let pools = vips.iter().enumerate().map(|(i, v)| (i, v.protocol, v.backends.iter().map(BackendConfig::endpoint)));
+    for s in shared_endpoints(pools).into_iter().filter(|s| s.endpoint.addr.port() != 0) {
+        c.report(
+            format!("vips[{}].backends[{}]", s.vip, s.backend),
+            format!("backend {} already serves VIP {:?} (vips[{}]); {ONE_VIP_PER_ENDPOINT}", s.endpoint, vips[s.first].name, s.first),
+        );
     }
 }
 
