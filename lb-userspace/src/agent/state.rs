@@ -114,7 +114,7 @@ impl VipRuntime {
             key: self.key(),
             id: self.id,
             flags: self.flags(),
-            udp_idle_secs: lb_common::limits::DEFAULT_UDP_IDLE_SECS,
+            udp_idle_secs: self.config.udp_idle_timeout.as_secs().min(lb_common::limits::MAX_UDP_IDLE_SECS.into()) as u16,
             backends: self
                 .backends
                 .iter()

@@ -97,6 +97,8 @@ pub struct Vip {
     pub scheduler: Scheduler,
     /// Hash only the client address (sticky sessions).
     pub source_affinity: bool,
+    /// A UDP flow's connection-table entry expires after this long without a packet.
+    pub udp_idle_timeout: Duration,
     /// How backends are checked.
     pub health_check: HealthCheck,
     /// The pool.
@@ -329,6 +331,8 @@ pub mod file {
         pub scheduler: Scheduler,
         #[serde(default)]
         pub source_affinity: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub udp_idle_timeout: Option<Dur>,
         #[serde(default)]
         pub health_check: HealthCheck,
         #[serde(default)]
@@ -564,6 +568,7 @@ impl Config {
                         protocol: v.protocol,
                         scheduler: v.scheduler,
                         source_affinity: v.source_affinity,
+                        udp_idle_timeout: if v.protocol == Protocol::Udp { dur(v.udp_idle_timeout) } else { None },
                         health_check: check,
                         backends: v
                             .backends

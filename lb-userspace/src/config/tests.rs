@@ -48,7 +48,7 @@ fn good_file_has_defaults() {
 fn bad_files_are_rejected_with_file_line_and_field() {
     let cases: Vec<(String, &str)> = vec![
         (format!("{GOOD}extra: 1\n"), "t.yaml:12: unknown field `extra`, expected `global` or `vips`"),
-        (with("    port: 80\n", "    port: 80\n    colour: red\n"), "t.yaml:7: vips[0]: unknown field `colour`, expected one of `name`, `address`, `port`, `protocol`, `scheduler`, `source_affinity`, `health_check`, `backends`"),
+        (with("    port: 80\n", "    port: 80\n    colour: red\n"), "t.yaml:7: vips[0]: unknown field `colour`, expected one of `name`, `address`, `port`, `protocol`, `scheduler`, `source_affinity`, `udp_idle_timeout`, `health_check`, `backends`"),
         (with("        port: 8080\n      - address: 10.1.0.2", "        prot: 8080\n      - address: 10.1.0.2"), "t.yaml:9: vips[0].backends[0]: unknown field `prot`, expected one of `address`, `port`, `weight`, `state`"),
         (with("address: 10.0.0.1", "address: 10.0.0.300"), "t.yaml:5: vips[0].address: invalid IP address syntax: write an IPv4 or IPv6 address such as 10.0.0.1 or 2001:db8::1"),
         (with("    port: 80", "    port: 0"), "t.yaml:6: vips[0].port: 0 is not a port: use 1-65535"),
@@ -275,5 +275,30 @@ fn diff_names_what_changed() {
 fn shipped_examples_are_valid() {
     for (name, text) in [("lab.yaml", include_str!("../../../examples/lab.yaml")), ("edge.yaml", include_str!("../../../examples/edge.yaml"))] {
         parse(name, text).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn udp_idle_timeout_is_whole_seconds_for_udp_vips_only() {
+    let udp = with("    port: 80\n", "    port: 80\n    protocol: udp\n    udp_idle_timeout: 2m\n");
+    let config = parse("t.yaml", &udp).expect("valid");
+    assert_eq!(config.vips[0].udp_idle_timeout, Duration::from_secs(120));
+    let default = parse("t.yaml", GOOD).expect("valid");
+    assert_eq!(default.vips[0].udp_idle_timeout, Duration::from_secs(lb_common::limits::DEFAULT_UDP_IDLE_SECS.into()));
+    for (text, want) in [
+        (
+            with("    port: 80\n", "    port: 80\n    udp_idle_timeout: 10s\n"),
+            "t.yaml:7: vips[0].udp_idle_timeout: applies to UDP VIPs only",
+        ),
+        (
+            with("    port: 80\n", "    port: 80\n    protocol: udp\n    udp_idle_timeout: 1500ms\n"),
+            "t.yaml:8: vips[0].udp_idle_timeout: must be whole seconds from 1s to 65535s",
+        ),
+        (
+            with("    port: 80\n", "    port: 80\n    protocol: udp\n    udp_idle_timeout: 70000s\n"),
+            "t.yaml:8: vips[0].udp_idle_timeout: must be whole seconds from 1s to 65535s",
+        ),
+    ] {
+        assert_eq!(error(&text), want);
     }
 }

@@ -4,7 +4,10 @@
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use lb_common::{
-    limits::{MAX_BACKEND_CAPACITY, MAX_RING_SIZE, MAX_WEIGHT, MIN_RING_SIZE, RING_SLOTS_PER_BACKEND},
+    limits::{
+        DEFAULT_UDP_IDLE_SECS, MAX_BACKEND_CAPACITY, MAX_RING_SIZE, MAX_UDP_IDLE_SECS, MAX_WEIGHT, MIN_RING_SIZE,
+        RING_SLOTS_PER_BACKEND,
+    },
     maglev::is_prime,
 };
 
@@ -141,6 +144,7 @@ pub fn validate(doc: &file::Document) -> Result<Config, Vec<Problem>> {
             protocol: v.protocol,
             scheduler: v.scheduler,
             source_affinity: v.source_affinity,
+            udp_idle_timeout: udp_idle_timeout(&mut c, &at, v),
             health_check,
             backends,
         });
@@ -277,6 +281,23 @@ fn duration_field(c: &mut Checker, path: String, value: &Option<file::Dur>, defa
             default
         }
     }
+}
+
+/// `udp_idle_timeout`: whole seconds from 1 s to [`MAX_UDP_IDLE_SECS`] (the entry keeps
+/// seconds); only for UDP VIPs.
+fn udp_idle_timeout(c: &mut Checker, at: &str, v: &file::Vip) -> Duration {
+    let default = Duration::from_secs(DEFAULT_UDP_IDLE_SECS.into());
+    let path = format!("{at}.udp_idle_timeout");
+    if v.udp_idle_timeout.is_some() && v.protocol != Protocol::Udp {
+        c.report(path, "applies to UDP VIPs only");
+        return default;
+    }
+    let d = duration_field(c, path.clone(), &v.udp_idle_timeout, default);
+    if d.subsec_nanos() != 0 || d.as_secs() < 1 || d.as_secs() > MAX_UDP_IDLE_SECS.into() {
+        c.report(path, format!("must be whole seconds from 1s to {MAX_UDP_IDLE_SECS}s"));
+        return default;
+    }
+    d
 }
 
 fn health_check(c: &mut Checker, at: &str, h: &file::HealthCheck) -> HealthCheck {
