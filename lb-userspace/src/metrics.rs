@@ -79,7 +79,7 @@ pub fn render(status: &StatusReport, stats: &StatsReport) -> String {
             "Largest probe-to-swap time seen.",
             h.max_probe_to_swap_ms.map(|ms| ms / 1000.0),
         ),
-        ("lb_connection_table_entries", "gauge", "Entries in the connection table (two per flow).", Some(stats.connection_entries as f64)),
+        ("lb_connection_table_entries", "gauge", "Entries in the connection table (one per flow).", Some(stats.connection_entries as f64)),
     ] {
         if let Some(value) = value {
             family(&mut o, name, kind, help);
