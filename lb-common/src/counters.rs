@@ -48,7 +48,7 @@ pub enum Reason {
     /// IP length field does not fit the frame (or is below the headers), for a VIP or from
     /// a backend: dropped.
     DropBadLength,
-    /// TCP data offset below 5 words or beyond the frame: dropped.
+    /// TCP data offset below 5 words: dropped (one reaching past the IP length is `DropBadLength`).
     DropBadTcpHeader,
     /// New flow from a martian source (broadcast, multicast, loopback, unspecified, a VIP
     /// address), or a reply to a martian destination: dropped, nothing inserted.

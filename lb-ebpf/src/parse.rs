@@ -224,6 +224,9 @@ pub fn parse<'a>(ctx: &XdpContext, out: &'a mut MaybeUninit<Packet>) -> Result<&
 /// ICMP header (echo, neighbour discovery, errors about other traffic) is
 /// [`Reason::PassNotTcpUdp`], and `icmp` is left as it was.
 ///
+/// An error to the quoted source matches both cases when it is a client's own error about a
+/// reply; one from a backend to a client is told apart by the caller (see `xdp::icmp_error`).
+///
 /// Called from the ICMP path's own frame, not from [`parse`], to keep the common path's
 /// stack small; it rewrites the packet in place and returns no reference, because a
 /// BPF-to-BPF call may not leave a pointer to the stack in its caller's frame.

@@ -247,18 +247,19 @@ fn icmp_error(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     if let Err(reason) = parse::quoted(ctx, pkt) {
         return verdict(xdp_action::XDP_PASS, reason);
     }
-    let pkt = &*pkt;
-    let q = &pkt.key;
-    if pkt.icmp_to_sender {
-        // The quoted packet went VIP → client: the error belongs to the client's flow `q`.
-        if !maybe_endpoint(&q.dst, q.dport, FILTER_VIP) {
-            return verdict(xdp_action::XDP_PASS, Reason::PassNotTcpUdp);
-        }
-        return icmp_to_backend(ctx, pkt);
+    // An error goes to the quoted packet's source: to a VIP about a reply the load balancer
+    // sent (the error belongs to the client's flow), or to a client about a packet a backend
+    // received. `quoted` took every error to the quoted source for the first; the endpoint
+    // filter finds the second (a client's own error about a reply stays the first).
+    let k = &mut pkt.key;
+    if pkt.icmp_to_sender && !maybe_endpoint(&k.dst, k.dport, FILTER_VIP) && maybe_endpoint(&k.src, k.sport, FILTER_BACKEND) {
+        core::mem::swap(&mut k.src, &mut k.dst);
+        core::mem::swap(&mut k.sport, &mut k.dport);
+        pkt.icmp_to_sender = false;
     }
-    // The quoted packet went client → backend: a backend's error about it, for the client.
-    if !maybe_endpoint(&q.dst, q.dport, FILTER_BACKEND) {
-        return verdict(xdp_action::XDP_PASS, Reason::PassNotTcpUdp);
+    let pkt = &*pkt;
+    if pkt.icmp_to_sender {
+        return icmp_to_backend(ctx, pkt);
     }
     icmp_to_client(ctx, pkt)
 }

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod bench;
 pub mod harness;
+pub mod icmp_frames;
 pub mod netns;
 pub mod packet;
 pub mod topology;

@@ -3,6 +3,11 @@
 //! - `floor_pass`: returns XDP_PASS — the floor of the paths that hand a packet to the kernel;
 //! - `floor_tx`: swaps the MAC addresses and returns XDP_TX — the floor of the paths that send
 //!   a rewritten packet on;
+//! - `floor_insert`: builds the connection table's key (`FlowKey`, 40 bytes) from the IPv4
+//!   addresses, ports and protocol of the frame, inserts it with a constant `Flow` (16 bytes)
+//!   into `FLOOR_CONNS`, an LRU hash the loader sizes like the `CONNS` it is compared with, swaps
+//!   the MACs and returns XDP_TX (XDP_ABORTED if the insert fails) — one LRU insert, the least
+//!   any connection table can cost per new flow;
 //! - `floor_redirect`: redirects every frame to the interface `FLOOR_IFINDEX` — the bare
 //!   forwarder, the ceiling of the throughput benchmark;
 //! - `gen_frames`: the packet generator run in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES):
@@ -24,9 +29,10 @@ mod programs {
         bindings::xdp_action,
         helpers::bpf_redirect,
         macros::{map, xdp},
-        maps::{Array, PerCpuArray},
+        maps::{Array, LruHashMap, PerCpuArray},
         programs::XdpContext,
     };
+    use lb_common::maps::{FAMILY_V4, Flow, FlowKey};
 
     /// Length of the generator's template frame (a minimum-size Ethernet frame without FCS).
     pub const GEN_FRAME_LEN: usize = 64;
@@ -55,6 +61,15 @@ mod programs {
     #[map]
     static RX_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+    /// The connection table of `floor_insert`: the key and value of the data path's `CONNS`,
+    /// resized at load time to the capacity of the `CONNS` it is compared with (small by
+    /// default: the other users of this object do not pay for a preallocated table).
+    #[map]
+    static FLOOR_CONNS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(FLOOR_CONNS_DEFAULT, 0);
+
+    /// Entries of `FLOOR_CONNS` unless the loader sets another size.
+    const FLOOR_CONNS_DEFAULT: u32 = 1024;
+
     #[inline(always)]
     fn global(v: &u32) -> u32 {
         // SAFETY: a read of a read-only global the loader may rewrite; volatile keeps the
@@ -76,6 +91,42 @@ mod programs {
         let eth = start as *mut [u8; 6];
         // SAFETY: the first 12 bytes are inside the frame (checked above).
         unsafe {
+            let dst = *eth;
+            *eth = *eth.add(1);
+            *eth.add(1) = dst;
+        }
+        xdp_action::XDP_TX
+    }
+
+    #[xdp]
+    pub fn floor_insert(ctx: XdpContext) -> u32 {
+        // Ethernet (14), IPv4 without options (20), the ports (4).
+        const IP: usize = 14;
+        const L4: usize = IP + 20;
+        let (start, end) = (ctx.data(), ctx.data_end());
+        if start + L4 + 4 > end {
+            return xdp_action::XDP_PASS;
+        }
+        let p = start as *mut u8;
+        // SAFETY: every byte read or written is below `L4 + 4`, inside the frame (checked
+        // above); the reads are byte-wise, so alignment does not matter.
+        unsafe {
+            let at = |i: usize| *p.add(i);
+            let v4 = |i: usize| [at(i), at(i + 1), at(i + 2), at(i + 3), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            let key = FlowKey {
+                src: v4(IP + 12),
+                dst: v4(IP + 16),
+                sport: u16::from_be_bytes([at(L4), at(L4 + 1)]),
+                dport: u16::from_be_bytes([at(L4 + 2), at(L4 + 3)]),
+                proto: at(IP + 9),
+                family: FAMILY_V4,
+                pad: [0; 2],
+            };
+            let flow = Flow { backend_id: 1, backend_gen: 1, vip_id: 1, deadline: 0, idle_secs: 0, state: 0, pad: 0 };
+            if FLOOR_CONNS.insert(&key, &flow, 0).is_err() {
+                return xdp_action::XDP_ABORTED;
+            }
+            let eth = p as *mut [u8; 6];
             let dst = *eth;
             *eth = *eth.add(1);
             *eth.add(1) = dst;
