@@ -18,15 +18,10 @@ use lb_common::{
     maps::{Addr, FAMILY_V4, PROTO_TCP},
 };
 
-use crate::parse::{Packet, ptr_at};
-
-const IPV4_CHECK: usize = 10;
-const IPV4_SRC: usize = 12;
-const IPV4_DST: usize = 16;
-const IPV6_SRC: usize = 8;
-const IPV6_DST: usize = 24;
-const TCP_CHECK: usize = 16;
-const UDP_CHECK: usize = 6;
+use crate::{
+    nat::{IPV4_CHECK, IPV4_DST, IPV4_SRC, IPV6_DST, IPV6_SRC, TCP_CHECK, UDP_CHECK},
+    parse::{Packet, ptr_at},
+};
 /// Offset of the checksum in the ICMP header, which starts 8 bytes before the quoted packet.
 const ICMP_CHECK_FROM_QUOTE: usize = 6;
 

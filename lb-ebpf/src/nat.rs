@@ -19,13 +19,20 @@ pub enum Endpoint {
     Destination,
 }
 
-const IPV4_CHECK: usize = 10;
-const IPV4_SRC: usize = 12;
-const IPV4_DST: usize = 16;
-const IPV6_SRC: usize = 8;
-const IPV6_DST: usize = 24;
-const TCP_CHECK: usize = 16;
-const UDP_CHECK: usize = 6;
+/// Offsets of the fields NAT rewrites, in the IPv4, IPv6, TCP and UDP headers.
+pub const IPV4_CHECK: usize = 10;
+/// IPv4 source address.
+pub const IPV4_SRC: usize = 12;
+/// IPv4 destination address.
+pub const IPV4_DST: usize = 16;
+/// IPv6 source address.
+pub const IPV6_SRC: usize = 8;
+/// IPv6 destination address.
+pub const IPV6_DST: usize = 24;
+/// TCP checksum.
+pub const TCP_CHECK: usize = 16;
+/// UDP checksum.
+pub const UDP_CHECK: usize = 6;
 
 /// Writes `addr`:`port` over the chosen endpoint of `pkt` and fixes the checksums.
 ///
