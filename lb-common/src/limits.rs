@@ -58,6 +58,12 @@ pub const DEFAULT_UDP_IDLE_SECS: u16 = 30;
 /// Longest UDP idle timeout accepted, in seconds.
 pub const MAX_UDP_IDLE_SECS: u16 = u16::MAX;
 
+/// Capacity of the `CLIENT_HOPS` cache (entries, one per client address or router-facing
+/// destination a reply was sent to).
+pub const CLIENT_HOP_CAPACITY: u32 = 65_536;
+/// Seconds a cached FIB answer for a client is used before the FIB is asked again.
+pub const CLIENT_HOP_TTL_SECS: u32 = 1;
+
 /// Words of the `SYN_SEEN` bitmap (one bit per flow-hash bucket): 262,144 bits, 32 KiB.
 pub const SYN_SEEN_WORDS: u32 = 4096;
 

@@ -24,6 +24,11 @@ pub const MAP_REPLIES: &str = "REPLIES";
 /// `VIP_ADDRS`: hash [`VipKey`] with port and protocol 0 → number of VIPs on that address:
 /// packets from a VIP address are martians.
 pub const MAP_VIP_ADDRS: &str = "VIP_ADDRS";
+/// `CLIENT_HOPS`: LRU hash [`VipKey`] with port and protocol 0 (a client's address) →
+/// [`CachedHop`]: the FIB's answer for replies to that client, reused for
+/// [`crate::limits::CLIENT_HOP_TTL_SECS`] so that a reply costs a hash lookup, not a FIB
+/// lookup. State per client address, not per flow, and rebuilt from the FIB by any node.
+pub const MAP_CLIENT_HOPS: &str = "CLIENT_HOPS";
 /// `SYN_SEEN`: array of [`crate::limits::SYN_SEEN_WORDS`] 64-bit words, one bit per flow
 /// hash bucket, set by a SYN of a Maglev VIP and cleared by the flow's next packet: a non-SYN
 /// TCP packet that finds no entry and no bit is a flow resumed without its entry.
@@ -244,6 +249,18 @@ pub struct ReplyTarget {
     pub backend_id: u32,
 }
 
+/// `CLIENT_HOPS` value: a next hop towards a client and the last second it may be used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedHop {
+    /// Egress interface and MACs, as the FIB answered.
+    pub hop: NextHop,
+    /// Last second (coarse monotonic clock) the answer is used.
+    pub until: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
 /// Packet and byte counters of a VIP or a backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -281,6 +298,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ReplyTarget {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::CachedHop {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Traffic {}
 }
 
@@ -298,6 +317,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<Flow>(), 16);
         assert_eq!(size_of::<ReplyTarget>(), 28);
+        assert_eq!(size_of::<CachedHop>(), 24);
         assert_eq!(size_of::<Traffic>(), 24);
     }
 

@@ -1,7 +1,7 @@
-//! Sending a rewritten packet on: MACs from the next hop the agent resolved (or that the
-//! client's packet came from), XDP_TX out of the ingress interface or XDP_REDIRECT to another;
-//! `bpf_fib_lookup` only when the hop is not resolved; the kernel when the FIB has no
-//! neighbour either.
+//! Sending a rewritten packet on: MACs from the next hop the agent resolved (towards a
+//! backend) or the FIB's answer, cached per client address for a second (towards a client),
+//! XDP_TX out of the ingress interface or XDP_REDIRECT to another; `bpf_fib_lookup` when the
+//! hop is not resolved; the kernel when the FIB has no neighbour either.
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action},
@@ -11,11 +11,16 @@ use aya_ebpf::{
 use core::mem::{size_of, zeroed};
 use lb_common::{
     counters::Reason,
-    maps::{Addr, FAMILY_V4, NextHop},
+    limits::CLIENT_HOP_TTL_SECS,
+    maps::{Addr, CachedHop, FAMILY_V4, NextHop, VipKey},
 };
 use network_types::eth::EthHdr;
 
-use crate::parse::{Packet, ptr_at};
+use crate::{
+    conntrack::now,
+    maps::CLIENT_HOPS,
+    parse::{Packet, ptr_at},
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -47,10 +52,27 @@ pub fn send(
 /// configuration, on every node). `Ok(None)`: rewrite it and let the kernel forward it (no
 /// neighbour entry yet, or no route). `Err(PassNotVip)`: it is addressed to this host itself
 /// (a health probe's answer, the host's own connection): leave it untouched.
+///
+/// A FIB lookup costs about 200 ns here, so its answer is cached per client address in
+/// `CLIENT_HOPS` for [`CLIENT_HOP_TTL_SECS`]: a route or neighbour change reaches replies
+/// within that time.
 #[inline(always)]
 pub fn towards_client(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr) -> Result<Option<NextHop>, Reason> {
+    let key = VipKey { addr: *dst, port: 0, proto: 0, family: pkt.key.family };
+    let now = now();
+    if let Some(cached) = CLIENT_HOPS.get_ptr(&key) {
+        // SAFETY: pointer from a successful lookup, copied at once (a recycled node gives
+        // another client's answer only if its key matched, which the kernel checks).
+        let cached = unsafe { *cached };
+        if now <= cached.until {
+            return Ok(Some(cached.hop));
+        }
+    }
     match fib(ctx, pkt, src, dst) {
-        Ok(hop) => Ok(Some(hop)),
+        Ok(hop) => {
+            let _ = CLIENT_HOPS.insert(&key, &CachedHop { hop, until: now + CLIENT_HOP_TTL_SECS, pad: 0 }, 0);
+            Ok(Some(hop))
+        }
         Err(BPF_FIB_LKUP_RET_NOT_FWDED) => Err(Reason::PassNotVip),
         Err(_) => Ok(None),
     }

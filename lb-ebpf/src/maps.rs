@@ -9,11 +9,11 @@ use aya_ebpf::{
 use lb_common::{
     counters::Reason,
     limits::{
-        DEFAULT_BACKEND_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_HALF_OPEN_CAPACITY, DEFAULT_RING_SIZE,
+        CLIENT_HOP_CAPACITY, DEFAULT_BACKEND_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_HALF_OPEN_CAPACITY, DEFAULT_RING_SIZE,
         DEFAULT_VIP_CAPACITY, SYN_SEEN_WORDS, ring_map_entries,
     },
     maps::{
-        Addr, Backend, BackendKey, ENDPOINT_FILTER_WORDS, Flow, FlowKey, ReplyTarget, Traffic, VipKey,
+        Addr, Backend, BackendKey, CachedHop, ENDPOINT_FILTER_WORDS, Flow, FlowKey, ReplyTarget, Traffic, VipKey,
         VipMeta,
     },
 };
@@ -45,6 +45,10 @@ pub static HALF_OPEN: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(D
 /// Backend endpoint → the VIP its replies are translated to.
 #[map]
 pub static REPLIES: HashMap<BackendKey, ReplyTarget> = HashMap::with_max_entries(DEFAULT_BACKEND_CAPACITY, 0);
+
+/// Client address → the FIB's next hop towards it, for a second (`lb_common::maps::MAP_CLIENT_HOPS`).
+#[map]
+pub static CLIENT_HOPS: LruHashMap<VipKey, CachedHop> = LruHashMap::with_max_entries(CLIENT_HOP_CAPACITY, 0);
 
 /// VIP addresses (port and protocol 0): sources no client can have.
 #[map]

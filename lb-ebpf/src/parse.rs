@@ -24,8 +24,8 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 /// IPv4 "more fragments" flag and fragment offset bits of the `frags` field.
 const IPV4_MF_AND_OFFSET: u16 = 0x3FFF;
-/// Offset of the TCP flags byte in the TCP header.
-const TCP_FLAGS: usize = 13;
+/// Offset of the data offset byte in the TCP header (the flags byte follows).
+const TCP_DOFF: usize = 12;
 /// ICMP and ICMPv6 headers up to the quoted packet.
 const ICMP_HDR_LEN: usize = 8;
 
@@ -63,6 +63,8 @@ pub struct Packet {
     pub len: u64,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
+    /// The TCP header's data offset byte (words in its high nibble; 0 for UDP).
+    pub tcp_doff: u8,
     /// What the packet is.
     pub kind: Kind,
     /// For an ICMP error: whether the outer destination is the quoted source (an error about
@@ -161,23 +163,24 @@ fn ip(ctx: &XdpContext, ether_type: u16, l3: usize) -> Result<Ip, Reason> {
     }
 }
 
-/// Source port, destination port and TCP flags of the transport header at `l4`.
+/// Source port, destination port, TCP flags and data offset byte of the transport header at
+/// `l4`.
 #[inline(always)]
-fn ports(ctx: &XdpContext, proto: u8, l4: usize) -> Result<(u16, u16, u8), Reason> {
+fn ports(ctx: &XdpContext, proto: u8, l4: usize) -> Result<(u16, u16, u8, u8), Reason> {
     match proto {
         PROTO_TCP => {
             let tcp = ptr_at::<TcpHdr>(ctx, l4)?;
             // SAFETY: bounds checked by `ptr_at`.
             let tcp = unsafe { &*tcp };
-            // SAFETY: the flags byte lies inside the header checked above.
-            let flags = unsafe { *(tcp as *const TcpHdr as *const u8).add(TCP_FLAGS) };
-            Ok((u16::from_be_bytes(tcp.source), u16::from_be_bytes(tcp.dest), flags))
+            // SAFETY: both bytes lie inside the header checked above.
+            let [doff, flags] = unsafe { *((tcp as *const TcpHdr as *const u8).add(TCP_DOFF) as *const [u8; 2]) };
+            Ok((u16::from_be_bytes(tcp.source), u16::from_be_bytes(tcp.dest), flags, doff))
         }
         PROTO_UDP => {
             let udp = ptr_at::<UdpHdr>(ctx, l4)?;
             // SAFETY: bounds checked by `ptr_at`.
             let udp = unsafe { &*udp };
-            Ok((u16::from_be_bytes(udp.src), u16::from_be_bytes(udp.dst), 0))
+            Ok((u16::from_be_bytes(udp.src), u16::from_be_bytes(udp.dst), 0, 0))
         }
         _ => Err(Reason::PassNotTcpUdp),
     }
@@ -209,10 +212,10 @@ pub fn parse<'a>(ctx: &XdpContext, out: &'a mut MaybeUninit<Packet>) -> Result<&
     let outer = ip(ctx, ether_type, l3)?;
     let len = (ctx.data_end() - ctx.data()) as u64;
     if let Some(kind) = outer.stop {
-        return Ok(out.write(packet(l3, outer.l4, 0, &outer, (0, 0, 0), len, kind, false)));
+        return Ok(out.write(packet(l3, outer.l4, 0, &outer, (0, 0, 0, 0), len, kind, false)));
     }
     if outer.proto == PROTO_ICMP || outer.proto == PROTO_ICMPV6 {
-        return Ok(out.write(packet(l3, outer.l4, 0, &outer, (0, 0, 0), len, Kind::Icmp, false)));
+        return Ok(out.write(packet(l3, outer.l4, 0, &outer, (0, 0, 0, 0), len, Kind::Icmp, false)));
     }
     let l4 = ports(ctx, outer.proto, outer.l4)?;
     Ok(out.write(packet(l3, outer.l4, 0, &outer, l4, len, Kind::Transport, false)))
@@ -253,13 +256,13 @@ pub fn quoted(ctx: &XdpContext, icmp: &mut Packet) -> Result<(), Reason> {
     if icmp.key.dst == addr_from_words(inner.src) {
         // The quote went VIP → client: the flow is its reverse.
         let flow = Ip { src: inner.dst, dst: inner.src, ..inner };
-        *icmp = packet(icmp.l3, inner.l4, inner_l3, &flow, (dport, sport, 0), icmp.len, Kind::IcmpError, true);
+        *icmp = packet(icmp.l3, inner.l4, inner_l3, &flow, (dport, sport, 0, 0), icmp.len, Kind::IcmpError, true);
         return Ok(());
     }
     if icmp.key.src != addr_from_words(inner.dst) {
         return Err(Reason::PassNotTcpUdp);
     }
-    *icmp = packet(icmp.l3, inner.l4, inner_l3, &inner, (sport, dport, 0), icmp.len, Kind::IcmpError, false);
+    *icmp = packet(icmp.l3, inner.l4, inner_l3, &inner, (sport, dport, 0, 0), icmp.len, Kind::IcmpError, false);
     Ok(())
 }
 
@@ -270,7 +273,7 @@ fn packet(
     l4: usize,
     inner_l3: usize,
     ip: &Ip,
-    (sport, dport, tcp_flags): (u16, u16, u8),
+    (sport, dport, tcp_flags, tcp_doff): (u16, u16, u8, u8),
     len: u64,
     kind: Kind,
     icmp_to_sender: bool,
@@ -290,6 +293,7 @@ fn packet(
         },
         len,
         tcp_flags,
+        tcp_doff,
         kind,
         icmp_to_sender,
     }

@@ -183,6 +183,11 @@ impl Lb {
         Lb { ns: Some((ns, file)), ..Lb::load(sizing) }
     }
 
+    /// The namespace its packets run in, if it has its own.
+    pub fn netns(&self) -> Option<&Netns> {
+        self.ns.as_ref().map(|(ns, _)| ns)
+    }
+
     /// Runs one frame through the program once.
     pub fn run(&self, frame: &[u8]) -> Run {
         if let Some((_, file)) = &self.ns {

@@ -634,3 +634,37 @@ fn host_traffic_from_a_backend_port_on_another_address_passes() {
     let host = from_client(v4(200), CLIENT4, tcp(8080, 40000, ACK)).bytes();
     expect_passed(&lb, &host, Reason::PassNotVip);
 }
+
+#[test]
+fn reply_hop_follows_a_neighbour_change_within_its_ttl() {
+    // Replies reuse the FIB's answer for a client for `CLIENT_HOP_TTL_SECS`; a changed
+    // neighbour (a router's failover, a client's new MAC) must reach them after that.
+    let svc = pool4(PROTO_TCP);
+    let lb = setup(&[&svc]);
+    let syn = from_client(CLIENT4, VIP4, tcp(45000, 80, SYN));
+    let chosen = lb.ring_choice(&svc, &flow_key(&syn));
+    let (bip, bport) = backend_endpoint(&svc, chosen);
+    let reply = reply_of(&syn, chosen, bip, bport);
+    expect_reply(&lb, &reply, &syn);
+    let new_mac: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x99];
+    let ns = lb.netns().expect("its own namespace");
+    ns.exec(&["ip", "neigh", "replace", &CLIENT4.to_string(), "lladdr", "02:c1:00:00:00:99", "dev", CLIENT_SIDE_DEV, "nud", "permanent"]);
+    let changed = std::time::Instant::now();
+    let limit = std::time::Duration::from_secs(lb_common::limits::CLIENT_HOP_TTL_SECS as u64 + 1);
+    let mut last = Vec::new();
+    while changed.elapsed() <= limit + std::time::Duration::from_millis(500) {
+        let run = lb.run(&reply.bytes());
+        assert_eq!(run.action, XDP_REDIRECT);
+        last = run.out;
+        if last[..6] == new_mac {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let took = changed.elapsed();
+    let mut want = translated(&reply, &syn);
+    want.dst_mac = new_mac;
+    assert_eq!(last, want.bytes(), "the reply must go to the new MAC within {limit:?}");
+    println!("neighbour change reached replies after {took:?} (bound {limit:?})");
+    assert!(took <= limit + std::time::Duration::from_millis(200), "took {took:?}");
+}
