@@ -29,6 +29,11 @@ pub const MAP_VIP_ADDRS: &str = "VIP_ADDRS";
 /// [`crate::limits::CLIENT_HOP_TTL_SECS`] so that a reply costs a hash lookup, not a FIB
 /// lookup. State per client address, not per flow, and rebuilt from the FIB by any node.
 pub const MAP_CLIENT_HOPS: &str = "CLIENT_HOPS";
+/// `IFACE_VLANS`: array interface index → [`VlanEgress`], written by the agent for each
+/// 802.1Q device on one of its interfaces. A packet whose next hop is such a device leaves its
+/// parent with that tag; a packet whose next hop is any other (known) interface leaves
+/// untagged. So a reply carries the client side's tag whatever tag it arrived with.
+pub const MAP_IFACE_VLANS: &str = "IFACE_VLANS";
 /// `SYN_SEEN`: array of [`crate::limits::SYN_SEEN_WORDS`] 64-bit words, one bit per flow
 /// hash bucket, set by a SYN of a Maglev VIP and cleared by the flow's next packet: a non-SYN
 /// TCP packet that finds no entry and no bit is a flow resumed without its entry.
@@ -261,6 +266,19 @@ pub struct CachedHop {
     pub pad: u32,
 }
 
+/// `IFACE_VLANS` value: how to send through a VLAN device from XDP, which can only send
+/// through its parent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VlanEgress {
+    /// The parent interface (0: not a VLAN device).
+    pub parent: u32,
+    /// The VLAN id (12 bits).
+    pub vlan_id: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
 /// Packet and byte counters of a VIP or a backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -300,6 +318,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CachedHop {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::VlanEgress {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Traffic {}
 }
 
@@ -318,6 +338,7 @@ mod tests {
         assert_eq!(size_of::<Flow>(), 16);
         assert_eq!(size_of::<ReplyTarget>(), 28);
         assert_eq!(size_of::<CachedHop>(), 24);
+        assert_eq!(size_of::<VlanEgress>(), 8);
         assert_eq!(size_of::<Traffic>(), 24);
     }
 

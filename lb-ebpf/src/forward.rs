@@ -5,7 +5,10 @@
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action},
-    helpers::{bpf_redirect, generated::bpf_fib_lookup as fib_lookup},
+    helpers::{
+        bpf_redirect,
+        generated::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_head},
+    },
     programs::XdpContext,
 };
 use core::mem::{size_of, zeroed};
@@ -18,10 +21,16 @@ use network_types::eth::EthHdr;
 
 use crate::{
     conntrack::now,
-    maps::CLIENT_HOPS,
+    maps::{CLIENT_HOPS, IFACE_VLANS},
     parse::{Packet, ptr_at},
 };
 
+/// Offset of the EtherType (or of an 802.1Q tag's TPID) in the Ethernet header.
+const ETH_TYPE: usize = 12;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+/// Size of an 802.1Q tag.
+const VLAN_TAG_LEN: i32 = 4;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
@@ -39,12 +48,10 @@ pub fn send(
     dst: &Addr,
 ) -> Result<u32, Reason> {
     if hop.is_resolved() {
-        set_macs(ctx, &hop.dst_mac, &hop.src_mac)?;
-        return Ok(out(ctx, hop.ifindex));
+        return emit(ctx, hop);
     }
     let resolved = fib(ctx, pkt, src, dst).map_err(|_| Reason::PassToKernelRoute)?;
-    set_macs(ctx, &resolved.dst_mac, &resolved.src_mac)?;
-    Ok(out(ctx, resolved.ifindex))
+    emit(ctx, &resolved)
 }
 
 /// Where a packet from `src` to a client at `dst` goes, by the kernel's FIB (routes and
@@ -84,8 +91,60 @@ pub fn send_to(ctx: &XdpContext, hop: &Option<NextHop>) -> Result<u32, Reason> {
     let Some(hop) = hop else {
         return Err(Reason::PassToKernelRoute);
     };
+    emit(ctx, hop)
+}
+
+/// The last step of every forward: the VLAN tag of the egress interface, the MACs, and the
+/// verdict. An interface index of 0 (the ingress interface, unresolved) keeps the frame's tag.
+#[inline(always)]
+fn emit(ctx: &XdpContext, hop: &NextHop) -> Result<u32, Reason> {
+    let mut ifindex = hop.ifindex;
+    if ifindex != 0 {
+        let vlan = IFACE_VLANS.get(ifindex).copied().unwrap_or_default();
+        set_vlan(ctx, if vlan.parent != 0 { Some(vlan.vlan_id) } else { None })?;
+        if vlan.parent != 0 {
+            ifindex = vlan.parent;
+        }
+    }
     set_macs(ctx, &hop.dst_mac, &hop.src_mac)?;
-    Ok(out(ctx, hop.ifindex))
+    Ok(out(ctx, ifindex))
+}
+
+/// Gives the frame the 802.1Q tag `vlan_id`, or none: rewrites, pushes or pops the tag. The
+/// MAC addresses are left for `set_macs` to write (a push or pop moves the frame's start).
+#[inline(always)]
+fn set_vlan(ctx: &XdpContext, vlan_id: Option<u16>) -> Result<(), Reason> {
+    let tpid = ptr_at::<[u8; 2]>(ctx, ETH_TYPE)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    let tagged = matches!(u16::from_be_bytes(unsafe { *tpid }), ETH_P_8021Q | ETH_P_8021AD);
+    match (tagged, vlan_id) {
+        (false, None) => return Ok(()),
+        (true, None) => {
+            // SAFETY: a helper call on this program's context; every packet pointer is
+            // re-derived from the context afterwards.
+            if unsafe { bpf_xdp_adjust_head(ctx.ctx, VLAN_TAG_LEN) } != 0 {
+                return Err(Reason::PassToKernelRoute);
+            }
+            return Ok(());
+        }
+        (false, Some(_)) => {
+            // SAFETY: as above.
+            if unsafe { bpf_xdp_adjust_head(ctx.ctx, -VLAN_TAG_LEN) } != 0 {
+                return Err(Reason::PassToKernelRoute);
+            }
+        }
+        (true, Some(_)) => {}
+    }
+    let tag = ptr_at::<[u8; 4]>(ctx, ETH_TYPE)?;
+    let id = vlan_id.unwrap_or(0) & 0x0FFF;
+    // SAFETY: bounds-checked by `ptr_at`. A rewritten tag keeps its priority bits; a pushed one
+    // (whose bytes were the MAC addresses' tail) gets priority 0.
+    unsafe {
+        let old = if tagged { u16::from_be_bytes([(*tag)[2], (*tag)[3]]) & 0xF000 } else { 0 };
+        let tci = (old | id).to_be_bytes();
+        *tag = [0x81, 0x00, tci[0], tci[1]];
+    }
+    Ok(())
 }
 
 #[inline(always)]

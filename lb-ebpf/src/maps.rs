@@ -9,11 +9,11 @@ use aya_ebpf::{
 use lb_common::{
     counters::Reason,
     limits::{
-        CLIENT_HOP_CAPACITY, DEFAULT_BACKEND_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_HALF_OPEN_CAPACITY, DEFAULT_RING_SIZE,
+        CLIENT_HOP_CAPACITY, DEFAULT_BACKEND_CAPACITY, IFACE_VLAN_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_HALF_OPEN_CAPACITY, DEFAULT_RING_SIZE,
         DEFAULT_VIP_CAPACITY, SYN_SEEN_WORDS, ring_map_entries,
     },
     maps::{
-        Addr, Backend, BackendKey, CachedHop, ENDPOINT_FILTER_WORDS, Flow, FlowKey, ReplyTarget, Traffic, VipKey,
+        Addr, Backend, BackendKey, CachedHop, VlanEgress, ENDPOINT_FILTER_WORDS, Flow, FlowKey, ReplyTarget, Traffic, VipKey,
         VipMeta,
     },
 };
@@ -49,6 +49,10 @@ pub static REPLIES: HashMap<BackendKey, ReplyTarget> = HashMap::with_max_entries
 /// Client address → the FIB's next hop towards it, for a second (`lb_common::maps::MAP_CLIENT_HOPS`).
 #[map]
 pub static CLIENT_HOPS: LruHashMap<VipKey, CachedHop> = LruHashMap::with_max_entries(CLIENT_HOP_CAPACITY, 0);
+
+/// Interface index → its VLAN parent and id (`lb_common::maps::MAP_IFACE_VLANS`).
+#[map]
+pub static IFACE_VLANS: Array<VlanEgress> = Array::with_max_entries(IFACE_VLAN_CAPACITY, 0);
 
 /// VIP addresses (port and protocol 0): sources no client can have.
 #[map]

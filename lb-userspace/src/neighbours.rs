@@ -33,6 +33,53 @@ pub fn resolve(addr: IpAddr) -> Option<NextHop> {
     })
 }
 
+/// An 802.1Q device: its index, its parent's index and its VLAN id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VlanDevice {
+    /// The VLAN device's interface index.
+    pub ifindex: u32,
+    /// Its parent's interface index.
+    pub parent: u32,
+    /// The VLAN id.
+    pub vlan_id: u16,
+}
+
+/// The 802.1Q devices whose parent is one of `parents` (by name), from `ip -d -j link show`.
+pub fn vlan_devices(parents: &[String]) -> Vec<VlanDevice> {
+    ip_json(&["-d", "link", "show"]).map(|links| vlans_in(&links, parents)).unwrap_or_default()
+}
+
+/// The 802.1Q devices on `parents` in `ip -d -j link show` output.
+fn vlans_in(links: &Value, parents: &[String]) -> Vec<VlanDevice> {
+    let Some(links) = links.as_array() else {
+        return Vec::new();
+    };
+    let index_of = |name: &str| {
+        links
+            .iter()
+            .find(|l| l.get("ifname").and_then(Value::as_str) == Some(name))
+            .and_then(|l| l.get("ifindex")?.as_u64())
+    };
+    links
+        .iter()
+        .filter_map(|l| {
+            let info = l.get("linkinfo")?;
+            if info.get("info_kind")?.as_str()? != "vlan" {
+                return None;
+            }
+            let parent = l.get("link")?.as_str()?;
+            if !parents.iter().any(|p| p == parent) {
+                return None;
+            }
+            Some(VlanDevice {
+                ifindex: u32::try_from(l.get("ifindex")?.as_u64()?).ok()?,
+                parent: u32::try_from(index_of(parent)?).ok()?,
+                vlan_id: u16::try_from(info.get("info_data")?.get("id")?.as_u64()?).ok()?,
+            })
+        })
+        .collect()
+}
+
 fn ip_json(args: &[&str]) -> Option<Value> {
     let out = Command::new("ip").arg("-j").args(args).output().ok()?;
     if !out.status.success() {
@@ -60,6 +107,28 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_vlan_devices_on_the_given_parents() {
+        // The shape `ip -d -j link show` prints (iproute2 6.1), trimmed.
+        let links: Value = serde_json::from_str(
+            r#"[
+              {"ifindex":1,"ifname":"lo","linkinfo":null},
+              {"ifindex":2,"ifname":"eth0"},
+              {"ifindex":3,"ifname":"eth1"},
+              {"ifindex":7,"link":"eth0","ifname":"eth0.100","linkinfo":{"info_kind":"vlan","info_data":{"protocol":"802.1Q","id":100,"flags":["REORDER_HDR"]}}},
+              {"ifindex":8,"link":"eth1","ifname":"eth1.200","linkinfo":{"info_kind":"vlan","info_data":{"protocol":"802.1Q","id":200}}},
+              {"ifindex":9,"link":"eth1","ifname":"mv0","linkinfo":{"info_kind":"macvlan","info_data":{"mode":"bridge"}}}
+            ]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            vlans_in(&links, &["eth0".to_owned()]),
+            vec![VlanDevice { ifindex: 7, parent: 2, vlan_id: 100 }]
+        );
+        assert_eq!(vlans_in(&links, &["eth0".to_owned(), "eth1".to_owned()]).len(), 2);
+        assert!(vlans_in(&links, &["eth2".to_owned()]).is_empty());
+    }
 
     #[test]
     fn parses_macs() {

@@ -85,8 +85,13 @@ fn translated(reply: &Frame, first: &Frame) -> Frame {
 /// Runs backend reply `reply` to client frame `first` and checks it left translated towards
 /// the client (XDP_REDIRECT out of the client side found by the FIB).
 fn expect_reply(lb: &Lb, reply: &Frame, first: &Frame) {
+    expect_reply_with(lb, reply, first, XDP_REDIRECT);
+}
+
+/// As [`expect_reply`] with the verdict `action`.
+fn expect_reply_with(lb: &Lb, reply: &Frame, first: &Frame, action: u32) {
     let run = lb.run(&reply.bytes());
-    assert_eq!(run.action, XDP_REDIRECT, "reply verdict");
+    assert_eq!(run.action, action, "reply verdict");
     assert_eq!(run.out, translated(reply, first).bytes(), "reply rewritten to the VIP towards the client");
     verify_checksums(&run.out).expect("reply checksums");
     assert_eq!(run.counted, vec![(Reason::ReplyToClient, 1)]);
@@ -96,6 +101,11 @@ fn expect_reply(lb: &Lb, reply: &Frame, first: &Frame) {
 /// byte for byte, with their counters and connection-table entries. A TCP flow's entry is
 /// written by its second packet (the SYN inserts nothing); a UDP flow's by its first.
 fn round_trip(lb: &Lb, svc: &Service, first: &Frame, next: &Frame) {
+    round_trip_with(lb, svc, first, next, XDP_REDIRECT);
+}
+
+/// As [`round_trip`], the reply leaving with verdict `reply_action`.
+fn round_trip_with(lb: &Lb, svc: &Service, first: &Frame, next: &Frame, reply_action: u32) {
     let key = flow_key(first);
     let chosen = lb.ring_choice(svc, &key);
     let (bip, bport) = backend_endpoint(svc, chosen);
@@ -118,7 +128,7 @@ fn round_trip(lb: &Lb, svc: &Service, first: &Frame, next: &Frame) {
     assert_eq!(entry.state, want_state);
 
     let reply = reply_of(first, chosen, bip, bport);
-    expect_reply(lb, &reply, first);
+    expect_reply_with(lb, &reply, first, reply_action);
 
     let b = lb.dp.maps.backend_traffic(chosen).unwrap();
     assert_eq!((b.packets, b.new_flows), (3, 1), "backend counters");
@@ -171,11 +181,57 @@ fn ipv6_udp() {
 
 #[test]
 fn vlan_tagged_packet_is_balanced_with_its_tag() {
+    // One-arm, the client side on VLAN 100 of the ingress NIC (in a test run the loopback,
+    // index 1): the FIB's egress for the client (`cl0`) is recorded as that VLAN device.
     let svc = pool4(PROTO_TCP);
-    let lb = setup(&[&svc]);
+    let mut lb = setup(&[&svc]);
+    let cl0 = lb.netns().unwrap().ifindex(CLIENT_SIDE_DEV);
+    lb.dp.maps.set_vlan_egress(cl0, 1, 100).unwrap();
     let mut syn = from_client(CLIENT4, VIP4, tcp(40001, 80, SYN));
     syn.vlan = Some(100);
-    round_trip(&lb, &svc, &syn, &with_flags(&syn, ACK));
+    round_trip_with(&lb, &svc, &syn, &with_flags(&syn, ACK), XDP_TX);
+}
+
+#[test]
+fn vlan_on_both_arms() {
+    // Two-arm: clients on VLAN 100 (the FIB's egress `cl0` recorded as VLAN 100 on the
+    // ingress NIC), backends on VLAN 200 of another NIC (their hop is a VLAN device, index
+    // 77, on parent 9). Every frame leaves with the tag of the side it goes to, whatever tag
+    // it came with: rewritten, pushed or popped.
+    let mut svc = pool4(PROTO_TCP);
+    for b in &mut svc.backends {
+        b.backend.hop.ifindex = 77;
+    }
+    let mut lb = setup(&[&svc]);
+    let cl0 = lb.netns().unwrap().ifindex(CLIENT_SIDE_DEV);
+    lb.dp.maps.set_vlan_egress(77, 9, 200).unwrap();
+    for (client_tag, client_side) in [(Some(100), Some(100)), (None, None), (Some(100), None), (None, Some(100))] {
+        match client_side {
+            Some(id) => lb.dp.maps.set_vlan_egress(cl0, 1, id).unwrap(),
+            None => lb.dp.maps.set_vlan_egress(cl0, 0, 0).unwrap(),
+        }
+        let mut syn = from_client(CLIENT4, VIP4, tcp(40100 + client_tag.unwrap_or(0), 80, SYN));
+        syn.vlan = client_tag;
+        let chosen = lb.ring_choice(&svc, &flow_key(&syn));
+        let (bip, bport) = backend_endpoint(&svc, chosen);
+        let run = lb.run(&syn.bytes());
+        let mut want = to_endpoint(&syn, bip, bport, backend_mac(chosen), LB_MAC);
+        want.vlan = Some(200);
+        assert_eq!(run.action, XDP_REDIRECT, "to the backends' NIC");
+        assert_eq!(run.out, want.bytes(), "client tag {client_tag:?}: the backend side's tag 200");
+        verify_checksums(&run.out).unwrap();
+
+        let mut reply = reply_of(&syn, chosen, bip, bport);
+        reply.vlan = Some(200);
+        let run = lb.run(&reply.bytes());
+        let mut want = translated(&reply, &syn);
+        want.vlan = client_side;
+        let action = if client_side.is_some() { XDP_TX } else { XDP_REDIRECT };
+        assert_eq!(run.action, action, "client side {client_side:?}");
+        assert_eq!(run.out, want.bytes(), "client side {client_side:?}: the reply carries its tag");
+        verify_checksums(&run.out).unwrap();
+        assert_eq!(run.counted, vec![(Reason::ReplyToClient, 1)]);
+    }
 }
 
 /// Runs `frame` and expects it passed to the kernel unchanged, counted once under `reason`.

@@ -80,6 +80,11 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         tracing::info!(interface = %iface, mode = %used, "XDP program attached");
         interfaces.push((iface.clone(), used));
     }
+    // XDP sends through a VLAN device's parent: the data path tags frames for it.
+    for vlan in neighbours::vlan_devices(&config.global.interfaces) {
+        dp.maps.set_vlan_egress(vlan.ifindex, vlan.parent, vlan.vlan_id)?;
+        tracing::info!(ifindex = vlan.ifindex, parent = vlan.parent, vlan = vlan.vlan_id, "VLAN device on an XDP interface");
+    }
     let (runtime, changes) = Runtime::new(&config).map_err(|e| anyhow!("{e}"))?;
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let announce_on = config.global.interfaces[0].clone();

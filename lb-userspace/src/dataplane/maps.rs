@@ -18,6 +18,7 @@ pub struct Maps {
     half_open: HashMap<MapData, FlowKey, Flow>,
     replies: HashMap<MapData, BackendKey, ReplyTarget>,
     vip_addrs: HashMap<MapData, VipKey, u32>,
+    iface_vlans: Array<MapData, VlanEgress>,
     reasons: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, Traffic>,
     backend_stats: PerCpuArray<MapData, Traffic>,
@@ -61,6 +62,7 @@ impl Maps {
             half_open: take(ebpf, MAP_HALF_OPEN)?.try_into()?,
             replies: take(ebpf, MAP_REPLIES)?.try_into()?,
             vip_addrs: take(ebpf, MAP_VIP_ADDRS)?.try_into()?,
+            iface_vlans: take(ebpf, MAP_IFACE_VLANS)?.try_into()?,
             reasons: take(ebpf, MAP_REASONS)?.try_into()?,
             vip_stats: take(ebpf, MAP_VIP_STATS)?.try_into()?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?.try_into()?,
@@ -221,6 +223,21 @@ impl Maps {
             }
         }
         Ok(())
+    }
+
+    /// Records that interface `ifindex` is VLAN `vlan_id` on `parent` (or, with `parent` 0,
+    /// that it is not a VLAN device). Indices from [`lb_common::limits::IFACE_VLAN_CAPACITY`]
+    /// on cannot be recorded.
+    pub fn set_vlan_egress(&mut self, ifindex: u32, parent: u32, vlan_id: u16) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            ifindex < lb_common::limits::IFACE_VLAN_CAPACITY,
+            "interface index {ifindex} is beyond the VLAN table ({} entries)",
+            lb_common::limits::IFACE_VLAN_CAPACITY
+        );
+        anyhow::ensure!(vlan_id < 4096, "VLAN id {vlan_id} is above 4095");
+        self.iface_vlans
+            .set(ifindex, VlanEgress { parent, vlan_id, pad: 0 }, 0)
+            .with_context(|| format!("writing the VLAN of interface {ifindex}"))
     }
 
     /// The reply translation of a backend endpoint, if any.
