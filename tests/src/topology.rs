@@ -11,6 +11,18 @@
 //! interfaces the XDP program sends from get GRO (so redirected frames are received) and the
 //! senders get checksum offload off (so TCP survives redirection). Everything created is
 //! removed when the [`Lab`] is dropped, also on panic.
+//!
+//! [`Lab::create_with_router`] puts a router namespace between the client and the load
+//! balancer (for path MTU discovery tests): the client gets its own subnet behind the router,
+//! and the router's client-facing interface can have a smaller MTU than the client's.
+//!
+//! ```text
+//!  client ns              router ns                             load balancer ns
+//!  c0 10.0.2.2  ──────  rc 10.0.2.1 (MTU m)   rl 10.0.1.2  ──────  lbc 10.0.1.1  ...
+//!     fd00:2::2            fd00:2::1              fd00:1::2            fd00:1::1
+//! ```
+//! The router forwards both families and routes everything else through the load balancer,
+//! which routes the client's subnet (10.0.2.0/24, fd00:2::/64) through the router.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -25,6 +37,15 @@ use anyhow::{Context as _, bail};
 
 /// The load balancer's client-side interface.
 pub const LB_CLIENT_IFACE: &str = "lbc";
+
+/// With a router ([`Lab::create_with_router`]): the router's client-facing interface.
+pub const ROUTER_CLIENT_IFACE: &str = "rc";
+/// With a router: the router's interface towards the load balancer.
+pub const ROUTER_LB_IFACE: &str = "rl";
+/// With a router: the client's IPv4 address (in 10.0.2.0/24, behind the router).
+pub const ROUTED_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// With a router: the client's IPv6 address (in fd00:2::/64, behind the router).
+pub const ROUTED_CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 2);
 
 /// One backend host.
 #[derive(Debug)]
@@ -47,6 +68,9 @@ pub struct BackendHost {
 pub struct Lab {
     /// The client's namespace.
     pub client_ns: String,
+    /// The router's namespace, between the client and the load balancer (only in a lab made
+    /// by [`Lab::create_with_router`]).
+    pub router_ns: Option<String>,
     /// The load balancer's namespace.
     pub lb_ns: String,
     /// The backends.
@@ -77,9 +101,22 @@ impl Lab {
     /// Creates the topology with `backends` backend hosts. `backend_bin` is the
     /// `lb-test-backend` server binary.
     pub fn create(backends: usize, backend_bin: &Path) -> anyhow::Result<Lab> {
+        Lab::build(backends, backend_bin, None)
+    }
+
+    /// Creates the topology with a router namespace between the client and the load balancer
+    /// (see the module documentation). The router's client-facing interface (`rc`) gets MTU
+    /// `router_client_mtu`; the client's end (`c0`) keeps 1500, so the client announces the
+    /// larger MSS and packets towards it must shrink at the router (path MTU discovery).
+    pub fn create_with_router(backends: usize, backend_bin: &Path, router_client_mtu: u32) -> anyhow::Result<Lab> {
+        Lab::build(backends, backend_bin, Some(router_client_mtu))
+    }
+
+    fn build(backends: usize, backend_bin: &Path, router_client_mtu: Option<u32>) -> anyhow::Result<Lab> {
         let id = format!("{}-{}", std::process::id(), LABS.fetch_add(1, Ordering::Relaxed));
         let mut lab = Lab {
             client_ns: format!("lbt-{id}-c"),
+            router_ns: router_client_mtu.map(|_| format!("lbt-{id}-r")),
             lb_ns: format!("lbt-{id}-lb"),
             backends: Vec::new(),
             namespaces: Vec::new(),
@@ -91,10 +128,15 @@ impl Lab {
         }
         let lb = lab.lb_ns.clone();
         lab.ns_run(&lb, &["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
-        lab.link(LB_CLIENT_IFACE, &lab.client_ns.clone(), "c0", "10.0.1.1/24", "fd00:1::1/64", "10.0.1.2/24", "fd00:1::2/64")?;
-        let client = lab.client_ns.clone();
-        lab.ns_run(&client, &["ip", "route", "add", "default", "via", "10.0.1.1"])?;
-        lab.ns_run(&client, &["ip", "-6", "route", "add", "default", "via", "fd00:1::1"])?;
+        match (lab.router_ns.clone(), router_client_mtu) {
+            (Some(router), Some(mtu)) => lab.add_router(&router, mtu)?,
+            _ => {
+                lab.link(LB_CLIENT_IFACE, &lab.client_ns.clone(), "c0", "10.0.1.1/24", "fd00:1::1/64", "10.0.1.2/24", "fd00:1::2/64")?;
+                let client = lab.client_ns.clone();
+                lab.ns_run(&client, &["ip", "route", "add", "default", "via", "10.0.1.1"])?;
+                lab.ns_run(&client, &["ip", "-6", "route", "add", "default", "via", "fd00:1::1"])?;
+            }
+        }
         for k in 1..=backends {
             let name = format!("b{k}");
             let ns = format!("lbt-{id}-{name}");
@@ -122,6 +164,44 @@ impl Lab {
             });
         }
         Ok(lab)
+    }
+
+    /// The router between the client and the load balancer: `rl` faces the load balancer
+    /// (where `c0` would be without a router), `rc` faces the client with MTU `mtu`.
+    fn add_router(&mut self, router: &str, mtu: u32) -> anyhow::Result<()> {
+        self.add_ns(router)?;
+        self.ns_run(router, &["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
+        // The load balancer's side, as the client's link is without a router: GRO on `rl`
+        // (the XDP program redirects frames to it), checksum offload off on both ends.
+        self.link(LB_CLIENT_IFACE, router, ROUTER_LB_IFACE, "10.0.1.1/24", "fd00:1::1/64", "10.0.1.2/24", "fd00:1::2/64")?;
+        let client = self.client_ns.clone();
+        self.ns_run(router, &[
+            "ip", "link", "add", ROUTER_CLIENT_IFACE, "numtxqueues", "2", "numrxqueues", "2", "type", "veth", "peer", "name", "c0",
+            "netns", &client, "numtxqueues", "2", "numrxqueues", "2",
+        ])?;
+        self.ns_run(router, &["ip", "link", "set", ROUTER_CLIENT_IFACE, "mtu", &mtu.to_string()])?;
+        self.ns_run(router, &["ip", "addr", "add", "10.0.2.1/24", "dev", ROUTER_CLIENT_IFACE])?;
+        self.ns_run(router, &["ip", "addr", "add", "fd00:2::1/64", "dev", ROUTER_CLIENT_IFACE, "nodad"])?;
+        self.ns_run(router, &["ip", "link", "set", ROUTER_CLIENT_IFACE, "up"])?;
+        self.ns_run(router, &["ethtool", "-K", ROUTER_CLIENT_IFACE, "tx", "off"])?;
+        self.ns_run(&client, &["ip", "addr", "add", &format!("{ROUTED_CLIENT_V4}/24"), "dev", "c0"])?;
+        self.ns_run(&client, &["ip", "addr", "add", &format!("{ROUTED_CLIENT_V6}/64"), "dev", "c0", "nodad"])?;
+        self.ns_run(&client, &["ip", "link", "set", "c0", "up"])?;
+        // The client's packets are forwarded by the router and then redirected by the XDP
+        // program: they must carry full checksums from the start.
+        self.ns_run(&client, &["ethtool", "-K", "c0", "gro", "on", "tx", "off"])?;
+        self.ns_run(&client, &["ip", "route", "add", "default", "via", "10.0.2.1"])?;
+        self.ns_run(&client, &["ip", "-6", "route", "add", "default", "via", "fd00:2::1"])?;
+        self.ns_run(router, &["ip", "route", "add", "default", "via", "10.0.1.1"])?;
+        self.ns_run(router, &["ip", "-6", "route", "add", "default", "via", "fd00:1::1"])?;
+        let lb = self.lb_ns.clone();
+        self.ns_run(&lb, &["ip", "route", "add", "10.0.2.0/24", "via", "10.0.1.2"])?;
+        self.ns_run(&lb, &["ip", "-6", "route", "add", "fd00:2::/64", "via", "fd00:1::2"])?;
+        // The data path sends replies by the FIB, which needs the router's neighbour entry:
+        // resolve it now rather than wait for the router to announce itself.
+        self.ns_run(&lb, &["ping", "-c", "1", "-W", "2", "10.0.1.2"])?;
+        self.ns_run(&lb, &["ping", "-c", "1", "-W", "2", "fd00:1::2"])?;
+        Ok(())
     }
 
     fn add_ns(&mut self, ns: &str) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! A backend server for the lab and the end-to-end tests: HTTP/1.1 (keep-alive) answering
 //! `/` with its name and `/health` with 200 (or 500 after `/fail`, 200 again after `/recover`),
-//! and a UDP echo that prefixes replies with its name.
+//! `/bytes/N` with a body of N bytes (at most 64 MiB; byte i is `b'a' + i % 26`, for large
+//! downloads), and a UDP echo that prefixes replies with its name.
 //!
 //! Usage: lb-test-backend NAME TCP_LISTEN [UDP_LISTEN]   e.g. `b1 0.0.0.0:8080 0.0.0.0:5353`
 
@@ -17,6 +18,28 @@ use std::{
 
 /// Longest a connection may stay idle before the server closes it.
 const IDLE: Duration = Duration::from_secs(120);
+
+/// Largest body `/bytes/N` serves.
+const MAX_BYTES: usize = 64 << 20;
+
+/// Byte `i` of a `/bytes/N` body.
+fn body_byte(i: usize) -> u8 {
+    b'a' + (i % 26) as u8
+}
+
+/// Answers `/bytes/N`: N bytes of [`body_byte`], written in chunks of about 64 KiB.
+fn respond_bytes(stream: &mut TcpStream, n: usize) -> std::io::Result<()> {
+    write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\n\r\n")?;
+    let chunk: Vec<u8> = (0..64 * 26 * 40).map(body_byte).collect();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len());
+        // Every chunk starts at a multiple of 26, so the pattern runs on across chunks.
+        stream.write_all(&chunk[..k])?;
+        left -= k;
+    }
+    Ok(())
+}
 
 fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
     write!(
@@ -47,14 +70,16 @@ fn serve(stream: TcpStream, name: &str, healthy: &AtomicBool) -> std::io::Result
             close |= header.to_ascii_lowercase().starts_with("connection: close");
         }
         let path = request.split_whitespace().nth(1).unwrap_or("/");
-        match path {
-            "/health" if healthy.load(Ordering::Relaxed) => respond(&mut writer, "200 OK", "ok\n")?,
-            "/health" => respond(&mut writer, "500 Internal Server Error", "failing\n")?,
-            "/fail" => {
+        let bytes = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()).filter(|&n| n <= MAX_BYTES);
+        match (bytes, path) {
+            (Some(n), _) => respond_bytes(&mut writer, n)?,
+            (None, "/health") if healthy.load(Ordering::Relaxed) => respond(&mut writer, "200 OK", "ok\n")?,
+            (None, "/health") => respond(&mut writer, "500 Internal Server Error", "failing\n")?,
+            (None, "/fail") => {
                 healthy.store(false, Ordering::Relaxed);
                 respond(&mut writer, "200 OK", "health now fails\n")?
             }
-            "/recover" => {
+            (None, "/recover") => {
                 healthy.store(true, Ordering::Relaxed);
                 respond(&mut writer, "200 OK", "health now passes\n")?
             }
