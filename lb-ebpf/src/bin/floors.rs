@@ -8,6 +8,8 @@
 //!   into `FLOOR_CONNS`, an LRU hash the loader sizes like the `CONNS` it is compared with, swaps
 //!   the MACs and returns XDP_TX (XDP_ABORTED if the insert fails) — one LRU insert, the least
 //!   any connection table can cost per new flow;
+//! - `floor_insert_percpu`: the same into `FLOOR_CONNS_PERCPU`, an LRU hash with per-CPU LRU
+//!   lists (BPF_F_NO_COMMON_LRU) — the per-CPU table measured against the shared one;
 //! - `floor_redirect`: redirects every frame to the interface `FLOOR_IFINDEX` — the bare
 //!   forwarder, the ceiling of the throughput benchmark;
 //! - `gen_frames`: the packet generator run in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES):
@@ -26,7 +28,7 @@ fn main() {}
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        bindings::xdp_action,
+        bindings::{BPF_F_NO_COMMON_LRU, xdp_action},
         helpers::bpf_redirect,
         macros::{map, xdp},
         maps::{Array, LruHashMap, PerCpuArray},
@@ -67,7 +69,17 @@ mod programs {
     #[map]
     static FLOOR_CONNS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(FLOOR_CONNS_DEFAULT, 0);
 
-    /// Entries of `FLOOR_CONNS` unless the loader sets another size.
+    /// The connection table of `floor_insert_percpu`: `FLOOR_CONNS` with per-CPU LRU lists
+    /// (BPF_F_NO_COMMON_LRU) instead of one shared list. The kernel splits the preallocated
+    /// entries evenly between the possible CPUs' free lists, and an insert takes from and
+    /// evicts within its own CPU's list only, so one CPU holds at most capacity / CPUs entries
+    /// (the kernel rounds the capacity up to a multiple of the CPUs). Resized like
+    /// `FLOOR_CONNS`.
+    #[map]
+    static FLOOR_CONNS_PERCPU: LruHashMap<FlowKey, Flow> =
+        LruHashMap::with_max_entries(FLOOR_CONNS_DEFAULT, BPF_F_NO_COMMON_LRU as u32);
+
+    /// Entries of `FLOOR_CONNS` and `FLOOR_CONNS_PERCPU` unless the loader sets another size.
     const FLOOR_CONNS_DEFAULT: u32 = 1024;
 
     #[inline(always)]
@@ -98,8 +110,25 @@ mod programs {
         xdp_action::XDP_TX
     }
 
+    /// One LRU insert into the shared table `FLOOR_CONNS` (one LRU list for all CPUs), then
+    /// the MAC swap and XDP_TX; XDP_ABORTED if the insert fails.
     #[xdp]
     pub fn floor_insert(ctx: XdpContext) -> u32 {
+        insert_flow(&ctx, &FLOOR_CONNS)
+    }
+
+    /// One LRU insert into `FLOOR_CONNS_PERCPU` (per-CPU LRU lists), then the MAC swap and
+    /// XDP_TX; XDP_ABORTED if the insert fails. Otherwise the same program as `floor_insert`.
+    #[xdp]
+    pub fn floor_insert_percpu(ctx: XdpContext) -> u32 {
+        insert_flow(&ctx, &FLOOR_CONNS_PERCPU)
+    }
+
+    /// The body of the insert floors: builds the `FlowKey` of the frame's IPv4 addresses,
+    /// ports and protocol, inserts it with a constant `Flow` into `conns`, swaps the MACs and
+    /// returns XDP_TX (XDP_ABORTED if the insert fails, XDP_PASS for a frame too short).
+    #[inline(always)]
+    fn insert_flow(ctx: &XdpContext, conns: &LruHashMap<FlowKey, Flow>) -> u32 {
         // Ethernet (14), IPv4 without options (20), the ports (4).
         const IP: usize = 14;
         const L4: usize = IP + 20;
@@ -123,7 +152,7 @@ mod programs {
                 pad: [0; 2],
             };
             let flow = Flow { backend_id: 1, backend_gen: 1, vip_id: 1, deadline: 0, idle_secs: 0, state: 0, pad: 0 };
-            if FLOOR_CONNS.insert(&key, &flow, 0).is_err() {
+            if conns.insert(&key, &flow, 0).is_err() {
                 return xdp_action::XDP_ABORTED;
             }
             let eth = p as *mut [u8; 6];

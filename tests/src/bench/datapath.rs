@@ -10,7 +10,9 @@
 //! nanoseconds over its floor: the floor absorbs the test-run machinery (timer reads, context
 //! set-up) that a NIC driver does not pay. The floors are XDP_PASS, a MAC swap with XDP_TX,
 //! and `floor_insert`: one LRU insert of the connection table's key and value into a table of
-//! the same size as `CONNS`, then the MAC swap and XDP_TX.
+//! the same size as `CONNS`, then the MAC swap and XDP_TX. `floor_insert_percpu` is the same
+//! insert into a table of the same size with per-CPU LRU lists (BPF_F_NO_COMMON_LRU) instead
+//! of one shared list: the per-CPU alternative to the shared table, measured beside it.
 //!
 //! A TCP SYN of a Maglev VIP inserts nothing; the flow's next packet inserts its entry. A new
 //! TCP flow is therefore timed as its SYN and its first ACK together (two runs, one figure per
@@ -139,11 +141,23 @@ enum Prog {
     Lb,
     /// The data path with the full connection table.
     LbFull,
-    /// A floor program of the object whose `FLOOR_CONNS` is as big as the empty table.
+    /// A floor program of the object whose insert floors' tables are as big as the empty table.
     Floor(&'static str),
-    /// `floor_insert` of the object whose `FLOOR_CONNS` is as big as the full table.
-    FloorFull,
+    /// An insert floor of the object whose insert floors' tables are as big as the full table.
+    FloorFull(&'static str),
 }
+
+/// An insert floor: its program and the table it inserts into.
+#[derive(Clone, Copy, Debug)]
+struct InsertFloor {
+    prog: &'static str,
+    map: &'static str,
+}
+
+/// One LRU insert into a table with one LRU list shared by all CPUs (as `CONNS`).
+const SHARED_LRU: InsertFloor = InsertFloor { prog: "floor_insert", map: "FLOOR_CONNS" };
+/// One LRU insert into a table with per-CPU LRU lists (BPF_F_NO_COMMON_LRU).
+const PERCPU_LRU: InsertFloor = InsertFloor { prog: "floor_insert_percpu", map: "FLOOR_CONNS_PERCPU" };
 
 /// Where a path's input frames come from.
 enum Frames {
@@ -305,19 +319,21 @@ fn check_floor(prog: &Xdp, name: &str, frame: &[u8], action: u32) -> anyhow::Res
     Ok(())
 }
 
-/// Checks `floor_insert` on a fresh key: MACs swapped, XDP_TX, and the key in its table.
-fn check_floor_insert(floors: &Ebpf, name: &str, n: u64) -> anyhow::Result<()> {
+/// Checks an insert floor on a fresh key: MACs swapped, XDP_TX, and the key in its table.
+fn check_floor_insert(floors: &Ebpf, floor: InsertFloor, name: &str, n: u64) -> anyhow::Result<()> {
     let frame = fresh_key(n).remove(0);
-    check_floor(floor_program(floors, "floor_insert")?, name, &frame.bytes(), XDP_TX)?;
-    let map: BpfHashMap<_, FlowKey, Flow> = BpfHashMap::try_from(floors.map("FLOOR_CONNS").context("no map FLOOR_CONNS")?)?;
+    check_floor(floor_program(floors, floor.prog)?, name, &frame.bytes(), XDP_TX)?;
+    let map: BpfHashMap<_, FlowKey, Flow> =
+        BpfHashMap::try_from(floors.map(floor.map).with_context(|| format!("no map {}", floor.map))?)?;
     let entry = map.get(&flow_key(&frame), 0).with_context(|| format!("{name}: the key was not inserted"))?;
     ensure!(entry.backend_id == 1, "{name}: entry {entry:?}");
     Ok(())
 }
 
-/// Entries in `floor_insert`'s table.
-fn floor_entries(floors: &Ebpf) -> anyhow::Result<usize> {
-    let map: BpfHashMap<_, FlowKey, Flow> = BpfHashMap::try_from(floors.map("FLOOR_CONNS").context("no map FLOOR_CONNS")?)?;
+/// Entries in an insert floor's table.
+fn floor_entries(floors: &Ebpf, floor: InsertFloor) -> anyhow::Result<usize> {
+    let map: BpfHashMap<_, FlowKey, Flow> =
+        BpfHashMap::try_from(floors.map(floor.map).with_context(|| format!("no map {}", floor.map))?)?;
     Ok(map.keys().filter(Result::is_ok).count())
 }
 
@@ -362,7 +378,7 @@ impl Programs {
             Prog::Lb => Ok(self.lb.dp.program()),
             Prog::LbFull => Ok(self.full.as_ref().context("the full-table data path is not loaded")?.dp.program()),
             Prog::Floor(name) => floor_program(&self.floors, name),
-            Prog::FloorFull => floor_program(self.floors_full.as_ref().context("the full-table floor is not loaded")?, "floor_insert"),
+            Prog::FloorFull(name) => floor_program(self.floors_full.as_ref().context("the full-table floors are not loaded")?, name),
         }
     }
 }
@@ -371,10 +387,12 @@ fn floor_program<'a>(floors: &'a Ebpf, name: &str) -> anyhow::Result<&'a Xdp> {
     floors.program(name).and_then(|p| p.try_into().ok()).with_context(|| format!("no program {name}"))
 }
 
-/// Loads the floor programs `names` with `floor_insert`'s table sized `conn_capacity`.
+/// Loads the floor programs `names` with the insert floors' tables (shared and per-CPU LRU)
+/// sized `conn_capacity`.
 fn load_floors(conn_capacity: u32, names: &[&str]) -> anyhow::Result<Ebpf> {
     let mut floors = EbpfLoader::new()
-        .map_max_entries("FLOOR_CONNS", conn_capacity)
+        .map_max_entries(SHARED_LRU.map, conn_capacity)
+        .map_max_entries(PERCPU_LRU.map, conn_capacity)
         .load(FLOORS)
         .context("loading the floor programs' object")?;
     for name in names {
@@ -451,7 +469,7 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         Ok(lb)
     };
     let lb = load_lb(conn_empty)?;
-    let floors = load_floors(conn_empty, &["floor_pass", "floor_tx", "floor_insert"])?;
+    let floors = load_floors(conn_empty, &["floor_pass", "floor_tx", SHARED_LRU.prog, PERCPU_LRU.prog])?;
 
     // Check every path once, exactly, and set up the tracked flows.
     check_new_tcp_flow(&lb, "TCP new flow", &tcp, &fresh_tcp_flow(CHECK_FLOW))?;
@@ -506,11 +524,15 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
     }
     check_floor(floor_program(&floors, "floor_pass")?, "floor_pass", &nv, XDP_PASS)?;
     check_floor(floor_program(&floors, "floor_tx")?, "floor_tx", &tcp_est[0], XDP_TX)?;
-    check_floor_insert(&floors, "floor_insert", CHECK_FLOW)?;
+    check_floor_insert(&floors, SHARED_LRU, "floor_insert", CHECK_FLOW)?;
+    check_floor_insert(&floors, PERCPU_LRU, "floor_insert_percpu", CHECK_FLOW)?;
 
     // The full table: filled beyond its capacity (the LRU has begun to evict) by SYN + ACK
-    // pairs, and the floor's table by its own inserts, before anything is timed.
+    // pairs, and the floors' tables by their own inserts, before anything is timed. The
+    // per-CPU LRU splits its entries between the possible CPUs' free lists and this thread
+    // inserts from one CPU only, so its table evicts from capacity / CPUs entries on.
     let prefill = conn_full as u64 + conn_full as u64 / 4;
+    let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("{path}: {e}"))?;
     let (full, floors_full, full_entries) = if with_full {
         let full = load_lb(conn_full)?;
         fill(full.dp.program(), "filling the full table", fresh_tcp_flow, PREFILL_BASE, prefill, XDP_TX)?;
@@ -520,15 +542,25 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
             "the full table holds {entries} of {conn_full} entries after {prefill} flows"
         );
         check_new_tcp_flow(&full, "TCP new flow, full table", &tcp, &fresh_tcp_flow(CHECK_FLOW))?;
-        let floors_full = load_floors(conn_full, &["floor_insert"])?;
-        fill(floor_program(&floors_full, "floor_insert")?, "filling floor_insert's full table", fresh_key, PREFILL_BASE, prefill, XDP_TX)?;
-        check_floor_insert(&floors_full, "floor_insert, full table", CHECK_FLOW)?;
-        let floor_entries = floor_entries(&floors_full)?;
+        let floors_full = load_floors(conn_full, &[SHARED_LRU.prog, PERCPU_LRU.prog])?;
+        for floor in [SHARED_LRU, PERCPU_LRU] {
+            let what = format!("filling {}'s full table", floor.prog);
+            fill(floor_program(&floors_full, floor.prog)?, &what, fresh_key, PREFILL_BASE, prefill, XDP_TX)?;
+            check_floor_insert(&floors_full, floor, &format!("{}, full table", floor.prog), CHECK_FLOW)?;
+        }
+        let shared_entries = floor_entries(&floors_full, SHARED_LRU)?;
         ensure!(
-            floor_entries <= conn_full as usize && floor_entries >= conn_full as usize * 15 / 16,
-            "floor_insert's full table holds {floor_entries} of {conn_full} entries"
+            shared_entries <= conn_full as usize && shared_entries >= conn_full as usize * 15 / 16,
+            "floor_insert's full table holds {shared_entries} of {conn_full} entries"
         );
-        (Some(full), Some(floors_full), Some((entries, floor_entries)))
+        // One CPU's share of the (rounded-up) capacity, or more if the kernel does not split it.
+        let percpu_entries = floor_entries(&floors_full, PERCPU_LRU)?;
+        let share = (conn_full as usize).div_ceil(cpus);
+        ensure!(
+            percpu_entries <= conn_full as usize && percpu_entries >= share * 15 / 16,
+            "floor_insert_percpu's full table holds {percpu_entries} of {conn_full} entries ({share} per CPU)"
+        );
+        (Some(full), Some(floors_full), Some((entries, shared_entries, percpu_entries)))
     } else {
         (None, None, None)
     };
@@ -561,7 +593,9 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         path("floor_pass", "floor: return XDP_PASS", Kind::Floor, Prog::Floor("floor_pass"), &[], XDP_PASS, pool(&nv)),
         path("floor_tx", "floor: swap MACs, XDP_TX", Kind::Floor, Prog::Floor("floor_tx"), &[], XDP_TX, pool(&tcp_est[0])),
         path("floor_insert", "floor: one LRU insert (40-byte key, 16-byte value), empty table, XDP_TX", Kind::Floor, Prog::Floor("floor_insert"), &[], XDP_TX, Frames::Fresh(fresh_key)),
-        path("floor_insert_full", "floor: one LRU insert, full evicting table, XDP_TX", Kind::Floor, Prog::FloorFull, &[], XDP_TX, Frames::Fresh(fresh_key)),
+        path("floor_insert_full", "floor: one LRU insert, full evicting table, XDP_TX", Kind::Floor, Prog::FloorFull(SHARED_LRU.prog), &[], XDP_TX, Frames::Fresh(fresh_key)),
+        path("floor_insert_percpu", "floor: one LRU insert, per-CPU LRU lists, empty table, XDP_TX", Kind::Floor, Prog::Floor(PERCPU_LRU.prog), &[], XDP_TX, Frames::Fresh(fresh_key)),
+        path("floor_insert_percpu_full", "floor: one LRU insert, per-CPU LRU lists, full evicting table, XDP_TX", Kind::Floor, Prog::FloorFull(PERCPU_LRU.prog), &[], XDP_TX, Frames::Fresh(fresh_key)),
         path("tcp_new", empty_what, Kind::New, Prog::Lb, &["floor_insert", "floor_tx"], XDP_TX, Frames::Fresh(fresh_tcp_flow)),
         path("tcp_new_full", full_what, Kind::New, Prog::LbFull, &["floor_insert_full", "floor_tx"], XDP_TX, Frames::Fresh(fresh_tcp_flow)),
         path("tcp_established", "TCP established, one hot flow", Kind::Established, Prog::Lb, TX, XDP_TX, pool(&tcp_est[0])),
@@ -574,7 +608,7 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         path("not_tcp_udp", "breakdown: ICMP (parse IP, count, pass)", Kind::Breakdown, Prog::Lb, PASS, XDP_PASS, Frames::Pool(vec![icmp])),
         path("not_ip", "breakdown: ARP (parse Ethernet, count, pass)", Kind::Breakdown, Prog::Lb, PASS, XDP_PASS, Frames::Pool(vec![arp])),
     ];
-    paths.retain(|p| if p.kind == Kind::Floor { with_full || p.prog != Prog::FloorFull } else { wanted(p.name) });
+    paths.retain(|p| if p.kind == Kind::Floor { with_full || !matches!(p.prog, Prog::FloorFull(_)) } else { wanted(p.name) });
     let programs = Programs { lb, full, floors, floors_full };
 
     // Warm-up, then the sets, each path's runs in a block, the order rotated every set.
@@ -623,6 +657,16 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
     if let Some(full) = &programs.full {
         let entries = full.dp.maps.conn_count();
         ensure!(entries <= conn_full as usize, "the full table holds {entries} entries, over its capacity {conn_full}");
+    }
+    // Nor of the empty insert floors' tables: the checked key and every timed one are there.
+    for floor in [SHARED_LRU, PERCPU_LRU] {
+        let entries = floor_entries(&programs.floors, floor)?;
+        let inserted = 1 + fresh_of(floor.prog);
+        ensure!(
+            entries == inserted,
+            "{}'s empty table holds {entries} entries, not {inserted}: entries were evicted or not inserted",
+            floor.prog
+        );
     }
 
     // Results.
@@ -719,7 +763,13 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
     table.note(format!(
         "new flows: a fresh 5-tuple every flow ({} new flows in all); empty table: {conn_empty} entries, none evicted (checked); full table: {conn_full} entries, filled with {prefill} SYN + ACK flows before timing (floor: {prefill} inserts), so every insert evicts{}; one hot flow: its entry stays in the caches, as in the usual test-run micro-benchmarks; \"in turn\": {pool_size} tracked flows, so each run touches entries other runs have pushed out of the caches and TLB; replies leave by XDP_REDIRECT after a FIB lookup in the benchmark's namespace; configuration: 1 VIP address, TCP and UDP services with 8 backends each, 65,537-slot Maglev rings, resolved next hops",
         paths.iter().filter(|p| p.kind != Kind::Floor).map(|p| p.next).sum::<u64>(),
-        full_entries.map(|(a, b)| format!(" ({a} and {b} entries after filling)")).unwrap_or_default(),
+        full_entries.map(|(a, b, _)| format!(" ({a} and {b} entries after filling)")).unwrap_or_default(),
+    ));
+    table.note(format!(
+        "per-CPU LRU lists (BPF_F_NO_COMMON_LRU, {cpus} possible CPUs): the tables have the same capacities, but the kernel splits the entries between the CPUs' free lists and an insert takes from and evicts within its own CPU's list, so the timing thread, pinned to one CPU, has {} entries of the empty table and evicts in the full one from {} entries on{}",
+        (conn_empty as usize).div_ceil(cpus),
+        (conn_full as usize).div_ceil(cpus),
+        full_entries.map(|(_, _, c)| format!(" ({c} entries after the same {prefill} inserts)")).unwrap_or_default(),
     ));
     let get = |name: &str| paths.iter().find(|p| p.name == name).map(|p| Summary::of(&p.sets).median).unwrap_or(f64::NAN);
     let mut breakdown = Table::new("1b. Where the time goes (differences of medians, ns)", &["step", "ns"]);
@@ -730,6 +780,8 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         ("CONNS hit, BACKENDS, VIP_LIVE, NAT, counters, MACs (tcp_established − not_vip)", get("tcp_established") - get("not_vip")),
         ("one LRU insert, empty table (floor_insert − floor_tx)", get("floor_insert") - get("floor_tx")),
         ("one LRU insert, full evicting table (floor_insert_full − floor_tx)", get("floor_insert_full") - get("floor_tx")),
+        ("per-CPU LRU − shared LRU, empty (floor_insert_percpu − floor_insert)", get("floor_insert_percpu") - get("floor_insert")),
+        ("per-CPU LRU − shared LRU, full (floor_insert_percpu_full − floor_insert_full)", get("floor_insert_percpu_full") - get("floor_insert_full")),
         ("new TCP flow beyond two established packets: CONNS misses, VIPS, hash and RING twice, SYN_SEEN, one insert (tcp_new − 2 × tcp_established)", get("tcp_new") - 2.0 * get("tcp_established")),
         ("new TCP flow over floor_insert alone (the second packet's test-run set-up included: tcp_new − floor_insert)", get("tcp_new") - get("floor_insert")),
         ("full evicting table vs empty, new TCP flow (tcp_new_full − tcp_new)", get("tcp_new_full") - get("tcp_new")),
@@ -751,8 +803,10 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         "conn_capacity_empty": conn_empty,
         "conn_capacity_full": conn_full,
         "full_prefill_flows": with_full.then_some(prefill),
-        "full_entries_after_prefill": full_entries.map(|(a, _)| a),
-        "floor_full_entries_after_prefill": full_entries.map(|(_, b)| b),
+        "full_entries_after_prefill": full_entries.map(|(a, _, _)| a),
+        "floor_full_entries_after_prefill": full_entries.map(|(_, b, _)| b),
+        "floor_percpu_full_entries_after_prefill": full_entries.map(|(_, _, c)| c),
+        "possible_cpus": cpus,
         "paths": json_paths,
     });
     Ok((vec![table, breakdown], vec![chart, cold_chart], targets, json))
