@@ -181,7 +181,8 @@ fn measure_swaps(o: &Options) -> anyhow::Result<Vec<Swaps>> {
     let mut out = Vec::new();
     let mut first_id = 1u32;
     for (vip_id, n) in [(1u32, 8u32), (2, 100), (3, 1000)] {
-        let pool: Vec<(IpAddr, u16, u32)> = (1..=n).map(|i| (backend_addr(i), 8080, 1)).collect();
+        // A port per VIP: a backend endpoint serves one VIP.
+        let pool: Vec<(IpAddr, u16, u32)> = (1..=n).map(|i| (backend_addr(i), 8080 + vip_id as u16, 1)).collect();
         let vip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, vip_id as u8));
         let mut svc: Service = service(vip_id, vip, 80, PROTO_TCP, first_id, &pool);
         first_id += n;
