@@ -21,8 +21,9 @@ pub const MAP_CONNS: &str = "CONNS";
 pub const MAP_HALF_OPEN: &str = "HALF_OPEN";
 /// `REPLIES`: hash [`BackendKey`] → [`ReplyTarget`], one per backend endpoint.
 pub const MAP_REPLIES: &str = "REPLIES";
-/// `VIP_ADDRS`: hash [`VipKey`] with port and protocol 0 → number of VIPs on that address:
-/// packets from a VIP address are martians.
+/// `VIP_ADDRS`: hash [`VipKey`] with port and protocol 0 → [`VipAddress`], one per VIP
+/// address: packets from a VIP address are martians, and fragments to it are dropped unless
+/// a source-affinity VIP takes them.
 pub const MAP_VIP_ADDRS: &str = "VIP_ADDRS";
 /// `CLIENT_HOPS`: LRU hash [`VipKey`] with port and protocol 0 (a client's address) →
 /// [`CachedHop`]: the FIB's answer for replies to that client, reused for
@@ -254,6 +255,50 @@ pub struct ReplyTarget {
     pub backend_id: u32,
 }
 
+/// `VIP_ADDRS` value: for each protocol, the port of the VIP that takes the fragments sent to
+/// this address, or 0: their fragments are dropped.
+///
+/// A later fragment carries no port, so it can follow its first fragment only to a backend
+/// chosen from its source address alone: when the address has exactly one VIP of that
+/// protocol, and that VIP is a Maglev VIP with source affinity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipAddress {
+    /// Port of the TCP VIP that takes fragments.
+    pub tcp_fragments_port: u16,
+    /// Port of the UDP VIP that takes fragments.
+    pub udp_fragments_port: u16,
+}
+
+impl VipAddress {
+    /// The value for an address whose VIPs are `vips`, as (port, protocol, `VIP_FLAG_*`).
+    pub fn of<I: Iterator<Item = (u16, u8, u32)> + Clone>(vips: I) -> VipAddress {
+        let port_for = |proto: u8| {
+            let mut of_proto = vips.clone().filter(|v| v.1 == proto);
+            match (of_proto.next(), of_proto.next()) {
+                (Some((port, _, flags)), None)
+                    if flags & VIP_FLAG_HASH_SRC_ONLY != 0
+                        && flags & (VIP_FLAG_ROUND_ROBIN | VIP_FLAG_LEAST_CONN) == 0 =>
+                {
+                    port
+                }
+                _ => 0,
+            }
+        };
+        VipAddress { tcp_fragments_port: port_for(PROTO_TCP), udp_fragments_port: port_for(PROTO_UDP) }
+    }
+
+    /// The port of the VIP that takes fragments of protocol `proto`, or 0.
+    #[inline(always)]
+    pub fn fragments_port(&self, proto: u8) -> u16 {
+        match proto {
+            PROTO_TCP => self.tcp_fragments_port,
+            PROTO_UDP => self.udp_fragments_port,
+            _ => 0,
+        }
+    }
+}
+
 /// `CLIENT_HOPS` value: a next hop towards a client and the last second it may be used.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -320,6 +365,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::VlanEgress {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::VipAddress {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Traffic {}
 }
 
@@ -339,7 +386,20 @@ mod tests {
         assert_eq!(size_of::<ReplyTarget>(), 28);
         assert_eq!(size_of::<CachedHop>(), 24);
         assert_eq!(size_of::<VlanEgress>(), 8);
+        assert_eq!(size_of::<VipAddress>(), 4);
         assert_eq!(size_of::<Traffic>(), 24);
+    }
+
+    #[test]
+    fn fragments_go_to_the_only_source_affinity_vip_of_their_protocol() {
+        let src = VIP_FLAG_HASH_SRC_ONLY;
+        let a = VipAddress::of([(80, PROTO_TCP, src), (53, PROTO_UDP, 0)].into_iter());
+        assert_eq!((a.fragments_port(PROTO_TCP), a.fragments_port(PROTO_UDP), a.fragments_port(1)), (80, 0, 0));
+        let two = VipAddress::of([(80, PROTO_TCP, src), (81, PROTO_TCP, src)].into_iter());
+        assert_eq!(two.fragments_port(PROTO_TCP), 0, "a later fragment could belong to either");
+        let rr = VipAddress::of([(53, PROTO_UDP, src | VIP_FLAG_ROUND_ROBIN)].into_iter());
+        assert_eq!(rr.fragments_port(PROTO_UDP), 0, "round robin does not hash the source");
+        assert_eq!(VipAddress::of(core::iter::empty()), VipAddress::default());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use lb_common::{
         DEFAULT_VIP_CAPACITY, SYN_SEEN_WORDS, ring_map_entries,
     },
     maps::{
-        Addr, Backend, BackendKey, CachedHop, VlanEgress, ENDPOINT_FILTER_WORDS, Flow, FlowKey, ReplyTarget, Traffic, VipKey,
+        Addr, Backend, BackendKey, CachedHop, VipAddress, VlanEgress, ENDPOINT_FILTER_WORDS, Flow, FlowKey, ReplyTarget, Traffic, VipKey,
         VipMeta,
     },
 };
@@ -58,9 +58,10 @@ pub static CLIENT_HOPS: LruHashMap<VipKey, CachedHop> = LruHashMap::with_max_ent
 #[map]
 pub static IFACE_VLANS: Array<VlanEgress> = Array::with_max_entries(IFACE_VLAN_CAPACITY, 0);
 
-/// VIP addresses (port and protocol 0): sources no client can have.
+/// VIP addresses (port and protocol 0): sources no client can have, and which VIP takes their
+/// fragments.
 #[map]
-pub static VIP_ADDRS: HashMap<VipKey, u32> = HashMap::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
+pub static VIP_ADDRS: HashMap<VipKey, VipAddress> = HashMap::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
 
 /// Flow-hash buckets of SYNs scheduled without an entry (`lb_common::maps::MAP_SYN_SEEN`).
 #[map]
@@ -100,6 +101,14 @@ pub static VIP_LIVE: Array<u64> = Array::with_max_entries(DEFAULT_VIP_CAPACITY, 
 pub fn is_vip_address(addr: &Addr, family: u8) -> bool {
     let key = VipKey { addr: *addr, port: 0, proto: 0, family };
     VIP_ADDRS.get_ptr(&key).is_some()
+}
+
+/// What the VIP address `addr` says about fragments, if it is one.
+#[inline(always)]
+pub fn vip_address(addr: &Addr, family: u8) -> Option<VipAddress> {
+    let key = VipKey { addr: *addr, port: 0, proto: 0, family };
+    // SAFETY: pointer from a successful lookup, copied at once; the agent replaces values whole.
+    VIP_ADDRS.get_ptr(&key).map(|v| unsafe { *v })
 }
 
 /// Whether VIP id `vip_id` still serves the VIP that `key` is addressed to.

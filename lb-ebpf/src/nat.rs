@@ -45,10 +45,40 @@ pub fn rewrite(
     addr: &Addr,
     port: u16,
 ) -> Result<(), Reason> {
-    let (old_addr, old_port, port_off) = match which {
-        Endpoint::Source => (&pkt.key.src, pkt.key.sport, 0),
-        Endpoint::Destination => (&pkt.key.dst, pkt.key.dport, 2),
+    let (old_port, port_off) = match which {
+        Endpoint::Source => (pkt.key.sport, 0),
+        Endpoint::Destination => (pkt.key.dport, 2),
     };
+    let mut l4_delta = rewrite_address(ctx, pkt, which, addr)?;
+    l4_delta.replace_u16(old_port, port);
+
+    let port_ptr = ptr_at::<[u8; 2]>(ctx, pkt.l4 + port_off)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    unsafe { *port_ptr = port.to_be_bytes() };
+    if pkt.key.proto == PROTO_TCP {
+        let check = ptr_at::<[u8; 2]>(ctx, pkt.l4 + TCP_CHECK)?;
+        // SAFETY: bounds-checked by `ptr_at`.
+        unsafe { *check = l4_delta.apply(u16::from_be_bytes(*check)).to_be_bytes() };
+    } else {
+        let check = ptr_at::<[u8; 2]>(ctx, pkt.l4 + UDP_CHECK)?;
+        // SAFETY: bounds-checked by `ptr_at`.
+        unsafe { *check = l4_delta.apply_udp(u16::from_be_bytes(*check)).to_be_bytes() };
+    }
+    Ok(())
+}
+
+/// Writes `addr` over the destination address of an IPv4 fragment without a transport
+/// header (a later fragment) and fixes the IPv4 header checksum.
+#[inline(never)]
+pub fn rewrite_fragment_destination(ctx: &XdpContext, pkt: &Packet, addr: &Addr) -> Result<(), Reason> {
+    rewrite_address(ctx, pkt, Endpoint::Destination, addr).map(|_| ())
+}
+
+/// Writes `addr` over the chosen address of `pkt`, fixing the IPv4 header checksum; returns
+/// the change for the transport checksum (its pseudo-header covers the address).
+#[inline(always)]
+fn rewrite_address(ctx: &XdpContext, pkt: &Packet, which: Endpoint, addr: &Addr) -> Result<CsumDelta, Reason> {
+    let old_addr = if which == Endpoint::Source { &pkt.key.src } else { &pkt.key.dst };
     let mut l4_delta = CsumDelta::new();
     if pkt.key.family == FAMILY_V4 {
         let old4 = [old_addr[0], old_addr[1], old_addr[2], old_addr[3]];
@@ -71,19 +101,5 @@ pub fn rewrite(
         // SAFETY: bounds-checked by `ptr_at`.
         unsafe { *dst = *addr };
     }
-    l4_delta.replace_u16(old_port, port);
-
-    let port_ptr = ptr_at::<[u8; 2]>(ctx, pkt.l4 + port_off)?;
-    // SAFETY: bounds-checked by `ptr_at`.
-    unsafe { *port_ptr = port.to_be_bytes() };
-    if pkt.key.proto == PROTO_TCP {
-        let check = ptr_at::<[u8; 2]>(ctx, pkt.l4 + TCP_CHECK)?;
-        // SAFETY: bounds-checked by `ptr_at`.
-        unsafe { *check = l4_delta.apply(u16::from_be_bytes(*check)).to_be_bytes() };
-    } else {
-        let check = ptr_at::<[u8; 2]>(ctx, pkt.l4 + UDP_CHECK)?;
-        // SAFETY: bounds-checked by `ptr_at`.
-        unsafe { *check = l4_delta.apply_udp(u16::from_be_bytes(*check)).to_be_bytes() };
-    }
-    Ok(())
+    Ok(l4_delta)
 }

@@ -24,6 +24,8 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 /// IPv4 "more fragments" flag and fragment offset bits of the `frags` field.
 const IPV4_MF_AND_OFFSET: u16 = 0x3FFF;
+/// IPv4 "more fragments" flag.
+const IPV4_MF: u16 = 0x2000;
 /// Offset of the data offset byte in the TCP header (the flags byte follows).
 const TCP_DOFF: usize = 12;
 /// ICMP and ICMPv6 headers up to the quoted packet.
@@ -34,8 +36,11 @@ const ICMP_HDR_LEN: usize = 8;
 pub enum Kind {
     /// TCP or UDP: `key` is its 5-tuple.
     Transport,
-    /// An IPv4 fragment: `key` has its addresses and protocol, no ports.
+    /// An IPv4 fragment after the first: `key` has its addresses and protocol, no ports.
     Fragment,
+    /// The first fragment of an IPv4 datagram (MF set, offset 0): `key` has its ports too when
+    /// the transport header is there (0 otherwise).
+    FirstFragment,
     /// An IPv4 header with options (not balanced: its transport header would lie at a
     /// variable offset): `key` has its addresses and protocol, no ports.
     Ipv4Options,
@@ -124,7 +129,10 @@ fn ip(ctx: &XdpContext, ether_type: u16, l3: usize) -> Result<Ip, Reason> {
             if ip.vihl >> 4 != 4 || ihl < 5 {
                 return Err(Reason::PassMalformed);
             }
-            let stop = if u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET != 0 {
+            let frags = u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET;
+            let stop = if frags == IPV4_MF {
+                Some(Kind::FirstFragment)
+            } else if frags != 0 {
                 Some(Kind::Fragment)
             } else if ihl != 5 {
                 Some(Kind::Ipv4Options)
@@ -212,7 +220,9 @@ pub fn parse<'a>(ctx: &XdpContext, out: &'a mut MaybeUninit<Packet>) -> Result<&
     let outer = ip(ctx, ether_type, l3)?;
     let len = (ctx.data_end() - ctx.data()) as u64;
     if let Some(kind) = outer.stop {
-        return Ok(out.write(packet(l3, outer.l4, 0, &outer, (0, 0, 0, 0), len, kind, false)));
+        // Only a fragment's first piece has ports (when its transport header is whole).
+        let l4 = if kind == Kind::FirstFragment { ports(ctx, outer.proto, outer.l4).unwrap_or((0, 0, 0, 0)) } else { (0, 0, 0, 0) };
+        return Ok(out.write(packet(l3, outer.l4, 0, &outer, l4, len, kind, false)));
     }
     if outer.proto == PROTO_ICMP || outer.proto == PROTO_ICMPV6 {
         return Ok(out.write(packet(l3, outer.l4, 0, &outer, (0, 0, 0, 0), len, Kind::Icmp, false)));

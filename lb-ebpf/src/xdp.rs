@@ -20,7 +20,7 @@ use crate::{
     choose::choose,
     conntrack::{self, Tracked},
     forward, icmp,
-    maps::{BACKENDS, REPLIES, VIPS, hash_seed, is_vip_address, maybe_endpoint, vip_is_live},
+    maps::{BACKENDS, REPLIES, VIPS, hash_seed, is_vip_address, maybe_endpoint, vip_address, vip_is_live},
     nat::{self, Endpoint},
     parse::{self, Kind, Packet, parse},
     sanity,
@@ -37,7 +37,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     };
     match pkt.kind {
         Kind::Transport => {}
-        Kind::Fragment => return unbalanced(pkt, Reason::PassFragment, Reason::DropFragment),
+        Kind::Fragment | Kind::FirstFragment => return fragment(&ctx, pkt),
         Kind::Ipv4Options => return unbalanced(pkt, Reason::PassIpv4Options, Reason::DropIpv4Options),
         Kind::Icmp | Kind::IcmpError => return icmp_error(&ctx, pkt),
     }
@@ -229,15 +229,59 @@ fn reply(ctx: &XdpContext, pkt: &Packet, target: &ReplyTarget) -> u32 {
     }
 }
 
-/// An IPv4 fragment or a header with options, which the data path does not balance: dropped
-/// when addressed to a VIP address (its host would answer it with a reset or port
-/// unreachable, as the VIP address is its own), passed otherwise.
+/// An IPv4 header with options, which the data path does not balance: dropped when addressed
+/// to a VIP address (its host would answer it with a reset or port unreachable, as the VIP
+/// address is its own), passed otherwise.
 #[inline(never)]
 fn unbalanced(pkt: &Packet, pass: Reason, drop: Reason) -> u32 {
     if is_vip_address(&pkt.key.dst, pkt.key.family) {
         return verdict(xdp_action::XDP_DROP, drop);
     }
     verdict(xdp_action::XDP_PASS, pass)
+}
+
+/// An IPv4 fragment. To a VIP address whose only VIP of its protocol hashes on the source
+/// alone (`VipAddress`): sent to the backend the client's address selects, like every other
+/// fragment of its datagram (the first also has its port rewritten). To any other VIP
+/// address: dropped, as a later fragment carries no port to tell its VIP by. Otherwise passed.
+#[inline(never)]
+fn fragment(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    let Some(address) = vip_address(&pkt.key.dst, pkt.key.family) else {
+        return verdict(xdp_action::XDP_PASS, Reason::PassFragment);
+    };
+    let port = address.fragments_port(pkt.key.proto);
+    let first = pkt.kind == Kind::FirstFragment;
+    if port == 0 || (first && pkt.key.dport != port) {
+        return verdict(xdp_action::XDP_DROP, Reason::DropFragment);
+    }
+    if let Err(reason) = sanity::check(ctx, pkt).and_then(|()| sanity::client_source_ok(&pkt.key)) {
+        return verdict(xdp_action::XDP_DROP, reason);
+    }
+    let vip_key = VipKey { addr: pkt.key.dst, port, proto: pkt.key.proto, family: pkt.key.family };
+    let Some(vip) = VIPS.get_ptr(&vip_key) else {
+        return verdict(xdp_action::XDP_DROP, Reason::DropFragment);
+    };
+    // SAFETY: as in `to_vip`.
+    let vip = unsafe { *vip };
+    // A source-affinity VIP's choice hashes the source address alone: the hash passed for the
+    // 5-tuple is not used.
+    let (id, backend) = match choose(&vip, &pkt.key, 0) {
+        Ok(chosen) => chosen,
+        Err(reason) => return verdict(xdp_action::XDP_DROP, reason),
+    };
+    let rewritten = if first {
+        nat::rewrite(ctx, pkt, Endpoint::Destination, &backend.addr, backend.port)
+    } else {
+        nat::rewrite_fragment_destination(ctx, pkt, &backend.addr)
+    };
+    if let Err(reason) = rewritten {
+        return verdict(xdp_action::XDP_PASS, reason);
+    }
+    count_traffic(vip.id, id, pkt.len, false);
+    match forward::send(ctx, pkt, &backend.hop, &pkt.key.src, &backend.addr) {
+        Ok(action) => verdict(action, Reason::ForwardToBackend),
+        Err(reason) => verdict(xdp_action::XDP_PASS, reason),
+    }
 }
 
 /// An ICMP or ICMPv6 packet: an error quoting a VIP flow's packet follows its flow (see

@@ -724,3 +724,56 @@ fn reply_hop_follows_a_neighbour_change_within_its_ttl() {
     println!("neighbour change reached replies after {took:?} (bound {limit:?})");
     assert!(took <= limit + std::time::Duration::from_millis(200), "took {took:?}");
 }
+
+/// The IPv4 frame `datagram` cut into two fragments: the first with `first_len` bytes of the
+/// transport segment (a multiple of 8), the second with the rest; their IPv4 header checksums
+/// computed from scratch.
+fn fragments(datagram: &[u8], first_len: usize) -> (Vec<u8>, Vec<u8>) {
+    let piece = |payload: &[u8], frags: u16| {
+        let mut f = datagram[..34].to_vec();
+        f.extend_from_slice(payload);
+        f[16..18].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        f[20..22].copy_from_slice(&frags.to_be_bytes());
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = checksum(0, &f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    let seg = &datagram[34..];
+    (piece(&seg[..first_len], 0x2000), piece(&seg[first_len..], (first_len / 8) as u16))
+}
+
+#[test]
+fn fragments_of_a_source_affinity_vip_follow_their_client() {
+    // The address's only UDP VIP hashes on the client address alone, so every fragment of a
+    // datagram (the later ones have no port) goes to the client's backend.
+    let mut svc = pool4(PROTO_UDP);
+    svc.flags = VIP_FLAG_HASH_SRC_ONLY;
+    let mut lb = setup(&[&svc]);
+    let mut dgram = from_client(CLIENT4, VIP4, udp(5353, 80));
+    dgram.payload = (0..100u8).collect();
+    let chosen = lb.ring_choice(&svc, &flow_key(&dgram));
+    let (bip, bport) = backend_endpoint(&svc, chosen);
+    let (first, later) = fragments(&dgram.bytes(), 64);
+    let want = to_endpoint(&dgram, bip, bport, backend_mac(chosen), LB_MAC).bytes();
+    let (want_first, want_later) = fragments(&want, 64);
+    for (what, input, expected) in [("first", &first, &want_first), ("later", &later, &want_later)] {
+        let run = lb.run(input);
+        assert_eq!(run.action, XDP_TX, "{what} fragment");
+        assert_eq!(&run.out, expected, "{what} fragment: address (and, first, port and UDP checksum) rewritten");
+        assert_eq!(checksum(0, &run.out[14..34]), 0, "{what} fragment: IPv4 header checksum");
+        assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)]);
+    }
+    assert_eq!(lb.dp.maps.conn_count(), 0, "fragments create no entry");
+
+    // A second UDP VIP on the address: a later fragment could belong to either, so both drop.
+    let other = service(3, VIP4, 81, PROTO_UDP, 21, &[(v4(21), 8081, 1)]);
+    lb.dp.maps.apply_service(&other).unwrap();
+    for input in [&first, &later] {
+        let run = lb.run(input);
+        assert_eq!((run.action, run.counted), (XDP_DROP, vec![(Reason::DropFragment, 1)]));
+    }
+    // Removing it gives the fragments back to the source-affinity VIP.
+    lb.dp.maps.remove_vip(&other.key).unwrap();
+    assert_eq!(lb.run(&later).out, want_later);
+}

@@ -17,7 +17,7 @@ pub struct Maps {
     conns: HashMap<MapData, FlowKey, Flow>,
     half_open: HashMap<MapData, FlowKey, Flow>,
     replies: HashMap<MapData, BackendKey, ReplyTarget>,
-    vip_addrs: HashMap<MapData, VipKey, u32>,
+    vip_addrs: HashMap<MapData, VipKey, VipAddress>,
     iface_vlans: Array<MapData, VlanEgress>,
     reasons: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, Traffic>,
@@ -29,8 +29,8 @@ pub struct Maps {
     filter_words: Vec<u64>,
     /// The `REPLIES` key each backend slot owns.
     reply_keys: std::collections::HashMap<u32, BackendKey>,
-    /// The VIPs on each VIP address (`VIP_ADDRS` keys), by VIP key.
-    vip_addr_users: std::collections::HashMap<VipKey, std::collections::HashSet<VipKey>>,
+    /// The VIPs on each VIP address (`VIP_ADDRS` keys), with their `VIP_FLAG_*` bits.
+    vip_addr_users: std::collections::HashMap<VipKey, std::collections::HashMap<VipKey, u32>>,
     ring_size: u32,
     hash_seed: u32,
 }
@@ -119,9 +119,20 @@ impl Maps {
         let addr = address_key(key);
         if let Some(users) = self.vip_addr_users.get_mut(&addr) {
             users.remove(key);
-            if users.is_empty() {
-                self.vip_addr_users.remove(&addr);
-                match self.vip_addrs.remove(&addr) {
+        }
+        self.write_vip_address(&addr)
+    }
+
+    /// Writes the `VIP_ADDRS` entry of `addr` from the VIPs on it (or removes it).
+    fn write_vip_address(&mut self, addr: &VipKey) -> anyhow::Result<()> {
+        match self.vip_addr_users.get(addr).filter(|users| !users.is_empty()) {
+            Some(users) => {
+                let value = VipAddress::of(users.iter().map(|(k, flags)| (k.port, k.proto, *flags)));
+                self.vip_addrs.insert(addr, value, 0).context("writing VIP_ADDRS")?;
+            }
+            None => {
+                self.vip_addr_users.remove(addr);
+                match self.vip_addrs.remove(addr) {
                     Ok(()) | Err(MapError::KeyNotFound) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -162,8 +173,8 @@ impl Maps {
         let meta = VipMeta { ring_half: half, ..vip };
         self.admit_endpoint(&key.addr, key.port, FILTER_VIP)?;
         let addr = address_key(key);
-        self.vip_addrs.insert(addr, 1, 0).context("writing VIP_ADDRS")?;
-        self.vip_addr_users.entry(addr).or_default().insert(*key);
+        self.vip_addr_users.entry(addr).or_default().insert(*key, meta.flags);
+        self.write_vip_address(&addr)?;
         let tag = lb_common::hash::vip_tag(&key.addr, key.port, key.proto, key.family);
         self.vip_live.set(id, tag, 0).context("writing VIP_LIVE")?;
         self.vips.insert(key, meta, 0).context("publishing the VIP")?;
