@@ -27,8 +27,10 @@ pub struct Maps {
     vip_live: Array<MapData, u64>,
     /// What `endpoint_filter` holds, so a bit is written once, without reading the map.
     filter_words: Vec<u64>,
-    /// The `REPLIES` key each backend slot owns.
-    reply_keys: std::collections::HashMap<u32, BackendKey>,
+    /// What `REPLIES` holds for each backend slot, so an unchanged entry is not written again.
+    reply_keys: std::collections::HashMap<u32, (BackendKey, ReplyTarget)>,
+    /// The backend slot each `REPLIES` key belongs to.
+    reply_owners: std::collections::HashMap<BackendKey, u32>,
     /// The VIPs on each VIP address (`VIP_ADDRS` keys), with their `VIP_FLAG_*` bits.
     vip_addr_users: std::collections::HashMap<VipKey, std::collections::HashMap<VipKey, u32>>,
     ring_size: u32,
@@ -71,6 +73,7 @@ impl Maps {
             vip_live: take(ebpf, MAP_VIP_LIVE)?.try_into()?,
             filter_words: vec![0; ENDPOINT_FILTER_WORDS as usize],
             reply_keys: Default::default(),
+            reply_owners: Default::default(),
             vip_addr_users: Default::default(),
             ring_size: sizing.ring_size,
             hash_seed: sizing.hash_seed,
@@ -213,21 +216,25 @@ impl Maps {
     /// its replies could not be told apart.
     pub fn set_replies(&mut self, id: u32, backend: &Backend, vip: &VipKey, vip_id: u32) -> anyhow::Result<()> {
         let key = BackendKey { addr: backend.addr, port: backend.port, proto: vip.proto, family: backend.family };
-        if let Some((other, _)) = self.reply_keys.iter().find(|(slot, k)| **k == key && **slot != id) {
+        if let Some(other) = self.reply_owners.get(&key).filter(|slot| **slot != id) {
             anyhow::bail!("backend endpoint of slot {id} already serves another VIP (slot {other}): replies would be ambiguous");
         }
-        if self.reply_keys.get(&id).is_some_and(|old| *old != key) {
-            self.forget_replies(id)?;
+        let target = ReplyTarget { vip: *vip, vip_id, backend_id: id };
+        match self.reply_keys.get(&id) {
+            Some(written) if *written == (key, target) => return Ok(()),
+            Some((old, _)) if *old != key => self.forget_replies(id)?,
+            _ => {}
         }
         self.admit_endpoint(&key.addr, key.port, FILTER_BACKEND)?;
-        let target = ReplyTarget { vip: *vip, vip_id, backend_id: id };
         self.replies.insert(key, target, 0).with_context(|| format!("writing the replies of backend slot {id}"))?;
-        self.reply_keys.insert(id, key);
+        self.reply_keys.insert(id, (key, target));
+        self.reply_owners.insert(key, id);
         Ok(())
     }
 
     fn forget_replies(&mut self, id: u32) -> anyhow::Result<()> {
-        if let Some(key) = self.reply_keys.remove(&id) {
+        if let Some((key, _)) = self.reply_keys.remove(&id) {
+            self.reply_owners.remove(&key);
             match self.replies.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(e.into()),
