@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod fixture;
 pub mod harness;
 pub mod icmp_frames;
 pub mod netns;

@@ -4,83 +4,13 @@
 //! (built from scratch with checksums computed by `lb_tests::packet`, never by the data path's
 //! incremental code) and the expected counter changes. Needs root.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use lb_common::{counters::Reason, maps::*};
-use lb_tests::{harness::*, packet::*};
+use lb_tests::{fixture::*, harness::*, packet::*};
 use lb_userspace::dataplane::Service;
 
 
-
-fn v4(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 1, 0, last))
-}
-
-fn v6(last: u16) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, last))
-}
-
-/// Three IPv4 backends on port 8080 behind VIP4:80 over `proto`.
-fn pool4(proto: u8) -> Service {
-    service(1, VIP4, 80, proto, 1, &[(v4(1), 8080, 1), (v4(2), 8080, 1), (v4(3), 8080, 1)])
-}
-
-fn pool6(proto: u8) -> Service {
-    service(2, VIP6, 443, proto, 11, &[(v6(1), 8443, 1), (v6(2), 8443, 1), (v6(3), 8443, 1)])
-}
-
-fn setup(services: &[&Service]) -> Lb {
-    require_root();
-    let mut lb = Lb::with_client_side(&test_sizing(0x5eed));
-    for svc in services {
-        lb.dp.maps.apply_service(svc).expect("apply service");
-    }
-    lb
-}
-
-/// The backend's reply to client frame `f`, sent from backend `id` at `ip`:`port`.
-fn reply_of(f: &Frame, id: u32, ip: IpAddr, port: u16) -> Frame {
-    let (csport, _) = ports(f);
-    Frame {
-        dst_mac: LB_MAC,
-        src_mac: backend_mac(id),
-        vlan: f.vlan,
-        src: ip,
-        dst: f.src,
-        l4: match f.l4 {
-            L4::Tcp { .. } => tcp(port, csport, SYN_ACK),
-            L4::Udp { no_checksum, .. } => L4::Udp { sport: port, dport: csport, no_checksum },
-        },
-        payload: b"world!".to_vec(),
-    }
-}
-
-fn ports(f: &Frame) -> (u16, u16) {
-    match f.l4 {
-        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => (sport, dport),
-    }
-}
-
-fn with_flags(f: &Frame, new: u8) -> Frame {
-    let mut f = f.clone();
-    if let L4::Tcp { flags, .. } = &mut f.l4 {
-        *flags = new;
-    }
-    f
-}
-
-/// What the data path should make of backend reply `reply` to client frame `first`: its
-/// source rewritten to the VIP, sent from the client side's MAC to the client's.
-fn translated(reply: &Frame, first: &Frame) -> Frame {
-    let mut expected = reply.clone();
-    expected.src = first.dst;
-    match &mut expected.l4 {
-        L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = ports(first).1,
-    }
-    expected.dst_mac = CLIENT_MAC;
-    expected.src_mac = LB_MAC;
-    expected
-}
 
 /// Runs backend reply `reply` to client frame `first` and checks it left translated towards
 /// the client (XDP_REDIRECT out of the client side found by the FIB).
@@ -127,7 +57,7 @@ fn round_trip_with(lb: &Lb, svc: &Service, first: &Frame, next: &Frame, reply_ac
     let want_state = if tcp { lb_common::flow::FLOW_OPEN } else { lb_common::flow::FLOW_IDLE };
     assert_eq!(entry.state, want_state);
 
-    let reply = reply_of(first, chosen, bip, bport);
+    let reply = syn_ack_of(first, chosen, bip, bport);
     expect_reply_with(lb, &reply, first, reply_action);
 
     let b = lb.dp.maps.backend_traffic(chosen).unwrap();
@@ -221,7 +151,7 @@ fn vlan_on_both_arms() {
         assert_eq!(run.out, want.bytes(), "client tag {client_tag:?}: the backend side's tag 200");
         verify_checksums(&run.out).unwrap();
 
-        let mut reply = reply_of(&syn, chosen, bip, bport);
+        let mut reply = syn_ack_of(&syn, chosen, bip, bport);
         reply.vlan = Some(200);
         let run = lb.run(&reply.bytes());
         let mut want = translated(&reply, &syn);
@@ -348,20 +278,6 @@ fn malformed_options_fragments_and_extension_headers_pass() {
     let mut stacked = stacked.bytes();
     stacked.splice(16..16, [0x81, 0x00, 0x00, 0x06]);
     expect_passed(&lb, &stacked, Reason::PassVlanStacked);
-}
-
-/// Establishes `flow` (its SYN, then an ACK, which inserts its entry) and returns its backend.
-fn establish(lb: &Lb, svc: &Service, flow: &Frame) -> u32 {
-    let chosen = lb.ring_choice(svc, &flow_key(flow));
-    assert_eq!(lb.run(&flow.bytes()).action, XDP_TX);
-    assert_eq!(lb.run(&with_flags(flow, ACK).bytes()).action, XDP_TX);
-    assert_eq!(lb.dp.maps.conn(&flow_key(flow)).unwrap().map(|e| e.backend_id), Some(chosen));
-    chosen
-}
-
-/// The backend a forwarded frame was sent to (by its destination MAC).
-fn sent_to(out: &[u8]) -> u32 {
-    u16::from_be_bytes([out[4], out[5]]) as u32
 }
 
 #[test]
@@ -700,7 +616,7 @@ fn reply_hop_follows_a_neighbour_change_within_its_ttl() {
     let syn = from_client(CLIENT4, VIP4, tcp(45000, 80, SYN));
     let chosen = lb.ring_choice(&svc, &flow_key(&syn));
     let (bip, bport) = backend_endpoint(&svc, chosen);
-    let reply = reply_of(&syn, chosen, bip, bport);
+    let reply = syn_ack_of(&syn, chosen, bip, bport);
     expect_reply(&lb, &reply, &syn);
     let new_mac: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x99];
     let ns = lb.netns().expect("its own namespace");

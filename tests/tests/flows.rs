@@ -19,11 +19,11 @@ use lb_common::{
     limits::{TCP_CLOSING_IDLE_SECS, TCP_RESET_LINGER_SECS},
     maps::*,
 };
-use lb_tests::{harness::*, packet::*};
+use lb_tests::{fixture::*, harness::*, packet::*};
 use lb_userspace::dataplane::{Service, Sizing};
 
 // ---------------------------------------------------------------------------------------
-// Addresses, services and helpers (copied in small from fixtures.rs: separate test binary).
+// Addresses and services of their own (two octets per backend), and helpers of this file.
 // ---------------------------------------------------------------------------------------
 
 /// A second IPv4 VIP address on the same node.
@@ -56,64 +56,6 @@ fn rr4(proto: u8) -> Service {
     s
 }
 
-fn load(sizing: &Sizing, services: &[&Service]) -> Lb {
-    require_root();
-    let mut lb = Lb::with_client_side(sizing);
-    for svc in services {
-        lb.dp.maps.apply_service(svc).expect("apply service");
-    }
-    lb
-}
-
-fn setup(services: &[&Service]) -> Lb {
-    load(&test_sizing(0x5eed), services)
-}
-
-fn ports(f: &Frame) -> (u16, u16) {
-    match f.l4 {
-        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => (sport, dport),
-    }
-}
-
-fn with_flags(f: &Frame, new: u8) -> Frame {
-    let mut f = f.clone();
-    if let L4::Tcp { flags, .. } = &mut f.l4 {
-        *flags = new;
-    }
-    f
-}
-
-/// The backend's reply to client frame `f`, sent from backend `id` at `ip`:`port`, with TCP
-/// flags `flags` (ignored for UDP).
-fn reply_of(f: &Frame, id: u32, ip: IpAddr, port: u16, flags: u8) -> Frame {
-    let (csport, _) = ports(f);
-    Frame {
-        dst_mac: LB_MAC,
-        src_mac: backend_mac(id),
-        vlan: f.vlan,
-        src: ip,
-        dst: f.src,
-        l4: match f.l4 {
-            L4::Tcp { .. } => tcp(port, csport, flags),
-            L4::Udp { no_checksum, .. } => L4::Udp { sport: port, dport: csport, no_checksum },
-        },
-        payload: b"world!".to_vec(),
-    }
-}
-
-/// What the data path should make of backend reply `reply` to client frame `first`: its
-/// source rewritten to the VIP, sent from the client side's MAC to the client's.
-fn translated(reply: &Frame, first: &Frame) -> Frame {
-    let mut expected = reply.clone();
-    expected.src = first.dst;
-    match &mut expected.l4 {
-        L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = ports(first).1,
-    }
-    expected.dst_mac = CLIENT_MAC;
-    expected.src_mac = LB_MAC;
-    expected
-}
-
 /// Runs backend reply `reply` to client frame `first` and checks it left translated towards
 /// the client (XDP_REDIRECT out of the client side found by the FIB). Returns the output.
 fn expect_reply(lb: &Lb, reply: &Frame, first: &Frame) -> Vec<u8> {
@@ -123,11 +65,6 @@ fn expect_reply(lb: &Lb, reply: &Frame, first: &Frame) -> Vec<u8> {
     verify_checksums(&run.out).expect("reply checksums");
     assert_eq!(run.counted, vec![(Reason::ReplyToClient, 1)]);
     run.out
-}
-
-/// The backend a forwarded frame was sent to (by its destination MAC).
-fn sent_to(out: &[u8]) -> u32 {
-    u16::from_be_bytes([out[4], out[5]]) as u32
 }
 
 /// `f` as the data path should send it to backend `id` of `svc`.
@@ -317,7 +254,7 @@ fn syn_flood_of_ten_times_the_table_evicts_no_established_flow() {
     let sizing = Sizing { conn_capacity: CAPACITY, half_open_capacity: CAPACITY, ..test_sizing(0x5eed) };
     let mut maglev = pool4(PROTO_TCP);
     let rr = rr4(PROTO_TCP);
-    let mut lb = load(&sizing, &[&maglev, &rr]);
+    let mut lb = setup_with(&sizing, &[&maglev, &rr]);
     let fwd = [(Reason::ForwardToBackend, 1)];
 
     // Established flows: (service is Maglev, SYN, backend).
@@ -681,7 +618,7 @@ fn vip_address_as_source_is_dropped() {
     // another VIP of the node) must not be balanced.
     let (s4, s6, rr) = (pool4(PROTO_TCP), pool6(PROTO_TCP), rr4(PROTO_TCP));
     let other6 = service(4, VIP6B, 8443, PROTO_TCP, 31, &[(v6(1, 1), 9443, 1)]);
-    let lb = load(&Sizing { vip_capacity: 8, ..test_sizing(0x5eed) }, &[&s4, &s6, &rr, &other6]);
+    let lb = setup_with(&Sizing { vip_capacity: 8, ..test_sizing(0x5eed) }, &[&s4, &s6, &rr, &other6]);
     let frames = [
         from_client(VIP4, VIP4, tcp(47500, 80, SYN)),   // itself
         from_client(VIP4B, VIP4, tcp(47500, 80, SYN)),  // another VIP of the node

@@ -16,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{counters::Reason, maps::*};
 use lb_tests::{
+    fixture::*,
     harness::*,
     icmp_frames::{Checked, IcmpFrame, mtu32, next_hop_mtu, quote, verify_icmp_checksums},
     packet::*,
@@ -25,50 +26,6 @@ use lb_userspace::dataplane::Service;
 /// A router on the client side that sends errors about the load balancer's replies.
 const ROUTER4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
 const ROUTER6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1));
-
-fn v4(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 1, 0, last))
-}
-
-fn v6(last: u16) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, last))
-}
-
-/// Three IPv4 backends on port 8080 behind VIP4:80 over `proto`.
-fn pool4(proto: u8) -> Service {
-    service(1, VIP4, 80, proto, 1, &[(v4(1), 8080, 1), (v4(2), 8080, 1), (v4(3), 8080, 1)])
-}
-
-/// Three IPv6 backends on port 8443 behind VIP6:443 over `proto`.
-fn pool6(proto: u8) -> Service {
-    service(2, VIP6, 443, proto, 11, &[(v6(1), 8443, 1), (v6(2), 8443, 1), (v6(3), 8443, 1)])
-}
-
-fn setup(services: &[&Service]) -> Lb {
-    require_root();
-    let mut lb = Lb::with_client_side(&test_sizing(0x5eed));
-    for svc in services {
-        lb.dp.maps.apply_service(svc).expect("apply service");
-    }
-    lb
-}
-
-fn with_flags(f: &Frame, new: u8) -> Frame {
-    let mut f = f.clone();
-    if let L4::Tcp { flags, .. } = &mut f.l4 {
-        *flags = new;
-    }
-    f
-}
-
-/// Establishes `flow` (its SYN, then an ACK, which inserts its entry) and returns its backend.
-fn establish(lb: &Lb, svc: &Service, flow: &Frame) -> u32 {
-    let chosen = lb.ring_choice(svc, &flow_key(flow));
-    assert_eq!(lb.run(&flow.bytes()).action, XDP_TX);
-    assert_eq!(lb.run(&with_flags(flow, ACK).bytes()).action, XDP_TX);
-    assert_eq!(lb.dp.maps.conn(&flow_key(flow)).unwrap().map(|e| e.backend_id), Some(chosen));
-    chosen
-}
 
 /// An IP packet (the MACs do not matter: only its IP packet is quoted).
 fn ip_packet(src: IpAddr, dst: IpAddr, l4: L4, payload: &[u8]) -> Frame {
