@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use crate::packet::{Frame, Mac, checksum};
+use crate::packet::{Frame, IpFields, Mac, checksum, ip_header};
 
 /// IP protocol number of ICMP.
 pub const PROTO_ICMP: u8 = 1;
@@ -95,35 +95,9 @@ impl IcmpFrame {
         let mut f = Vec::with_capacity(14 + 40 + msg.len());
         f.extend_from_slice(&self.dst_mac);
         f.extend_from_slice(&self.src_mac);
-        match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                f.extend_from_slice(&[0x08, 0x00]);
-                let mut ip = [0u8; 20];
-                ip[0] = 0x45;
-                ip[1] = 0xc0; // Linux sends ICMP errors with precedence "internetwork control"
-                ip[2..4].copy_from_slice(&((20 + msg.len()) as u16).to_be_bytes());
-                ip[4..6].copy_from_slice(&0x4d2eu16.to_be_bytes());
-                ip[8] = 64;
-                ip[9] = PROTO_ICMP;
-                ip[12..16].copy_from_slice(&s.octets());
-                ip[16..20].copy_from_slice(&d.octets());
-                let c = checksum(0, &ip);
-                ip[10..12].copy_from_slice(&c.to_be_bytes());
-                f.extend_from_slice(&ip);
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                f.extend_from_slice(&[0x86, 0xDD]);
-                let mut ip = [0u8; 40];
-                ip[0] = 0x60;
-                ip[4..6].copy_from_slice(&(msg.len() as u16).to_be_bytes());
-                ip[6] = PROTO_ICMPV6;
-                ip[7] = 64;
-                ip[8..24].copy_from_slice(&s.octets());
-                ip[24..40].copy_from_slice(&d.octets());
-                f.extend_from_slice(&ip);
-            }
-            _ => panic!("mixed address families"),
-        }
+        let proto = if self.src.is_ipv4() { PROTO_ICMP } else { PROTO_ICMPV6 };
+        // Linux sends ICMP errors with precedence "internetwork control".
+        f.extend_from_slice(&ip_header(self.src, self.dst, proto, msg.len(), IpFields { tos: 0xc0, ident: 0x4d2e, dont_fragment: false }));
         f.extend_from_slice(&msg);
         f
     }

@@ -111,38 +111,60 @@ impl Frame {
             f.extend_from_slice(&[0x81, 0x00]);
             f.extend_from_slice(&tci.to_be_bytes());
         }
-        match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                f.extend_from_slice(&[0x08, 0x00]);
-                let mut ip = [0u8; 20];
-                ip[0] = 0x45;
-                ip[2..4].copy_from_slice(&((20 + seg.len()) as u16).to_be_bytes());
-                ip[4..6].copy_from_slice(&0x1c46u16.to_be_bytes());
-                ip[6] = 0x40; // don't fragment
-                ip[8] = 64;
-                ip[9] = self.proto();
-                ip[12..16].copy_from_slice(&s.octets());
-                ip[16..20].copy_from_slice(&d.octets());
-                let c = checksum(0, &ip);
-                ip[10..12].copy_from_slice(&c.to_be_bytes());
-                f.extend_from_slice(&ip);
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                f.extend_from_slice(&[0x86, 0xDD]);
-                let mut ip = [0u8; 40];
-                ip[0] = 0x60;
-                ip[4..6].copy_from_slice(&(seg.len() as u16).to_be_bytes());
-                ip[6] = self.proto();
-                ip[7] = 64;
-                ip[8..24].copy_from_slice(&s.octets());
-                ip[24..40].copy_from_slice(&d.octets());
-                f.extend_from_slice(&ip);
-            }
-            _ => panic!("mixed address families"),
-        }
+        f.extend_from_slice(&ip_header(self.src, self.dst, self.proto(), seg.len(), IpFields { tos: 0, ident: 0x1c46, dont_fragment: true }));
         f.extend_from_slice(&seg);
         f
     }
+}
+
+/// IPv4 header fields that differ between the frames the tests build.
+#[derive(Clone, Copy, Debug)]
+pub struct IpFields {
+    /// Type of service (IPv4).
+    pub tos: u8,
+    /// Identification (IPv4).
+    pub ident: u16,
+    /// The don't-fragment flag (IPv4).
+    pub dont_fragment: bool,
+}
+
+/// The EtherType and IP header (IPv4 with its checksum computed from scratch, or IPv6) of a
+/// packet from `src` to `dst` carrying `payload_len` bytes of protocol `proto`, hop limit 64.
+pub fn ip_header(src: IpAddr, dst: IpAddr, proto: u8, payload_len: usize, fields: IpFields) -> Vec<u8> {
+    let mut h = Vec::with_capacity(42);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            h.extend_from_slice(&[0x08, 0x00]);
+            let mut ip = [0u8; 20];
+            ip[0] = 0x45;
+            ip[1] = fields.tos;
+            ip[2..4].copy_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+            ip[4..6].copy_from_slice(&fields.ident.to_be_bytes());
+            if fields.dont_fragment {
+                ip[6] = 0x40;
+            }
+            ip[8] = 64;
+            ip[9] = proto;
+            ip[12..16].copy_from_slice(&s.octets());
+            ip[16..20].copy_from_slice(&d.octets());
+            let c = checksum(0, &ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            h.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            h.extend_from_slice(&[0x86, 0xDD]);
+            let mut ip = [0u8; 40];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&(payload_len as u16).to_be_bytes());
+            ip[6] = proto;
+            ip[7] = 64;
+            ip[8..24].copy_from_slice(&s.octets());
+            ip[24..40].copy_from_slice(&d.octets());
+            h.extend_from_slice(&ip);
+        }
+        _ => panic!("mixed address families"),
+    }
+    h
 }
 
 /// Checks every checksum of an IPv4/IPv6 TCP/UDP frame from scratch; `Err` says which is wrong.
