@@ -16,3 +16,4 @@ pub mod limits;
 pub mod maglev;
 pub mod maps;
 pub mod martian;
+pub mod schedule;

@@ -693,3 +693,59 @@ fn fragments_of_a_source_affinity_vip_follow_their_client() {
     lb.dp.maps.remove_vip(&other.key).unwrap();
     assert_eq!(lb.run(&later).out, want_later);
 }
+
+#[test]
+fn the_agents_choice_equals_the_data_paths_for_every_flow() {
+    // `lb explain` answers with `Maps::choose`: the same scheduler code on the same maps. For
+    // 1,000 new flows per case it must name the backend the data path sends each to.
+    let base = service(1, VIP4, 80, PROTO_TCP, 1, &[(v4(1), 80, 1), (v4(2), 80, 2), (v4(3), 80, 1), (v4(4), 80, 3)]);
+    let mut cases: Vec<(&str, Service, Option<(u32, BackendState)>)> = Vec::new();
+    cases.push(("maglev", base.clone(), None));
+    let mut src_only = base.clone();
+    src_only.flags = VIP_FLAG_HASH_SRC_ONLY;
+    cases.push(("source affinity", src_only, None));
+    let mut least = base.clone();
+    least.flags = VIP_FLAG_LEAST_CONN;
+    cases.push(("least-conn", least.clone(), None));
+    cases.push(("maglev, a backend down before the ring swap", base.clone(), Some((2, BackendState::Down))));
+    cases.push(("least-conn, a backend draining before the ring swap", least, Some((4, BackendState::Draining))));
+    for (what, svc, changed) in cases {
+        let mut lb = setup(&[&svc]);
+        if svc.flags & VIP_FLAG_LEAST_CONN != 0 {
+            let counts: std::collections::HashMap<u32, u64> = [(1, 40), (2, 0), (3, 25), (4, 7)].into();
+            lb.dp.maps.set_active_connections([1, 2, 3, 4].into_iter(), &counts).unwrap();
+        }
+        if let Some((id, state)) = changed {
+            let mut b = svc.backends.iter().find(|b| b.id == id).unwrap().backend;
+            b.state = state as u8;
+            lb.dp.maps.set_backend(id, &b).unwrap();
+        }
+        let meta = lb.dp.maps.vip(&svc.key).unwrap().unwrap();
+        let mut flows = Flows(0xfeed ^ svc.flags as u64);
+        let (mut seen, mut dropped) = (std::collections::HashSet::new(), 0);
+        for n in 0..1000 {
+            let (ip, port) = flows.next();
+            let syn = from_client(ip, VIP4, tcp(port, 80, SYN));
+            let told = lb.dp.maps.choose(&meta, &flow_key(&syn)).expect("not round robin");
+            let run = lb.run(&syn.bytes());
+            match told {
+                Ok(chosen) => {
+                    assert_eq!(run.action, XDP_TX, "{what}: flow {n}");
+                    assert_eq!(sent_to(&run.out), chosen.id, "{what}: flow {n} ({ip}:{port})");
+                    seen.insert(chosen.id);
+                }
+                // Every slot within reach of the flow's holds the backend that is not up.
+                Err(reason) => {
+                    assert_eq!((run.action, run.counted), (XDP_DROP, vec![(reason, 1)]), "{what}: flow {n}");
+                    dropped += 1;
+                }
+            }
+        }
+        println!("{what}: {} backends, {dropped} of 1000 flows dropped by both", seen.len());
+        assert!(dropped <= 50, "{what}: {dropped} of 1000 dropped");
+        if let Some((id, _)) = changed {
+            assert!(!seen.contains(&id), "{what}: no new flow to backend {id}");
+        }
+        assert!(seen.len() >= 3, "{what}: the flows must reach several backends: {seen:?}");
+    }
+}

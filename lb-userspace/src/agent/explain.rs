@@ -1,15 +1,11 @@
-//! `lb explain`: which backend a flow goes to and why, read from the loaded program's maps and
-//! decided by the same rules as the data path (`lb-ebpf/src/choose.rs`, `conntrack.rs`), so
-//! the answer cannot disagree with what the data path does.
+//! `lb explain`: which backend a flow goes to and why, read from the loaded program's maps. A
+//! new flow's backend is chosen by `lb_common::schedule`, the code the data path runs, on the
+//! same maps (`Maps::choose`; tested to agree with the data path flow by flow); round-robin
+//! alone has no per-flow answer (a per-CPU cursor).
 
 use std::net::{IpAddr, SocketAddr};
 
-use lb_common::{
-    hash::flow_hash,
-    limits::MAX_RING_PROBES,
-    maglev::NO_BACKEND,
-    maps::*,
-};
+use lb_common::{hash::flow_hash, maps::*, schedule::vip_hash};
 
 use super::state::Runtime;
 use crate::{
@@ -87,33 +83,34 @@ pub fn explain(rt: &Runtime, dp: &Dataplane, src: SocketAddr, dst: SocketAddr, p
         report.reason += "round-robin: a new flow takes the next slot of its CPU's turn through the ring; no per-flow answer";
         return Ok(report);
     }
-    let size = dp.sizing().ring_size;
-    let hash = flow_hash(&key, dp.sizing().hash_seed, meta.flags & VIP_FLAG_HASH_SRC_ONLY != 0);
-    let first = hash % size;
+    let hash = vip_hash(meta.flags, &key, dp.sizing().hash_seed, flow_hash(&key, dp.sizing().hash_seed, false));
     report.hash = Some(hash);
-    report.slot = Some(first);
-    let mut slot = first;
-    for probe in 0..MAX_RING_PROBES {
-        let id = dp.maps.ring_slot(&meta, slot).map_err(internal)?;
-        if id == NO_BACKEND {
-            break;
-        }
-        let b = dp.maps.backend(id).map_err(internal)?;
-        if b.state == BackendState::Up as u8 {
+    report.slot = Some(hash % dp.sizing().ring_size);
+    match dp.maps.choose(&meta, &key) {
+        Some(Ok(chosen)) => {
+            let b = dp.maps.backend(chosen.id).map_err(internal)?;
             report.verdict = "forward".into();
             report.backend = Some(endpoint(&b));
             let how = if meta.flags & VIP_FLAG_LEAST_CONN != 0 {
-                "least-conn: the first of its two candidate slots, if it has fewer connections; "
+                "least-conn: the less loaded of the backends its two candidate slots select, now; "
             } else {
                 ""
             };
             report.reason += &format!(
-                "{how}new flow: hash {hash:#010x} selects ring slot {first}{}",
-                if probe > 0 { format!("; its backend is not up, slot {slot} is the first with an up backend") } else { String::new() }
+                "{how}new flow: hash {hash:#010x} selects ring slot {}{}",
+                chosen.slot,
+                if chosen.found != chosen.slot {
+                    format!("; its backend is not up, slot {} is the first with an up backend", chosen.found)
+                } else {
+                    String::new()
+                }
             );
             return Ok(report);
         }
-        slot = (slot + 1) % size;
+        Some(Err(reason)) if reason != lb_common::counters::Reason::DropNoBackend => {
+            return Err(ApiError::internal(format!("the maps are incomplete ({})", reason.name())));
+        }
+        _ => {}
     }
     report.verdict = "drop".into();
     report.reason += "no backend of this VIP is up: the packet is dropped and counted (drop_no_backend)";

@@ -5,7 +5,13 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
 };
-use lb_common::{counters::Reason, limits::ring_index, maps::*};
+use lb_common::{
+    counters::Reason,
+    hash::flow_hash,
+    limits::ring_index,
+    maps::*,
+    schedule::{Chosen, RingView, choose_hashed, vip_hash},
+};
 
 use super::{Sizing, ring_memory::RingMemory};
 
@@ -191,6 +197,17 @@ impl Maps {
             .ok_or_else(|| anyhow!("ring slot {slot} of VIP {} is beyond the ring map", meta.id))
     }
 
+    /// The backend the data path gives a new flow `key` of the Maglev or least-conn VIP
+    /// `meta` (with least-conn's current counts): `lb_common::schedule`, the code the data path
+    /// runs, on these maps. `None` for a round-robin VIP, whose choice is a per-CPU cursor.
+    pub fn choose(&self, meta: &VipMeta, key: &FlowKey) -> Option<Result<Chosen, Reason>> {
+        if meta.flags & VIP_FLAG_ROUND_ROBIN != 0 {
+            return None;
+        }
+        let hash = vip_hash(meta.flags, key, self.hash_seed, flow_hash(key, self.hash_seed, false));
+        Some(choose_hashed(&VipRing { maps: self, meta }, meta.flags, hash, self.ring_size))
+    }
+
     /// The backend in slot `id`.
     pub fn backend(&self, id: u32) -> anyhow::Result<Backend> {
         Ok(self.backends.get(&id, 0)?)
@@ -327,6 +344,26 @@ impl Maps {
     /// Traffic of backend `id`, summed over CPUs.
     pub fn backend_traffic(&self, id: u32) -> anyhow::Result<Traffic> {
         sum(&self.backend_stats, id)
+    }
+}
+
+/// One VIP's live ring on the maps, for `lb_common::schedule`.
+struct VipRing<'a> {
+    maps: &'a Maps,
+    meta: &'a VipMeta,
+}
+
+impl RingView for VipRing<'_> {
+    fn slot(&self, slot: u32) -> Option<u32> {
+        self.maps.ring_slot(self.meta, slot).ok()
+    }
+
+    fn is_up(&self, id: u32) -> Option<bool> {
+        self.maps.backend(id).ok().map(|b| b.state == BackendState::Up as u8)
+    }
+
+    fn active(&self, id: u32) -> u64 {
+        self.maps.active_connections_of(id).unwrap_or(u64::MAX)
     }
 }
 
