@@ -181,11 +181,33 @@ impl Agent {
                 continue;
             };
             match report::probe_target(vip, b) {
-                Some(target) => self.checker.add(target),
+                Some(target) => self.checker.add(target, b.generation),
                 None => self.checker.remove(id),
             }
         }
         Ok(())
+    }
+
+    /// Moves to `next`, whose differences from the running runtime are `changes`, keeping it
+    /// only if the maps took every write.
+    ///
+    /// Map writes are not transactional. When one fails midway, the running runtime is kept
+    /// and written back over what was already written ([`Runtime::rollback`]: the VIPs and
+    /// backend slots `next` added are removed, every running VIP is written again, the probes
+    /// that were touched are restarted) and the error is returned. Should writing back fail
+    /// too, that is logged: the maps may then differ from the runtime until its VIPs are
+    /// written again.
+    fn switch_to(&mut self, next: Runtime, changes: Changes) -> anyhow::Result<()> {
+        let mut kept = std::mem::replace(&mut self.runtime, next);
+        let Err(e) = self.apply(changes.clone()) else {
+            return Ok(());
+        };
+        let undo = kept.rollback(&self.runtime, &changes);
+        self.runtime = kept;
+        if let Err(undo_error) = self.apply(undo) {
+            tracing::error!(error = %format!("{undo_error:#}"), "writing the running configuration back to the maps failed; they may differ from it");
+        }
+        Err(e)
     }
 
     /// Applies `changes` and answers the caller.
@@ -194,12 +216,21 @@ impl Agent {
         Ok(serde_json::json!({ "ok": true }))
     }
 
+    /// Records a batch of health transitions and writes the VIPs they change. A transition of
+    /// a backend that is gone (removed, or its slot reused: another generation) is ignored.
     fn on_health(&mut self, batch: Vec<Transition>) {
-        self.health.transitions += batch.len() as u64;
         let mut changes = Changes::default();
-        for t in &batch {
-            self.runtime.set_health(t.id, t.health, &mut changes);
-        }
+        let batch: Vec<Transition> = batch
+            .into_iter()
+            .filter(|t| {
+                let current = self.runtime.set_health(t.id, t.generation, t.health, &mut changes);
+                if !current {
+                    tracing::debug!(backend = t.id, generation = t.generation, health = %t.health, "transition of a removed backend ignored");
+                }
+                current
+            })
+            .collect();
+        self.health.transitions += batch.len() as u64;
         let swapped = !changes.vips.is_empty();
         if let Err(e) = self.apply(changes) {
             tracing::error!(error = %e, "writing the maps after a health change failed");
@@ -236,6 +267,10 @@ impl Agent {
         self.rates.sample(&self.runtime, &self.dp.maps);
     }
 
+    /// Reloads the configuration file, all or nothing. The new runtime is built on a copy
+    /// ([`Runtime::reconfigured`]) and written with [`Agent::switch_to`]: a refused
+    /// configuration or a failed map write leaves the running configuration, runtime, maps and
+    /// health checks as they were.
     fn reload(&mut self) -> Result<Value, ApiError> {
         let new = config::load(&self.config_path).map_err(|e| ApiError::refused(format!("the configuration is invalid, nothing was changed:\n{e}")))?;
         let diff = config::diff(&self.config, &new);
@@ -245,10 +280,11 @@ impl Agent {
                 diff.global_changed.join(", ")
             )));
         }
-        let changes = self.runtime.reconfigure(&new).map_err(ApiError::refused)?;
+        let (next, changes) = self.runtime.reconfigured(&new).map_err(ApiError::refused)?;
+        self.switch_to(next, changes)
+            .map_err(|e| ApiError::internal(format!("writing the maps failed, the running configuration is kept: {e:#}")))?;
         tracing::info!(added = ?diff.vips_added, removed = ?diff.vips_removed, changed = ?diff.vips_changed, "configuration reloaded");
         self.config = new;
-        self.commit(changes)?;
         Ok(serde_json::json!({ "ok": true, "added": diff.vips_added, "removed": diff.vips_removed, "changed": diff.vips_changed }))
     }
 

@@ -207,7 +207,7 @@ pub enum OpError {
 }
 
 /// What an operation changed, for the caller to apply.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     /// VIP ids whose service must be written again.
     pub vips: Vec<u32>,
@@ -228,7 +228,7 @@ impl Changes {
 }
 
 /// Free slot ids with their generations.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct Slots {
     generation: Vec<u32>,
     used: Vec<bool>,
@@ -254,10 +254,17 @@ impl Slots {
     fn free(&mut self, id: u32) {
         self.used[id as usize] = false;
     }
+
+    /// Takes `other`'s generation of every slot where it is ahead.
+    fn keep_newer_generations(&mut self, other: &Slots) {
+        for (mine, theirs) in self.generation.iter_mut().zip(&other.generation) {
+            *mine = (*mine).max(*theirs);
+        }
+    }
 }
 
 /// Every VIP and backend the agent manages.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Runtime {
     /// VIPs in configuration order.
     pub vips: Vec<VipRuntime>,
@@ -493,9 +500,16 @@ impl Runtime {
         }
     }
 
-    /// Records a health transition of backend slot `id`.
-    pub fn set_health(&mut self, id: u32, health: Health, changes: &mut Changes) {
-        self.update_backend(id, changes, |b| std::mem::replace(&mut b.health, health) != health);
+    /// Records a health transition of the backend in slot `id` with generation `generation`.
+    /// Returns false, changing nothing, when that backend is gone: its slot is free or holds
+    /// another backend (a newer generation), and the transition was queued before it left.
+    pub fn set_health(&mut self, id: u32, generation: u32, health: Health, changes: &mut Changes) -> bool {
+        let mut current = false;
+        self.update_backend(id, changes, |b| {
+            current = b.generation == generation;
+            current && std::mem::replace(&mut b.health, health) != health
+        });
+        current
     }
 
     /// Records the next hop of backend slot `id`.
@@ -503,58 +517,120 @@ impl Runtime {
         self.update_backend(id, changes, |b| std::mem::replace(&mut b.hop, hop) != hop);
     }
 
-    /// Moves to a new configuration, keeping the slot ids, health and next hops of VIPs and
-    /// backends that stay (matched by VIP name and backend address and port), so their flows
-    /// are not disturbed. A backend endpoint may move from one VIP to another.
+    /// Moves to a new configuration, all or nothing: see [`Runtime::reconfigured`]. A refused
+    /// configuration leaves `self` as it was.
     pub fn reconfigure(&mut self, config: &Config) -> Result<Changes, OpError> {
+        let (next, changes) = self.reconfigured(config)?;
+        *self = next;
+        Ok(changes)
+    }
+
+    /// The runtime for a new configuration and what differs from `self`, built on a copy:
+    /// `self` is not changed, so a refused configuration changes nothing and the caller
+    /// decides when the new runtime takes over (after the maps were written).
+    ///
+    /// Slot ids, health and next hops of VIPs and backends that stay (matched by VIP name,
+    /// address, port and protocol, and backend address and port) are kept, so their flows are
+    /// not disturbed. Everything that goes is removed before anything is added: a
+    /// configuration that fits the capacities never runs out of slots halfway. A backend
+    /// endpoint may move from one VIP to another.
+    pub fn reconfigured(&self, config: &Config) -> Result<(Runtime, Changes), OpError> {
         refuse_shared(config_pools(config))?;
+        let mut next = self.clone();
         let mut changes = Changes::default();
-        let gone: Vec<String> = self
+        next.remove_what_goes(config, &mut changes)?;
+        for vip in &config.vips {
+            next.update_vip(vip, &mut changes)?;
+        }
+        Ok((next, changes))
+    }
+
+    /// Removes the VIPs `config` does not have (by name and key) and the backends that left
+    /// the pools of the others.
+    fn remove_what_goes(&mut self, config: &Config, changes: &mut Changes) -> Result<(), OpError> {
+        let stays = |v: &VipRuntime| config.vips.iter().find(|n| n.name == v.config.name && vip_key(n) == v.key());
+        let gone: Vec<String> = self.vips.iter().filter(|v| stays(v).is_none()).map(|v| v.config.name.clone()).collect();
+        for name in gone {
+            self.remove_vip(&name, changes)?;
+        }
+        let left: Vec<(String, SocketAddr)> = self
             .vips
             .iter()
-            .filter(|v| !config.vips.iter().any(|n| n.name == v.config.name && vip_key(n) == v.key()))
-            .map(|v| v.config.name.clone())
+            .filter_map(|v| stays(v).map(|new| (v, new)))
+            .flat_map(|(v, new)| {
+                let kept = |e: SocketAddr| new.backends.iter().any(|b| b.endpoint() == e);
+                v.backends.iter().map(BackendRuntime::endpoint).filter(move |&e| !kept(e)).map(|e| (v.config.name.clone(), e))
+            })
             .collect();
-        for name in gone {
-            self.remove_vip(&name, &mut changes)?;
+        for (vip, endpoint) in left {
+            self.remove_backend(&vip, endpoint, changes)?;
         }
-        for new in &config.vips {
-            if self.vip(&new.name).is_err() {
-                self.place_vip(new, &mut changes)?;
-                continue;
-            }
-            let check_changed = self.vip(&new.name)?.config.health_check != new.health_check;
-            let old_endpoints: Vec<SocketAddr> = self.vip(&new.name)?.backends.iter().map(|b| b.endpoint()).collect();
-            for endpoint in &old_endpoints {
-                if !new.backends.iter().any(|b| SocketAddr::new(b.address, b.port) == *endpoint) {
-                    self.remove_backend(&new.name, *endpoint, &mut changes)?;
-                }
-            }
-            for b in &new.backends {
-                let endpoint = SocketAddr::new(b.address, b.port);
-                if self.vip(&new.name)?.backend(endpoint).is_none() {
-                    self.place_backend(&new.name, b, &mut changes)?;
-                } else {
-                    self.set_weight(&new.name, endpoint, b.weight, &mut changes)?;
-                    self.set_admin(&new.name, endpoint, b.state, &mut changes)?;
-                }
-            }
-            let v = self.vip_mut(&new.name)?;
-            if matches!(new.health_check.kind, CheckKind::None) {
-                for b in &mut v.backends {
-                    b.health = Health::Up;
-                }
-            }
-            if v.config != *new {
-                v.config = new.clone();
-                changes.touch(v.id);
-            }
-            if check_changed {
-                let ids: Vec<u32> = v.backends.iter().map(|b| b.id).collect();
-                changes.probe.extend(ids);
+        Ok(())
+    }
+
+    /// Brings the VIP named like `new` to `new`: placed if it is new, otherwise its new
+    /// backends added, its kept backends' weight and state set and its configuration replaced.
+    /// Backends that left its pool are already removed.
+    fn update_vip(&mut self, new: &Vip, changes: &mut Changes) -> Result<(), OpError> {
+        if self.vip(&new.name).is_err() {
+            return self.place_vip(new, changes);
+        }
+        for b in &new.backends {
+            if self.vip(&new.name)?.backend(b.endpoint()).is_none() {
+                self.place_backend(&new.name, b, changes)?;
+            } else {
+                self.set_weight(&new.name, b.endpoint(), b.weight, changes)?;
+                self.set_admin(&new.name, b.endpoint(), b.state, changes)?;
             }
         }
-        Ok(changes)
+        let v = self.vip_mut(&new.name)?;
+        let check_changed = v.config.health_check != new.health_check;
+        if matches!(new.health_check.kind, CheckKind::None) {
+            for b in &mut v.backends {
+                b.health = Health::Up;
+            }
+        }
+        if v.config != *new {
+            v.config = new.clone();
+            changes.touch(v.id);
+        }
+        if check_changed {
+            changes.probe.extend(v.backends.iter().map(|b| b.id));
+        }
+        Ok(())
+    }
+
+    /// What writes `self` back to the maps and the health checker after `forward`, the changes
+    /// from `self` to `failed`, were applied in part (a map write failed midway): the VIPs and
+    /// backend slots `failed` holds and `self` does not are removed, every VIP of `self` is
+    /// written again and the probes `forward` touched are restored.
+    ///
+    /// Also advances `self`'s slot generations to `failed`'s, so that a slot taken later never
+    /// carries a generation the data path may have seen on another backend.
+    pub fn rollback(&mut self, failed: &Runtime, forward: &Changes) -> Changes {
+        self.backend_slots.keep_newer_generations(&failed.backend_slots);
+        let mut undo = Changes::default();
+        for v in &failed.vips {
+            let foreign: Vec<u32> = v.backends.iter().filter(|b| !self.holds(b)).map(|b| b.id).collect();
+            if self.vips.iter().any(|o| o.key() == v.key()) {
+                undo.removed_backends.extend(foreign);
+            } else {
+                undo.removed_vips.push((v.key(), v.id, foreign));
+            }
+        }
+        undo.vips = self.vips.iter().map(|v| v.id).collect();
+        let removed = forward.removed_vips.iter().flat_map(|(_, _, ids)| ids);
+        for &id in forward.probe.iter().chain(&forward.removed_backends).chain(removed) {
+            if self.backend_by_id(id).is_some() && !undo.probe.contains(&id) {
+                undo.probe.push(id);
+            }
+        }
+        undo
+    }
+
+    /// Whether `b` (slot and generation) is one of this runtime's backends.
+    fn holds(&self, b: &BackendRuntime) -> bool {
+        self.backend_by_id(b.id).is_some_and(|(_, own)| own.generation == b.generation)
     }
 }
 
@@ -643,10 +719,10 @@ vips:
     fn operations_report_what_changed() {
         let mut rt = runtime();
         let mut ch = Changes::default();
-        rt.set_health(1, Health::Up, &mut ch);
+        rt.set_health(1, 1, Health::Up, &mut ch);
         assert_eq!(ch.vips, vec![0]);
         let mut ch = Changes::default();
-        rt.set_health(1, Health::Up, &mut ch);
+        rt.set_health(1, 1, Health::Up, &mut ch);
         rt.set_weight("web", ep("10.1.0.1:80"), 1, &mut ch).unwrap();
         assert_eq!(ch, Changes::default(), "no change, nothing to write");
         rt.set_admin("web", ep("10.1.0.2:80"), AdminState::Up, &mut ch).unwrap();
@@ -755,11 +831,186 @@ vips:
         assert_ne!(new.generation, old.generation, "so stale flows are recognised");
     }
 
+    /// Web with two backends, dns with three: all five usable slots of capacity 6 are taken.
+    fn full_runtime() -> Runtime {
+        let yaml = YAML.replace("      - address: 10.2.0.1\n", "      - address: 10.2.0.1\n      - address: 10.2.0.2\n      - address: 10.2.0.3\n");
+        Runtime::new(&config::parse("t", &yaml).unwrap()).unwrap().0
+    }
+
+    /// `full_runtime`'s configuration with web's backends `web` and dns's `dns`.
+    fn pools(web: &[&str], dns: &[&str]) -> Config {
+        let mut c = config::parse("t", YAML).unwrap();
+        let b = |a: &str| BackendConfig { address: ep(a).ip(), port: ep(a).port(), weight: 1, state: AdminState::Up };
+        c.vips[0].backends = web.iter().map(|a| b(a)).collect();
+        c.vips[1].backends = dns.iter().map(|a| b(a)).collect();
+        c
+    }
+
+    fn endpoints(rt: &Runtime, vip: &str) -> Vec<SocketAddr> {
+        rt.vip(vip).unwrap().backends.iter().map(BackendRuntime::endpoint).collect()
+    }
+
+    #[test]
+    fn reconfigure_frees_slots_before_taking_new_ones() {
+        // Measured on main: web grows while dns shrinks, five backends in all (capacity 6).
+        // Web was handled first and ran out of slots after it had replaced a backend.
+        let mut rt = full_runtime();
+        let new = pools(&["10.1.0.1:80", "10.1.0.3:80", "10.1.0.4:80"], &["10.2.0.1:53", "10.2.0.2:53"]);
+        let ch = rt.reconfigure(&new).expect("a valid configuration fits once dns's backend is gone");
+        assert_eq!(endpoints(&rt, "web"), [ep("10.1.0.1:80"), ep("10.1.0.3:80"), ep("10.1.0.4:80")]);
+        assert_eq!(endpoints(&rt, "dns"), [ep("10.2.0.1:53"), ep("10.2.0.2:53")]);
+        let mut removed = ch.removed_backends.clone();
+        removed.sort_unstable();
+        assert_eq!(removed, [2, 5], "10.1.0.2 and 10.2.0.3");
+    }
+
+    #[test]
+    fn a_refused_reconfigure_changes_nothing() {
+        // Six backends for five slots: refused after web has replaced a backend.
+        let mut rt = full_runtime();
+        let new = pools(&["10.1.0.1:80", "10.1.0.3:80", "10.1.0.4:80"], &["10.2.0.1:53", "10.2.0.2:53", "10.2.0.3:53"]);
+        assert_eq!(rt.reconfigure(&new), Err(OpError::Full("backend")));
+        assert_eq!(rt, full_runtime(), "VIPs, backends, free slots and generations as before");
+    }
+
+    #[test]
+    fn a_transition_of_a_removed_backend_is_ignored() {
+        let mut rt = runtime();
+        let mut ch = Changes::default();
+        let old = rt.vip("web").unwrap().backends[0].clone();
+        rt.remove_backend("web", old.endpoint(), &mut ch).unwrap();
+        let b = BackendConfig { address: "10.1.0.7".parse().unwrap(), port: 80, weight: 1, state: AdminState::Up };
+        let id = rt.add_backend("web", &b, &mut ch).unwrap();
+        let new = rt.backend_by_id(id).unwrap().1.clone();
+        assert_eq!((new.id, new.health), (old.id, Health::Down), "the slot is reused by an unproven backend");
+        // The old backend's checker had queued "up" before it was removed.
+        let mut ch = Changes::default();
+        assert!(!rt.set_health(old.id, old.generation, Health::Up, &mut ch), "stale");
+        assert_eq!((rt.backend_by_id(id).unwrap().1.health, &ch), (Health::Down, &Changes::default()));
+        assert!(rt.set_health(new.id, new.generation, Health::Up, &mut ch), "its own checker's transition lands");
+        assert_eq!((rt.backend_by_id(id).unwrap().1.health, &ch.vips), (Health::Up, &vec![0]));
+        // A slot left free ignores transitions too.
+        rt.remove_backend("web", new.endpoint(), &mut ch).unwrap();
+        assert!(!rt.set_health(new.id, new.generation, Health::Down, &mut ch));
+    }
+
+    /// The maps (VIPs and backend slots) and the health checker's targets, as `Agent::apply`
+    /// writes them, failing after `budget` map writes.
+    #[derive(Debug)]
+    struct FakeMaps {
+        vips: std::collections::HashMap<VipKey, Service>,
+        backends: std::collections::BTreeMap<u32, Backend>,
+        probes: std::collections::BTreeMap<u32, u32>,
+        budget: usize,
+    }
+
+    impl FakeMaps {
+        /// What the maps hold for `rt`.
+        fn of(rt: &Runtime) -> FakeMaps {
+            let mut maps = FakeMaps { vips: Default::default(), backends: Default::default(), probes: Default::default(), budget: usize::MAX };
+            let ids = rt.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.id)).collect();
+            maps.apply(rt, &Changes { vips: rt.vips.iter().map(|v| v.id).collect(), probe: ids, ..Changes::default() }).unwrap();
+            maps
+        }
+
+        /// What the maps and the checker hold (not the budget).
+        fn held(&self) -> impl PartialEq + std::fmt::Debug + '_ {
+            (&self.vips, &self.backends, &self.probes)
+        }
+
+        fn write(&mut self) -> Result<(), ()> {
+            self.budget = self.budget.checked_sub(1).ok_or(())?;
+            Ok(())
+        }
+
+        fn free(&mut self, id: u32) -> Result<(), ()> {
+            self.write()?;
+            self.backends.remove(&id);
+            self.probes.remove(&id);
+            Ok(())
+        }
+
+        /// `Agent::apply`, in the same order.
+        fn apply(&mut self, rt: &Runtime, changes: &Changes) -> Result<(), ()> {
+            for (key, _, ids) in &changes.removed_vips {
+                self.write()?;
+                self.vips.remove(key);
+                ids.iter().try_for_each(|&id| self.free(id))?;
+            }
+            changes.removed_backends.iter().try_for_each(|&id| self.free(id))?;
+            for v in changes.vips.iter().filter_map(|&id| rt.vip_by_id(id)) {
+                self.write()?;
+                let svc = v.service();
+                self.backends.extend(svc.backends.iter().map(|b| (b.id, b.backend)));
+                self.vips.insert(svc.key, svc);
+            }
+            for (v, b) in changes.probe.iter().filter_map(|&id| rt.backend_by_id(id)) {
+                if v.checked() { self.probes.insert(b.id, b.generation) } else { self.probes.remove(&b.id) };
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn rollback_writes_the_running_runtime_back_after_any_failed_write() {
+        let b = |a: &str| BackendConfig { address: ep(a).ip(), port: ep(a).port(), weight: 1, state: AdminState::Up };
+        let mut moved = pools(&["10.1.0.1:80", "10.1.0.3:80", "10.1.0.4:80"], &[]);
+        moved.vips[0].health_check.kind = CheckKind::Tcp;
+        moved.vips[1] = Vip { name: "img".into(), address: "10.0.0.2".parse().unwrap(), backends: vec![b("10.2.0.1:53")], ..moved.vips[0].clone() };
+        let grown = pools(&["10.1.0.1:80", "10.1.0.3:80", "10.1.0.4:80"], &["10.2.0.1:53", "10.2.0.2:53"]);
+        // A new VIP written before a failing write of web.
+        let mut prepended = pools(&["10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"], &[]);
+        prepended.vips[1] = Vip { name: "img".into(), address: "10.0.0.2".parse().unwrap(), backends: vec![b("10.3.0.1:80"), b("10.3.0.2:80")], ..prepended.vips[0].clone() };
+        prepended.vips.reverse();
+        // From five backends to others, and from three (slots 4 and 5 free) to others.
+        for running in [full_runtime(), runtime()] {
+            for new in [&moved, &grown, &prepended] {
+                rolls_back_after_any_failed_write(&running, new);
+            }
+        }
+    }
+
+    /// Fails the write of `running`'s reconfiguration to `new` after every number of writes
+    /// and checks that the rollback writes `running` back.
+    fn rolls_back_after_any_failed_write(running: &Runtime, new: &Config) {
+        let (next, forward) = running.reconfigured(new).unwrap();
+        let mut maps = FakeMaps::of(running);
+        maps.apply(&next, &forward).unwrap();
+        let (want, undone) = (FakeMaps::of(&next), FakeMaps::of(running));
+        assert_eq!(maps.held(), want.held(), "the forward changes write the new runtime");
+        for budget in 0.. {
+            let mut maps = FakeMaps { budget, ..FakeMaps::of(running) };
+            if maps.apply(&next, &forward).is_ok() {
+                break;
+            }
+            let mut kept = running.clone();
+            let undo = kept.rollback(&next, &forward);
+            maps.budget = usize::MAX;
+            maps.apply(&kept, &undo).unwrap();
+            assert_eq!(maps.held(), undone.held(), "failed after {budget} writes");
+            assert_eq!(kept.vips, running.vips);
+        }
+    }
+
+    #[test]
+    fn after_a_rollback_reused_slots_get_generations_never_written() {
+        let mut running = full_runtime();
+        let (next, forward) = running.reconfigured(&pools(&["10.1.0.1:80", "10.1.0.3:80"], &["10.2.0.1:53"])).unwrap();
+        let tried = next.vip("web").unwrap().backends[1].clone();
+        running.rollback(&next, &forward);
+        let mut ch = Changes::default();
+        running.remove_backend("web", ep("10.1.0.2:80"), &mut ch).unwrap();
+        let id = running.add_backend("web", &BackendConfig { address: "10.1.0.9".parse().unwrap(), port: 80, weight: 1, state: AdminState::Up }, &mut ch).unwrap();
+        let reused = running.backend_by_id(id).unwrap().1;
+        assert_eq!(id, tried.id);
+        assert!(reused.generation > tried.generation, "{} after {}", reused.generation, tried.generation);
+    }
+
     #[test]
     fn reconfigure_keeps_what_stays() {
         let mut rt = runtime();
         let mut ch = Changes::default();
-        rt.set_health(1, Health::Up, &mut ch);
+        rt.set_health(1, 1, Health::Up, &mut ch);
         let changed = YAML
             .replace("      - address: 10.1.0.2\n        state: draining\n", "      - address: 10.1.0.3\n        weight: 4\n")
             .replace("  - name: dns\n    address: 10.0.0.1\n    port: 53\n    protocol: udp\n    health_check:\n      type: none\n    backends:\n      - address: 10.2.0.1\n", "");

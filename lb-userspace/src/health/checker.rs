@@ -41,6 +41,9 @@ pub struct Target {
 pub struct Transition {
     /// The target's id.
     pub id: u32,
+    /// The generation the target was added with: a transition still queued when its target
+    /// is replaced by another one with the same id is told apart by it.
+    pub generation: u32,
     /// Its new health.
     pub health: Health,
     /// Detail of the probe that caused the flip.
@@ -103,11 +106,12 @@ impl Checker {
     }
 
     /// Starts probing a target (replacing any existing target with the same id); the first
-    /// probe runs at once.
+    /// probe runs at once. Its transitions carry `generation` (for a backend, its slot's
+    /// generation), so that those sent before a replacement can be recognised and ignored.
     ///
     /// # Panics
     /// Outside a Tokio runtime.
-    pub fn add(&mut self, target: Target) {
+    pub fn add(&mut self, target: Target, generation: u32) {
         let state = HealthState::new(target.initial, target.rise, target.fall);
         let status = Arc::new(Mutex::new(TargetStatus {
             id: target.id,
@@ -121,6 +125,7 @@ impl Checker {
         }));
         let task = tokio::spawn(run(
             target.clone(),
+            generation,
             state,
             status.clone(),
             self.events.clone(),
@@ -155,6 +160,7 @@ fn lock(status: &Mutex<TargetStatus>) -> MutexGuard<'_, TargetStatus> {
 
 async fn run(
     target: Target,
+    generation: u32,
     mut state: HealthState,
     status: Arc<Mutex<TargetStatus>>,
     events: UnboundedSender<Transition>,
@@ -192,6 +198,7 @@ async fn run(
             // A closed receiver only means nobody listens any more; the snapshot stays live.
             let _ = events.send(Transition {
                 id: target.id,
+                generation,
                 health,
                 detail: outcome.detail,
                 failed_probe_at: started,
@@ -278,7 +285,7 @@ mod tests {
         let (server, healthy) = switchable_server().await;
         let (tx, mut rx) = unbounded_channel();
         let mut checker = Checker::new(tx);
-        checker.add(http_target(7, server.addr, Health::Up));
+        checker.add(http_target(7, server.addr, Health::Up), 1);
 
         assert!(eventually(|| checker.snapshot()[0].probes >= 2).await);
         assert!(
@@ -329,12 +336,13 @@ mod tests {
         let mut checker = Checker::new(tx);
         let mut target = http_target(3, server.addr, Health::Down);
         target.spec.kind = ProbeKind::Tcp;
-        checker.add(target);
+        checker.add(target, 5);
         assert_eq!(checker.snapshot()[0].health, Health::Down);
         let up = next_event(&mut rx).await;
         assert_eq!(
-            (up.id, up.health, up.detail.as_str()),
-            (3, Health::Up, "TCP connect")
+            (up.id, up.generation, up.health, up.detail.as_str()),
+            (3, 5, Health::Up, "TCP connect"),
+            "the transition carries the generation the target was added with"
         );
         let s = &checker.snapshot()[0];
         assert!(s.consecutive_ok >= 2 && s.probes >= 2, "{s:?}");
@@ -347,7 +355,7 @@ mod tests {
         let mut checker = Checker::new(tx);
         let mut target = http_target(1, server.addr, Health::Up);
         target.interval = Duration::from_secs(3600);
-        checker.add(target);
+        checker.add(target, 1);
         assert!(eventually(|| server.requests() == 1).await);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(server.requests(), 1);
@@ -360,9 +368,9 @@ mod tests {
         let (other, _) = switchable_server().await;
         let (tx, _rx) = unbounded_channel();
         let mut checker = Checker::new(tx);
-        checker.add(http_target(1, server.addr, Health::Up));
-        checker.add(http_target(2, server.addr, Health::Up));
-        checker.add(http_target(1, other.addr, Health::Up));
+        checker.add(http_target(1, server.addr, Health::Up), 1);
+        checker.add(http_target(2, server.addr, Health::Up), 1);
+        checker.add(http_target(1, other.addr, Health::Up), 2);
         let snapshot = checker.snapshot();
         assert_eq!(
             snapshot.iter().map(|s| (s.id, s.addr)).collect::<Vec<_>>(),
