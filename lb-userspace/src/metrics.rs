@@ -1,14 +1,30 @@
 //! Prometheus text exposition of the agent's counters, served on the configured TCP address.
+//!
+//! Requests are read under [`Limits::METRICS`] (see [`http`]), and scrapes share the agent's
+//! answers: at most one scrape at a time asks the agent's loop, and the scrapes that arrive
+//! meanwhile take the next answer, so a flood of scrapes costs the loop no more than one.
 
-use std::{fmt::Write as _, net::SocketAddr};
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::Arc,
+    time::Instant,
+};
 
 use anyhow::Context as _;
-use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{Mutex, mpsc},
+    task::JoinHandle,
+};
 
-use crate::api::{
-    Request, StatsReport, StatusReport,
-    http::{read_request, write_response},
-    server::{Call, ask},
+use crate::{
+    api::{
+        Request, StatsReport, StatusReport,
+        http::{self, HttpRequest, Limits, Response},
+        server::{Call, ask},
+    },
+    health::checker::local_errors_total,
 };
 
 fn escape(v: &str) -> String {
@@ -89,40 +105,73 @@ pub fn render(status: &StatusReport, stats: &StatsReport) -> String {
     o
 }
 
+/// The counters of the agent's own faults, which no report carries: probes it could not make
+/// (no descriptors, no memory).
+pub fn render_agent_faults(probe_local_errors: u64) -> String {
+    let mut o = String::new();
+    family(
+        &mut o,
+        "lb_probe_local_errors_total",
+        "counter",
+        "Health probes the agent could not make (no descriptors, no memory); not counted against any backend.",
+    );
+    let _ = writeln!(o, "lb_probe_local_errors_total {probe_local_errors}");
+    o
+}
+
 /// Serves `GET /metrics` on `addr` until the returned task is aborted.
 pub async fn serve(addr: SocketAddr, calls: mpsc::Sender<Call>) -> anyhow::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the metrics address {addr}"))?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let calls = calls.clone();
-            tokio::spawn(async move {
-                let (read, write) = stream.split();
-                let Ok(req) = read_request(read).await else {
-                    return;
-                };
-                if req.method != "GET" || req.path != "/metrics" {
-                    let _ = write_response(write, 404, "text/plain", b"see /metrics\n").await;
-                    return;
-                }
-                let reports = async {
-                    let status: StatusReport = serde_json::from_value(ask(&calls, Request::Status).await.ok()?).ok()?;
-                    let stats: StatsReport = serde_json::from_value(ask(&calls, Request::Stats).await.ok()?).ok()?;
-                    Some(render(&status, &stats))
-                };
-                match reports.await {
-                    Some(text) => {
-                        let _ = write_response(write, 200, "text/plain; version=0.0.4", text.as_bytes()).await;
-                    }
-                    None => {
-                        let _ = write_response(write, 500, "text/plain", b"agent unavailable\n").await;
-                    }
-                }
-            });
+    Ok(serve_listener(listener, calls))
+}
+
+/// Serves `GET /metrics` on a bound listener until the returned task is aborted.
+pub fn serve_listener(listener: TcpListener, calls: mpsc::Sender<Call>) -> JoinHandle<()> {
+    let scrapes = Arc::new(Scrapes { calls, last: Mutex::new(None) });
+    let handler = move |request| answer(scrapes.clone(), request);
+    tokio::spawn(http::serve(listener, "metrics", Limits::METRICS, handler))
+}
+
+async fn answer(scrapes: Arc<Scrapes>, request: HttpRequest) -> Response {
+    if request.method != "GET" || request.path != "/metrics" {
+        return Response::text(404, "see /metrics");
+    }
+    match scrapes.latest().await {
+        Some(text) => Response { status: 200, content_type: "text/plain; version=0.0.4", body: text.as_bytes().to_vec() },
+        None => Response::text(500, "agent unavailable"),
+    }
+}
+
+/// The agent's answers, shared by the scrapes.
+struct Scrapes {
+    calls: mpsc::Sender<Call>,
+    /// When the last fetch started, and what it got (`None` when the agent did not answer).
+    last: Mutex<Option<(Instant, Option<Arc<String>>)>>,
+}
+
+impl Scrapes {
+    /// An exposition at least as fresh as the call: the last fetch's if it started after the
+    /// call, a new one otherwise. The lock is fair, so every waiting scrape gets its turn.
+    async fn latest(&self) -> Option<Arc<String>> {
+        let called = Instant::now();
+        let mut last = self.last.lock().await;
+        if let Some((started, text)) = &*last
+            && *started >= called
+        {
+            return text.clone();
         }
-    }))
+        let started = Instant::now();
+        let text = fetch(&self.calls).await.map(Arc::new);
+        *last = Some((started, text.clone()));
+        text
+    }
+}
+
+/// Asks the agent's loop for its status and counters and renders them.
+async fn fetch(calls: &mpsc::Sender<Call>) -> Option<String> {
+    let status: StatusReport = serde_json::from_value(ask(calls, Request::Status).await.ok()?).ok()?;
+    let stats: StatsReport = serde_json::from_value(ask(calls, Request::Stats).await.ok()?).ok()?;
+    Some(render(&status, &stats) + &render_agent_faults(local_errors_total()))
 }
 
 #[cfg(test)]
@@ -177,5 +226,12 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains("lb_health_max_probe_to_swap_seconds"), "unknown values are left out");
+    }
+
+    #[test]
+    fn renders_the_agents_own_faults() {
+        let text = render_agent_faults(3);
+        assert!(text.contains("# TYPE lb_probe_local_errors_total counter\n"), "{text}");
+        assert!(text.lines().any(|l| l == "lb_probe_local_errors_total 3"), "{text}");
     }
 }

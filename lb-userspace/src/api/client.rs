@@ -41,7 +41,11 @@ impl Client {
         }
         match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(e) => Err(ClientError::Refused(e.error)),
-            Err(_) => Err(ClientError::Protocol(format!("HTTP {status}"))),
+            // Refusals of the HTTP layer (limits, connection cap) come as plain text.
+            Err(_) => {
+                let text: String = String::from_utf8_lossy(&body).trim().chars().take(200).collect();
+                Err(ClientError::Protocol(format!("HTTP {status}: {text}")))
+            }
         }
     }
 

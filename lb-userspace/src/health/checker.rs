@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -9,11 +10,21 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
-use super::probe::{ProbeSpec, probe};
+use super::probe::{ProbeOutcome, ProbeSpec, probe};
 use super::state::{Health, HealthState};
 
 /// Shortest wait between two probes of one target, whatever its configured intervals.
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Probes the agent could not make, over all targets since the process started.
+static LOCAL_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// Probes the agent could not make for a reason of its own (no descriptors, no memory, no
+/// local port), over all targets, removed ones included, since the process started. These
+/// count against no backend.
+pub fn local_errors_total() -> u64 {
+    LOCAL_ERRORS.load(Ordering::Relaxed)
+}
 
 /// A backend to probe and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +82,9 @@ pub struct TargetStatus {
     pub probes: u64,
     /// Failed probes since the target was added.
     pub failures: u64,
+    /// Probes the agent could not make since the target was added (its own fault: no
+    /// descriptors, no memory); counted neither as probes nor as failures.
+    pub local_errors: u64,
 }
 
 /// A running target: its probing task stops when this is dropped.
@@ -122,6 +136,7 @@ impl Checker {
             consecutive_fail: 0,
             probes: 0,
             failures: 0,
+            local_errors: 0,
         }));
         let task = tokio::spawn(run(
             target.clone(),
@@ -165,28 +180,11 @@ async fn run(
     status: Arc<Mutex<TargetStatus>>,
     events: UnboundedSender<Transition>,
 ) {
+    let mut local_streak = 0u32;
     loop {
         let started = Instant::now();
         let outcome = probe(target.addr, &target.spec).await;
-        let flip = state.observe(outcome.ok);
-        {
-            let mut s = lock(&status);
-            s.health = state.health();
-            s.detail.clone_from(&outcome.detail);
-            s.consecutive_ok = state.consecutive_ok();
-            s.consecutive_fail = state.consecutive_fail();
-            s.probes += 1;
-            s.failures += u64::from(!outcome.ok);
-        }
-        if !outcome.ok {
-            tracing::debug!(
-                backend = target.id,
-                addr = %target.addr,
-                detail = %outcome.detail,
-                consecutive_fail = state.consecutive_fail(),
-                "health probe failed"
-            );
-        }
+        let flip = judge(&target, &mut state, &status, &outcome, &mut local_streak);
         if let Some(health) = flip {
             tracing::info!(
                 backend = target.id,
@@ -212,6 +210,82 @@ async fn run(
         let next = started + wait.max(MIN_INTERVAL);
         tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
     }
+}
+
+/// Records one probe outcome; returns the target's new health if it flipped. A probe the
+/// agent could not make (`outcome.local`) counts against the agent, never against the target.
+fn judge(
+    target: &Target,
+    state: &mut HealthState,
+    status: &Mutex<TargetStatus>,
+    outcome: &ProbeOutcome,
+    local_streak: &mut u32,
+) -> Option<Health> {
+    if outcome.local {
+        local_error(target, status, outcome, local_streak);
+        return None;
+    }
+    if *local_streak > 0 {
+        tracing::info!(backend = target.id, addr = %target.addr, failed = *local_streak, "probing again after local errors");
+        *local_streak = 0;
+    }
+    observe(target, state, status, outcome)
+}
+
+/// Counts a probe result against the target; returns its new health if it flipped.
+fn observe(
+    target: &Target,
+    state: &mut HealthState,
+    status: &Mutex<TargetStatus>,
+    outcome: &ProbeOutcome,
+) -> Option<Health> {
+    let flip = state.observe(outcome.ok);
+    {
+        let mut s = lock(status);
+        s.health = state.health();
+        s.detail.clone_from(&outcome.detail);
+        s.consecutive_ok = state.consecutive_ok();
+        s.consecutive_fail = state.consecutive_fail();
+        s.probes += 1;
+        s.failures += u64::from(!outcome.ok);
+    }
+    if !outcome.ok {
+        tracing::debug!(
+            backend = target.id,
+            addr = %target.addr,
+            detail = %outcome.detail,
+            consecutive_fail = state.consecutive_fail(),
+            "health probe failed"
+        );
+    }
+    flip
+}
+
+/// Records a probe the agent could not make: the agent's fault, not the target's, so its
+/// health and consecutive counts stay as they were. Logged as a warning once per streak.
+fn local_error(
+    target: &Target,
+    status: &Mutex<TargetStatus>,
+    outcome: &ProbeOutcome,
+    streak: &mut u32,
+) {
+    LOCAL_ERRORS.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut s = lock(status);
+        s.detail.clone_from(&outcome.detail);
+        s.local_errors += 1;
+    }
+    if *streak == 0 {
+        tracing::warn!(
+            backend = target.id,
+            addr = %target.addr,
+            detail = %outcome.detail,
+            "health probe not made: the agent is out of a local resource; the backend keeps its health"
+        );
+    } else {
+        tracing::debug!(backend = target.id, addr = %target.addr, detail = %outcome.detail, "health probe not made");
+    }
+    *streak = streak.saturating_add(1);
 }
 
 #[cfg(test)]
@@ -390,6 +464,68 @@ mod tests {
     }
 
     #[test]
+    fn local_errors_never_take_a_backend_down() {
+        let mut target = http_target(9, "10.0.0.9:80".parse().unwrap(), Health::Up);
+        target.fall = 1;
+        let mut state = HealthState::new(Health::Up, target.rise, target.fall);
+        let status = Mutex::new(TargetStatus {
+            id: 9,
+            addr: target.addr,
+            health: Health::Up,
+            detail: String::new(),
+            consecutive_ok: 0,
+            consecutive_fail: 0,
+            probes: 0,
+            failures: 0,
+            local_errors: 0,
+        });
+        let outcome = |ok, local, detail: &str| ProbeOutcome {
+            ok,
+            local,
+            detail: detail.to_owned(),
+            latency: Duration::ZERO,
+        };
+        let before = local_errors_total();
+        let mut streak = 0;
+        let emfile = outcome(
+            false,
+            true,
+            "agent could not probe: connect: too many open files",
+        );
+        for _ in 0..10 {
+            assert_eq!(
+                judge(&target, &mut state, &status, &emfile, &mut streak),
+                None,
+                "no fall step"
+            );
+        }
+        let s = lock(&status).clone();
+        assert_eq!(
+            (
+                s.health,
+                s.consecutive_fail,
+                s.failures,
+                s.probes,
+                s.local_errors
+            ),
+            (Health::Up, 0, 0, 0, 10)
+        );
+        assert_eq!(s.detail, emfile.detail);
+        assert!(
+            local_errors_total() >= before + 10,
+            "the process-wide counter counts them"
+        );
+        assert_eq!((state.health(), state.consecutive_fail()), (Health::Up, 0));
+        let refused = outcome(false, false, "connect: connection refused");
+        assert_eq!(
+            judge(&target, &mut state, &status, &refused, &mut streak),
+            Some(Health::Down),
+            "a real failure still counts"
+        );
+        assert_eq!((streak, lock(&status).failures), (0, 1));
+    }
+
+    #[test]
     fn status_serializes() {
         let status = TargetStatus {
             id: 4,
@@ -400,6 +536,7 @@ mod tests {
             consecutive_fail: 3,
             probes: 10,
             failures: 3,
+            local_errors: 2,
         };
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(
@@ -413,6 +550,7 @@ mod tests {
                 "consecutive_fail": 3,
                 "probes": 10,
                 "failures": 3,
+                "local_errors": 2,
             })
         );
     }

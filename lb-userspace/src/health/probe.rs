@@ -1,10 +1,15 @@
 //! One health probe of one backend: a TCP connect or a minimal HTTP/1.1 request.
+//!
+//! A probe that fails on the agent's own side (no descriptors, no memory, no local port) says
+//! nothing about the backend: its outcome is marked [`ProbeOutcome::local`], and the checker
+//! counts it as the agent's fault instead of a backend failure.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Longest status line accepted before the probe gives up on the response.
@@ -42,6 +47,9 @@ pub struct ProbeSpec {
 pub struct ProbeOutcome {
     /// Whether the backend passed.
     pub ok: bool,
+    /// The probe could not be made for a reason of the agent's own (no descriptors, no
+    /// memory, no local port): `ok` is false, but the backend is not to blame.
+    pub local: bool,
     /// Human-readable reason, such as `HTTP 200` or `connect: connection refused`.
     pub detail: String,
     /// Time from the start of the probe to its outcome.
@@ -50,27 +58,81 @@ pub struct ProbeOutcome {
 
 /// Probes `target` once; never takes much longer than `spec.timeout`.
 pub async fn probe(target: SocketAddr, spec: &ProbeSpec) -> ProbeOutcome {
+    probe_with(target, spec, TcpStream::connect).await
+}
+
+/// [`probe`] with the connect step given, so that tests can make it fail.
+async fn probe_with<C, F, S>(target: SocketAddr, spec: &ProbeSpec, connect: C) -> ProbeOutcome
+where
+    C: FnOnce(SocketAddr) -> F,
+    F: Future<Output = io::Result<S>>,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let start = Instant::now();
-    let result = tokio::time::timeout(spec.timeout, run(target, &spec.kind)).await;
-    let (ok, detail) = match result {
-        Ok(Ok(detail)) => (true, detail),
-        Ok(Err(detail)) => (false, detail),
-        Err(_) => (false, format!("timed out after {:?}", spec.timeout)),
+    let result = tokio::time::timeout(spec.timeout, run(target, &spec.kind, connect)).await;
+    let (ok, local, detail) = match result {
+        Ok(Ok(detail)) => (true, false, detail),
+        Ok(Err(f)) => (false, f.local, f.detail),
+        Err(_) => (false, false, format!("timed out after {:?}", spec.timeout)),
     };
     ProbeOutcome {
         ok,
+        local,
         detail,
         latency: start.elapsed(),
     }
 }
 
-/// Runs the probe without a time limit: `Ok(detail)` if healthy, `Err(detail)` if not.
-async fn run(target: SocketAddr, kind: &ProbeKind) -> Result<String, String> {
+/// Why a probe failed.
+#[derive(Debug)]
+struct Failure {
+    detail: String,
+    /// On the agent's side, not the backend's.
+    local: bool,
+}
+
+impl From<String> for Failure {
+    fn from(detail: String) -> Self {
+        Failure {
+            detail,
+            local: false,
+        }
+    }
+}
+
+/// A failed I/O step (`connect`, `send`, `receive`), local if the error is.
+fn io_failure(step: &str, e: &io::Error) -> Failure {
+    let local = is_local(e);
+    let detail = if local {
+        format!("agent could not probe: {step}: {}", describe(e))
+    } else {
+        format!("{step}: {}", describe(e))
+    };
+    Failure { detail, local }
+}
+
+/// Whether an I/O error comes from the agent's own side: out of descriptors (EMFILE,
+/// ENFILE), of memory or buffers (ENOMEM, ENOBUFS), or of local ports (EADDRNOTAVAIL).
+pub fn is_local(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::OutOfMemory
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS | libc::EADDRNOTAVAIL)
+        )
+}
+
+/// Runs the probe without a time limit: `Ok(detail)` if healthy, `Err` if not.
+async fn run<C, F, S>(target: SocketAddr, kind: &ProbeKind, connect: C) -> Result<String, Failure>
+where
+    C: FnOnce(SocketAddr) -> F,
+    F: Future<Output = io::Result<S>>,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     match kind {
         ProbeKind::Tcp => {
-            TcpStream::connect(target)
+            connect(target)
                 .await
-                .map_err(|e| format!("connect: {}", describe(&e)))?;
+                .map_err(|e| io_failure("connect", &e))?;
             Ok("TCP connect".to_owned())
         }
         ProbeKind::Http {
@@ -80,19 +142,19 @@ async fn run(target: SocketAddr, kind: &ProbeKind) -> Result<String, String> {
             expect_status,
         } => {
             let request = build_request(target, method, path, host.as_deref())?;
-            let mut stream = TcpStream::connect(target)
+            let mut stream = connect(target)
                 .await
-                .map_err(|e| format!("connect: {}", describe(&e)))?;
+                .map_err(|e| io_failure("connect", &e))?;
             stream
                 .write_all(request.as_bytes())
                 .await
-                .map_err(|e| format!("send: {}", describe(&e)))?;
+                .map_err(|e| io_failure("send", &e))?;
             let line = read_status_line(&mut stream).await?;
             let status = parse_status_line(&line)?;
             if expect_status.contains(&status) {
                 Ok(format!("HTTP {status}"))
             } else {
-                Err(format!("HTTP {status} (expected {})", list(expect_status)))
+                Err(format!("HTTP {status} (expected {})", list(expect_status)).into())
             }
         }
     }
@@ -137,7 +199,7 @@ fn default_host(target: SocketAddr) -> String {
 }
 
 /// Reads until the first line of the response is complete; returns it without its line end.
-async fn read_status_line(stream: &mut TcpStream) -> Result<String, String> {
+async fn read_status_line<S: AsyncRead + Unpin>(stream: &mut S) -> Result<String, Failure> {
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 512];
     loop {
@@ -149,18 +211,19 @@ async fn read_status_line(stream: &mut TcpStream) -> Result<String, String> {
             return Ok(String::from_utf8_lossy(&buf).into_owned());
         }
         if buf.len() > MAX_STATUS_LINE {
-            return Err(format!("status line longer than {MAX_STATUS_LINE} bytes"));
+            return Err(format!("status line longer than {MAX_STATUS_LINE} bytes").into());
         }
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("receive: {}", describe(&e)))?;
+            .map_err(|e| io_failure("receive", &e))?;
         if n == 0 {
-            return Err(if buf.is_empty() {
-                "connection closed before a status line".to_owned()
+            let detail = if buf.is_empty() {
+                "connection closed before a status line"
             } else {
-                "connection closed inside the status line".to_owned()
-            });
+                "connection closed inside the status line"
+            };
+            return Err(detail.to_owned().into());
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -485,6 +548,98 @@ mod tests {
             build_request(target, "GET", "/health", None).unwrap(),
             "GET /health HTTP/1.1\r\nHost: 10.0.0.1\r\nUser-Agent: lb-health\r\nConnection: close\r\n\r\n"
         );
+    }
+
+    #[tokio::test]
+    async fn local_errors_are_marked_as_the_agents() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+            libc::ENOBUFS,
+            libc::EADDRNOTAVAIL,
+        ] {
+            for spec in [http(&[200]), tcp()] {
+                let connect =
+                    |_| async move { Err::<TcpStream, _>(io::Error::from_raw_os_error(errno)) };
+                let out = probe_with("10.0.0.1:80".parse().unwrap(), &spec, connect).await;
+                assert!(!out.ok && out.local, "{errno}: {out:?}");
+                assert!(
+                    out.detail.starts_with("agent could not probe: connect: "),
+                    "{out:?}"
+                );
+            }
+        }
+        let connect = |_| async { Err::<TcpStream, _>(io::Error::from_raw_os_error(libc::EMFILE)) };
+        let out = probe_with("10.0.0.1:80".parse().unwrap(), &tcp(), connect).await;
+        assert_eq!(
+            out.detail,
+            "agent could not probe: connect: too many open files"
+        );
+        let refused =
+            |_| async { Err::<TcpStream, _>(io::Error::from_raw_os_error(libc::ECONNREFUSED)) };
+        let out = probe_with("10.0.0.1:80".parse().unwrap(), &tcp(), refused).await;
+        assert!(!out.ok && !out.local, "a refusal is the backend's: {out:?}");
+        assert!(is_local(&io::Error::from(io::ErrorKind::OutOfMemory)));
+        assert!(!is_local(&io::Error::from_raw_os_error(libc::ETIMEDOUT)));
+    }
+
+    const EMFILE_CHILD: &str = "LB_PROBE_EMFILE_CHILD";
+
+    /// With the open-file limit reached for real (in a child process, so that no other test
+    /// runs short of descriptors), a probe fails as the agent's own fault.
+    #[test]
+    fn out_of_descriptors_is_a_local_error() {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "health::probe::tests::emfile_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(EMFILE_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("emfile child: 2 local outcomes"),
+            "{stdout}"
+        );
+    }
+
+    /// The child of [`out_of_descriptors_is_a_local_error`]; does nothing in a normal run.
+    #[test]
+    fn emfile_child() {
+        if std::env::var_os(EMFILE_CHILD).is_none() {
+            return;
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limit = libc::rlimit {
+            rlim_cur: 128,
+            rlim_max: 128,
+        };
+        // SAFETY: setrlimit reads the struct; this process is the child alone.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+        let mut held = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            held.push(f);
+            assert!(held.len() <= 128, "the limit did not hold");
+        }
+        let outcomes = runtime
+            .block_on(async { [probe(addr, &http(&[200])).await, probe(addr, &tcp()).await] });
+        let local = outcomes.iter().filter(|o| !o.ok && o.local).count();
+        println!("emfile child: {local} local outcomes: {outcomes:?}");
     }
 
     #[test]
