@@ -17,3 +17,4 @@ pub mod maglev;
 pub mod maps;
 pub mod martian;
 pub mod schedule;
+pub mod sizing;

@@ -26,7 +26,7 @@ use crate::{
         server::{self, ApiError, Call},
     },
     config::{self, AdminState, Config, XdpMode},
-    dataplane::{AttachMode, Dataplane},
+    dataplane::Dataplane,
     health::{Checker, Transition},
     metrics, neighbours,
 };
@@ -41,7 +41,7 @@ pub struct Options {
     /// The configuration file.
     pub config_path: PathBuf,
     /// Overrides `global.xdp_mode`.
-    pub mode: Option<AttachMode>,
+    pub mode: Option<XdpMode>,
 }
 
 struct Agent {
@@ -51,7 +51,7 @@ struct Agent {
     dp: Dataplane,
     checker: Checker,
     addresses: VipAddresses,
-    interfaces: Vec<(String, AttachMode)>,
+    interfaces: Vec<(String, XdpMode)>,
     started: Instant,
     health: HealthStats,
     rates: report::Rates,
@@ -69,11 +69,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         Some(logs) => Some(read_ebpf_logs(logs)?),
         None => None,
     };
-    let mode = opts.mode.unwrap_or(match config.global.xdp_mode {
-        XdpMode::Auto => AttachMode::Auto,
-        XdpMode::Driver => AttachMode::Driver,
-        XdpMode::Generic => AttachMode::Generic,
-    });
+    let mode = opts.mode.unwrap_or(config.global.xdp_mode);
     let mut interfaces = Vec::new();
     for iface in &config.global.interfaces {
         let used = dp.attach(iface, mode)?;

@@ -14,8 +14,7 @@ use crate::{
         DEFAULT_ADMIN_SOCKET, Request,
         client::{Client, ClientError},
     },
-    config,
-    dataplane::AttachMode,
+    config::{self, XdpMode},
 };
 
 /// Exit code: the agent refused the request, or a file is invalid.
@@ -175,12 +174,12 @@ pub enum ConfigCommand {
     Show,
 }
 
-impl From<ModeArg> for AttachMode {
+impl From<ModeArg> for XdpMode {
     fn from(m: ModeArg) -> Self {
         match m {
-            ModeArg::Auto => AttachMode::Auto,
-            ModeArg::Driver => AttachMode::Driver,
-            ModeArg::Generic => AttachMode::Generic,
+            ModeArg::Auto => XdpMode::Auto,
+            ModeArg::Driver => XdpMode::Driver,
+            ModeArg::Generic => XdpMode::Generic,
         }
     }
 }

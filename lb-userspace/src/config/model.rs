@@ -11,10 +11,11 @@ use std::{
 use lb_common::{
     limits::{DEFAULT_BACKEND_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_RING_SIZE, DEFAULT_VIP_CAPACITY},
     maps::{PROTO_TCP, PROTO_UDP},
+    sizing::Sizing,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{api::DEFAULT_ADMIN_SOCKET, dataplane::Sizing};
+use crate::api::DEFAULT_ADMIN_SOCKET;
 
 /// A whole configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +53,7 @@ pub struct Global {
     pub log_format: LogFormat,
 }
 
-/// `global.xdp_mode`.
+/// `global.xdp_mode`, and how the data path is attached (`lb run --xdp-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
@@ -62,6 +63,16 @@ pub enum XdpMode {
     Driver,
     /// Generic mode (any interface, slower).
     Generic,
+}
+
+impl std::fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Driver => "driver",
+            XdpMode::Generic => "generic",
+        })
+    }
 }
 
 /// `global.forwarding`.

@@ -9,6 +9,7 @@ use lb_common::{
         RING_SLOTS_PER_BACKEND,
     },
     maglev::is_prime,
+    sizing::{Sizing, SizingError},
 };
 
 use super::{
@@ -16,7 +17,6 @@ use super::{
     endpoints::{ONE_VIP_PER_ENDPOINT, shared_endpoints},
     model::*,
 };
-use crate::dataplane::{Sizing, SizingError};
 
 /// Most consecutive results `rise` and `fall` may ask for.
 const MAX_RISE_FALL: u32 = 100;

@@ -4,16 +4,17 @@
 mod maps;
 mod ring_memory;
 mod service;
-mod sizing;
 
 pub use maps::Maps;
 pub use service::{Service, ServiceBackend};
-pub use sizing::{Sizing, SizingError};
+pub use lb_common::sizing::{Sizing, SizingError};
+
+use crate::config::XdpMode;
 
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode},
+    programs::{Xdp, XdpMode as AyaXdpMode},
 };
 use lb_common::maps::{
     GLOBAL_HASH_SEED, GLOBAL_RING_SIZE, MAP_ACTIVE_CONNS, MAP_BACKEND_STATS, MAP_BACKENDS,
@@ -25,28 +26,6 @@ use lb_common::maps::{
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
 /// The benchmarks' floor programs, bare forwarder, generator and receiver (`lb-ebpf/src/bin/floors.rs`).
 pub static FLOORS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-floors"));
-
-/// How the program is attached to an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// Driver mode, falling back to generic mode.
-    Auto,
-    /// Native XDP in the NIC driver.
-    Driver,
-    /// Generic XDP in the kernel's network stack (any interface, slower).
-    Generic,
-}
-
-impl std::fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AttachMode::Auto => "auto",
-            AttachMode::Driver => "driver",
-            AttachMode::Generic => "generic",
-        })
-    }
-}
 
 /// A loaded instance of the data path.
 pub struct Dataplane {
@@ -147,18 +126,18 @@ impl Dataplane {
     /// Attaches the program to `interface`. `Auto` tries driver mode and falls back to generic
     /// mode (with a warning) when the driver has no XDP support. Returns the mode used. The
     /// program stays attached as long as this `Dataplane` lives.
-    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> anyhow::Result<AttachMode> {
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> anyhow::Result<XdpMode> {
         let program = self.program_mut();
         match mode {
-            AttachMode::Driver | AttachMode::Generic => {
-                let xdp_mode = if mode == AttachMode::Driver { XdpMode::Driver } else { XdpMode::Skb };
+            XdpMode::Driver | XdpMode::Generic => {
+                let xdp_mode = if mode == XdpMode::Driver { AyaXdpMode::Driver } else { AyaXdpMode::Skb };
                 program
                     .attach(interface, xdp_mode)
                     .with_context(|| format!("attaching XDP to {interface} in {mode} mode"))?;
                 Ok(mode)
             }
-            AttachMode::Auto => match program.attach(interface, XdpMode::Driver) {
-                Ok(_) => Ok(AttachMode::Driver),
+            XdpMode::Auto => match program.attach(interface, AyaXdpMode::Driver) {
+                Ok(_) => Ok(XdpMode::Driver),
                 Err(driver_err) => {
                     tracing::warn!(
                         interface,
@@ -166,9 +145,9 @@ impl Dataplane {
                         "driver-mode XDP failed, using generic mode (slower)"
                     );
                     program
-                        .attach(interface, XdpMode::Skb)
+                        .attach(interface, AyaXdpMode::Skb)
                         .with_context(|| format!("attaching XDP to {interface} in generic mode"))?;
-                    Ok(AttachMode::Generic)
+                    Ok(XdpMode::Generic)
                 }
             },
         }

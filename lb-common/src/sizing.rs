@@ -1,6 +1,7 @@
-//! Load-time sizes of the maps and the hash seed, checked against `lb_common::limits`.
+//! Load-time sizes of the maps and the hash seed, checked against [`crate::limits`]: the
+//! vocabulary the configuration and the agent's data-plane module share.
 
-use lb_common::{limits::*, maglev::is_prime};
+use crate::{limits::*, maglev::is_prime};
 
 /// How big the maps are and which hash seed the program uses; fixed for the life of a loaded
 /// program.
@@ -34,25 +35,19 @@ impl Default for Sizing {
 }
 
 /// A size outside what the data path supports.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum SizingError {
     /// Ring size not prime or out of range.
-    #[error("ring size {0} must be a prime between {MIN_RING_SIZE} and {MAX_RING_SIZE}")]
     RingSize(u32),
     /// VIP capacity out of range.
-    #[error("VIP capacity {0} must be between 1 and {MAX_VIP_CAPACITY}")]
     VipCapacity(u32),
     /// Backend capacity out of range.
-    #[error("backend capacity {0} must be between 2 and {MAX_BACKEND_CAPACITY}")]
     BackendCapacity(u32),
     /// Connection table capacity out of range.
-    #[error("connection table capacity {0} must be between 2 and {MAX_CONN_CAPACITY}")]
     ConnCapacity(u32),
     /// Half-open table capacity out of range.
-    #[error("half-open table capacity {0} must be between 2 and {MAX_HALF_OPEN_CAPACITY}")]
     HalfOpenCapacity(u32),
     /// The rings of all VIPs do not fit one map.
-    #[error("{vips} VIPs × {RINGS_PER_VIP} rings × {ring} slots exceeds 2^32 entries")]
     RingMapTooLarge {
         /// VIP capacity.
         vips: u32,
@@ -60,6 +55,25 @@ pub enum SizingError {
         ring: u32,
     },
 }
+
+impl core::fmt::Display for SizingError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SizingError::RingSize(n) => write!(f, "ring size {n} must be a prime between {MIN_RING_SIZE} and {MAX_RING_SIZE}"),
+            SizingError::VipCapacity(n) => write!(f, "VIP capacity {n} must be between 1 and {MAX_VIP_CAPACITY}"),
+            SizingError::BackendCapacity(n) => write!(f, "backend capacity {n} must be between 2 and {MAX_BACKEND_CAPACITY}"),
+            SizingError::ConnCapacity(n) => write!(f, "connection table capacity {n} must be between 2 and {MAX_CONN_CAPACITY}"),
+            SizingError::HalfOpenCapacity(n) => {
+                write!(f, "half-open table capacity {n} must be between 2 and {MAX_HALF_OPEN_CAPACITY}")
+            }
+            SizingError::RingMapTooLarge { vips, ring } => {
+                write!(f, "{vips} VIPs × {RINGS_PER_VIP} rings × {ring} slots exceeds 2^32 entries")
+            }
+        }
+    }
+}
+
+impl core::error::Error for SizingError {}
 
 impl Sizing {
     /// Checks every size against the limits.
