@@ -70,6 +70,57 @@ pub const FILTER_BACKEND: u64 = 0x6265_6b00;
 /// the VIP entry and clears it before removing the VIP.
 pub const MAP_VIP_LIVE: &str = "VIP_LIVE";
 
+/// `META`: array of [`META_SLOTS`] `u64`, indexed by the `META_*` constants: what a pinned data
+/// path was built and loaded with. The program never reads it; an agent reads it before it
+/// adopts pinned maps, and refuses them unless it matches.
+pub const MAP_META: &str = "META";
+/// Entries of `META`.
+pub const META_SLOTS: u32 = 8;
+/// `META` index: the [`LAYOUT_VERSION`] of the maps (0 while the first agent is still
+/// creating them).
+pub const META_LAYOUT: u32 = 0;
+/// `META` index: the ring size the rings were written for.
+pub const META_RING_SIZE: u32 = 1;
+/// `META` index: the flow hash seed the rings and the connection table were built with.
+pub const META_HASH_SEED: u32 = 2;
+/// `META` index: a hash of the program object running on the pinned links.
+pub const META_PROGRAM_HASH: u32 = 3;
+/// `META` index: when that program was loaded (seconds since the Unix epoch).
+pub const META_PROGRAM_LOADED_AT: u32 = 4;
+
+/// Version of the layout of the pinned maps: their set, names, types, keys, values and the
+/// meaning of their entries. Bump it with any such change: an agent adopts pinned maps only
+/// of its own layout version (`lb_common::maps::MAP_META`). Adding a counter at the end of
+/// [`crate::counters::Reason`] is not a layout change (`REASONS` has [`REASON_SLOTS`] entries).
+pub const LAYOUT_VERSION: u64 = 1;
+
+/// Entries of `REASONS`: room for counters added by later builds without a layout change.
+pub const REASON_SLOTS: u32 = 64;
+const _: () = assert!(crate::counters::Reason::COUNT <= REASON_SLOTS);
+
+/// Every map a running data path keeps in bpffs (all but the program's private `.rodata`,
+/// `.bss` and log buffer), so that it outlives the agent.
+pub const PINNED_MAPS: [&str; 18] = [
+    MAP_VIPS,
+    MAP_BACKENDS,
+    MAP_RING,
+    MAP_CONNS,
+    MAP_HALF_OPEN,
+    MAP_REPLIES,
+    MAP_VIP_ADDRS,
+    MAP_CLIENT_HOPS,
+    MAP_IFACE_VLANS,
+    MAP_SYN_SEEN,
+    MAP_REASONS,
+    MAP_VIP_STATS,
+    MAP_BACKEND_STATS,
+    MAP_RR_CURSORS,
+    MAP_ACTIVE_CONNS,
+    MAP_ENDPOINT_FILTER,
+    MAP_VIP_LIVE,
+    MAP_META,
+];
+
 /// Read-only global: number of slots of one Maglev ring (prime).
 pub const GLOBAL_RING_SIZE: &str = "LB_RING_SIZE";
 /// Read-only global: the flow hash seed (same on every node of a cluster).
@@ -99,6 +150,23 @@ pub const fn v4_addr(octets: [u8; 4]) -> Addr {
     a[2] = octets[2];
     a[3] = octets[3];
     a
+}
+
+/// An IP address in the [`Addr`] layout.
+pub const fn addr_of(ip: core::net::IpAddr) -> Addr {
+    match ip {
+        core::net::IpAddr::V4(a) => v4_addr(a.octets()),
+        core::net::IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The IP address `addr` of family `family` ([`FAMILY_V4`] or [`FAMILY_V6`]) holds.
+pub const fn ip_of(addr: &Addr, family: u8) -> core::net::IpAddr {
+    if family == FAMILY_V4 {
+        core::net::IpAddr::V4(core::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        core::net::IpAddr::V6(core::net::Ipv6Addr::from_octets(*addr))
+    }
 }
 
 /// A virtual service: the address, port and protocol clients connect to.

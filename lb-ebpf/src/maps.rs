@@ -7,14 +7,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    counters::Reason,
     limits::{
         CLIENT_HOP_CAPACITY, DEFAULT_BACKEND_CAPACITY, IFACE_VLAN_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_HALF_OPEN_CAPACITY, DEFAULT_RING_SIZE,
         DEFAULT_VIP_CAPACITY, SYN_SEEN_WORDS, ring_map_entries,
     },
     maps::{
-        Addr, Backend, BackendKey, CachedHop, VipAddress, VlanEgress, ENDPOINT_FILTER_WORDS, Flow, FlowKey, ReplyTarget, Traffic, VipKey,
-        VipMeta,
+        Addr, Backend, BackendKey, CachedHop, VipAddress, VlanEgress, ENDPOINT_FILTER_WORDS, Flow, FlowKey, META_SLOTS, REASON_SLOTS,
+        ReplyTarget, Traffic, VipKey, VipMeta,
     },
 };
 
@@ -75,9 +74,9 @@ pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_
 #[map]
 pub static ACTIVE_CONNS: Array<u64> = Array::with_max_entries(DEFAULT_BACKEND_CAPACITY, 0);
 
-/// One packet counter per verdict reason.
+/// One packet counter per verdict reason (`Reason` index), with room for later ones.
 #[map]
-pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_SLOTS, 0);
 
 /// Traffic per VIP id.
 #[map]
@@ -95,6 +94,11 @@ pub static ENDPOINT_FILTER: Array<u64> = Array::with_max_entries(ENDPOINT_FILTER
 /// VIP id → tag of the VIP it serves (`lb_common::maps::MAP_VIP_LIVE`).
 #[map]
 pub static VIP_LIVE: Array<u64> = Array::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
+
+/// What the pinned maps were built and loaded with (`lb_common::maps::MAP_META`); written and
+/// read by the agent only.
+#[map]
+pub static META: Array<u64> = Array::with_max_entries(META_SLOTS, 0);
 
 /// Whether `addr` is the address of a VIP.
 #[inline(always)]

@@ -185,6 +185,7 @@ mod tests {
             config_file: "x.yaml".into(),
             interfaces: vec![],
             uptime_seconds: 1,
+            data_path: Default::default(),
             vips: vec![VipStatus {
                 name: "web".into(),
                 address: "10.0.0.1".parse().unwrap(),

@@ -2,7 +2,7 @@
 
 use std::{
     path::PathBuf,
-    process::{Command, Output},
+    process::{Child, Command, Output},
     thread,
     time::{Duration, Instant},
 };
@@ -24,43 +24,108 @@ pub fn lb_binary() -> PathBuf {
         .unwrap_or_else(|| panic!("no `lb` binary next to {}: build it first (`cargo build`)", exe.display()))
 }
 
-/// A running agent: its configuration file and admin socket.
+/// A running agent: its configuration file and admin socket. Its data path is the instance
+/// named after the lab's load balancer namespace; dropping the agent stops it and removes that
+/// data path (`lb teardown`).
 pub struct Agent {
     /// The configuration file (rewrite it and `reload` to change it).
     pub config: PathBuf,
     /// The admin socket.
     pub socket: PathBuf,
+    /// The bpffs directory of its data path.
+    pub pin_dir: PathBuf,
     dir: PathBuf,
+    netns: String,
+    process: Option<Child>,
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        self.stop(libc::SIGTERM);
+        let _ = self.in_netns(&["teardown", "--config", &self.config.display().to_string()]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
+/// `nsenter --net=... ARGS...`: a command in namespace `ns` that keeps this mount namespace
+/// (`ip netns exec` mounts a private /sys, which hides /sys/fs/bpf and so the pinned data path).
+pub fn in_netns(ns: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/var/run/netns/{ns}")).arg("--").args(args);
+    cmd
+}
+
 impl Agent {
-    /// Writes `yaml` (with `{socket}` replaced by a private socket path) and starts
-    /// `lb run` with it in the lab's load balancer namespace; waits (at most 20 s) until the
-    /// admin socket answers.
-    pub fn start(lab: &mut Lab, yaml: &str) -> anyhow::Result<Agent> {
+    /// Writes `yaml` (with `{socket}` replaced by a private socket path, and `global.instance`
+    /// set to the lab's load balancer namespace unless given) and starts `lb run` with it in
+    /// that namespace; waits (at most 20 s) until the admin socket answers.
+    pub fn start(lab: &Lab, yaml: &str) -> anyhow::Result<Agent> {
         let dir = std::env::temp_dir().join(format!("{}-agent", lab.lb_ns));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("lb.sock");
         let config = dir.join("lb.yaml");
-        std::fs::write(&config, yaml.replace("{socket}", &socket.display().to_string()))?;
-        let agent = Agent { config, socket, dir };
+        let mut yaml = yaml.replace("{socket}", &socket.display().to_string());
+        if !yaml.contains("instance:") {
+            yaml = yaml.replacen("global:\n", &format!("global:\n  instance: {}\n", lab.lb_ns), 1);
+        }
+        std::fs::write(&config, yaml)?;
+        let pin_dir = lab.pin_dir();
+        let mut agent = Agent { config, socket, pin_dir, dir, netns: lab.lb_ns.clone(), process: None };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    fn in_netns(&self, args: &[&str]) -> std::io::Result<Output> {
+        in_netns(&self.netns, &[&lb_binary().display().to_string()]).args(args).output()
+    }
+
+    /// Starts `lb run` (after [`Agent::stop`]) and waits (at most 20 s) until it answers.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.process.is_none(), "the agent runs already");
         let lb = lb_binary().display().to_string();
-        let lb_ns = lab.lb_ns.clone();
-        lab.spawn(&lb_ns, &[&lb, "run", "--config", &agent.config.display().to_string()])?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log"))?;
+        let child = in_netns(&self.netns, &[&lb, "run", "--config", &self.config.display().to_string()])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting lb run")?;
+        self.process = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if agent.cli(&["status", "--json"]).status.success() {
-                return Ok(agent);
+            if self.cli(&["status", "--json"]).status.success() {
+                return Ok(());
             }
-            thread::sleep(Duration::from_millis(100));
+            if let Some(Ok(Some(status))) = self.process.as_mut().map(Child::try_wait) {
+                bail!("the agent exited with {status}: {}", self.log());
+            }
+            thread::sleep(Duration::from_millis(50));
         }
-        bail!("the agent did not answer on {} within 20 s", agent.socket.display())
+        bail!("the agent did not answer on {} within 20 s: {}", self.socket.display(), self.log())
+    }
+
+    /// Sends `signal` to the agent and waits (at most 5 s, then SIGKILL) until it exits.
+    pub fn stop(&mut self, signal: i32) {
+        let Some(mut child) = self.process.take() else {
+            return;
+        };
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// What the agent logged (every run of it).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Runs `lb teardown --config CONFIG` in the agent's namespace.
+    pub fn teardown(&self) -> Output {
+        self.in_netns(&["teardown", "--config", &self.config.display().to_string()]).expect("running lb teardown")
     }
 
     /// Runs `lb --socket SOCKET ARGS...`.

@@ -300,6 +300,18 @@ impl Lab {
     }
 }
 
+/// Where agents pin their data path (`lb_userspace::dataplane::pins::BPFFS_ROOT`; the xtask
+/// that shares this module does not link the agent's crate).
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf/lb";
+
+impl Lab {
+    /// The bpffs directory of the data path of an agent in this lab (its instance is named
+    /// after the load balancer namespace).
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new(BPFFS_ROOT).join(&self.lb_ns)
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for k in 0..self.backends.len() {
@@ -317,6 +329,8 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A data path an agent left pinned (`Agent` removes its own; this covers a failure).
+        let _ = std::fs::remove_dir_all(self.pin_dir());
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }

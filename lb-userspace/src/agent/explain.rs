@@ -3,7 +3,7 @@
 //! same maps (`Maps::choose`; tested to agree with the data path flow by flow); round-robin
 //! alone has no per-flow answer (a per-CPU cursor).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use lb_common::{hash::flow_hash, maps::*, schedule::vip_hash};
 
@@ -13,20 +13,8 @@ use crate::{
     dataplane::Dataplane,
 };
 
-fn addr(a: IpAddr) -> Addr {
-    match a {
-        IpAddr::V4(a) => v4_addr(a.octets()),
-        IpAddr::V6(a) => a.octets(),
-    }
-}
-
 fn endpoint(b: &Backend) -> SocketAddr {
-    let ip: IpAddr = if b.family == FAMILY_V4 {
-        IpAddr::from([b.addr[0], b.addr[1], b.addr[2], b.addr[3]])
-    } else {
-        IpAddr::from(b.addr)
-    };
-    SocketAddr::new(ip, b.port)
+    SocketAddr::new(ip_of(&b.addr, b.family), b.port)
 }
 
 fn serves(b: &Backend, generation: u16) -> bool {
@@ -45,7 +33,7 @@ pub fn explain(rt: &Runtime, dp: &Dataplane, src: SocketAddr, dst: SocketAddr, p
         return Err(ApiError::bad_request("source and destination must be of the same address family"));
     }
     let family = if src.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 };
-    let key = FlowKey { src: addr(src.ip()), dst: addr(dst.ip()), sport: src.port(), dport: dst.port(), proto, family, pad: [0; 2] };
+    let key = FlowKey { src: addr_of(src.ip()), dst: addr_of(dst.ip()), sport: src.port(), dport: dst.port(), proto, family, pad: [0; 2] };
     let vip_key = VipKey { addr: key.dst, port: key.dport, proto, family };
     let mut report = ExplainReport { vip: None, verdict: "pass".into(), backend: None, reason: String::new(), hash: None, slot: None, tracked: false };
     let conn = dp.maps.conn(&key).map_err(internal)?;

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use lb_common::maps::Backend;
+use lb_common::maps::{Backend, META_LAYOUT, META_PROGRAM_HASH};
 use serde_json::Value;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -22,11 +22,11 @@ use tokio::{
 
 use crate::{
     api::{
-        HealthStats, Request,
+        DataPathStatus, HealthStats, Request,
         server::{self, ApiError, Call},
     },
     config::{self, AdminState, Config, XdpMode},
-    dataplane::Dataplane,
+    dataplane::{Attached, Dataplane, Pins},
     health::{Checker, Transition},
     metrics, neighbours,
 };
@@ -49,54 +49,67 @@ struct Agent {
     config: Config,
     runtime: Runtime,
     dp: Dataplane,
+    pins: Pins,
+    data_path: DataPathStatus,
     checker: Checker,
     addresses: VipAddresses,
-    interfaces: Vec<(String, XdpMode)>,
+    interfaces: Vec<(String, String)>,
     started: Instant,
     health: HealthStats,
     rates: report::Rates,
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until SIGTERM, SIGINT or `lb teardown`.
+///
+/// The data path lives in bpffs (`global.instance`, [`Pins`]): a pinned data path of the same
+/// layout and sizes is adopted (its connection table, rings, backends, health and counters
+/// carry on, and this build's program replaces the running one on the same links), otherwise a
+/// new one is created and pinned. Stopping leaves it forwarding with the last maps, VIP
+/// addresses included; only [`Request::Teardown`] (or [`teardown`] without an agent) removes it.
 pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
+    let pins = Pins::of_instance(&config.global.instance);
     // The program's own debug logs (rare events) only when the agent logs at debug level.
-    let mut dp = if tracing::enabled!(tracing::Level::DEBUG) {
-        Dataplane::load_with_debug_logs(&config.sizing(), log::logger())?
+    let logger = tracing::enabled!(tracing::Level::DEBUG).then(log::logger);
+    let (mut dp, adopted) = Dataplane::open(&config.sizing(), &pins, logger)?;
+    if adopted {
+        tracing::info!(pin_dir = %pins.dir().display(), "adopting the pinned data path: its connection table, rings, backends and counters carry on");
     } else {
-        Dataplane::load(&config.sizing())?
-    };
+        tracing::info!(pin_dir = %pins.dir().display(), "new data path pinned");
+    }
     let ebpf_logs = match dp.take_debug_logs() {
         Some(logs) => Some(read_ebpf_logs(logs)?),
         None => None,
     };
-    let mode = opts.mode.unwrap_or(config.global.xdp_mode);
-    let mut interfaces = Vec::new();
-    for iface in &config.global.interfaces {
-        let used = dp.attach(iface, mode)?;
-        tracing::info!(interface = %iface, mode = %used, "XDP program attached");
-        interfaces.push((iface.clone(), used));
-    }
     // XDP sends through a VLAN device's parent: the data path tags frames for it.
     for vlan in neighbours::vlan_devices(&config.global.interfaces) {
         dp.maps.set_vlan_egress(vlan.ifindex, vlan.parent, vlan.vlan_id)?;
         tracing::info!(ifindex = vlan.ifindex, parent = vlan.parent, vlan = vlan.vlan_id, "VLAN device on an XDP interface");
     }
-    let (runtime, changes) = Runtime::new(&config).map_err(|e| anyhow!("{e}"))?;
+    let (runtime, changes) = if adopted {
+        Runtime::adopt(&config, &dp.maps.pinned_state()?)
+    } else {
+        Runtime::new(&config)
+    }
+    .map_err(|e| anyhow!("{e}"))?;
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let announce_on = config.global.interfaces[0].clone();
     let mut agent = Agent {
         config_path: opts.config_path,
         runtime,
         dp,
+        data_path: DataPathStatus::default(),
+        pins,
         checker: Checker::new(health_tx),
         addresses: VipAddresses::new(announce_on),
-        interfaces,
+        interfaces: Vec::new(),
         started: Instant::now(),
         health: HealthStats::default(),
         rates: report::Rates::default(),
         config,
     };
+    // The maps first: a new program starts with them filled.
     agent.apply(changes).context("installing the configuration")?;
+    agent.attach(opts.mode)?;
 
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let api = server::serve(&agent.config.global.admin_socket, calls_tx.clone()).await?;
@@ -114,7 +127,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(REFRESH);
-    loop {
+    let torn_down = loop {
         tokio::select! {
             Some(t) = health_rx.recv() => {
                 // Transitions that arrived together (several backends flipping at once) are
@@ -126,6 +139,15 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
                 agent.on_health(batch);
             }
             Some(call) = calls.recv() => {
+                if call.request == Request::Teardown {
+                    let answer = agent.teardown();
+                    let done = answer.is_ok();
+                    let _ = call.reply.send(answer);
+                    if done {
+                        break true;
+                    }
+                    continue;
+                }
                 let answer = agent.handle(call.request);
                 let _ = call.reply.send(answer);
             }
@@ -135,21 +157,96 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
                     tracing::error!(error = %e.message, "reload refused; the running configuration is unchanged");
                 }
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break false,
+            _ = int.recv() => break false,
         }
+    };
+    if !torn_down {
+        tracing::info!(
+            pin_dir = %agent.pins.dir().display(),
+            "stopping; the data path keeps forwarding with the last maps and the VIP addresses stay (`lb teardown` removes them)"
+        );
     }
-    tracing::info!("shutting down: detaching XDP, removing VIP addresses and the admin socket");
     api.abort();
     for task in [metrics, ebpf_logs].into_iter().flatten() {
         task.abort();
     }
-    agent.addresses.clear();
     let _ = std::fs::remove_file(&agent.config.global.admin_socket);
     Ok(())
 }
 
+/// What [`teardown`] removed.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Removed {
+    /// The bpffs directory.
+    pub pin_dir: String,
+    /// Interfaces the program was detached from.
+    pub detached: Vec<String>,
+    /// VIP addresses removed from the first interface.
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+/// Removes the data path of `config`'s instance without an agent: the VIP addresses its maps
+/// and the configuration name (from the first interface), then every pinned link (the program
+/// is detached) and map. Nothing pinned is not an error.
+pub fn teardown(config: &Config) -> anyhow::Result<Removed> {
+    let pins = Pins::of_instance(&config.global.instance);
+    let mut addresses: Vec<std::net::IpAddr> = pins.vip_addresses();
+    addresses.extend(config.vips.iter().map(|v| v.address));
+    addresses.sort();
+    addresses.dedup();
+    VipAddresses::owning(config.global.interfaces[0].clone(), addresses.iter().copied()).clear();
+    let detached = pins.remove()?;
+    Ok(Removed { pin_dir: pins.dir().display().to_string(), detached, addresses })
+}
+
 impl Agent {
+    /// Attaches the program to every configured interface through its pinned link (replacing
+    /// the running program where there is one), detaches it from interfaces no longer
+    /// configured, and records what runs for `lb status`.
+    fn attach(&mut self, mode: Option<XdpMode>) -> anyhow::Result<()> {
+        let mode = mode.unwrap_or(self.config.global.xdp_mode);
+        for iface in self.config.global.interfaces.clone() {
+            let used = match self.dp.attach_pinned(&iface, mode, &self.pins)? {
+                Attached::New(used) => {
+                    tracing::info!(interface = %iface, mode = %used, "XDP program attached (link pinned)");
+                    used.to_string()
+                }
+                Attached::Replaced => {
+                    tracing::info!(interface = %iface, "XDP program replaced on the pinned link");
+                    crate::dataplane::attached_mode(&iface).map_or_else(|| "pinned".to_owned(), |m| m.to_string())
+                }
+            };
+            self.interfaces.push((iface, used));
+        }
+        for iface in self.pins.linked_interfaces() {
+            if !self.config.global.interfaces.contains(&iface) {
+                std::fs::remove_file(self.pins.link(&iface)).with_context(|| format!("unpinning the link of {iface}"))?;
+                tracing::info!(interface = %iface, "XDP program detached from an interface no longer configured");
+            }
+        }
+        let (program_id, tag) = self.dp.program_info()?;
+        self.data_path = DataPathStatus {
+            pin_dir: self.pins.dir().display().to_string(),
+            adopted: self.dp.adopted(),
+            layout: self.dp.maps.meta(META_LAYOUT)?,
+            program_hash: format!("{:016x}", self.dp.maps.meta(META_PROGRAM_HASH)?),
+            program_id,
+            program_tag: format!("{tag:016x}"),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        Ok(())
+    }
+
+    /// Removes the data path and the VIP addresses ([`Request::Teardown`]); the agent stops
+    /// after answering.
+    fn teardown(&mut self) -> Result<Value, ApiError> {
+        self.addresses.clear();
+        let detached = self.pins.remove().map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        tracing::info!(pin_dir = %self.pins.dir().display(), ?detached, "data path removed (program detached, maps unpinned, VIP addresses removed); stopping");
+        Ok(serde_json::json!({ "ok": true, "pin_dir": self.pins.dir().display().to_string(), "detached": detached }))
+    }
+
     /// Writes what `changes` says to the maps, the VIP addresses and the health checker.
     fn apply(&mut self, changes: Changes) -> anyhow::Result<()> {
         for (key, _, backends) in &changes.removed_vips {
@@ -292,6 +389,7 @@ impl Agent {
             Request::Config => to_json(&self.config),
             Request::Explain { src, dst, protocol } => to_json(&explain::explain(&self.runtime, &self.dp, src, dst, &protocol)?),
             Request::Reload => self.reload(),
+            Request::Teardown => Err(ApiError::internal("teardown is handled by the agent loop")),
             Request::BackendAdd { vip, backend, weight } => {
                 let b = config::BackendConfig { address: backend.ip(), port: backend.port(), weight, state: AdminState::Up };
                 self.runtime.add_backend(&vip, &b, &mut changes).map_err(refused)?;

@@ -131,6 +131,7 @@ pub fn status(agent: &Agent) -> StatusReport {
         config_file: agent.config_path.display().to_string(),
         interfaces: agent.interfaces.iter().map(|(i, m)| (i.clone(), m.to_string())).collect(),
         uptime_seconds: agent.started.elapsed().as_secs(),
+        data_path: agent.data_path.clone(),
         vips: agent.runtime.vips.iter().map(|v| vip_status(agent, v, &active)).collect(),
     }
 }

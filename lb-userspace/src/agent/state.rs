@@ -8,13 +8,13 @@ use lb_common::{
     limits::MAX_WEIGHT,
     maps::{
         Backend, BackendState, FAMILY_V4, FAMILY_V6, NextHop, VIP_FLAG_HASH_SRC_ONLY,
-        VIP_FLAG_LEAST_CONN, VIP_FLAG_ROUND_ROBIN, VipKey, v4_addr,
+        VIP_FLAG_LEAST_CONN, VIP_FLAG_ROUND_ROBIN, VipKey, addr_of,
     },
 };
 
 use crate::{
     config::{AdminState, BackendConfig, BackendEndpoint, CheckKind, Config, ONE_VIP_PER_ENDPOINT, Protocol, Scheduler, Vip, shared_endpoints},
-    dataplane::{Service, ServiceBackend},
+    dataplane::{PinnedBackend, PinnedState, Service, ServiceBackend},
     health::Health,
 };
 
@@ -67,13 +67,6 @@ pub struct VipRuntime {
     pub backends: Vec<BackendRuntime>,
 }
 
-fn addr_bytes(a: IpAddr) -> [u8; 16] {
-    match a {
-        IpAddr::V4(a) => v4_addr(a.octets()),
-        IpAddr::V6(a) => a.octets(),
-    }
-}
-
 fn family(a: IpAddr) -> u8 {
     if a.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }
 }
@@ -81,7 +74,7 @@ fn family(a: IpAddr) -> u8 {
 /// The data path key of a configured VIP.
 pub fn vip_key(v: &Vip) -> VipKey {
     VipKey {
-        addr: addr_bytes(v.address),
+        addr: addr_of(v.address),
         port: v.port,
         proto: v.protocol.number(),
         family: family(v.address),
@@ -122,7 +115,7 @@ impl VipRuntime {
                     id: b.id,
                     weight: b.weight,
                     backend: Backend {
-                        addr: addr_bytes(b.address),
+                        addr: addr_of(b.address),
                         port: b.port,
                         family: family(b.address),
                         state: b.effective() as u8,
@@ -255,6 +248,17 @@ impl Slots {
         self.used[id as usize] = false;
     }
 
+    /// Marks slot `id` used at `generation` (a slot adopted from a pinned data path). False if
+    /// it is beyond the capacity.
+    fn reserve(&mut self, id: u32, generation: u32) -> bool {
+        let Some(used) = self.used.get_mut(id as usize) else {
+            return false;
+        };
+        *used = true;
+        self.generation[id as usize] = generation;
+        true
+    }
+
     /// Takes `other`'s generation of every slot where it is ahead.
     fn keep_newer_generations(&mut self, other: &Slots) {
         for (mine, theirs) in self.generation.iter_mut().zip(&other.generation) {
@@ -289,6 +293,96 @@ impl Runtime {
             rt.place_vip(vip, &mut changes)?;
         }
         Ok((rt, changes))
+    }
+
+    /// The runtime for a validated configuration over a pinned data path that already serves
+    /// (some of) it. A VIP whose key the maps hold keeps its id, and each of its backends whose
+    /// endpoint the maps hold under that VIP keeps its slot, generation, next hop and health
+    /// (up if the data path had it up or draining; checks go on from there): its flows, ring
+    /// and counters carry on. Everything else is placed as in [`Runtime::new`]; what the maps
+    /// hold beyond the configuration is removed. Every VIP is written again (the same ring, so
+    /// no flow moves) and every backend re-probed.
+    pub fn adopt(config: &Config, pinned: &PinnedState) -> Result<(Runtime, Changes), OpError> {
+        refuse_shared(config_pools(config))?;
+        let mut rt = Runtime {
+            vips: Vec::new(),
+            vip_slots: Slots::new(config.global.vip_capacity, 0),
+            backend_slots: Slots::new(config.global.backend_capacity, 1),
+            ring_size: config.global.ring_size,
+        };
+        // Generations go on from the pinned ones, so that a reused slot's old flows are told
+        // apart from the new backend's.
+        for b in &pinned.backends {
+            if let Some(g) = rt.backend_slots.generation.get_mut(b.id as usize) {
+                *g = b.backend.generation;
+            }
+        }
+        // Every kept id is reserved before any new one is taken.
+        let mut kept: Vec<(usize, u32, Vec<(usize, &PinnedBackend)>)> = Vec::new();
+        for (i, vip) in config.vips.iter().enumerate() {
+            let key = vip_key(vip);
+            let Some((_, meta)) = pinned.vips.iter().find(|(k, _)| *k == key) else {
+                continue;
+            };
+            if !rt.vip_slots.reserve(meta.id, 0) {
+                continue;
+            }
+            let mut backends = Vec::new();
+            for (j, b) in vip.backends.iter().enumerate() {
+                let found = pinned.backends.iter().find(|p| {
+                    p.vip_id == Some(meta.id) && p.backend.addr == addr_of(b.address) && p.backend.port == b.port
+                });
+                if let Some(p) = found.filter(|p| rt.backend_slots.reserve(p.id, p.backend.generation)) {
+                    backends.push((j, p));
+                }
+            }
+            kept.push((i, meta.id, backends));
+        }
+        let mut changes = Changes::default();
+        for (i, vip) in config.vips.iter().enumerate() {
+            match kept.iter().find(|(k, _, _)| *k == i) {
+                Some((_, id, backends)) => rt.place_adopted_vip(vip, *id, backends, &mut changes)?,
+                None => rt.place_vip(vip, &mut changes)?,
+            }
+        }
+        let kept_slot = |id: u32| kept.iter().any(|(_, _, bs)| bs.iter().any(|(_, p)| p.id == id));
+        for (key, meta) in &pinned.vips {
+            if !kept.iter().any(|(_, id, _)| *id == meta.id) {
+                let slots = pinned.backends.iter().filter(|p| p.vip_id == Some(meta.id)).map(|p| p.id).collect();
+                changes.removed_vips.push((*key, meta.id, slots));
+            }
+        }
+        let removed_with_vip = |p: &PinnedBackend| changes.removed_vips.iter().any(|(_, id, _)| Some(*id) == p.vip_id);
+        let stale: Vec<u32> = pinned.backends.iter().filter(|p| !kept_slot(p.id) && !removed_with_vip(p)).map(|p| p.id).collect();
+        changes.removed_backends.extend(stale);
+        Ok((rt, changes))
+    }
+
+    /// Places `vip` under its pinned id `id`, its backends `adopted` (configuration index and
+    /// pinned slot, already reserved) where they were and the others in new slots.
+    fn place_adopted_vip(&mut self, vip: &Vip, id: u32, adopted: &[(usize, &PinnedBackend)], changes: &mut Changes) -> Result<(), OpError> {
+        let checked = !matches!(vip.health_check.kind, CheckKind::None);
+        let mut backends = Vec::with_capacity(vip.backends.len());
+        for (j, b) in vip.backends.iter().enumerate() {
+            let backend = match adopted.iter().find(|(k, _)| *k == j) {
+                Some((_, p)) => BackendRuntime {
+                    id: p.id,
+                    address: b.address,
+                    port: b.port,
+                    weight: b.weight,
+                    admin: b.state,
+                    health: adopted_health(p.backend.state, checked),
+                    generation: p.backend.generation,
+                    hop: p.backend.hop,
+                },
+                None => self.new_backend(vip, b)?,
+            };
+            backends.push(backend);
+        }
+        changes.probe.extend(backends.iter().map(|b| b.id));
+        self.vips.push(VipRuntime { config: vip.clone(), id, backends });
+        changes.touch(id);
+        Ok(())
     }
 
     /// The VIP named `name`.
@@ -635,6 +729,16 @@ impl Runtime {
 }
 
 /// Each VIP of `config` with its protocol and backends, for [`shared_endpoints`].
+/// The health a backend the data path had in `state` is adopted with: up if it took or kept
+/// flows, down otherwise; always up when not checked.
+fn adopted_health(state: u8, checked: bool) -> Health {
+    match BackendState::from_u8(state) {
+        _ if !checked => Health::Up,
+        BackendState::Up | BackendState::Draining => Health::Up,
+        BackendState::Down | BackendState::Unused => Health::Down,
+    }
+}
+
 fn config_pools(config: &Config) -> impl Iterator<Item = (&str, Protocol, impl Iterator<Item = SocketAddr> + '_)> {
     config.vips.iter().map(|v| (v.name.as_str(), v.protocol, v.backends.iter().map(BackendConfig::endpoint)))
 }

@@ -1,31 +1,42 @@
-//! Makes the host answer ARP/NDP for its VIPs: each VIP address is added to the first
-//! configured interface (as a /32 or /128) while a VIP uses it, and removed when the last
-//! VIP with that address goes or the agent stops. Addresses that were already there are left
-//! alone.
+//! Makes the host answer ARP/NDP for its VIPs: each VIP address is on the first configured
+//! interface (as a /32 or /128) while a VIP uses it. The agent owns every VIP address it finds
+//! there, also one an earlier agent added before it was killed: it removes it when the last VIP
+//! with that address goes, and on `lb teardown`. A stopping agent leaves them, as it leaves the
+//! data path: traffic to the VIPs goes on.
 
 use std::{collections::BTreeSet, net::IpAddr, process::Command};
 
-/// The VIP addresses the agent added to an interface.
+/// The VIP addresses the agent owns on an interface.
 pub struct VipAddresses {
     interface: String,
-    added: BTreeSet<IpAddr>,
+    owned: BTreeSet<IpAddr>,
 }
 
 impl VipAddresses {
     /// Manages addresses on `interface`.
     pub fn new(interface: String) -> Self {
-        VipAddresses { interface, added: BTreeSet::new() }
+        VipAddresses { interface, owned: BTreeSet::new() }
     }
 
-    /// Adds missing addresses of `wanted` and removes those the agent added that are no
-    /// longer wanted.
+    /// Manages `addresses` on `interface` as if this agent had added them (to remove them).
+    pub fn owning(interface: String, addresses: impl IntoIterator<Item = IpAddr>) -> Self {
+        VipAddresses { interface, owned: addresses.into_iter().collect() }
+    }
+
+    /// Adds missing addresses of `wanted`, takes those already there as its own, and removes
+    /// those it owns that are no longer wanted.
     pub fn sync(&mut self, wanted: impl Iterator<Item = IpAddr>) {
         let wanted: BTreeSet<IpAddr> = wanted.collect();
-        for addr in self.added.difference(&wanted).copied().collect::<Vec<_>>() {
+        for addr in self.owned.difference(&wanted).copied().collect::<Vec<_>>() {
             self.del(addr);
         }
         for addr in wanted {
-            if self.added.contains(&addr) || self.present(addr) {
+            if self.owned.contains(&addr) {
+                continue;
+            }
+            if self.present(addr) {
+                tracing::info!(%addr, interface = %self.interface, "VIP address found on the interface; the agent owns it");
+                self.owned.insert(addr);
                 continue;
             }
             let prefix = if addr.is_ipv4() { 32 } else { 128 };
@@ -37,7 +48,7 @@ impl VipAddresses {
             match cmd.output() {
                 Ok(out) if out.status.success() => {
                     tracing::info!(%addr, interface = %self.interface, "VIP address added (the host answers ARP/NDP for it)");
-                    self.added.insert(addr);
+                    self.owned.insert(addr);
                 }
                 Ok(out) => tracing::warn!(%addr, error = %String::from_utf8_lossy(&out.stderr).trim(), "could not add the VIP address"),
                 Err(e) => tracing::warn!(%addr, error = %e, "could not run ip"),
@@ -57,11 +68,11 @@ impl VipAddresses {
         let _ = Command::new("ip")
             .args(["addr", "del", &format!("{addr}/{prefix}"), "dev", &self.interface])
             .output();
-        self.added.remove(&addr);
+        self.owned.remove(&addr);
         tracing::info!(%addr, interface = %self.interface, "VIP address removed");
     }
 
-    /// Removes every address the agent added.
+    /// Removes every address the agent owns.
     pub fn clear(&mut self) {
         self.sync(std::iter::empty());
     }

@@ -78,6 +78,9 @@ pub enum Request {
     },
     /// Re-reads the configuration file and applies the difference.
     Reload,
+    /// Detaches the data path, removes its pinned maps and the VIP addresses, and stops the
+    /// agent (`lb teardown`).
+    Teardown,
 }
 
 /// Traffic counters with the recent rate.
@@ -148,8 +151,29 @@ pub struct StatusReport {
     pub interfaces: Vec<(String, String)>,
     /// Seconds since the agent started.
     pub uptime_seconds: u64,
+    /// The pinned data path and the program running on it.
+    pub data_path: DataPathStatus,
     /// VIPs.
     pub vips: Vec<VipStatus>,
+}
+
+/// The pinned data path in `lb status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataPathStatus {
+    /// Its bpffs directory.
+    pub pin_dir: String,
+    /// Whether this agent adopted it from an earlier one (false: created it).
+    pub adopted: bool,
+    /// Layout version of its maps.
+    pub layout: u64,
+    /// Fingerprint of the running program object (the same for the same build).
+    pub program_hash: String,
+    /// The kernel's id of the running program.
+    pub program_id: u32,
+    /// The kernel's tag of the running program (a hash of its instructions).
+    pub program_tag: String,
+    /// The `lb` version that loaded it.
+    pub agent_version: String,
 }
 
 /// Health-check and table-swap figures.

@@ -161,6 +161,7 @@ mod tests {
                             config_file: "test.yaml".into(),
                             interfaces: vec![],
                             uptime_seconds: 1,
+                            data_path: Default::default(),
                             vips: vec![],
                         }),
                         _ => serde_json::to_value(StatsReport {

@@ -83,6 +83,14 @@ pub enum Command {
     Config(ConfigCommand),
     /// Re-read the configuration file and apply the difference (same as SIGHUP).
     Reload,
+    /// Remove the data path: detach the program, unpin its maps (every tracked connection is
+    /// dropped), remove the VIP addresses and stop the agent if it runs. Stopping the agent
+    /// alone leaves the data path forwarding.
+    Teardown {
+        /// The configuration file of the instance to remove.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 /// `lb backend ...`
@@ -227,6 +235,7 @@ pub fn execute(cli: &Cli) -> ExitCode {
             .command(&Request::Explain { src: *src, dst: *dst, protocol: proto.clone() })
             .map(Some),
         Command::Reload => client.command(&Request::Reload).map(|_| None),
+        Command::Teardown { config } => return teardown(config),
         Command::Backend(b) => {
             let request = match b {
                 BackendCommand::Add { vip, backend, weight } => Request::BackendAdd { vip: vip.clone(), backend: *backend, weight: *weight },
@@ -281,6 +290,40 @@ pub fn execute(cli: &Cli) -> ExitCode {
     }
 }
 
+/// `lb teardown`: through the agent of the configuration's instance if it answers (it removes
+/// everything and stops), else directly.
+fn teardown(path: &std::path::Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
+    match Client::new(&config.global.admin_socket).command(&Request::Teardown) {
+        Ok(answer) => {
+            println!("the agent removed the data path at {} and stopped", answer["pin_dir"].as_str().unwrap_or("?"));
+            return ExitCode::SUCCESS;
+        }
+        Err(ClientError::Unreachable(..)) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    }
+    match crate::agent::teardown(&config) {
+        Ok(removed) => {
+            let detached = if removed.detached.is_empty() { "no interface".to_owned() } else { removed.detached.join(", ") };
+            println!("removed the data path at {} (detached from {detached}; VIP addresses removed)", removed.pin_dir);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_REFUSED)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +348,7 @@ mod tests {
             &["lb", "explain", "192.0.2.1:1234", "10.0.0.1:80", "tcp"],
             &["lb", "config", "check", "x.yaml"],
             &["lb", "run", "--config", "x.yaml", "--xdp-mode", "generic"],
+            &["lb", "teardown", "--config", "x.yaml"],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }

@@ -23,6 +23,17 @@ pub fn human(command: &Command, value: &Value) -> String {
 fn status(s: StatusReport) -> String {
     let ifaces: Vec<String> = s.interfaces.iter().map(|(i, m)| format!("{i} ({m})")).collect();
     let mut out = format!("config {}  up {} s  interfaces {}\n", s.config_file, s.uptime_seconds, ifaces.join(", "));
+    let d = &s.data_path;
+    out += &format!(
+        "data path {} ({})  program id {} tag {} build {} (lb {})  layout {}\n",
+        d.pin_dir,
+        if d.adopted { "adopted from an earlier agent" } else { "created by this agent" },
+        d.program_id,
+        d.program_tag,
+        d.program_hash,
+        d.agent_version,
+        d.layout
+    );
     for v in &s.vips {
         out += &format!(
             "\nVIP {} {}:{}/{}  scheduler {}  {} backends in the ring  {} pkt/s  {} flows\n",

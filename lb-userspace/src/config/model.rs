@@ -26,31 +26,61 @@ pub struct Config {
     pub vips: Vec<Vip>,
 }
 
-/// `global:`.
-#[derive(Debug, Clone, PartialEq)]
+/// `global:`: the same type in the YAML and in the agent (defaults filled in by serde; checked
+/// by `config::validate`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Global {
     /// Interfaces the XDP program is attached to; VIP addresses are added to the first.
     pub interfaces: Vec<String>,
+    /// Names this load balancer's data path in bpffs (`/sys/fs/bpf/lb/<instance>`), where it
+    /// lives on between agents.
+    #[serde(default = "file::default_instance")]
+    pub instance: String,
     /// How to attach.
+    #[serde(default = "file::default_mode")]
     pub xdp_mode: XdpMode,
     /// Forwarding mode.
+    #[serde(default)]
     pub forwarding: Forwarding,
     /// Flow hash seed: the same on every node of a cluster.
+    #[serde(default)]
     pub hash_seed: u32,
     /// Slots of each Maglev ring (prime).
+    #[serde(default = "file::default_ring")]
     pub ring_size: u32,
     /// VIPs the maps hold.
+    #[serde(default = "file::default_vips")]
     pub vip_capacity: u32,
     /// Backend slots (all VIPs; slot 0 reserved).
+    #[serde(default = "file::default_backends")]
     pub backend_capacity: u32,
     /// Connection table entries (one per flow).
+    #[serde(default = "file::default_conns")]
     pub conn_capacity: u32,
     /// The admin API's unix socket.
+    #[serde(default = "file::default_socket")]
     pub admin_socket: PathBuf,
     /// Where to serve Prometheus metrics, if anywhere.
+    #[serde(default)]
     pub metrics_address: Option<SocketAddr>,
     /// Log format.
+    #[serde(default = "file::default_log")]
     pub log_format: LogFormat,
+}
+
+impl Global {
+    /// The map sizes and seed to load the data path with.
+    pub fn sizing(&self) -> Sizing {
+        Sizing {
+            vip_capacity: self.vip_capacity,
+            backend_capacity: self.backend_capacity,
+            ring_size: self.ring_size,
+            conn_capacity: self.conn_capacity,
+            half_open_capacity: lb_common::limits::half_open_capacity(self.conn_capacity),
+            hash_seed: self.hash_seed,
+        }
+    }
 }
 
 /// `global.xdp_mode`, and how the data path is attached (`lb run --xdp-mode`).
@@ -76,11 +106,29 @@ impl std::fmt::Display for XdpMode {
 }
 
 /// `global.forwarding`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
 pub enum Forwarding {
     /// Destination NAT; replies come back through the load balancer.
+    #[default]
     Nat,
+    /// A mode this build does not have (as written in the file); validation refuses it.
+    Unsupported(String),
+}
+
+impl From<String> for Forwarding {
+    fn from(s: String) -> Self {
+        if s == "nat" { Forwarding::Nat } else { Forwarding::Unsupported(s) }
+    }
+}
+
+impl From<Forwarding> for String {
+    fn from(f: Forwarding) -> Self {
+        match f {
+            Forwarding::Nat => "nat".into(),
+            Forwarding::Unsupported(s) => s,
+        }
+    }
 }
 
 /// `global.log_format`.
@@ -241,14 +289,7 @@ pub enum AdminState {
 impl Config {
     /// The map sizes and seed to load the data path with.
     pub fn sizing(&self) -> Sizing {
-        Sizing {
-            vip_capacity: self.global.vip_capacity,
-            backend_capacity: self.global.backend_capacity,
-            ring_size: self.global.ring_size,
-            conn_capacity: self.global.conn_capacity,
-            half_open_capacity: lb_common::limits::half_open_capacity(self.global.conn_capacity),
-            hash_seed: self.global.hash_seed,
-        }
+        self.global.sizing()
     }
 }
 
@@ -265,28 +306,28 @@ pub mod file {
         pub vips: Vec<Vip>,
     }
 
-    fn default_mode() -> XdpMode {
+    pub(super) fn default_mode() -> XdpMode {
         XdpMode::Auto
     }
-    fn default_forwarding() -> String {
-        "nat".into()
+    pub(super) fn default_instance() -> String {
+        "default".into()
     }
-    fn default_ring() -> u32 {
+    pub(super) fn default_ring() -> u32 {
         DEFAULT_RING_SIZE
     }
-    fn default_vips() -> u32 {
+    pub(super) fn default_vips() -> u32 {
         DEFAULT_VIP_CAPACITY
     }
-    fn default_backends() -> u32 {
+    pub(super) fn default_backends() -> u32 {
         DEFAULT_BACKEND_CAPACITY
     }
-    fn default_conns() -> u32 {
+    pub(super) fn default_conns() -> u32 {
         DEFAULT_CONN_CAPACITY
     }
-    fn default_socket() -> PathBuf {
+    pub(super) fn default_socket() -> PathBuf {
         DEFAULT_ADMIN_SOCKET.into()
     }
-    fn default_log() -> LogFormat {
+    pub(super) fn default_log() -> LogFormat {
         LogFormat::Human
     }
     fn default_protocol() -> Protocol {
@@ -302,32 +343,7 @@ pub mod file {
         AdminState::Up
     }
 
-    /// `global:`.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Global {
-        pub interfaces: Vec<String>,
-        #[serde(default = "default_mode")]
-        pub xdp_mode: XdpMode,
-        #[serde(default = "default_forwarding")]
-        pub forwarding: String,
-        #[serde(default)]
-        pub hash_seed: u32,
-        #[serde(default = "default_ring")]
-        pub ring_size: u32,
-        #[serde(default = "default_vips")]
-        pub vip_capacity: u32,
-        #[serde(default = "default_backends")]
-        pub backend_capacity: u32,
-        #[serde(default = "default_conns")]
-        pub conn_capacity: u32,
-        #[serde(default = "default_socket")]
-        pub admin_socket: PathBuf,
-        #[serde(default)]
-        pub metrics_address: Option<SocketAddr>,
-        #[serde(default = "default_log")]
-        pub log_format: LogFormat,
-    }
+    pub use super::Global;
 
     /// A `vips:` entry.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -516,28 +532,6 @@ impl Serialize for Config {
     }
 }
 
-impl Serialize for Global {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        global_to_file(self).serialize(s)
-    }
-}
-
-fn global_to_file(g: &Global) -> file::Global {
-    file::Global {
-        interfaces: g.interfaces.clone(),
-        xdp_mode: g.xdp_mode,
-        forwarding: "nat".into(),
-        hash_seed: g.hash_seed,
-        ring_size: g.ring_size,
-        vip_capacity: g.vip_capacity,
-        backend_capacity: g.backend_capacity,
-        conn_capacity: g.conn_capacity,
-        admin_socket: g.admin_socket.clone(),
-        metrics_address: g.metrics_address,
-        log_format: g.log_format,
-    }
-}
-
 fn dur(d: Duration) -> Option<file::Dur> {
     Some(file::Dur::Text(super::duration::format(d)))
 }
@@ -546,7 +540,7 @@ impl Config {
     /// The YAML form of this configuration (parses back to an equal one).
     pub fn to_file(&self) -> file::Document {
         file::Document {
-            global: global_to_file(&self.global),
+            global: self.global.clone(),
             vips: self
                 .vips
                 .iter()

@@ -201,38 +201,29 @@ fn global(c: &mut Checker, g: &file::Global) -> (Global, SizesOk) {
             c.report(format!("global.interfaces[{i}]"), format!("interface {name} is listed twice"));
         }
     }
-    match g.forwarding.as_str() {
-        "nat" => {}
-        "dsr" => c.report("global.forwarding", "\"dsr\" is not supported yet: use \"nat\" (direct server return comes in a later release)"),
-        other => c.report("global.forwarding", format!("{other:?} is not a forwarding mode: use \"nat\"")),
+    if !valid_instance(&g.instance) {
+        c.report(
+            "global.instance",
+            format!("{:?} is not a valid instance name: use 1-64 letters, digits, '-' or '_' (it names a directory in bpffs)", g.instance),
+        );
+    }
+    match &g.forwarding {
+        Forwarding::Nat => {}
+        Forwarding::Unsupported(mode) if mode == "dsr" => c.report("global.forwarding", "\"dsr\" is not supported yet: use \"nat\" (direct server return comes in a later release)"),
+        Forwarding::Unsupported(other) => c.report("global.forwarding", format!("{other:?} is not a forwarding mode: use \"nat\"")),
     }
     let sizes = sizes(c, g);
-    let global = Global {
-        interfaces: g.interfaces.clone(),
-        xdp_mode: g.xdp_mode,
-        forwarding: Forwarding::Nat,
-        hash_seed: g.hash_seed,
-        ring_size: g.ring_size,
-        vip_capacity: g.vip_capacity,
-        backend_capacity: g.backend_capacity,
-        conn_capacity: g.conn_capacity,
-        admin_socket: g.admin_socket.clone(),
-        metrics_address: g.metrics_address,
-        log_format: g.log_format,
-    };
-    (global, sizes)
+    (g.clone(), sizes)
+}
+
+/// Whether `name` can name an instance directory: 1-64 of `[A-Za-z0-9_-]`.
+pub fn valid_instance(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Checks each size on its own, so that every bad one is reported, then all together.
 fn sizes(c: &mut Checker, g: &file::Global) -> SizesOk {
-    let all = Sizing {
-        vip_capacity: g.vip_capacity,
-        backend_capacity: g.backend_capacity,
-        ring_size: g.ring_size,
-        conn_capacity: g.conn_capacity,
-        half_open_capacity: lb_common::limits::half_open_capacity(g.conn_capacity),
-        hash_seed: g.hash_seed,
-    };
+    let all = g.sizing();
     let base = Sizing::default();
     let alone = [
         Sizing { ring_size: all.ring_size, ..base.clone() },

@@ -31,6 +31,7 @@ pub struct Maps {
     active_conns: Array<MapData, u64>,
     endpoint_filter: Array<MapData, u64>,
     vip_live: Array<MapData, u64>,
+    meta: Array<MapData, u64>,
     /// What `endpoint_filter` holds, so a bit is written once, without reading the map.
     filter_words: Vec<u64>,
     /// What `REPLIES` holds for each backend slot, so an unchanged entry is not written again.
@@ -45,6 +46,26 @@ pub struct Maps {
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
     ebpf.take_map(name).ok_or_else(|| anyhow!("the XDP object has no map {name}"))
+}
+
+/// A backend slot of a pinned data path, with the VIP its replies go to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedBackend {
+    /// Slot id.
+    pub id: u32,
+    /// Id of its VIP (from `REPLIES`); `None` for a slot no VIP's replies name.
+    pub vip_id: Option<u32>,
+    /// The slot as the data path holds it: endpoint, state, generation, next hop.
+    pub backend: Backend,
+}
+
+/// What a pinned data path serves, read back from its maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PinnedState {
+    /// Every VIP entry.
+    pub vips: Vec<(VipKey, VipMeta)>,
+    /// Every backend slot in use.
+    pub backends: Vec<PinnedBackend>,
 }
 
 /// `Ok(None)` for a missing key, errors otherwise.
@@ -77,6 +98,7 @@ impl Maps {
             active_conns: take(ebpf, MAP_ACTIVE_CONNS)?.try_into()?,
             endpoint_filter: take(ebpf, MAP_ENDPOINT_FILTER)?.try_into()?,
             vip_live: take(ebpf, MAP_VIP_LIVE)?.try_into()?,
+            meta: take(ebpf, MAP_META)?.try_into()?,
             filter_words: vec![0; ENDPOINT_FILTER_WORDS as usize],
             reply_keys: Default::default(),
             reply_owners: Default::default(),
@@ -84,6 +106,49 @@ impl Maps {
             ring_size: sizing.ring_size,
             hash_seed: sizing.hash_seed,
         })
+    }
+
+    /// Fills what the agent remembers of the maps (the endpoint filter's words, each slot's
+    /// `REPLIES` key, the VIPs on each VIP address) from pinned maps it adopted, so that later
+    /// writes change, and stale entries are removed, exactly as if this agent had made them.
+    pub(super) fn read_back(&mut self) -> anyhow::Result<()> {
+        for (i, word) in self.filter_words.iter_mut().enumerate() {
+            *word = self.endpoint_filter.get(&(i as u32), 0)?;
+        }
+        for entry in self.replies.iter() {
+            let (key, target) = entry?;
+            self.reply_keys.insert(target.backend_id, (key, target));
+            self.reply_owners.insert(key, target.backend_id);
+        }
+        for entry in self.vips.iter() {
+            let (key, meta) = entry?;
+            self.vip_addr_users.entry(address_key(&key)).or_default().insert(key, meta.flags);
+        }
+        Ok(())
+    }
+
+    /// The VIPs and backend slots the maps hold.
+    pub fn pinned_state(&self) -> anyhow::Result<PinnedState> {
+        let vips = self.vips.iter().collect::<Result<Vec<_>, _>>()?;
+        let mut backends = Vec::new();
+        for id in 1..self.backends.len() {
+            let backend = self.backends.get(&id, 0)?;
+            if backend.state != BackendState::Unused as u8 {
+                let vip_id = self.reply_keys.get(&id).map(|(_, target)| target.vip_id);
+                backends.push(PinnedBackend { id, vip_id, backend });
+            }
+        }
+        Ok(PinnedState { vips, backends })
+    }
+
+    /// Writes entry `index` of `META`.
+    pub(super) fn set_meta(&mut self, index: u32, value: u64) -> anyhow::Result<()> {
+        self.meta.set(index, value, 0).context("writing META")
+    }
+
+    /// Entry `index` of `META`.
+    pub fn meta(&self, index: u32) -> anyhow::Result<u64> {
+        Ok(self.meta.get(&index, 0)?)
     }
 
     /// Slots per ring.

@@ -2,24 +2,32 @@
 //! configuration, and typed access to its maps.
 
 mod maps;
+pub mod pins;
 mod ring_memory;
 mod service;
 
-pub use maps::Maps;
+pub use maps::{Maps, PinnedBackend, PinnedState};
+pub use pins::{Found, MapShape, Pins};
 pub use service::{Service, ServiceBackend};
 pub use lb_common::sizing::{Sizing, SizingError};
 
 use crate::config::XdpMode;
 
-use anyhow::Context as _;
+use std::collections::HashMap;
+
+use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode as AyaXdpMode},
+    programs::{
+        Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use lb_common::maps::{
-    GLOBAL_HASH_SEED, GLOBAL_RING_SIZE, MAP_ACTIVE_CONNS, MAP_BACKEND_STATS, MAP_BACKENDS,
-    MAP_CONNS, MAP_HALF_OPEN, MAP_REPLIES, MAP_RING, MAP_RR_CURSORS, MAP_VIP_ADDRS, MAP_VIP_LIVE,
-    MAP_VIP_STATS, MAP_VIPS, PROGRAM_NAME,
+    GLOBAL_HASH_SEED, GLOBAL_RING_SIZE, LAYOUT_VERSION, MAP_ACTIVE_CONNS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNS,
+    MAP_HALF_OPEN, MAP_REPLIES, MAP_RING, MAP_RR_CURSORS, MAP_VIP_ADDRS, MAP_VIP_LIVE, MAP_VIP_STATS, MAP_VIPS,
+    META_HASH_SEED, META_LAYOUT, META_PROGRAM_HASH, META_PROGRAM_LOADED_AT, META_RING_SIZE, PINNED_MAPS, PROGRAM_NAME,
 };
 
 /// The XDP program object, built by `build.rs` from `lb-ebpf`.
@@ -34,6 +42,66 @@ pub struct Dataplane {
     pub maps: Maps,
     sizing: Sizing,
     logs: Option<EbpfLogs>,
+    adopted: bool,
+}
+
+/// How [`Dataplane::attach_pinned`] attached the program to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link, pinned, in this mode.
+    New(XdpMode),
+    /// The program replaced the one running on the interface's pinned link (atomically: every
+    /// packet met the old program or the new one).
+    Replaced,
+}
+
+/// The maps whose entries are set at load time, with their sizes at `sizing`.
+fn sized_maps(sizing: &Sizing) -> [(&'static str, u32); 12] {
+    [
+        (MAP_VIPS, sizing.vip_capacity),
+        (MAP_VIP_STATS, sizing.vip_capacity),
+        (MAP_VIP_LIVE, sizing.vip_capacity),
+        (MAP_RING, sizing.ring_map_entries()),
+        (MAP_BACKENDS, sizing.backend_capacity),
+        (MAP_BACKEND_STATS, sizing.backend_capacity),
+        (MAP_CONNS, sizing.conn_capacity),
+        (MAP_HALF_OPEN, sizing.half_open_capacity),
+        (MAP_REPLIES, sizing.backend_capacity),
+        (MAP_VIP_ADDRS, sizing.vip_capacity),
+        (MAP_RR_CURSORS, sizing.vip_capacity),
+        (MAP_ACTIVE_CONNS, sizing.backend_capacity),
+    ]
+}
+
+/// The shape of every pinned map of [`PROGRAM`] loaded at `sizing`, read from the object file.
+pub fn map_shapes(sizing: &Sizing) -> anyhow::Result<HashMap<&'static str, MapShape>> {
+    let object = aya_obj::Object::parse(PROGRAM).map_err(|e| anyhow!("parsing the XDP object: {e}"))?;
+    let sized = sized_maps(sizing);
+    PINNED_MAPS
+        .iter()
+        .map(|&name| {
+            let map = object.maps.get(name).ok_or_else(|| anyhow!("the XDP object has no map {name}"))?;
+            let max_entries = sized.iter().find(|(n, _)| *n == name).map_or(map.max_entries(), |(_, n)| *n);
+            Ok((name, MapShape { key_size: map.key_size(), value_size: map.value_size(), max_entries, flags: map.map_flags() }))
+        })
+        .collect()
+}
+
+/// The XDP mode of the program attached to `interface`, as `ip -d link` reports it.
+pub fn attached_mode(interface: &str) -> Option<XdpMode> {
+    let out = std::process::Command::new("ip").args(["-j", "-d", "link", "show", "dev", interface]).output().ok()?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    // XDP_ATTACHED_DRV = 1, XDP_ATTACHED_SKB = 2 (linux/if_link.h).
+    match links.get(0)?.get("xdp")?.get("mode")?.as_u64()? {
+        1 => Some(XdpMode::Driver),
+        2 => Some(XdpMode::Generic),
+        _ => None,
+    }
+}
+
+/// A short fingerprint of the embedded program object (FNV-1a), shown by `lb status`.
+pub fn program_hash() -> u64 {
+    PROGRAM.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// The program's debug log buffer (see [`Dataplane::load_with_debug_logs`]).
@@ -57,37 +125,60 @@ impl Dataplane {
     /// Loads the program into the kernel with maps sized by `sizing`; the verifier runs here.
     /// The program's debug logs are off.
     pub fn load(sizing: &Sizing) -> anyhow::Result<Self> {
-        Self::load_with(sizing, None)
+        Self::load_with(sizing, None, None)
+    }
+
+    /// Loads the program with its maps pinned in `pins`: the maps already pinned there are
+    /// adopted (after [`Pins::inspect`] found them to match; a mismatch is refused and nothing
+    /// is changed), the others are created and pinned. Returns whether the maps were adopted.
+    /// `META` then records this program; the layout version is written last, so a first start
+    /// that stops midway leaves maps that the next agent refuses rather than trusts.
+    pub fn open(sizing: &Sizing, pins: &Pins, logger: Option<&'static dyn log::Log>) -> anyhow::Result<(Self, bool)> {
+        sizing.validate()?;
+        let adopted = pins.inspect(&map_shapes(sizing)?, sizing)? == Found::Adoptable;
+        pins.create()?;
+        let mut dp = Self::load_with(sizing, logger, Some(pins))?;
+        if adopted {
+            dp.maps.read_back().context("reading the pinned maps back")?;
+            dp.adopted = true;
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        for (index, value) in [
+            (META_RING_SIZE, u64::from(sizing.ring_size)),
+            (META_HASH_SEED, u64::from(sizing.hash_seed)),
+            (META_PROGRAM_HASH, program_hash()),
+            (META_PROGRAM_LOADED_AT, now),
+            (META_LAYOUT, LAYOUT_VERSION),
+        ] {
+            dp.maps.set_meta(index, value)?;
+        }
+        Ok((dp, adopted))
     }
 
     /// As [`Dataplane::load`], with the program's debug logs (rare events only: no backend,
     /// rescheduled flows, failed connection-table inserts) sent to `logger` whenever
     /// [`EbpfLogs::flush`] is called.
     pub fn load_with_debug_logs(sizing: &Sizing, logger: &'static dyn log::Log) -> anyhow::Result<Self> {
-        Self::load_with(sizing, Some(logger))
+        Self::load_with(sizing, Some(logger), None)
     }
 
-    fn load_with(sizing: &Sizing, logger: Option<&'static dyn log::Log>) -> anyhow::Result<Self> {
+    fn load_with(sizing: &Sizing, logger: Option<&'static dyn log::Log>, pins: Option<&Pins>) -> anyhow::Result<Self> {
         sizing.validate()?;
         let log_level = if logger.is_some() { aya_log::Level::Debug as u8 } else { 0 };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(aya_log::LEVEL, &log_level, true)
             .override_global(GLOBAL_RING_SIZE, &sizing.ring_size, true)
-            .override_global(GLOBAL_HASH_SEED, &sizing.hash_seed, true)
-            .map_max_entries(MAP_VIPS, sizing.vip_capacity)
-            .map_max_entries(MAP_VIP_STATS, sizing.vip_capacity)
-            .map_max_entries(MAP_VIP_LIVE, sizing.vip_capacity)
-            .map_max_entries(MAP_RING, sizing.ring_map_entries())
-            .map_max_entries(MAP_BACKENDS, sizing.backend_capacity)
-            .map_max_entries(MAP_BACKEND_STATS, sizing.backend_capacity)
-            .map_max_entries(MAP_CONNS, sizing.conn_capacity)
-            .map_max_entries(MAP_HALF_OPEN, sizing.half_open_capacity)
-            .map_max_entries(MAP_REPLIES, sizing.backend_capacity)
-            .map_max_entries(MAP_VIP_ADDRS, sizing.vip_capacity)
-            .map_max_entries(MAP_RR_CURSORS, sizing.vip_capacity)
-            .map_max_entries(MAP_ACTIVE_CONNS, sizing.backend_capacity)
-            .load(PROGRAM)
-            .context("loading the XDP object (maps)")?;
+            .override_global(GLOBAL_HASH_SEED, &sizing.hash_seed, true);
+        for (name, entries) in sized_maps(sizing) {
+            loader.map_max_entries(name, entries);
+        }
+        if let Some(pins) = pins {
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader.load(PROGRAM).context("loading the XDP object (maps)")?;
         // The logger holds the log ring buffer's fd: it must live while the program loads.
         let logs = match logger {
             Some(l) => Some(EbpfLogs(aya_log::EbpfLogger::init_with_logger(&mut ebpf, l).context("opening the program's log buffer")?)),
@@ -104,6 +195,7 @@ impl Dataplane {
             maps,
             sizing: sizing.clone(),
             logs,
+            adopted: false,
         })
     }
 
@@ -127,35 +219,74 @@ impl Dataplane {
     /// mode (with a warning) when the driver has no XDP support. Returns the mode used. The
     /// program stays attached as long as this `Dataplane` lives.
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> anyhow::Result<XdpMode> {
+        self.attach_link(interface, mode).map(|(_, used)| used)
+    }
+
+    fn attach_link(&mut self, interface: &str, mode: XdpMode) -> anyhow::Result<(XdpLinkId, XdpMode)> {
         let program = self.program_mut();
         match mode {
             XdpMode::Driver | XdpMode::Generic => {
                 let xdp_mode = if mode == XdpMode::Driver { AyaXdpMode::Driver } else { AyaXdpMode::Skb };
-                program
+                let id = program
                     .attach(interface, xdp_mode)
                     .with_context(|| format!("attaching XDP to {interface} in {mode} mode"))?;
-                Ok(mode)
+                Ok((id, mode))
             }
             XdpMode::Auto => match program.attach(interface, AyaXdpMode::Driver) {
-                Ok(_) => Ok(XdpMode::Driver),
+                Ok(id) => Ok((id, XdpMode::Driver)),
                 Err(driver_err) => {
                     tracing::warn!(
                         interface,
                         error = %driver_err,
                         "driver-mode XDP failed, using generic mode (slower)"
                     );
-                    program
+                    let id = program
                         .attach(interface, AyaXdpMode::Skb)
                         .with_context(|| format!("attaching XDP to {interface} in generic mode"))?;
-                    Ok(XdpMode::Generic)
+                    Ok((id, XdpMode::Generic))
                 }
             },
         }
     }
 
+    /// Attaches the program to `interface` through a link pinned in `pins`, so that it stays
+    /// attached when the agent exits. When a link is pinned there already, the program replaces
+    /// the one running on it (`bpf_link_update`, keeping the link's mode); a pinned link whose
+    /// interface is gone is removed and a new one made.
+    pub fn attach_pinned(&mut self, interface: &str, mode: XdpMode, pins: &Pins) -> anyhow::Result<Attached> {
+        let path = pins.link(interface);
+        if let Ok(pinned) = PinnedLink::from_pin(&path) {
+            let link = XdpLink::try_from(FdLink::from(pinned)).context("the pinned link is not an XDP link")?;
+            match self.program_mut().attach_to_link(link) {
+                Ok(_) => return Ok(Attached::Replaced),
+                Err(e) => {
+                    tracing::warn!(interface, error = %e, "the pinned link is defunct (its interface was removed?); attaching anew");
+                    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                }
+            }
+        }
+        let (id, used) = self.attach_link(interface, mode)?;
+        let link = self.program_mut().take_link(id)?;
+        let fd = FdLink::try_from(link).context("XDP was attached without a bpf_link (kernel older than 5.9?)")?;
+        // The pin keeps the link; this descriptor may close.
+        drop(fd.pin(&path).with_context(|| format!("pinning the XDP link at {}", path.display()))?);
+        Ok(Attached::New(used))
+    }
+
+    /// The kernel's id and tag of the loaded program.
+    pub fn program_info(&self) -> anyhow::Result<(u32, u64)> {
+        let info = self.program().info()?;
+        Ok((info.id(), info.tag()))
+    }
+
     /// The program's debug log buffer, if loaded with debug logs (to be polled by the caller).
     pub fn take_debug_logs(&mut self) -> Option<EbpfLogs> {
         self.logs.take()
+    }
+
+    /// Whether [`Dataplane::open`] adopted pinned maps.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// The sizes and seed this instance was loaded with.
