@@ -96,7 +96,10 @@ pub const LAYOUT_VERSION: u64 = 1;
 
 /// Entries of `REASONS`: room for counters added by later builds without a layout change.
 pub const REASON_SLOTS: u32 = 64;
-const _: () = assert!(crate::counters::Reason::COUNT <= REASON_SLOTS);
+const _: () = assert!(crate::counters::Reason::COUNT < REASON_SLOTS);
+/// The `REASONS` slot the `upgrade-probe` build of the program counts every packet in (and the
+/// default build never touches): how the tests tell which build runs.
+pub const UPGRADE_PROBE_SLOT: u32 = REASON_SLOTS - 1;
 
 /// Every map a running data path keeps in bpffs (all but the program's private `.rodata`,
 /// `.bss` and log buffer), so that it outlives the agent.

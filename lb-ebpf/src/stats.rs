@@ -7,7 +7,13 @@ use crate::maps::{BACKEND_STATS, REASONS, VIP_STATS};
 /// Counts one packet under `reason`.
 #[inline(always)]
 pub fn count(reason: Reason) {
-    if let Some(c) = REASONS.get_ptr_mut(reason as u32) {
+    count_slot(reason as u32);
+}
+
+/// Counts one packet in slot `slot` of `REASONS`.
+#[inline(always)]
+pub fn count_slot(slot: u32) {
+    if let Some(c) = REASONS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot: no other program instance writes it concurrently.
         unsafe { *c += 1 };
     }

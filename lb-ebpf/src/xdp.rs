@@ -30,6 +30,8 @@ use crate::{
 /// The XDP program attached to the load balancer's interfaces.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    #[cfg(feature = "upgrade-probe")]
+    crate::stats::count_slot(lb_common::maps::UPGRADE_PROBE_SLOT);
     let mut slot = core::mem::MaybeUninit::uninit();
     let pkt = match parse(&ctx, &mut slot) {
         Ok(pkt) => pkt,

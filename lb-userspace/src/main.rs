@@ -21,7 +21,7 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Run { config: path, xdp_mode } = &cli.command else {
+    let Command::Run { config: path, xdp_mode, program } = &cli.command else {
         return cli::execute(&cli);
     };
     let config = match config::load(path) {
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let options = agent::Options { config_path: path.clone(), mode: xdp_mode.map(Into::into) };
+    let options = agent::Options { config_path: path.clone(), mode: xdp_mode.map(Into::into), program: program.clone() };
     match runtime.block_on(agent::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -81,10 +81,18 @@ impl Agent {
 
     /// Starts `lb run` (after [`Agent::stop`]) and waits (at most 20 s) until it answers.
     pub fn spawn(&mut self) -> anyhow::Result<()> {
+        self.spawn_with(&[])
+    }
+
+    /// As [`Agent::spawn`], with more arguments for `lb run`.
+    pub fn spawn_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         anyhow::ensure!(self.process.is_none(), "the agent runs already");
         let lb = lb_binary().display().to_string();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log"))?;
-        let child = in_netns(&self.netns, &[&lb, "run", "--config", &self.config.display().to_string()])
+        let config = self.config.display().to_string();
+        let mut args = vec![lb.as_str(), "run", "--config", config.as_str()];
+        args.extend_from_slice(extra);
+        let child = in_netns(&self.netns, &args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

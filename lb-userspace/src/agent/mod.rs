@@ -42,6 +42,8 @@ pub struct Options {
     pub config_path: PathBuf,
     /// Overrides `global.xdp_mode`.
     pub mode: Option<XdpMode>,
+    /// An XDP object to run instead of the one built into `lb`.
+    pub program: Option<PathBuf>,
 }
 
 struct Agent {
@@ -70,7 +72,11 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     let pins = Pins::of_instance(&config.global.instance);
     // The program's own debug logs (rare events) only when the agent logs at debug level.
     let logger = tracing::enabled!(tracing::Level::DEBUG).then(log::logger);
-    let (mut dp, adopted) = Dataplane::open(&config.sizing(), &pins, logger)?;
+    let object = match &opts.program {
+        Some(path) => std::borrow::Cow::Owned(std::fs::read(path).with_context(|| format!("reading the XDP object {}", path.display()))?),
+        None => std::borrow::Cow::Borrowed(crate::dataplane::PROGRAM),
+    };
+    let (mut dp, adopted) = Dataplane::open(&config.sizing(), &pins, logger, &object)?;
     if adopted {
         tracing::info!(pin_dir = %pins.dir().display(), "adopting the pinned data path: its connection table, rings, backends and counters carry on");
     } else {

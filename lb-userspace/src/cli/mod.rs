@@ -58,6 +58,10 @@ pub enum Command {
         /// Override global.xdp_mode.
         #[arg(long, value_enum)]
         xdp_mode: Option<ModeArg>,
+        /// Run this XDP object (a build of lb-ebpf with the same map layout) instead of the one
+        /// built into lb.
+        #[arg(long)]
+        program: Option<PathBuf>,
     },
     /// VIPs and backends: state, health, weight, connections, packets/s.
     Status,

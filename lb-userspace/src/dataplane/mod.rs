@@ -73,9 +73,9 @@ fn sized_maps(sizing: &Sizing) -> [(&'static str, u32); 12] {
     ]
 }
 
-/// The shape of every pinned map of [`PROGRAM`] loaded at `sizing`, read from the object file.
-pub fn map_shapes(sizing: &Sizing) -> anyhow::Result<HashMap<&'static str, MapShape>> {
-    let object = aya_obj::Object::parse(PROGRAM).map_err(|e| anyhow!("parsing the XDP object: {e}"))?;
+/// The shape of every pinned map of the program object `object` loaded at `sizing`.
+pub fn map_shapes(sizing: &Sizing, object: &[u8]) -> anyhow::Result<HashMap<&'static str, MapShape>> {
+    let object = aya_obj::Object::parse(object).map_err(|e| anyhow!("parsing the XDP object: {e}"))?;
     let sized = sized_maps(sizing);
     PINNED_MAPS
         .iter()
@@ -99,9 +99,9 @@ pub fn attached_mode(interface: &str) -> Option<XdpMode> {
     }
 }
 
-/// A short fingerprint of the embedded program object (FNV-1a), shown by `lb status`.
-pub fn program_hash() -> u64 {
-    PROGRAM.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+/// A short fingerprint of a program object (FNV-1a), shown by `lb status`.
+pub fn program_hash(object: &[u8]) -> u64 {
+    object.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// The program's debug log buffer (see [`Dataplane::load_with_debug_logs`]).
@@ -125,19 +125,19 @@ impl Dataplane {
     /// Loads the program into the kernel with maps sized by `sizing`; the verifier runs here.
     /// The program's debug logs are off.
     pub fn load(sizing: &Sizing) -> anyhow::Result<Self> {
-        Self::load_with(sizing, None, None)
+        Self::load_with(sizing, None, None, PROGRAM)
     }
 
-    /// Loads the program with its maps pinned in `pins`: the maps already pinned there are
+    /// Loads the program object `object` (normally [`PROGRAM`]) with its maps pinned in `pins`: the maps already pinned there are
     /// adopted (after [`Pins::inspect`] found them to match; a mismatch is refused and nothing
     /// is changed), the others are created and pinned. Returns whether the maps were adopted.
     /// `META` then records this program; the layout version is written last, so a first start
     /// that stops midway leaves maps that the next agent refuses rather than trusts.
-    pub fn open(sizing: &Sizing, pins: &Pins, logger: Option<&'static dyn log::Log>) -> anyhow::Result<(Self, bool)> {
+    pub fn open(sizing: &Sizing, pins: &Pins, logger: Option<&'static dyn log::Log>, object: &[u8]) -> anyhow::Result<(Self, bool)> {
         sizing.validate()?;
-        let adopted = pins.inspect(&map_shapes(sizing)?, sizing)? == Found::Adoptable;
+        let adopted = pins.inspect(&map_shapes(sizing, object)?, sizing)? == Found::Adoptable;
         pins.create()?;
-        let mut dp = Self::load_with(sizing, logger, Some(pins))?;
+        let mut dp = Self::load_with(sizing, logger, Some(pins), object)?;
         if adopted {
             dp.maps.read_back().context("reading the pinned maps back")?;
             dp.adopted = true;
@@ -146,7 +146,7 @@ impl Dataplane {
         for (index, value) in [
             (META_RING_SIZE, u64::from(sizing.ring_size)),
             (META_HASH_SEED, u64::from(sizing.hash_seed)),
-            (META_PROGRAM_HASH, program_hash()),
+            (META_PROGRAM_HASH, program_hash(object)),
             (META_PROGRAM_LOADED_AT, now),
             (META_LAYOUT, LAYOUT_VERSION),
         ] {
@@ -159,10 +159,10 @@ impl Dataplane {
     /// rescheduled flows, failed connection-table inserts) sent to `logger` whenever
     /// [`EbpfLogs::flush`] is called.
     pub fn load_with_debug_logs(sizing: &Sizing, logger: &'static dyn log::Log) -> anyhow::Result<Self> {
-        Self::load_with(sizing, Some(logger), None)
+        Self::load_with(sizing, Some(logger), None, PROGRAM)
     }
 
-    fn load_with(sizing: &Sizing, logger: Option<&'static dyn log::Log>, pins: Option<&Pins>) -> anyhow::Result<Self> {
+    fn load_with(sizing: &Sizing, logger: Option<&'static dyn log::Log>, pins: Option<&Pins>, object: &[u8]) -> anyhow::Result<Self> {
         sizing.validate()?;
         let log_level = if logger.is_some() { aya_log::Level::Debug as u8 } else { 0 };
         let mut loader = EbpfLoader::new();
@@ -178,7 +178,7 @@ impl Dataplane {
                 loader.map_pin_path(name, pins.map(name));
             }
         }
-        let mut ebpf = loader.load(PROGRAM).context("loading the XDP object (maps)")?;
+        let mut ebpf = loader.load(object).context("loading the XDP object (maps)")?;
         // The logger holds the log ring buffer's fd: it must live while the program loads.
         let logs = match logger {
             Some(l) => Some(EbpfLogs(aya_log::EbpfLogger::init_with_logger(&mut ebpf, l).context("opening the program's log buffer")?)),
