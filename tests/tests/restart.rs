@@ -372,3 +372,45 @@ fn a_backend_that_died_with_the_agent_down_is_taken_out_and_a_mismatch_is_refuse
     let s = status(&agent);
     assert_eq!(s["data_path"]["adopted"], true, "{s:#}");
 }
+
+#[test]
+fn the_labs_pin_root_is_the_agents() {
+    assert_eq!(lb_tests::topology::BPFFS_ROOT, lb_userspace::dataplane::pins::BPFFS_ROOT);
+}
+
+/// Removes a test's pinned data path also when the test fails.
+struct RemovePins(lb_userspace::dataplane::Pins);
+
+impl Drop for RemovePins {
+    fn drop(&mut self) {
+        let _ = self.0.remove();
+    }
+}
+
+/// Pinned maps of another layout version are refused before anything is loaded or written;
+/// maps of this one are adopted.
+#[test]
+fn another_layout_version_is_refused_and_left_alone() {
+    use aya::maps::Array;
+    use lb_common::maps::{LAYOUT_VERSION, MAP_META, META_LAYOUT};
+    use lb_userspace::dataplane::{Dataplane, PROGRAM, Pins, Sizing};
+
+    let sizing = Sizing { conn_capacity: 1024, half_open_capacity: 1024, ..Sizing::default() };
+    let pins = RemovePins(Pins::of_instance(&format!("test-layout-{}", std::process::id())));
+    let (dp, adopted) = Dataplane::open(&sizing, &pins.0, None, PROGRAM).expect("a new data path");
+    assert!(!adopted);
+    drop(dp);
+    let meta = || -> Array<MapData, u64> {
+        Array::try_from(Map::Array(MapData::from_pin(pins.0.map(MAP_META)).expect("META"))).expect("array")
+    };
+    assert_eq!(meta().get(&META_LAYOUT, 0).unwrap(), LAYOUT_VERSION);
+    let (dp, adopted) = Dataplane::open(&sizing, &pins.0, None, PROGRAM).expect("the same layout is adopted");
+    assert!(adopted);
+    drop(dp);
+
+    meta().set(META_LAYOUT, LAYOUT_VERSION + 98, 0).unwrap();
+    let refused = Dataplane::open(&sizing, &pins.0, None, PROGRAM).map(|_| ()).expect_err("another layout");
+    let message = format!("{refused:#}");
+    assert!(message.contains(&format!("layout version is {}", LAYOUT_VERSION + 98)) && message.contains("lb teardown"), "{message}");
+    assert_eq!(meta().get(&META_LAYOUT, 0).unwrap(), LAYOUT_VERSION + 98, "the refusal wrote nothing");
+}

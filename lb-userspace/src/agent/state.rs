@@ -1128,4 +1128,88 @@ vips:
         assert!(rt.vip("dns").is_err());
         assert_eq!(ch.vips, vec![0]);
     }
+
+    /// What the maps hold after `rt` was written to them.
+    fn pinned_from(rt: &Runtime) -> PinnedState {
+        let mut pinned = PinnedState::default();
+        for v in &rt.vips {
+            let svc = v.service();
+            let meta = lb_common::maps::VipMeta { id: v.id, flags: svc.flags, ..Default::default() };
+            pinned.vips.push((svc.key, meta));
+            for b in svc.backends {
+                pinned.backends.push(PinnedBackend { id: b.id, vip_id: Some(v.id), backend: b.backend });
+            }
+        }
+        pinned
+    }
+
+    #[test]
+    fn adopting_the_same_configuration_changes_no_flow() {
+        let config = config::parse("t", YAML).unwrap();
+        let mut rt = runtime();
+        let mut ch = Changes::default();
+        let up = rt.vip("web").unwrap().backends[0].clone();
+        assert!(rt.set_health(up.id, up.generation, Health::Up, &mut ch));
+        let hop = NextHop { ifindex: 7, dst_mac: [2, 0, 0, 0, 0, 1], src_mac: [2, 0, 0, 0, 0, 2] };
+        rt.set_hop(up.id, hop, &mut ch);
+
+        let (adopted, changes) = Runtime::adopt(&config, &pinned_from(&rt)).unwrap();
+        assert_eq!(adopted.vips, rt.vips, "ids, slots, generations, next hops and health carry on");
+        for v in &rt.vips {
+            assert_eq!(adopted.vip(&v.config.name).unwrap().service(), v.service(), "same service, so the same ring");
+        }
+        let web = adopted.vip("web").unwrap();
+        assert_eq!((web.backends[0].health, web.backends[0].hop), (Health::Up, hop));
+        assert_eq!(web.backends[1].health, Health::Down, "a backend the data path had down stays down until its checks pass");
+        assert_eq!(adopted.vip("dns").unwrap().backends[0].health, Health::Up, "unchecked");
+        assert!(changes.removed_vips.is_empty() && changes.removed_backends.is_empty(), "{changes:?}");
+        assert_eq!(changes.vips, vec![0, 1], "every VIP is written again");
+        assert_eq!(changes.probe, vec![1, 2, 3], "every backend is probed again");
+    }
+
+    #[test]
+    fn adopting_keeps_a_draining_backend_healthy() {
+        let config = config::parse("t", YAML).unwrap();
+        let mut rt = runtime();
+        let mut ch = Changes::default();
+        let draining = rt.vip("web").unwrap().backends[1].clone();
+        assert_eq!(draining.admin, AdminState::Draining);
+        assert!(rt.set_health(draining.id, draining.generation, Health::Up, &mut ch));
+        assert_eq!(rt.vip("web").unwrap().backends[1].effective(), BackendState::Draining);
+        let (adopted, _) = Runtime::adopt(&config, &pinned_from(&rt)).unwrap();
+        assert_eq!(adopted.vip("web").unwrap().backends[1].health, Health::Up);
+    }
+
+    #[test]
+    fn adopting_another_configuration_removes_what_went_and_keeps_what_stayed() {
+        let rt = full_runtime();
+        let mut pinned = pinned_from(&rt);
+        // Slot 5 (dns's 10.2.0.2) had been reused four times.
+        pinned.backends.iter_mut().filter(|b| b.id == 5).for_each(|b| b.backend.generation = 4);
+        let mut config = pools(&["10.1.0.1:80", "10.1.0.9:80"], &[]);
+        config.vips.truncate(1);
+
+        let (adopted, changes) = Runtime::adopt(&config, &pinned).unwrap();
+        let web = adopted.vip("web").unwrap();
+        assert_eq!(web.id, 0);
+        assert_eq!((web.backends[0].id, web.backends[0].generation), (1, 1), "10.1.0.1 kept its slot");
+        let dns_key = pinned.vips[1].0;
+        assert_eq!(changes.removed_vips, vec![(dns_key, 1, vec![3, 4, 5])]);
+        assert_eq!(changes.removed_backends, vec![2], "10.1.0.2 went");
+        // The new backend takes a slot no kept backend holds, at a generation above the one
+        // the maps had, so the old slot's flows are told apart.
+        let new = &web.backends[1];
+        assert_eq!(endpoints(&adopted, "web"), vec![ep("10.1.0.1:80"), ep("10.1.0.9:80")]);
+        assert_eq!((new.id, new.generation), (2, 2));
+        assert_eq!(new.health, Health::Down, "a new checked backend starts down");
+        let (again, _) = Runtime::adopt(&pools(&["10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"], &["10.2.0.1:53"]), &pinned).unwrap();
+        let reused = again.vip("dns").unwrap();
+        assert_eq!(reused.backends.len(), 1);
+        let slots: Vec<(u32, u32)> = again.vips.iter().flat_map(|v| v.backends.iter().map(|b| (b.id, b.generation))).collect();
+        assert_eq!(slots, vec![(1, 1), (2, 1), (4, 2), (3, 1)], "10.1.0.3 is new: the first free slot (4, 10.2.0.2's) at its next generation");
+        let (third, _) =
+            Runtime::adopt(&pools(&["10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80", "10.1.0.4:80"], &["10.2.0.1:53"]), &pinned).unwrap();
+        let fourth = &third.vip("web").unwrap().backends[3];
+        assert_eq!((fourth.id, fourth.generation), (5, 5), "slot 5 goes on from its pinned generation 4");
+    }
 }

@@ -32,6 +32,7 @@ fn good_file_has_defaults() {
     let c = parse("t.yaml", GOOD).unwrap();
     assert_eq!(c.global.ring_size, 65537);
     assert_eq!(c.global.xdp_mode, XdpMode::Auto);
+    assert_eq!((c.global.instance.as_str(), &c.global.forwarding), ("default", &Forwarding::Nat));
     let v = &c.vips[0];
     assert_eq!((v.protocol, v.scheduler, v.source_affinity), (Protocol::Tcp, Scheduler::Maglev, false));
     let h = &v.health_check;
@@ -89,6 +90,7 @@ fn bad_files_are_rejected_with_file_line_and_field() {
         (with("  interfaces: [eth0]", "  interfaces: [eth0, eth0]"), "t.yaml:2: global.interfaces[1]: interface eth0 is listed twice"),
         (with("  interfaces: [eth0]", "  interfaces: [eth0:1]"), "t.yaml:2: global.interfaces[0]: \"eth0:1\" is not a valid interface name: use 1-15 characters without '/', ':' or spaces (see `ip link`)"),
         (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  xdp_mode: offload\n"), "t.yaml:3: global.xdp_mode: unknown variant `offload`, expected one of `auto`, `driver`, `generic`"),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  instance: ../other\n"), "t.yaml:3: global.instance: \"../other\" is not a valid instance name: use 1-64 letters, digits, '-' or '_' (it names a directory in bpffs)"),
         (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  forwarding: tunnel\n"), "t.yaml:3: global.forwarding: \"tunnel\" is not a forwarding mode: use \"nat\""),
         (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  metrics_address: localhost:9100\n"), "t.yaml:3: global.metrics_address: invalid socket address syntax: write IP:PORT such as 127.0.0.1:9100 or [::1]:9100"),
         (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  conn_capacity: 1\n"), "t.yaml:3: global.conn_capacity: connection table capacity 1 must be between 2 and 16777216"),
@@ -212,6 +214,7 @@ fn round_trips_through_yaml() {
     let text = "\
 global:
   interfaces: [eth0, eth1]
+  instance: edge-2
   xdp_mode: generic
   hash_seed: 99
   metrics_address: 127.0.0.1:9100
