@@ -62,7 +62,7 @@ fn lab_with_agent(yaml: &str) -> (Lab, Agent) {
     for k in 0..3 {
         lab.start_backend(k).expect("backend");
     }
-    let agent = Agent::start(&mut lab, yaml).expect("agent");
+    let agent = Agent::start(&lab, yaml).expect("agent");
     agent
         .wait_status(Duration::from_secs(10), |s| all_in_state(s, "web", "up"))
         .expect("every backend passes its health checks");

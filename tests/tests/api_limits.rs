@@ -180,7 +180,7 @@ fn hostile_metrics_clients_starve_nothing() {
     for k in 0..3 {
         lab.start_backend(k).expect("backend");
     }
-    let agent = Agent::start(&mut lab, CONFIG).expect("agent");
+    let agent = Agent::start(&lab, CONFIG).expect("agent");
     agent
         .wait_status(Duration::from_secs(10), |s| all_in_state(s, "web", "up"))
         .expect("every backend passes its health checks");

@@ -52,7 +52,7 @@ fn running() -> Running {
         lab.start_backend(k).expect("backend");
     }
     lab.start_server(2, "img3", 9090).expect("image server");
-    let agent = Agent::start(&mut lab, &LAB_CONFIG.replace("/run/lb/lab.sock", "{socket}")).expect("agent");
+    let agent = Agent::start(&lab, &LAB_CONFIG.replace("/run/lb/lab.sock", "{socket}")).expect("agent");
     agent
         .wait_status(Duration::from_secs(15), |s| ["web", "images", "web6", "echo"].iter().all(|v| all_in_state(s, v, "up")))
         .expect("every backend passes its health checks");

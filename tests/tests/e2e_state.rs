@@ -282,7 +282,7 @@ fn syn_flood_breaks_no_established_connection() {
         lab.start_backend(k).expect("backend");
         lab.start_server(k, &format!("rr{}", k + 1), 9090).expect("round-robin server");
     }
-    let agent = Agent::start(&mut lab, FLOOD_CONFIG).expect("agent");
+    let agent = Agent::start(&lab, FLOOD_CONFIG).expect("agent");
     agent
         .wait_status(Duration::from_secs(15), |s| all_in_state(s, "web", "up") && all_in_state(s, "rr", "up"))
         .expect("every backend passes its health checks");
@@ -453,7 +453,7 @@ fn routed(drop_icmp_errors: bool) -> Routed {
         lab.start_backend(k).expect("backend");
     }
     lab.start_server(2, "img3", 9090).expect("image server");
-    let agent = Agent::start(&mut lab, &LAB_CONFIG.replace("/run/lb/lab.sock", "{socket}")).expect("agent");
+    let agent = Agent::start(&lab, &LAB_CONFIG.replace("/run/lb/lab.sock", "{socket}")).expect("agent");
     agent
         .wait_status(Duration::from_secs(15), |s| all_in_state(s, "web", "up") && all_in_state(s, "web6", "up"))
         .expect("every backend passes its health checks");

@@ -91,7 +91,7 @@ pub fn run(root: &Path, keep: bool) -> anyhow::Result<()> {
     lab.start_server(2, "img3", 9090)?;
     println!("   client {}  →  load balancer {} (XDP on {})  →  backends {}", lab.client_ns, lab.lb_ns, lab.lb_interfaces().join(", "),
         lab.backends.iter().map(|b| format!("{} {}", b.name, b.v4)).collect::<Vec<_>>().join(", "));
-    let agent = Agent::start(&mut lab, &yaml.replace(SHIPPED_SOCKET, "{socket}"))?;
+    let agent = Agent::start(&lab, &yaml.replace(SHIPPED_SOCKET, "{socket}"))?;
     println!("   agent started with {LAB_CONFIG}; waiting for the health checks to pass");
     agent.wait_status(Duration::from_secs(15), |s| crate::agent::all_in_state(s, "web", "up"))?;
     print!("{}", String::from_utf8_lossy(&agent.cli(&["status"]).stdout));

@@ -318,7 +318,7 @@ impl Runtime {
             }
         }
         // Every kept id is reserved before any new one is taken.
-        let mut kept: Vec<(usize, u32, Vec<(usize, &PinnedBackend)>)> = Vec::new();
+        let mut kept: Vec<KeptVip> = Vec::new();
         for (i, vip) in config.vips.iter().enumerate() {
             let key = vip_key(vip);
             let Some((_, meta)) = pinned.vips.iter().find(|(k, _)| *k == key) else {
@@ -336,18 +336,18 @@ impl Runtime {
                     backends.push((j, p));
                 }
             }
-            kept.push((i, meta.id, backends));
+            kept.push(KeptVip { index: i, id: meta.id, backends });
         }
         let mut changes = Changes::default();
         for (i, vip) in config.vips.iter().enumerate() {
-            match kept.iter().find(|(k, _, _)| *k == i) {
-                Some((_, id, backends)) => rt.place_adopted_vip(vip, *id, backends, &mut changes)?,
+            match kept.iter().find(|k| k.index == i) {
+                Some(k) => rt.place_adopted_vip(vip, k.id, &k.backends, &mut changes)?,
                 None => rt.place_vip(vip, &mut changes)?,
             }
         }
-        let kept_slot = |id: u32| kept.iter().any(|(_, _, bs)| bs.iter().any(|(_, p)| p.id == id));
+        let kept_slot = |id: u32| kept.iter().any(|k| k.backends.iter().any(|(_, p)| p.id == id));
         for (key, meta) in &pinned.vips {
-            if !kept.iter().any(|(_, id, _)| *id == meta.id) {
+            if !kept.iter().any(|k| k.id == meta.id) {
                 let slots = pinned.backends.iter().filter(|p| p.vip_id == Some(meta.id)).map(|p| p.id).collect();
                 changes.removed_vips.push((*key, meta.id, slots));
             }
@@ -729,6 +729,14 @@ impl Runtime {
 }
 
 /// Each VIP of `config` with its protocol and backends, for [`shared_endpoints`].
+/// A configured VIP found in a pinned data path: its index in the configuration, its pinned id,
+/// and its backends found there (configuration index, pinned slot).
+struct KeptVip<'a> {
+    index: usize,
+    id: u32,
+    backends: Vec<(usize, &'a PinnedBackend)>,
+}
+
 /// The health a backend the data path had in `state` is adopted with: up if it took or kept
 /// flows, down otherwise; always up when not checked.
 fn adopted_health(state: u8, checked: bool) -> Health {

@@ -230,7 +230,7 @@ fn probe_to_swap() -> anyhow::Result<(Summary, Summary)> {
         "global:\n  interfaces: [lbc, lbb1, lbb2]\n  xdp_mode: driver\n  hash_seed: 42\n  vip_capacity: 4\n  backend_capacity: 16\n  admin_socket: {{socket}}\nvips:\n  - name: web\n    address: 10.0.0.10\n    port: 80\n    protocol: tcp\n    health_check:\n      type: http\n      path: /health\n      interval: 200ms\n      fast_interval: 50ms\n      timeout: 100ms\n      rise: 2\n      fall: 2\n    backends:\n      - address: {}\n        port: 8080\n      - address: {}\n        port: 8080\n",
         lab.backends[0].v4, lab.backends[1].v4
     );
-    let agent = Agent::start(&mut lab, &yaml)?;
+    let agent = Agent::start(&lab, &yaml)?;
     agent.wait_status(Duration::from_secs(15), |s| crate::agent::all_in_state(s, "web", "up"))?;
     let victim = lab.backends[1].v4.to_string();
     let field = |agent: &Agent, f: &str| -> String {
