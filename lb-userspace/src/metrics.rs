@@ -62,7 +62,7 @@ pub fn render(status: &StatusReport, stats: &StatsReport) -> String {
             }
         }
     }
-    family(&mut o, "lb_backend_active_connections", "gauge", "Flows in the connection table per backend.");
+    family(&mut o, "lb_backend_active_connections", "gauge", "Live flows per backend (open TCP, unexpired UDP), recounted every second.");
     family(&mut o, "lb_backend_healthy", "gauge", "1 if the health checks pass (or none are configured).");
     family(&mut o, "lb_backend_serving", "gauge", "1 if the backend takes new flows (up), 0 if draining or down.");
     for v in &status.vips {

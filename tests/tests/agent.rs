@@ -257,3 +257,31 @@ fn health_failure_and_recovery_swap_the_ring() {
     ring_matches_builder(&agent, &all, 150);
     assert!(spread(&lab, web(), 60).contains_key("b2"), "it takes its share again");
 }
+
+/// The sum of `active_connections` over `web`'s backends in a status report.
+fn live_flows(status: &Value) -> u64 {
+    backends(status, "web").iter().filter_map(|b| b["active_connections"].as_u64()).sum()
+}
+
+/// Least-conn's counts are live flows: they rise with open connections and fall back to zero
+/// when the connections close (FIN), from the agent's batched recount of the connection table
+/// (once a second, off its loop), which also rewrites the counts least-conn chooses by.
+#[test]
+fn least_conn_counts_follow_flows_that_end() {
+    let yaml = config(1).replace("    protocol: tcp\n", "    protocol: tcp\n    scheduler: least-conn\n");
+    let (lab, agent) = lab_with_agent(&yaml);
+    let sessions: Vec<_> = (0..6)
+        .map(|_| {
+            let s = lb_tests::topology::HttpSession::open(&lab.client_ns, web(), Duration::from_secs(5)).expect("connect");
+            assert_eq!(s.get("/").expect("request").0, 200);
+            s
+        })
+        .collect();
+    let open = agent.wait_status(Duration::from_secs(5), |s| live_flows(s) == 6).expect("six live flows counted");
+    let per_backend: Vec<u64> = backends(&open, "web").iter().filter_map(|b| b["active_connections"].as_u64()).collect();
+    drop(sessions);
+    let closed = agent.wait_status(Duration::from_secs(5), |s| live_flows(s) == 0);
+    eprintln!("least-conn live flows per backend with 6 connections open: {per_backend:?}");
+    closed.expect("the counts fall back to zero once the connections close");
+    assert!(per_backend.iter().all(|&n| n <= 3), "least-conn spread six connections as {per_backend:?}");
+}

@@ -26,7 +26,10 @@ use crate::{
         server::{self, ApiError, Call},
     },
     config::{self, AdminState, Config, XdpMode},
-    dataplane::{Attached, Dataplane, Pins},
+    dataplane::{
+        Attached, Dataplane, Pins,
+        table_walk::{self, TableCounts},
+    },
     health::{Checker, Transition},
     metrics, neighbours,
 };
@@ -53,6 +56,8 @@ struct Agent {
     dp: Dataplane,
     pins: Pins,
     data_path: DataPathStatus,
+    /// The last count of the connection tables ([`table_walk`]).
+    tables: TableCounts,
     checker: Checker,
     addresses: VipAddresses,
     interfaces: Vec<(String, String)>,
@@ -98,13 +103,18 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     }
     .map_err(|e| anyhow!("{e}"))?;
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    // The tables are counted off this loop, from their pins.
+    let (counts_tx, mut counts_rx) = mpsc::unbounded_channel();
+    let stop_counting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counter = table_walk::spawn_counter(dp.maps.table_fds()?, REFRESH, stop_counting.clone(), counts_tx)?;
     let announce_on = config.global.interfaces[0].clone();
     let mut agent = Agent {
         config_path: opts.config_path,
         runtime,
         dp,
-        data_path: DataPathStatus::default(),
         pins,
+        data_path: DataPathStatus::default(),
+        tables: TableCounts::default(),
         checker: Checker::new(health_tx),
         addresses: VipAddresses::new(announce_on),
         interfaces: Vec::new(),
@@ -157,6 +167,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
                 let answer = agent.handle(call.request);
                 let _ = call.reply.send(answer);
             }
+            Some(counts) = counts_rx.recv() => agent.on_table_counts(counts),
             _ = tick.tick() => agent.refresh(),
             _ = hup.recv() => {
                 if let Err(e) = agent.reload() {
@@ -173,6 +184,9 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
             "stopping; the data path keeps forwarding with the last maps and the VIP addresses stay (`lb teardown` removes them)"
         );
     }
+    stop_counting.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(counts_rx);
+    let _ = counter.join();
     api.abort();
     for task in [metrics, ebpf_logs].into_iter().flatten() {
         task.abort();
@@ -364,6 +378,24 @@ impl Agent {
             tracing::error!(error = %e, "writing next hops failed");
         }
         self.rates.sample(&self.runtime, &self.dp.maps);
+    }
+
+    /// Keeps a new count of the connection tables for `lb status` and the metrics, and writes
+    /// least-conn's per-backend flow counts from it: flows that ended since the last count
+    /// (FIN, RST, expiry, eviction) stop counting, and the increments the data path made for
+    /// new flows are replaced by the count.
+    fn on_table_counts(&mut self, counts: TableCounts) {
+        let least_conn: Vec<u32> = self
+            .runtime
+            .vips
+            .iter()
+            .filter(|v| v.config.scheduler == config::Scheduler::LeastConn)
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .collect();
+        if let Err(e) = self.dp.maps.set_active_connections(least_conn.into_iter(), &counts.live) {
+            tracing::error!(error = %e, "writing least-conn's flow counts failed");
+        }
+        self.tables = counts;
     }
 
     /// Reloads the configuration file, all or nothing. The new runtime is built on a copy

@@ -126,13 +126,13 @@ fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>) -> VipS
 
 /// `lb status`.
 pub fn status(agent: &Agent) -> StatusReport {
-    let active = agent.dp.maps.active_connections();
+    let active = &agent.tables.live;
     StatusReport {
         config_file: agent.config_path.display().to_string(),
         interfaces: agent.interfaces.iter().map(|(i, m)| (i.clone(), m.to_string())).collect(),
         uptime_seconds: agent.started.elapsed().as_secs(),
         data_path: agent.data_path.clone(),
-        vips: agent.runtime.vips.iter().map(|v| vip_status(agent, v, &active)).collect(),
+        vips: agent.runtime.vips.iter().map(|v| vip_status(agent, v, active)).collect(),
     }
 }
 
@@ -147,7 +147,7 @@ pub fn stats(agent: &Agent) -> StatsReport {
     StatsReport {
         reasons: Reason::ALL.iter().zip(counts).map(|(r, n)| (r.name().to_owned(), n)).collect(),
         health,
-        connection_entries: agent.dp.maps.conn_count() as u64,
+        connection_entries: agent.tables.entries,
     }
 }
 

@@ -1,5 +1,7 @@
 //! Typed handles on every map of the loaded program. The agent is their only writer.
 
+use std::os::fd::{AsFd as _, OwnedFd};
+
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf,
@@ -22,6 +24,8 @@ pub struct Maps {
     ring: RingMemory,
     conns: HashMap<MapData, FlowKey, Flow>,
     half_open: HashMap<MapData, FlowKey, Flow>,
+    /// Descriptors of `CONNS` and `HALF_OPEN` for [`super::table_walk`].
+    table_fds: (OwnedFd, OwnedFd),
     replies: HashMap<MapData, BackendKey, ReplyTarget>,
     vip_addrs: HashMap<MapData, VipKey, VipAddress>,
     iface_vlans: Array<MapData, VlanEgress>,
@@ -68,6 +72,14 @@ pub struct PinnedState {
     pub backends: Vec<PinnedBackend>,
 }
 
+/// A descriptor of connection-table map `name` of its own (for a walk on another thread).
+fn table_fd(ebpf: &Ebpf, name: &str) -> anyhow::Result<OwnedFd> {
+    match ebpf.map(name) {
+        Some(Map::LruHashMap(data)) => Ok(data.fd().as_fd().try_clone_to_owned()?),
+        _ => Err(anyhow!("the XDP object has no LRU hash map {name}")),
+    }
+}
+
 /// `Ok(None)` for a missing key, errors otherwise.
 fn optional<T>(r: Result<T, MapError>) -> Result<Option<T>, MapError> {
     match r {
@@ -87,6 +99,7 @@ impl Maps {
                 Map::Array(data) => RingMemory::new(data, sizing.ring_map_entries()).context("mapping the RING map into memory")?,
                 _ => anyhow::bail!("the {MAP_RING} map is not an array"),
             },
+            table_fds: (table_fd(ebpf, MAP_CONNS)?, table_fd(ebpf, MAP_HALF_OPEN)?),
             conns: take(ebpf, MAP_CONNS)?.try_into()?,
             half_open: take(ebpf, MAP_HALF_OPEN)?.try_into()?,
             replies: take(ebpf, MAP_REPLIES)?.try_into()?,
@@ -360,13 +373,10 @@ impl Maps {
         Ok(self.conns.remove(key)?)
     }
 
-    /// Flows in the connection table per backend id (walks the table).
-    pub fn active_connections(&self) -> std::collections::HashMap<u32, u64> {
-        let mut counts = std::collections::HashMap::new();
-        for (_, entry) in self.conns.iter().flatten() {
-            *counts.entry(entry.backend_id).or_insert(0) += 1;
-        }
-        counts
+    /// New descriptors of `CONNS` and `HALF_OPEN`, to count them off the agent's loop
+    /// ([`super::table_walk::spawn_counter`]).
+    pub fn table_fds(&self) -> std::io::Result<(OwnedFd, OwnedFd)> {
+        Ok((self.table_fds.0.try_clone()?, self.table_fds.1.try_clone()?))
     }
 
     /// Overwrites least-conn's per-backend flow counts with a recount (`ids` absent from
@@ -387,9 +397,9 @@ impl Maps {
         Ok(self.active_conns.get(&id, 0)?)
     }
 
-    /// Number of entries in the connection table (walks it).
+    /// Number of entries in the connection table (walks it in batches).
     pub fn conn_count(&self) -> usize {
-        self.conns.keys().filter(Result::is_ok).count()
+        super::table_walk::walk(self.table_fds.0.as_fd(), |_, _| {}).unwrap_or(0)
     }
 
     /// Packets counted under each reason, summed over CPUs, in [`Reason::ALL`] order.

@@ -5,6 +5,7 @@ mod maps;
 pub mod pins;
 mod ring_memory;
 mod service;
+pub mod table_walk;
 
 pub use maps::{Maps, PinnedBackend, PinnedState};
 pub use pins::{Found, MapShape, Pins};
