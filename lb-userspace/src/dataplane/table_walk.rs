@@ -164,6 +164,10 @@ mod tests {
 
     #[test]
     fn the_batch_attribute_has_the_kernels_layout() {
-        assert_eq!(size_of::<BatchAttr>(), 48);
+        use std::mem::offset_of;
+        // linux/bpf.h: four __aligned_u64, then __u32 count, __u32 map_fd, __u64 elem_flags,
+        // __u64 flags.
+        let offsets = [offset_of!(BatchAttr, count), offset_of!(BatchAttr, map_fd), offset_of!(BatchAttr, elem_flags), offset_of!(BatchAttr, flags)];
+        assert_eq!((offsets, size_of::<BatchAttr>()), ([32, 36, 40, 48], 56));
     }
 }
