@@ -245,3 +245,62 @@ fn hostile_metrics_clients_starve_nothing() {
     let text = scrape(&lab);
     assert!(text.lines().any(|l| l == "lb_probe_local_errors_total 0"), "{text}");
 }
+
+/// Keeps 20 admin connections busy sending a request one byte every 100 ms (each is cut off
+/// after the agent's 5 s read timeout and opened again) until `stop`; returns the bytes sent.
+fn slow_admin_clients(socket: &Path, stop: &AtomicBool) -> usize {
+    use std::os::unix::net::UnixStream;
+    let mut clients: Vec<UnixStream> = Vec::new();
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        while clients.len() < 20 {
+            let Ok(mut s) = UnixStream::connect(socket) else { break };
+            let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+            if s.write_all(b"GET /v1/status HTTP/1.1\r\nX-Slow: ").is_ok() {
+                clients.push(s);
+            }
+        }
+        clients.retain_mut(|s| s.write_all(b"a").is_ok());
+        sent += clients.len();
+        thread::sleep(Duration::from_millis(100));
+    }
+    sent
+}
+
+/// Slow clients of the admin socket delay no health transition: the agent's loop sees only
+/// whole requests, so a backend killed while 20 connections trickle their requests is taken out
+/// as fast as without them, and the ring swap follows the failing probe at once.
+#[test]
+fn slow_admin_clients_do_not_delay_a_health_transition() {
+    let mut lab = Lab::create(3, env!("CARGO_BIN_EXE_lb-test-backend").as_ref()).expect("lab");
+    for k in 0..3 {
+        lab.start_backend(k).expect("backend");
+    }
+    let agent = Agent::start(&lab, CONFIG).expect("agent");
+    agent
+        .wait_status(Duration::from_secs(10), |s| all_in_state(s, "web", "up"))
+        .expect("every backend passes its health checks");
+    let stop = Arc::new(AtomicBool::new(false));
+    let slow = {
+        let (stop, socket) = (stop.clone(), agent.socket.clone());
+        thread::spawn(move || slow_admin_clients(&socket, &stop))
+    };
+    thread::sleep(Duration::from_secs(1));
+    let killed = Instant::now();
+    lab.kill_backend(0);
+    let down = agent.wait_status(Duration::from_secs(5), |s| {
+        lb_tests::agent::backends(s, "web").iter().any(|b| b["address"] == "10.0.11.2" && b["state"] == "down")
+    });
+    let taken_out = killed.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let sent = slow.join().unwrap_or(0);
+    down.expect("the killed backend is taken out");
+    let stats = agent.json(&["stats"]).expect("stats");
+    let swap_ms = stats["health"]["last_probe_to_swap_ms"].as_f64().expect("probe-to-swap time");
+    eprintln!("with 20 slow admin clients ({sent} bytes trickled): backend down {taken_out:?} after it was killed, ring swapped {swap_ms:.1} ms after the failing probe");
+    // fall (2) × fast_interval (100 ms) after the first failure, plus one interval (200 ms) to
+    // notice it, plus 1 s of slack for this shared machine.
+    assert!(taken_out < Duration::from_millis(2 * 100 + 200 + 1000), "took {taken_out:?}");
+    assert!(swap_ms < 100.0, "the swap came {swap_ms} ms after the probe");
+}
