@@ -10,3 +10,4 @@ pub mod dataplane;
 pub mod health;
 pub mod metrics;
 pub mod neighbours;
+pub mod netlink;
