@@ -193,6 +193,8 @@ mod tests {
                 protocol: "tcp".into(),
                 scheduler: "maglev".into(),
                 ring_backends: 1,
+                announced: true,
+                announce_reason: "announced: 1 backend takes new flows".into(),
                 traffic: TrafficStatus { packets: 10, bytes: 1000, new_flows: 2, packets_per_second: 0.0 },
                 backends: vec![BackendStatus {
                     id: 1,

@@ -285,3 +285,43 @@ fn least_conn_counts_follow_flows_that_end() {
     closed.expect("the counts fall back to zero once the connections close");
     assert!(per_backend.iter().all(|&n| n <= 3), "least-conn spread six connections as {per_backend:?}");
 }
+
+/// The routes `ip route show table 100` lists in the load balancer's namespace.
+fn announced_routes(lab: &Lab) -> String {
+    let out = lb_tests::agent::in_netns(&lab.lb_ns, &["ip", "route", "show", "table", "100"]).output().expect("ip route");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn announced(status: &Value) -> (bool, String) {
+    let vip = &status["vips"][0];
+    (vip["announced"].as_bool().unwrap_or(false), vip["announce_reason"].as_str().unwrap_or("").to_owned())
+}
+
+/// Health-gated announcement: the VIP's route is in the announcement table while a backend
+/// takes new flows, leaves it when every backend is down, comes back with them, and is removed
+/// by `lb teardown`.
+#[test]
+fn the_vip_is_announced_only_while_a_backend_takes_flows() {
+    let yaml = config(1).replace("  metrics_address: 127.0.0.1:9100\n", "  announce_table: 100\n");
+    let (mut lab, agent) = lab_with_agent(&yaml);
+    let up = agent.wait_status(Duration::from_secs(5), |s| announced(s).0).expect("announced");
+    assert_eq!(announced(&up).1, "announced: 3 backends take new flows");
+    assert_eq!(announced_routes(&lab), "10.0.0.10 dev lo proto 250 scope link");
+    for k in 0..3 {
+        lab.kill_backend(k);
+    }
+    let started = std::time::Instant::now();
+    let down = agent.wait_status(Duration::from_secs(5), |s| !announced(s).0).expect("withdrawn");
+    let withdrawn_after = started.elapsed();
+    assert_eq!(announced(&down).1, "withdrawn: no backend takes new flows");
+    assert_eq!(announced_routes(&lab), "", "the route left the table");
+    for k in 0..3 {
+        lab.start_backend(k).expect("backend");
+    }
+    agent.wait_status(Duration::from_secs(5), |s| announced(s).0).expect("announced again");
+    assert_eq!(announced_routes(&lab), "10.0.0.10 dev lo proto 250 scope link");
+    eprintln!("announcement: withdrawn {withdrawn_after:?} after the last backend was killed (fall 2 × fast_interval 100 ms)");
+    let out = agent.teardown();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(announced_routes(&lab), "", "teardown withdraws");
+}

@@ -699,7 +699,9 @@ fn the_agents_choice_equals_the_data_paths_for_every_flow() {
     // `lb explain` answers with `Maps::choose`: the same scheduler code on the same maps. For
     // 1,000 new flows per case it must name the backend the data path sends each to.
     let base = service(1, VIP4, 80, PROTO_TCP, 1, &[(v4(1), 80, 1), (v4(2), 80, 2), (v4(3), 80, 1), (v4(4), 80, 3)]);
-    let mut cases: Vec<(&str, Service, Option<(u32, BackendState)>)> = Vec::new();
+    // Name, service, and a backend slot to set to a state before the flows.
+    type Case = (&'static str, Service, Option<(u32, BackendState)>);
+    let mut cases: Vec<Case> = Vec::new();
     cases.push(("maglev", base.clone(), None));
     let mut src_only = base.clone();
     src_only.flags = VIP_FLAG_HASH_SRC_ONLY;

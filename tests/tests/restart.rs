@@ -98,9 +98,11 @@ impl Tally {
     }
 
     fn add(&mut self, other: &Tally) {
-        for p in 0..PHASES.len() {
-            self.ok[p] += other.ok[p];
-            self.failed[p] += other.failed[p];
+        for (mine, theirs) in self.ok.iter_mut().zip(other.ok) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.failed.iter_mut().zip(other.failed) {
+            *mine += theirs;
         }
         self.errors.extend(other.errors.iter().take(5 - self.errors.len().min(5)).cloned());
     }
@@ -289,8 +291,8 @@ fn restarts_and_an_upgrade_fail_no_request() {
         new_build["program_id"], new_build["program_hash"],
     );
     assert!(forwarded_while_dead > 0, "the data path forwarded while the agent was dead");
-    for p in 1..PHASES.len() {
-        assert!(keepalive.ok[p] > 0 && fresh.ok[p] > 0, "traffic in phase {}", PHASES[p]);
+    for (p, name) in PHASES.iter().enumerate().skip(1) {
+        assert!(keepalive.ok[p] > 0 && fresh.ok[p] > 0, "traffic in phase {name}");
     }
     assert_eq!(keepalive.failed.iter().sum::<u32>(), 0, "keep-alive failures: {:?}", keepalive.errors);
     assert_eq!(fresh.failed.iter().sum::<u32>(), 0, "new-connection failures: {:?}", fresh.errors);

@@ -2,6 +2,7 @@
 //! configuration, the health checks and the operator's commands, and serves the admin API and
 //! the metrics. One loop owns all state; everything else talks to it through channels.
 
+mod announce;
 mod explain;
 mod report;
 pub mod state;
@@ -13,6 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
+use aya::programs::links::{FdLink, PinnedLink};
 use lb_common::maps::{Backend, META_LAYOUT, META_PROGRAM_HASH};
 use serde_json::Value;
 use tokio::{
@@ -58,6 +60,7 @@ struct Agent {
     data_path: DataPathStatus,
     /// The last count of the connection tables ([`table_walk`]).
     tables: TableCounts,
+    announcer: announce::Announcer,
     checker: Checker,
     addresses: VipAddresses,
     interfaces: Vec<(String, String)>,
@@ -115,6 +118,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         pins,
         data_path: DataPathStatus::default(),
         tables: TableCounts::default(),
+        announcer: announce::Announcer::new(config.global.announce_table),
         checker: Checker::new(health_tx),
         addresses: VipAddresses::new(announce_on),
         interfaces: Vec::new(),
@@ -126,6 +130,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     // The maps first: a new program starts with them filled.
     agent.apply(changes).context("installing the configuration")?;
     agent.attach(opts.mode)?;
+    agent.announce();
 
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let api = server::serve(&agent.config.global.admin_socket, calls_tx.clone()).await?;
@@ -215,6 +220,9 @@ pub fn teardown(config: &Config) -> anyhow::Result<Removed> {
     addresses.extend(config.vips.iter().map(|v| v.address));
     addresses.sort();
     addresses.dedup();
+    if let Some(table) = config.global.announce_table {
+        announce::flush(table);
+    }
     VipAddresses::owning(config.global.interfaces[0].clone(), addresses.iter().copied()).clear();
     let detached = pins.remove()?;
     Ok(Removed { pin_dir: pins.dir().display().to_string(), detached, addresses })
@@ -261,6 +269,7 @@ impl Agent {
     /// Removes the data path and the VIP addresses ([`Request::Teardown`]); the agent stops
     /// after answering.
     fn teardown(&mut self) -> Result<Value, ApiError> {
+        self.announcer.withdraw_all();
         self.addresses.clear();
         let detached = self.pins.remove().map_err(|e| ApiError::internal(format!("{e:#}")))?;
         tracing::info!(pin_dir = %self.pins.dir().display(), ?detached, "data path removed (program detached, maps unpinned, VIP addresses removed); stopping");
@@ -298,7 +307,30 @@ impl Agent {
                 None => self.checker.remove(id),
             }
         }
+        if !self.interfaces.is_empty() {
+            self.announce();
+        }
         Ok(())
+    }
+
+    /// Checks that the program runs on every interface: each pinned link exists and runs this
+    /// agent's program.
+    fn self_check(&self) -> Result<(), String> {
+        for (iface, _) in &self.interfaces {
+            let link = PinnedLink::from_pin(self.pins.link(iface)).map_err(|_| format!("no pinned link on {iface}"))?;
+            let program = FdLink::from(link).info().map_err(|e| format!("link of {iface}: {e}"))?.program_id();
+            if program != self.data_path.program_id {
+                return Err(format!("{iface} runs program {program}, not this agent's {}", self.data_path.program_id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the announcement decision of every VIP address.
+    fn announce(&mut self) {
+        let attached = self.self_check();
+        let decisions = announce::decide(&self.runtime.vips, attached.as_ref().map(|_| ()).map_err(String::as_str));
+        self.announcer.apply(decisions);
     }
 
     /// Moves to `next`, whose differences from the running runtime are `changes`, keeping it
@@ -377,6 +409,7 @@ impl Agent {
         if let Err(e) = self.apply(changes) {
             tracing::error!(error = %e, "writing next hops failed");
         }
+        self.announce();
         self.rates.sample(&self.runtime, &self.dp.maps);
     }
 

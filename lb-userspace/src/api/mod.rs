@@ -136,6 +136,10 @@ pub struct VipStatus {
     pub scheduler: String,
     /// Backends in the live ring.
     pub ring_backends: u32,
+    /// Whether this node announces the VIP's address (`global.announce_table`).
+    pub announced: bool,
+    /// Why (or why not), in words.
+    pub announce_reason: String,
     /// Traffic.
     pub traffic: TrafficStatus,
     /// The pool.

@@ -36,8 +36,9 @@ fn status(s: StatusReport) -> String {
     );
     for v in &s.vips {
         out += &format!(
-            "\nVIP {} {}:{}/{}  scheduler {}  {} backends in the ring  {} pkt/s  {} flows\n",
-            v.name, v.address, v.port, v.protocol, v.scheduler, v.ring_backends, rate(v.traffic.packets_per_second), v.traffic.new_flows
+            "\nVIP {} {}:{}/{}  scheduler {}  {} backends in the ring  {} pkt/s  {} flows\n  {}\n",
+            v.name, v.address, v.port, v.protocol, v.scheduler, v.ring_backends, rate(v.traffic.packets_per_second), v.traffic.new_flows,
+            v.announce_reason
         );
         let rows: Vec<Vec<String>> = v
             .backends

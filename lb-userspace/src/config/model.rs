@@ -64,6 +64,10 @@ pub struct Global {
     /// Where to serve Prometheus metrics, if anywhere.
     #[serde(default)]
     pub metrics_address: Option<SocketAddr>,
+    /// The kernel routing table in which the agent keeps a route for each VIP address this node
+    /// should attract (health-gated), for a routing daemon to export; `None`: no announcement.
+    #[serde(default)]
+    pub announce_table: Option<u32>,
     /// Log format.
     #[serde(default = "file::default_log")]
     pub log_format: LogFormat,

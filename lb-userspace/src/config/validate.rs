@@ -207,6 +207,14 @@ fn global(c: &mut Checker, g: &file::Global) -> (Global, SizesOk) {
             format!("{:?} is not a valid instance name: use 1-64 letters, digits, '-' or '_' (it names a directory in bpffs)", g.instance),
         );
     }
+    if let Some(table) = g.announce_table
+        && matches!(table, 0 | 253..=255)
+    {
+        c.report(
+            "global.announce_table",
+            format!("table {table} is reserved (0 unspec, 253 default, 254 main, 255 local): use a table of its own such as 100"),
+        );
+    }
     match &g.forwarding {
         Forwarding::Nat => {}
         Forwarding::Unsupported(mode) if mode == "dsr" => c.report("global.forwarding", "\"dsr\" is not supported yet: use \"nat\" (direct server return comes in a later release)"),
