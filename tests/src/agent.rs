@@ -60,19 +60,31 @@ impl Agent {
     /// set to the lab's load balancer namespace unless given) and starts `lb run` with it in
     /// that namespace; waits (at most 20 s) until the admin socket answers.
     pub fn start(lab: &Lab, yaml: &str) -> anyhow::Result<Agent> {
-        let dir = std::env::temp_dir().join(format!("{}-agent", lab.lb_ns));
+        Agent::start_in(&lab.lb_ns, &lab.lb_ns, yaml)
+    }
+
+    /// As [`Agent::start`], in network namespace `netns` with `global.instance` set to
+    /// `instance` (unless `yaml` names one): several agents, one per namespace, each with its
+    /// own data path, configuration directory and admin socket.
+    pub fn start_in(netns: &str, instance: &str, yaml: &str) -> anyhow::Result<Agent> {
+        let dir = std::env::temp_dir().join(format!("{instance}-agent"));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("lb.sock");
         let config = dir.join("lb.yaml");
         let mut yaml = yaml.replace("{socket}", &socket.display().to_string());
         if !yaml.contains("instance:") {
-            yaml = yaml.replacen("global:\n", &format!("global:\n  instance: {}\n", lab.lb_ns), 1);
+            yaml = yaml.replacen("global:\n", &format!("global:\n  instance: {instance}\n"), 1);
         }
         std::fs::write(&config, yaml)?;
-        let pin_dir = lab.pin_dir();
-        let mut agent = Agent { config, socket, pin_dir, dir, netns: lab.lb_ns.clone(), process: None };
+        let pin_dir = std::path::Path::new(crate::topology::BPFFS_ROOT).join(instance);
+        let mut agent = Agent { config, socket, pin_dir, dir, netns: netns.to_owned(), process: None };
         agent.spawn()?;
         Ok(agent)
+    }
+
+    /// The running agent's process id (`None` after [`Agent::stop`]).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
     }
 
     fn in_netns(&self, args: &[&str]) -> std::io::Result<Output> {
@@ -134,6 +146,18 @@ impl Agent {
     /// Runs `lb teardown --config CONFIG` in the agent's namespace.
     pub fn teardown(&self) -> Output {
         self.in_netns(&["teardown", "--config", &self.config.display().to_string()]).expect("running lb teardown")
+    }
+
+    /// Replaces the configuration file with `yaml`, with `{socket}` and `global.instance` filled
+    /// in as at the start (`lb reload` applies it).
+    pub fn rewrite_config(&self, yaml: &str) -> std::io::Result<()> {
+        let current = std::fs::read_to_string(&self.config)?;
+        let instance = current.lines().find_map(|l| l.trim().strip_prefix("instance:")).map_or("default", str::trim).to_owned();
+        let mut yaml = yaml.replace("{socket}", &self.socket.display().to_string());
+        if !yaml.contains("instance:") {
+            yaml = yaml.replacen("global:\n", &format!("global:\n  instance: {instance}\n"), 1);
+        }
+        std::fs::write(&self.config, yaml)
     }
 
     /// Runs `lb --socket SOCKET ARGS...`.
