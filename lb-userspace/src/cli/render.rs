@@ -1,28 +1,34 @@
-//! Human output of the read commands.
+//! Human output of the read commands, with units (see [`super::units`]).
 
 use serde_json::Value;
 
-use super::{Command, table::table};
+use super::{
+    Command,
+    table::{Align, table_aligned},
+    top::{StatsRates, connection_capacity},
+    units,
+};
 use crate::api::{ExplainReport, StatsReport, StatusReport};
-
-fn rate(pps: f64) -> String {
-    format!("{pps:.0}")
-}
 
 /// Renders the answer to `command` for a person; falls back to pretty JSON.
 pub fn human(command: &Command, value: &Value) -> String {
     let rendered = match command {
         Command::Status => serde_json::from_value(value.clone()).ok().map(status),
-        Command::Stats => serde_json::from_value(value.clone()).ok().map(stats),
+        Command::Stats { .. } => serde_json::from_value(value.clone()).ok().map(|s| stats_report(&s, connection_capacity(value))),
         Command::Explain { .. } => serde_json::from_value(value.clone()).ok().map(explain),
         _ => None,
     };
     rendered.unwrap_or_else(|| serde_json::to_string_pretty(value).unwrap_or_default() + "\n")
 }
 
+/// "1 flow", "12 flows", "1.2k flows".
+fn counted(n: u64, singular: &str) -> String {
+    units::plural(n, singular)
+}
+
 fn status(s: StatusReport) -> String {
     let ifaces: Vec<String> = s.interfaces.iter().map(|(i, m)| format!("{i} ({m})")).collect();
-    let mut out = format!("config {}  up {} s  interfaces {}\n", s.config_file, s.uptime_seconds, ifaces.join(", "));
+    let mut out = format!("config {}  up {}  interfaces {}\n", s.config_file, units::uptime(s.uptime_seconds), ifaces.join(", "));
     let d = &s.data_path;
     out += &format!(
         "data path {} ({})  program id {} tag {} build {} (lb {})  layout {}\n",
@@ -35,9 +41,20 @@ fn status(s: StatusReport) -> String {
         d.layout
     );
     for v in &s.vips {
+        // What the data path's ring holds, and what of it takes new flows (state up and a
+        // weight): a ring of weight-0 backends takes none.
+        let taking = v.backends.iter().filter(|b| b.state == "up" && b.weight > 0).count() as u64;
         out += &format!(
-            "\nVIP {} {}:{}/{}  scheduler {}  {} backends in the ring  {} pkt/s  {} flows\n  {}\n",
-            v.name, v.address, v.port, v.protocol, v.scheduler, v.ring_backends, rate(v.traffic.packets_per_second), v.traffic.new_flows,
+            "\nVIP {} {}:{}/{}  scheduler {}  {} in the ring, {taking} taking new flows  {}  {}  {}\n  {}\n",
+            v.name,
+            v.address,
+            v.port,
+            v.protocol,
+            v.scheduler,
+            counted(v.ring_backends.into(), "backend"),
+            units::pps(v.traffic.packets_per_second),
+            counted(v.traffic.new_flows, "flow"),
+            units::bytes(v.traffic.bytes),
             v.announce_reason
         );
         let rows: Vec<Vec<String>> = v
@@ -50,27 +67,62 @@ fn status(s: StatusReport) -> String {
                     b.health.clone(),
                     b.admin.clone(),
                     b.weight.to_string(),
-                    b.active_connections.to_string(),
-                    rate(b.traffic.packets_per_second),
-                    b.traffic.new_flows.to_string(),
+                    units::count(b.active_connections),
+                    units::pps(b.traffic.packets_per_second),
+                    units::count(b.traffic.new_flows),
+                    units::bytes(b.traffic.bytes),
                 ]
             })
             .collect();
-        out += &table(&["BACKEND", "STATE", "HEALTH", "ADMIN", "WEIGHT", "CONNS", "PKT/S", "FLOWS"], &rows);
+        let align = [Align::Left, Align::Left, Align::Left, Align::Left, Align::Right, Align::Right, Align::Right, Align::Right, Align::Right];
+        out += &table_aligned(&["BACKEND", "STATE", "HEALTH", "ADMIN", "WEIGHT", "CONNS", "RATE", "FLOWS", "BYTES"], &align, &rows);
     }
     out
 }
 
-fn stats(s: StatsReport) -> String {
-    let rows: Vec<Vec<String>> = s.reasons.iter().map(|(r, n)| vec![r.clone(), n.to_string()]).collect();
-    let mut out = table(&["REASON", "PACKETS"], &rows);
-    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} ms"));
+/// The connection table's line: entries, and the capacity with the fill when known.
+fn connection_table(entries: u64, capacity: Option<u64>) -> String {
+    let e = units::plural_with(entries, "entry", "entries");
+    match capacity {
+        Some(c) if c > 0 => format!("connection table: {e} of {} ({} full)\n", units::count(c), units::percent(entries as f64 / c as f64)),
+        _ => format!("connection table: {e}\n"),
+    }
+}
+
+/// `lb stats`: packets per reason, health figures, the connection table.
+pub fn stats_report(s: &StatsReport, capacity: Option<u64>) -> String {
+    let rows: Vec<Vec<String>> = s.reasons.iter().map(|(r, n)| vec![r.clone(), units::count(*n)]).collect();
+    let mut out = table_aligned(&["REASON", "PACKETS"], &[Align::Left, Align::Right], &rows);
     let h = &s.health;
     out += &format!(
-        "\nhealth: {} probes, {} failed, {} transitions, {} ring swaps\nprobe to swapped ring: last {}, max {}\nlast ring write: {}\nconnection table entries: {}\n",
-        h.probes, h.failures, h.transitions, h.swaps, ms(h.last_probe_to_swap_ms), ms(h.max_probe_to_swap_ms), ms(h.last_table_write_ms), s.connection_entries
+        "\nhealth: {}, {} failed, {}, {}\nprobe to swapped ring: last {}, max {}\nlast ring write: {}\n",
+        counted(h.probes, "probe"),
+        units::count(h.failures),
+        counted(h.transitions, "transition"),
+        counted(h.swaps, "ring swap"),
+        units::millis_or_dash(h.last_probe_to_swap_ms),
+        units::millis_or_dash(h.max_probe_to_swap_ms),
+        units::millis_or_dash(h.last_table_write_ms)
     );
-    out
+    out + &connection_table(s.connection_entries, capacity)
+}
+
+/// `lb stats --rate`: the same figures per second.
+pub fn stats_rates(r: &StatsRates) -> String {
+    let rows: Vec<Vec<String>> = r.reasons_per_second.iter().map(|(n, v)| vec![n.clone(), units::per_second(*v)]).collect();
+    let mut out = table_aligned(&["REASON", "PER SECOND"], &[Align::Left, Align::Right], &rows);
+    let h = &r.health_per_second;
+    out += &format!(
+        "\nover {}: drops {}\nhealth: probes {}, failed {}, transitions {}, ring swaps {}\nprobe to swapped ring: last {}\n",
+        units::millis(r.interval_seconds * 1000.0),
+        units::pps(r.drops_per_second),
+        units::per_second(h.probes),
+        units::per_second(h.failures),
+        units::per_second(h.transitions),
+        units::per_second(h.swaps),
+        units::millis_or_dash(r.last_probe_to_swap_ms)
+    );
+    out + &connection_table(r.connection_entries, r.connection_capacity)
 }
 
 fn explain(e: ExplainReport) -> String {
@@ -86,4 +138,74 @@ fn explain(e: ExplainReport) -> String {
     }
     out += &format!("tracked: {}\nwhy:     {}\n", e.tracked, e.reason);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn status_json(ring: u32, weights: &[u32], flows: u64) -> Value {
+        let backends: Vec<Value> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                json!({"id": i + 1, "address": format!("10.1.0.{}", i + 1), "port": 8080, "weight": w, "admin": "up",
+                       "health": "up", "state": "up", "active_connections": 1_234, "next_hop": null,
+                       "traffic": {"packets": 10, "bytes": 1_536, "new_flows": 1, "packets_per_second": 2_500.0}})
+            })
+            .collect();
+        json!({"config_file": "/etc/lb/lb.yaml", "interfaces": [["eth0", "driver"]], "uptime_seconds": 3_725,
+               "data_path": {"pin_dir": "/sys/fs/bpf/lb/default", "adopted": true, "layout": 3, "program_hash": "abc",
+                             "program_id": 7, "program_tag": "t", "agent_version": "0.1.0"},
+               "vips": [{"name": "web", "address": "10.0.0.10", "port": 80, "protocol": "tcp", "scheduler": "maglev",
+                         "ring_backends": ring, "announced": false, "announce_reason": "announce_table not set",
+                         "traffic": {"packets": 10, "bytes": 2_000_000, "new_flows": flows, "packets_per_second": 1_234_567.0},
+                         "backends": backends}]})
+    }
+
+    #[test]
+    fn status_with_units_and_plurals() {
+        let out = human(&Command::Status, &status_json(1, &[0], 1));
+        assert_eq!(
+            out,
+            "config /etc/lb/lb.yaml  up 1 h 02 min  interfaces eth0 (driver)
+data path /sys/fs/bpf/lb/default (adopted from an earlier agent)  program id 7 tag t build abc (lb 0.1.0)  layout 3
+
+VIP web 10.0.0.10:80/tcp  scheduler maglev  1 backend in the ring, 0 taking new flows  1.2M pkt/s  1 flow  1.9 MiB
+  announce_table not set
+BACKEND        STATE  HEALTH  ADMIN  WEIGHT  CONNS        RATE  FLOWS    BYTES
+10.1.0.1:8080  up     up      up          0   1.2k  2.5k pkt/s      1  1.5 KiB
+"
+        );
+        let out = human(&Command::Status, &status_json(2, &[1, 3], 12_345));
+        assert!(out.contains("  2 backends in the ring, 2 taking new flows  1.2M pkt/s  12.3k flows  1.9 MiB\n"), "{out}");
+    }
+
+    #[test]
+    fn stats_with_units_and_capacity() {
+        let stats = json!({"reasons": [["forward_to_backend", 1_023_370], ["drop_no_backend", 0]],
+                           "health": {"probes": 1, "failures": 0, "transitions": 2, "swaps": 1,
+                                      "last_probe_to_swap_ms": 9.5, "max_probe_to_swap_ms": 1_500.0, "last_table_write_ms": 0.25},
+                           "connection_entries": 1});
+        let out = human(&Command::Stats { watch: false, rate: false, count: None }, &stats);
+        assert_eq!(
+            out,
+            "REASON              PACKETS
+forward_to_backend     1.0M
+drop_no_backend           0
+
+health: 1 probe, 0 failed, 2 transitions, 1 ring swap
+probe to swapped ring: last 9.5 ms, max 1.50 s
+last ring write: 0.25 ms
+connection table: 1 entry
+"
+        );
+        let mut with_capacity = stats.clone();
+        with_capacity["connection_entries"] = json!(250_000);
+        with_capacity["connection_capacity"] = json!(1_000_000);
+        let out = human(&Command::Stats { watch: false, rate: false, count: None }, &with_capacity);
+        assert!(out.ends_with("connection table: 250.0k entries of 1.0M (25.0% full)\n"), "{out}");
+    }
 }
