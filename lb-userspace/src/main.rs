@@ -24,13 +24,20 @@ fn main() -> ExitCode {
     let Command::Run { config: path, xdp_mode, program } = &cli.command else {
         return cli::execute(&cli);
     };
-    let config = match config::load(path) {
+    let mut config = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(EXIT_REFUSED);
         }
     };
+    // The global flags mean the same for the agent: its socket, and JSON output (its logs).
+    if let Some(socket) = &cli.socket {
+        config.global.admin_socket = socket.clone();
+    }
+    if cli.json {
+        config.global.log_format = LogFormat::Json;
+    }
     init_logging(config.global.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

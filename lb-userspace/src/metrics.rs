@@ -26,6 +26,7 @@ use crate::{
     },
     health::checker::local_errors_total,
 };
+use lb_common::counters::Reason;
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -73,10 +74,30 @@ pub fn render(status: &StatusReport, stats: &StatsReport) -> String {
             let _ = writeln!(o, "lb_backend_serving{{{labels}}} {}", (b.state == "up") as u8);
         }
     }
-    family(&mut o, "lb_packets_total", "counter", "Packets by data path verdict reason.");
-    for (reason, n) in &stats.reasons {
+    // Verdicts add up to the packets the program saw; events are counted beside a verdict.
+    let is_event = |name: &str| Reason::ALL.iter().any(|r| r.name() == name && r.is_event());
+    family(&mut o, "lb_packets_total", "counter", "Packets by data path verdict (each packet has exactly one).");
+    for (reason, n) in stats.reasons.iter().filter(|(r, _)| !is_event(r)) {
         let _ = writeln!(o, "lb_packets_total{{reason=\"{reason}\"}} {n}");
     }
+    family(&mut o, "lb_events_total", "counter", "Data path events counted beside a packet's verdict (failed inserts, rescheduled and resumed flows).");
+    for (event, n) in stats.reasons.iter().filter(|(r, _)| is_event(r)) {
+        let _ = writeln!(o, "lb_events_total{{event=\"{event}\"}} {n}");
+    }
+    family(&mut o, "lb_vip_announced", "gauge", "1 while this node announces the VIP's address (global.announce_table).");
+    for v in &status.vips {
+        let _ = writeln!(o, "lb_vip_announced{{vip=\"{}\"}} {}", escape(&v.name), v.announced as u8);
+    }
+    let d = &status.data_path;
+    family(&mut o, "lb_build_info", "gauge", "The agent's version and the program running in the data path (always 1).");
+    let _ = writeln!(
+        o,
+        "lb_build_info{{version=\"{}\",program_hash=\"{}\",program_tag=\"{}\",layout=\"{}\"}} 1",
+        escape(&d.agent_version),
+        escape(&d.program_hash),
+        escape(&d.program_tag),
+        d.layout
+    );
     let h = &stats.health;
     for (name, kind, help, value) in [
         ("lb_health_probes_total", "counter", "Health probes sent.", Some(h.probes as f64)),
@@ -211,7 +232,7 @@ mod tests {
             }],
         };
         let stats = StatsReport {
-            reasons: vec![("pass_not_vip".into(), 7)],
+            reasons: vec![("pass_not_vip".into(), 7), ("rescheduled".into(), 3)],
             health: HealthStats { probes: 5, last_probe_to_swap_ms: Some(12.5), ..HealthStats::default() },
             connection_entries: 4,
         };
@@ -222,6 +243,8 @@ mod tests {
             "lb_backend_active_connections{vip=\"web\",backend=\"10.1.0.1:8080\"} 2",
             "lb_backend_healthy{vip=\"web\",backend=\"10.1.0.1:8080\"} 1",
             "lb_packets_total{reason=\"pass_not_vip\"} 7",
+            "lb_events_total{event=\"rescheduled\"} 3",
+            "lb_vip_announced{vip=\"web\"} 1",
             "lb_health_probes_total 5",
             "lb_health_last_probe_to_swap_seconds 0.0125",
             "lb_connection_table_entries 4",
@@ -229,6 +252,8 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains("lb_health_max_probe_to_swap_seconds"), "unknown values are left out");
+        assert!(!text.contains("lb_packets_total{reason=\"rescheduled\"}"), "events are not packets");
+        assert!(text.lines().any(|l| l.starts_with("lb_build_info{version=\"") && l.ends_with("} 1")), "{text}");
     }
 
     #[test]

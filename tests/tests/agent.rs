@@ -169,7 +169,19 @@ fn cli_manages_a_running_agent() {
     refused(&agent, &["backend", "add", "web", "10.0.11.2:8080"], 1, "already has backend");
     refused(&agent, &["backend", "add", "web", "[fd00::1]:8080"], 1, "address family");
     refused(&agent, &["vip", "add", "web", "10.0.0.11:80", "--backend", "10.0.11.2:8080"], 1, "already exists");
-    refused(&agent, &["explain", "10.0.1.2:1", "10.0.0.10:80", "sctp"], 1, "unknown protocol");
+    refused(&agent, &["explain", "10.0.1.2:1", "10.0.0.10:80", "sctp"], 2, "invalid value 'sctp'");
+    refused(&agent, &["backend", "add", "web", "10.0.11.9:0"], 1, "backend 10.0.11.9:0: 0 is not a port: use 1-65535");
+    // The last backend taking new flows is kept unless --force.
+    ok(&agent, &["backend", "drain", "web", "10.0.11.2:8080"]);
+    ok(&agent, &["backend", "weight", "web", "10.0.12.2:8080", "0"]);
+    let last = "is the last backend of VIP \"web\" that takes new flows";
+    refused(&agent, &["backend", "remove", "web", "10.0.13.2:8080"], 1, last);
+    refused(&agent, &["backend", "drain", "web", "10.0.13.2:8080"], 1, last);
+    refused(&agent, &["backend", "weight", "web", "10.0.13.2:8080", "0"], 1, last);
+    let status = agent.json(&["status"]).unwrap();
+    assert_eq!(status["vips"][0]["ring_backends"], 1, "weight 0 is not in the ring: {status:#}");
+    ok(&agent, &["backend", "undrain", "web", "10.0.11.2:8080"]);
+    ok(&agent, &["backend", "weight", "web", "10.0.12.2:8080", "1"]);
     refused(&agent, &["backend", "drain", "web", "not-an-address"], 2, "invalid value");
     let after = agent.json(&["status"]).unwrap();
     for (b, a) in backends(&before, "web").iter().zip(backends(&after, "web")) {
@@ -180,13 +192,30 @@ fn cli_manages_a_running_agent() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "unreachable agent");
+    // Not root: the message says so, not "is lb run running?".
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(lb_tests::agent::lb_binary())
+        .arg("--socket")
+        .arg(&agent.socket)
+        .arg("status")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("permission denied") && stderr.contains("root only"), "{stderr}");
+    // A file that is not a configuration is named, not reprinted.
+    let out = agent.cli(&["config", "check", "/etc/passwd"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("not a load balancer configuration") && stderr.len() < 300, "{stderr}");
+    assert!(ok(&agent, &["config", "show"]).starts_with("global:\n"), "config show prints YAML");
 
     // Configuration check, reload, and a reload of an invalid file that changes nothing.
     ok(&agent, &["config", "check", agent.config.to_str().unwrap()]);
-    std::fs::write(&agent.config, config(5).replace("{socket}", agent.socket.to_str().unwrap())).unwrap();
-    ok(&agent, &["reload"]);
+    agent.rewrite_config(&config(5)).unwrap();
+    assert_eq!(ok(&agent, &["reload"]), "reloaded: changed web\n");
     assert_eq!(backend(&agent.json(&["status"]).unwrap(), "10.0.11.2:8080")["weight"], 5);
-    std::fs::write(&agent.config, config(70000).replace("{socket}", agent.socket.to_str().unwrap())).unwrap();
+    agent.rewrite_config(&config(70000)).unwrap();
     refused(&agent, &["config", "check", agent.config.to_str().unwrap()], 1, "weight");
     refused(&agent, &["reload"], 1, "weight");
     assert_eq!(backend(&agent.json(&["status"]).unwrap(), "10.0.11.2:8080")["weight"], 5);

@@ -466,22 +466,22 @@ impl Agent {
                 self.runtime.add_backend(&vip, &b, &mut changes).map_err(refused)?;
                 self.commit(changes)
             }
-            Request::BackendRemove { vip, backend } => {
-                self.runtime.remove_backend(&vip, backend, &mut changes).map_err(refused)?;
+            Request::BackendRemove { vip, backend, force } => {
+                self.runtime.remove_backend(&vip, backend, force, &mut changes).map_err(refused)?;
                 self.commit(changes)
             }
-            Request::BackendState { vip, backend, state } => {
+            Request::BackendState { vip, backend, state, force } => {
                 let state = match state.as_str() {
                     "up" => AdminState::Up,
                     "draining" => AdminState::Draining,
                     "down" => AdminState::Down,
                     other => return Err(ApiError::bad_request(format!("unknown state {other:?}: use up, draining or down"))),
                 };
-                self.runtime.set_admin(&vip, backend, state, &mut changes).map_err(refused)?;
+                self.runtime.set_admin(&vip, backend, state, force, &mut changes).map_err(refused)?;
                 self.commit(changes)
             }
-            Request::BackendWeight { vip, backend, weight } => {
-                self.runtime.set_weight(&vip, backend, weight, &mut changes).map_err(refused)?;
+            Request::BackendWeight { vip, backend, weight, force } => {
+                self.runtime.set_weight(&vip, backend, weight, force, &mut changes).map_err(refused)?;
                 self.commit(changes)
             }
             Request::VipAdd { yaml } => {

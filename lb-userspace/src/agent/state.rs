@@ -5,7 +5,6 @@
 use std::net::{IpAddr, SocketAddr};
 
 use lb_common::{
-    limits::MAX_WEIGHT,
     maps::{
         Backend, BackendState, FAMILY_V4, FAMILY_V6, NextHop, VIP_FLAG_HASH_SRC_ONLY,
         VIP_FLAG_LEAST_CONN, VIP_FLAG_ROUND_ROBIN, VipKey, addr_of,
@@ -13,7 +12,10 @@ use lb_common::{
 };
 
 use crate::{
-    config::{AdminState, BackendConfig, BackendEndpoint, CheckKind, Config, ONE_VIP_PER_ENDPOINT, Protocol, Scheduler, Vip, shared_endpoints},
+    config::{
+        AdminState, BackendConfig, BackendEndpoint, CheckKind, Config, ONE_VIP_PER_ENDPOINT, Protocol, Scheduler, Vip, port_problem,
+        shared_endpoints, weight_problem,
+    },
     dataplane::{PinnedBackend, PinnedState, Service, ServiceBackend},
     health::Health,
 };
@@ -179,9 +181,20 @@ pub enum OpError {
         /// Backend address and port.
         endpoint: SocketAddr,
     },
-    /// Weight out of range.
-    #[error("weight {0} is above the maximum {MAX_WEIGHT}")]
-    Weight(u32),
+    /// A value the configuration file would refuse too (port, weight), with the file's words.
+    #[error("{0}")]
+    Invalid(String),
+    /// The change would leave the VIP without a backend that takes new flows.
+    #[error(
+        "{endpoint} is the last backend of VIP {vip:?} that takes new flows: without it every new connection \
+         to the VIP fails. Add or undrain another backend first, or repeat with --force"
+    )]
+    LastBackend {
+        /// VIP name.
+        vip: String,
+        /// Backend address and port.
+        endpoint: SocketAddr,
+    },
     /// No free slot.
     #[error("no free {0} slot: raise global.{0}_capacity in the configuration (needs a restart)")]
     Full(&'static str),
@@ -519,8 +532,8 @@ impl Runtime {
     /// Adds a backend, which no other VIP serves, to a VIP.
     fn place_backend(&mut self, vip: &str, b: &BackendConfig, changes: &mut Changes) -> Result<u32, OpError> {
         let endpoint = SocketAddr::new(b.address, b.port);
-        if b.weight > MAX_WEIGHT {
-            return Err(OpError::Weight(b.weight));
+        if let Some(problem) = port_problem(b.port.into()).or_else(|| weight_problem(b.weight)) {
+            return Err(OpError::Invalid(format!("backend {endpoint}: {problem}")));
         }
         let max = self.max_backends_per_vip();
         let ring = self.ring_size;
@@ -545,7 +558,8 @@ impl Runtime {
     }
 
     /// Removes a backend: its flows are given other backends at their next packet.
-    pub fn remove_backend(&mut self, vip: &str, endpoint: SocketAddr, changes: &mut Changes) -> Result<u32, OpError> {
+    pub fn remove_backend(&mut self, vip: &str, endpoint: SocketAddr, force: bool, changes: &mut Changes) -> Result<u32, OpError> {
+        self.refuse_stranding(vip, endpoint, force, |_| None)?;
         let (vip_id, id) = {
             let (vip_id, b) = self.backend_mut(vip, endpoint)?;
             (vip_id, b.id)
@@ -558,8 +572,10 @@ impl Runtime {
         Ok(id)
     }
 
-    /// Sets a backend's administrative state (drain, undrain, down).
-    pub fn set_admin(&mut self, vip: &str, endpoint: SocketAddr, state: AdminState, changes: &mut Changes) -> Result<(), OpError> {
+    /// Sets a backend's administrative state (drain, undrain, down). Draining or downing the
+    /// VIP's last backend that takes new flows is refused unless `force`.
+    pub fn set_admin(&mut self, vip: &str, endpoint: SocketAddr, state: AdminState, force: bool, changes: &mut Changes) -> Result<(), OpError> {
+        self.refuse_stranding(vip, endpoint, force, |b| Some(BackendRuntime { admin: state, ..b.clone() }))?;
         let (vip_id, b) = self.backend_mut(vip, endpoint)?;
         if b.admin != state {
             b.admin = state;
@@ -568,15 +584,38 @@ impl Runtime {
         Ok(())
     }
 
-    /// Sets a backend's weight.
-    pub fn set_weight(&mut self, vip: &str, endpoint: SocketAddr, weight: u32, changes: &mut Changes) -> Result<(), OpError> {
-        if weight > MAX_WEIGHT {
-            return Err(OpError::Weight(weight));
+    /// Sets a backend's weight. Weight 0 on the VIP's last backend that takes new flows is
+    /// refused unless `force`.
+    pub fn set_weight(&mut self, vip: &str, endpoint: SocketAddr, weight: u32, force: bool, changes: &mut Changes) -> Result<(), OpError> {
+        if let Some(problem) = weight_problem(weight) {
+            return Err(OpError::Invalid(format!("weight {problem}")));
         }
+        self.refuse_stranding(vip, endpoint, force, |b| Some(BackendRuntime { weight, ..b.clone() }))?;
         let (vip_id, b) = self.backend_mut(vip, endpoint)?;
         if b.weight != weight {
             b.weight = weight;
             changes.touch(vip_id);
+        }
+        Ok(())
+    }
+
+    /// Refuses (unless `force`) a change of backend `endpoint` of `vip` (`change`: what it
+    /// becomes, `None` for removed) that leaves a VIP with backends taking new flows without
+    /// any. A VIP that had none already is not refused: the change breaks nothing more.
+    fn refuse_stranding(
+        &self,
+        vip: &str,
+        endpoint: SocketAddr,
+        force: bool,
+        change: impl Fn(&BackendRuntime) -> Option<BackendRuntime>,
+    ) -> Result<(), OpError> {
+        let v = self.vip(vip)?;
+        let target = v.backend(endpoint).ok_or_else(|| OpError::NoSuchBackend { vip: vip.to_owned(), endpoint })?;
+        let takes = |b: &BackendRuntime| b.effective() == BackendState::Up && b.weight > 0;
+        let before = v.backends.iter().filter(|b| takes(b)).count();
+        let after = v.backends.iter().filter(|b| b.id != target.id && takes(b)).count() + change(target).is_some_and(|b| takes(&b)) as usize;
+        if before > 0 && after == 0 && !force {
+            return Err(OpError::LastBackend { vip: vip.to_owned(), endpoint });
         }
         Ok(())
     }
@@ -657,7 +696,7 @@ impl Runtime {
             })
             .collect();
         for (vip, endpoint) in left {
-            self.remove_backend(&vip, endpoint, changes)?;
+            self.remove_backend(&vip, endpoint, true, changes)?;
         }
         Ok(())
     }
@@ -673,8 +712,8 @@ impl Runtime {
             if self.vip(&new.name)?.backend(b.endpoint()).is_none() {
                 self.place_backend(&new.name, b, changes)?;
             } else {
-                self.set_weight(&new.name, b.endpoint(), b.weight, changes)?;
-                self.set_admin(&new.name, b.endpoint(), b.state, changes)?;
+                self.set_weight(&new.name, b.endpoint(), b.weight, true, changes)?;
+                self.set_admin(&new.name, b.endpoint(), b.state, true, changes)?;
             }
         }
         let v = self.vip_mut(&new.name)?;
@@ -835,9 +874,9 @@ vips:
         assert_eq!(ch.vips, vec![0]);
         let mut ch = Changes::default();
         rt.set_health(1, 1, Health::Up, &mut ch);
-        rt.set_weight("web", ep("10.1.0.1:80"), 1, &mut ch).unwrap();
+        rt.set_weight("web", ep("10.1.0.1:80"), 1, false, &mut ch).unwrap();
         assert_eq!(ch, Changes::default(), "no change, nothing to write");
-        rt.set_admin("web", ep("10.1.0.2:80"), AdminState::Up, &mut ch).unwrap();
+        rt.set_admin("web", ep("10.1.0.2:80"), AdminState::Up, false, &mut ch).unwrap();
         assert_eq!(ch.vips, vec![0]);
         assert_eq!(rt.vip("web").unwrap().service().backends[1].backend.state, BackendState::Down as u8, "still unproven");
     }
@@ -850,8 +889,11 @@ vips:
         assert_eq!(rt.add_backend("nope", &b("10.1.0.9"), &mut ch), Err(OpError::NoSuchVip("nope".into())));
         assert!(matches!(rt.add_backend("web", &b("10.1.0.1"), &mut ch), Err(OpError::DuplicateBackend { .. })));
         assert!(matches!(rt.add_backend("web", &b("2001:db8::1"), &mut ch), Err(OpError::FamilyMismatch { .. })));
-        assert_eq!(rt.set_weight("web", ep("10.1.0.1:80"), 70_000, &mut ch), Err(OpError::Weight(70_000)));
-        assert!(matches!(rt.remove_backend("web", ep("10.9.9.9:80"), &mut ch), Err(OpError::NoSuchBackend { .. })));
+        assert_eq!(
+            rt.set_weight("web", ep("10.1.0.1:80"), 70_000, false, &mut ch),
+            Err(OpError::Invalid("weight 70000 is above the maximum weight 65535".into()))
+        );
+        assert!(matches!(rt.remove_backend("web", ep("10.9.9.9:80"), true, &mut ch), Err(OpError::NoSuchBackend { .. })));
         assert_eq!(ch, Changes::default());
         // Six slots, slot 0 reserved, three used: two more fit, the third does not.
         rt.add_backend("web", &b("10.1.0.3"), &mut ch).unwrap();
@@ -934,7 +976,7 @@ vips:
         let mut rt = runtime();
         let mut ch = Changes::default();
         let old = rt.vip("web").unwrap().backends[0].clone();
-        assert_eq!(rt.remove_backend("web", old.endpoint(), &mut ch), Ok(old.id));
+        assert_eq!(rt.remove_backend("web", old.endpoint(), true, &mut ch), Ok(old.id));
         assert_eq!(ch.removed_backends, vec![old.id]);
         let b = BackendConfig { address: "10.1.0.7".parse().unwrap(), port: 80, weight: 1, state: AdminState::Up };
         let id = rt.add_backend("web", &b, &mut ch).unwrap();
@@ -990,7 +1032,7 @@ vips:
         let mut rt = runtime();
         let mut ch = Changes::default();
         let old = rt.vip("web").unwrap().backends[0].clone();
-        rt.remove_backend("web", old.endpoint(), &mut ch).unwrap();
+        rt.remove_backend("web", old.endpoint(), true, &mut ch).unwrap();
         let b = BackendConfig { address: "10.1.0.7".parse().unwrap(), port: 80, weight: 1, state: AdminState::Up };
         let id = rt.add_backend("web", &b, &mut ch).unwrap();
         let new = rt.backend_by_id(id).unwrap().1.clone();
@@ -1002,7 +1044,7 @@ vips:
         assert!(rt.set_health(new.id, new.generation, Health::Up, &mut ch), "its own checker's transition lands");
         assert_eq!((rt.backend_by_id(id).unwrap().1.health, &ch.vips), (Health::Up, &vec![0]));
         // A slot left free ignores transitions too.
-        rt.remove_backend("web", new.endpoint(), &mut ch).unwrap();
+        rt.remove_backend("web", new.endpoint(), true, &mut ch).unwrap();
         assert!(!rt.set_health(new.id, new.generation, Health::Down, &mut ch));
     }
 
@@ -1111,7 +1153,7 @@ vips:
         let tried = next.vip("web").unwrap().backends[1].clone();
         running.rollback(&next, &forward);
         let mut ch = Changes::default();
-        running.remove_backend("web", ep("10.1.0.2:80"), &mut ch).unwrap();
+        running.remove_backend("web", ep("10.1.0.2:80"), true, &mut ch).unwrap();
         let id = running.add_backend("web", &BackendConfig { address: "10.1.0.9".parse().unwrap(), port: 80, weight: 1, state: AdminState::Up }, &mut ch).unwrap();
         let reused = running.backend_by_id(id).unwrap().1;
         assert_eq!(id, tried.id);
@@ -1219,5 +1261,40 @@ vips:
             Runtime::adopt(&pools(&["10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80", "10.1.0.4:80"], &["10.2.0.1:53"]), &pinned).unwrap();
         let fourth = &third.vip("web").unwrap().backends[3];
         assert_eq!((fourth.id, fourth.generation), (5, 5), "slot 5 goes on from its pinned generation 4");
+    }
+
+    #[test]
+    fn the_last_backend_taking_flows_is_kept_unless_forced() {
+        let mut rt = runtime();
+        let before = rt.clone();
+        let mut ch = Changes::default();
+        let last = ep("10.2.0.1:53");
+        let refused = Err(OpError::LastBackend { vip: "dns".into(), endpoint: last });
+        assert_eq!(rt.remove_backend("dns", last, false, &mut ch).map(|_| ()), refused);
+        assert_eq!(rt.set_admin("dns", last, AdminState::Draining, false, &mut ch), refused);
+        assert_eq!(rt.set_admin("dns", last, AdminState::Down, false, &mut ch), refused);
+        assert_eq!(rt.set_weight("dns", last, 0, false, &mut ch), refused);
+        assert_eq!((&rt, &ch), (&before, &Changes::default()), "refusals change nothing");
+        // Web's backends take no flows yet (checked, not yet up): nothing more to lose.
+        rt.set_admin("web", ep("10.1.0.1:80"), AdminState::Down, false, &mut ch).unwrap();
+        // With another backend taking flows, or with --force, it goes.
+        rt.add_backend("dns", &BackendConfig { address: ep("10.2.0.2:53").ip(), port: 53, weight: 1, state: AdminState::Up }, &mut ch).unwrap();
+        rt.set_weight("dns", last, 0, false, &mut ch).unwrap();
+        assert_eq!(rt.remove_backend("dns", ep("10.2.0.2:53"), false, &mut ch).map(|_| ()), Err(OpError::LastBackend { vip: "dns".into(), endpoint: ep("10.2.0.2:53") }));
+        rt.remove_backend("dns", ep("10.2.0.2:53"), true, &mut ch).unwrap();
+    }
+
+    #[test]
+    fn runtime_values_are_checked_as_the_file_is() {
+        let mut rt = runtime();
+        let mut ch = Changes::default();
+        let port0 = BackendConfig { address: ep("10.1.0.9:80").ip(), port: 0, weight: 1, state: AdminState::Up };
+        assert_eq!(rt.add_backend("web", &port0, &mut ch), Err(OpError::Invalid("backend 10.1.0.9:0: 0 is not a port: use 1-65535".into())));
+        let heavy = BackendConfig { port: 80, weight: 70_000, ..port0 };
+        assert_eq!(
+            rt.add_backend("web", &heavy, &mut ch),
+            Err(OpError::Invalid("backend 10.1.0.9:80: 70000 is above the maximum weight 65535".into()))
+        );
+        assert_eq!(rt, runtime());
     }
 }

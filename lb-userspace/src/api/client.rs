@@ -9,8 +9,8 @@ use super::{ErrorBody, Request, http::exchange};
 /// Why a request did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// Nothing answers on the socket.
-    #[error("cannot reach the agent at {0}: {1} (is `lb run` running? pass --socket if it uses another path)")]
+    /// Nothing answers on the socket, or this user may not use it.
+    #[error("{}", unreachable(.0, .1))]
     Unreachable(PathBuf, std::io::Error),
     /// The agent refused the request.
     #[error("{0}")]
@@ -18,6 +18,14 @@ pub enum ClientError {
     /// The answer made no sense.
     #[error("bad answer from the agent: {0}")]
     Protocol(String),
+}
+
+fn unreachable(socket: &Path, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        format!("permission denied on the agent's socket {}: the admin API is for root only (run lb as root)", socket.display())
+    } else {
+        format!("cannot reach the agent at {}: {e} (is `lb run` running? pass --socket if it uses another path)", socket.display())
+    }
 }
 
 /// A client of the agent at a socket path.

@@ -38,6 +38,9 @@ pub enum Request {
         vip: String,
         /// Backend address and port.
         backend: SocketAddr,
+        /// Also when it is the VIP's last backend taking new flows.
+        #[serde(default)]
+        force: bool,
     },
     /// Sets a backend's administrative state: `up`, `draining` or `down`.
     BackendState {
@@ -47,6 +50,9 @@ pub enum Request {
         backend: SocketAddr,
         /// `up`, `draining` or `down`.
         state: String,
+        /// Also when it is the VIP's last backend taking new flows.
+        #[serde(default)]
+        force: bool,
     },
     /// Sets a backend's weight.
     BackendWeight {
@@ -56,6 +62,9 @@ pub enum Request {
         backend: SocketAddr,
         /// Weight.
         weight: u32,
+        /// Also weight 0 on the VIP's last backend taking new flows.
+        #[serde(default)]
+        force: bool,
     },
     /// Adds a VIP given as the YAML of one `vips:` entry.
     VipAdd {

@@ -3,8 +3,6 @@
 
 mod render;
 mod table;
-pub mod top;
-pub mod units;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -28,10 +26,10 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 #[derive(Parser, Debug)]
 #[command(name = "lb", version, about)]
 pub struct Cli {
-    /// The agent's admin socket.
-    #[arg(long, global = true, env = "LB_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
-    pub socket: PathBuf,
-    /// Print JSON instead of tables (read commands).
+    /// The agent's admin socket [default: /run/lb/lb.sock; for `run`: global.admin_socket].
+    #[arg(long, global = true, env = "LB_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Print JSON instead of tables (read commands); for `run`, log in JSON.
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -47,6 +45,15 @@ pub enum ModeArg {
     Driver,
     /// Generic mode only.
     Generic,
+}
+
+/// A transport protocol on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ProtoArg {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
 }
 
 /// The verbs.
@@ -68,29 +75,7 @@ pub enum Command {
     /// VIPs and backends: state, health, weight, connections, packets/s.
     Status,
     /// Counters: verdict reasons, health checks, table swaps.
-    Stats {
-        /// Print again every second (with --json: one JSON object per line).
-        #[arg(long)]
-        watch: bool,
-        /// Per-second rates over one second instead of absolute counts (every second with
-        /// --watch).
-        #[arg(long)]
-        rate: bool,
-        /// Stop after this many outputs (with --watch).
-        #[arg(long, requires = "watch")]
-        count: Option<u64>,
-    },
-    /// A live view refreshed every second: packets/s, bits/s, new flows/s and share per VIP and
-    /// backend, drops/s per reason, the connection table, probe-to-swap. Keys: q quits, s
-    /// cycles the sort column, v switches views. Plain blocks when stdout is not a terminal.
-    Top {
-        /// Plain blocks, one per second, even on a terminal.
-        #[arg(long)]
-        plain: bool,
-        /// Stop after this many refreshes.
-        #[arg(long)]
-        count: Option<u64>,
-    },
+    Stats,
     /// Manage a VIP's backends.
     #[command(subcommand)]
     Backend(BackendCommand),
@@ -104,7 +89,7 @@ pub enum Command {
         /// VIP address and port, e.g. 10.0.0.10:80.
         dst: SocketAddr,
         /// tcp or udp.
-        proto: String,
+        proto: ProtoArg,
     },
     /// Configuration files.
     #[command(subcommand)]
@@ -140,6 +125,9 @@ pub enum BackendCommand {
         vip: String,
         /// Backend address and port.
         backend: SocketAddr,
+        /// Do it even if it leaves the VIP without a backend taking new flows.
+        #[arg(long)]
+        force: bool,
     },
     /// Stop sending new flows to a backend; its flows stay.
     Drain {
@@ -147,6 +135,9 @@ pub enum BackendCommand {
         vip: String,
         /// Backend address and port.
         backend: SocketAddr,
+        /// Do it even if it leaves the VIP without a backend taking new flows.
+        #[arg(long)]
+        force: bool,
     },
     /// Send new flows to a drained backend again.
     Undrain {
@@ -163,6 +154,9 @@ pub enum BackendCommand {
         backend: SocketAddr,
         /// New weight.
         weight: u32,
+        /// Do it even if it leaves the VIP without a backend taking new flows.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -241,7 +235,7 @@ fn vip_yaml(name: &str, address: SocketAddr, protocol: &str, scheduler: &str, ch
 
 /// Runs a client verb; `run` is handled by the caller.
 pub fn execute(cli: &Cli) -> ExitCode {
-    let client = Client::new(&cli.socket);
+    let client = Client::new(cli.socket.as_deref().unwrap_or(std::path::Path::new(DEFAULT_ADMIN_SOCKET)));
     let result: Result<Option<Value>, ClientError> = match &cli.command {
         Command::Run { .. } => unreachable!("lb run is handled by main"),
         Command::Config(ConfigCommand::Check { file }) => {
@@ -256,23 +250,40 @@ pub fn execute(cli: &Cli) -> ExitCode {
                 }
             };
         }
-        Command::Config(ConfigCommand::Show) => client.get("/v1/config").map(Some),
+        Command::Config(ConfigCommand::Show) => match client.get("/v1/config") {
+            Ok(value) if !cli.json => {
+                print!("{}", serde_yaml::to_string(&value).unwrap_or_default());
+                return ExitCode::SUCCESS;
+            }
+            other => other.map(Some),
+        },
         Command::Status => client.get("/v1/status").map(Some),
-        Command::Stats { watch: false, rate: false, .. } => client.get("/v1/stats").map(Some),
-        Command::Stats { watch, rate, count } => return top::stats_watch(&client, cli.json, *watch, *rate, *count),
-        Command::Top { plain, count } => return top::top(&client, *plain, *count),
+        Command::Stats => client.get("/v1/stats").map(Some),
         Command::Explain { src, dst, proto } => client
-            .command(&Request::Explain { src: *src, dst: *dst, protocol: proto.clone() })
+            .command(&Request::Explain { src: *src, dst: *dst, protocol: format!("{proto:?}").to_lowercase() })
             .map(Some),
-        Command::Reload => client.command(&Request::Reload).map(|_| None),
+        Command::Reload => match client.command(&Request::Reload) {
+            Ok(answer) if !cli.json => {
+                println!("{}", reload_summary(&answer));
+                return ExitCode::SUCCESS;
+            }
+            other => other.map(Some),
+        },
+
         Command::Teardown { config } => return teardown(config),
         Command::Backend(b) => {
             let request = match b {
                 BackendCommand::Add { vip, backend, weight } => Request::BackendAdd { vip: vip.clone(), backend: *backend, weight: *weight },
-                BackendCommand::Remove { vip, backend } => Request::BackendRemove { vip: vip.clone(), backend: *backend },
-                BackendCommand::Drain { vip, backend } => Request::BackendState { vip: vip.clone(), backend: *backend, state: "draining".into() },
-                BackendCommand::Undrain { vip, backend } => Request::BackendState { vip: vip.clone(), backend: *backend, state: "up".into() },
-                BackendCommand::Weight { vip, backend, weight } => Request::BackendWeight { vip: vip.clone(), backend: *backend, weight: *weight },
+                BackendCommand::Remove { vip, backend, force } => Request::BackendRemove { vip: vip.clone(), backend: *backend, force: *force },
+                BackendCommand::Drain { vip, backend, force } => {
+                    Request::BackendState { vip: vip.clone(), backend: *backend, state: "draining".into(), force: *force }
+                }
+                BackendCommand::Undrain { vip, backend } => {
+                    Request::BackendState { vip: vip.clone(), backend: *backend, state: "up".into(), force: false }
+                }
+                BackendCommand::Weight { vip, backend, weight, force } => {
+                    Request::BackendWeight { vip: vip.clone(), backend: *backend, weight: *weight, force: *force }
+                }
             };
             client.command(&request).map(|_| None)
         }
@@ -318,6 +329,19 @@ pub fn execute(cli: &Cli) -> ExitCode {
             ExitCode::from(EXIT_REFUSED)
         }
     }
+}
+
+/// What a reload changed, in words.
+fn reload_summary(answer: &Value) -> String {
+    let list = |key: &str| -> Vec<String> {
+        answer[key].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+    };
+    let parts: Vec<String> = [("added", list("added")), ("removed", list("removed")), ("changed", list("changed"))]
+        .into_iter()
+        .filter(|(_, names)| !names.is_empty())
+        .map(|(what, names)| format!("{what} {}", names.join(", ")))
+        .collect();
+    if parts.is_empty() { "reloaded: nothing changed".to_owned() } else { format!("reloaded: {}", parts.join("; ")) }
 }
 
 /// `lb teardown`: through the agent of the configuration's instance if it answers (it removes
@@ -379,9 +403,19 @@ mod tests {
             &["lb", "config", "check", "x.yaml"],
             &["lb", "run", "--config", "x.yaml", "--xdp-mode", "generic"],
             &["lb", "teardown", "--config", "x.yaml"],
+            &["lb", "backend", "remove", "web", "10.1.0.1:80", "--force"],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
         assert!(Cli::try_parse_from(["lb", "backend", "drain", "web", "not-an-address"]).is_err());
+        let icmp = Cli::try_parse_from(["lb", "explain", "192.0.2.1:1234", "10.0.0.1:80", "icmp"]).unwrap_err();
+        assert_eq!(icmp.exit_code(), 2, "a usage error");
+    }
+
+    #[test]
+    fn reload_says_what_changed() {
+        let answer = serde_json::json!({ "ok": true, "added": ["web2"], "removed": [], "changed": ["web", "dns"] });
+        assert_eq!(reload_summary(&answer), "reloaded: added web2; changed web, dns");
+        assert_eq!(reload_summary(&serde_json::json!({ "ok": true, "added": [], "removed": [], "changed": [] })), "reloaded: nothing changed");
     }
 }

@@ -12,6 +12,7 @@ mod validate;
 
 pub use diff::{ConfigDiff, diff};
 pub use endpoints::{BackendEndpoint, ONE_VIP_PER_ENDPOINT, SharedEndpoint, shared_endpoints};
+pub use validate::{port_problem, weight_problem};
 pub use model::*;
 
 use std::{fmt, path::Path};
@@ -79,7 +80,32 @@ fn from_serde(file: &str, e: &serde_yaml::Error) -> ConfigError {
     if let Some((_, hint)) = HINTS.iter().find(|(what, _)| message.contains(what)) {
         message = format!("{message}: {hint}");
     }
-    ConfigError { file: file.to_owned(), line: e.location().map(|l| l.line()), field, message }
+    if field.is_empty() && message.starts_with("invalid type") {
+        message = format!("{}: this is not a load balancer configuration (a YAML mapping with `global:` and `vips:`)", shorten_quotes(&message));
+    }
+    ConfigError { file: file.to_owned(), line: e.location().map(|l| l.line()), field, message: shorten_quotes(&message) }
+}
+
+/// Cuts every double-quoted part of `message` longer than 40 characters to its first 40 and
+/// an ellipsis, so that an error never reprints a whole file.
+fn shorten_quotes(message: &str) -> String {
+    const KEEP: usize = 40;
+    let mut out = String::with_capacity(message.len().min(512));
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        // Odd parts (0-based after the first) are inside quotes.
+        if i % 2 == 0 && part.chars().count() > KEEP {
+            out.extend(part.chars().take(KEEP));
+            out.push('…');
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 /// Parses and validates the text of a configuration file named `file_name`.

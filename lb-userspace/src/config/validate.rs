@@ -84,12 +84,25 @@ fn sizing_field(e: &SizingError) -> &'static str {
     }
 }
 
+/// Why `n` is not a port, if it is not one: the file's check and the CLI's.
+pub fn port_problem(n: i64) -> Option<String> {
+    match u16::try_from(n) {
+        Ok(p) if p > 0 => None,
+        _ => Some(format!("{n} is not a port: use 1-65535")),
+    }
+}
+
+/// Why `w` is not a weight, if it is not one: the file's check and the CLI's.
+pub fn weight_problem(w: u32) -> Option<String> {
+    (w > MAX_WEIGHT).then(|| format!("{w} is above the maximum weight {MAX_WEIGHT}"))
+}
+
 /// Checks a port as written.
 fn port(c: &mut Checker, path: String, n: i64) -> u16 {
-    match u16::try_from(n) {
-        Ok(p) if p > 0 => p,
-        _ => {
-            c.report(path, format!("{n} is not a port: use 1-65535"));
+    match port_problem(n) {
+        None => n as u16,
+        Some(problem) => {
+            c.report(path, problem);
             0
         }
     }
@@ -369,8 +382,8 @@ fn backends(c: &mut Checker, at: &str, v: &file::Vip, vip_port: u16) -> Vec<Back
             Some(p) => port(c, format!("{bat}.port"), p.0),
             None => vip_port,
         };
-        if b.weight > MAX_WEIGHT {
-            c.report(format!("{bat}.weight"), format!("{} is above the maximum weight {MAX_WEIGHT}", b.weight));
+        if let Some(problem) = weight_problem(b.weight) {
+            c.report(format!("{bat}.weight"), problem);
         }
         if b.address.is_ipv4() != v.address.is_ipv4() {
             let fam = |ip: std::net::IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };

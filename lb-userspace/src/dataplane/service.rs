@@ -78,7 +78,7 @@ impl Maps {
             id: svc.id,
             flags: svc.flags,
             ring_half: 0,
-            backend_count: svc.maglev_backends().len() as u32,
+            backend_count: svc.maglev_backends().iter().filter(|b| b.weight > 0).count() as u32,
             udp_idle_secs: svc.udp_idle_secs,
             pad: 0,
         };
