@@ -3,6 +3,8 @@
 
 mod render;
 mod table;
+pub mod top;
+pub mod units;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -75,7 +77,29 @@ pub enum Command {
     /// VIPs and backends: state, health, weight, connections, packets/s.
     Status,
     /// Counters: verdict reasons, health checks, table swaps.
-    Stats,
+    Stats {
+        /// Print again every second (with --json: one JSON object per line).
+        #[arg(long)]
+        watch: bool,
+        /// Per-second rates over one second instead of absolute counts (every second with
+        /// --watch).
+        #[arg(long)]
+        rate: bool,
+        /// Stop after this many outputs (with --watch).
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
+    },
+    /// A live view refreshed every second: packets/s, bits/s, new flows/s and share per VIP and
+    /// backend, drops/s per reason, the connection table, probe-to-swap. Keys: q quits, s
+    /// cycles the sort column, v switches views. Plain blocks when stdout is not a terminal.
+    Top {
+        /// Plain blocks, one per second, even on a terminal.
+        #[arg(long)]
+        plain: bool,
+        /// Stop after this many refreshes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Manage a VIP's backends.
     #[command(subcommand)]
     Backend(BackendCommand),
@@ -258,7 +282,13 @@ pub fn execute(cli: &Cli) -> ExitCode {
             other => other.map(Some),
         },
         Command::Status => client.get("/v1/status").map(Some),
-        Command::Stats => client.get("/v1/stats").map(Some),
+        Command::Stats { watch: false, rate: false, .. } => client.get("/v1/stats").map(Some),
+        Command::Stats { watch, rate, count } => return top::stats_watch(&client, cli.json, *watch, *rate, *count),
+        Command::Top { .. } if cli.json => {
+            eprintln!("error: lb top has no JSON output; for scripts use lb stats --watch --rate --json");
+            return ExitCode::from(2);
+        }
+        Command::Top { plain, count } => return top::top(&client, *plain, *count),
         Command::Explain { src, dst, proto } => client
             .command(&Request::Explain { src: *src, dst: *dst, protocol: format!("{proto:?}").to_lowercase() })
             .map(Some),
@@ -269,7 +299,6 @@ pub fn execute(cli: &Cli) -> ExitCode {
             }
             other => other.map(Some),
         },
-
         Command::Teardown { config } => return teardown(config),
         Command::Backend(b) => {
             let request = match b {
