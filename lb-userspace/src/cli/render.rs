@@ -45,10 +45,9 @@ fn status(s: StatusReport) -> String {
         // weight): a ring of weight-0 backends takes none.
         let taking = v.backends.iter().filter(|b| b.state == "up" && b.weight > 0).count() as u64;
         out += &format!(
-            "\nVIP {} {}:{}/{}  scheduler {}  {} in the ring, {taking} taking new flows  {}  {}  {}\n  {}\n",
+            "\nVIP {} {}/{}  scheduler {}  {} in the ring, {taking} taking new flows  {}  {}  {}\n  {}\n",
             v.name,
-            v.address,
-            v.port,
+            std::net::SocketAddr::new(v.address, v.port),
             v.protocol,
             v.scheduler,
             counted(v.ring_backends.into(), "backend"),
@@ -181,6 +180,9 @@ BACKEND        STATE  HEALTH  ADMIN  WEIGHT  CONNS        RATE  FLOWS    BYTES
         );
         let out = human(&Command::Status, &status_json(2, &[1, 3], 12_345));
         assert!(out.contains("  2 backends in the ring, 2 taking new flows  1.2M pkt/s  12.3k flows  1.9 MiB\n"), "{out}");
+        let mut v6 = status_json(1, &[1], 0);
+        v6["vips"][0]["address"] = json!("fd00::10");
+        assert!(human(&Command::Status, &v6).contains("\nVIP web [fd00::10]:80/tcp  scheduler"));
     }
 
     #[test]
@@ -207,5 +209,31 @@ connection table: 1 entry
         with_capacity["connection_capacity"] = json!(1_000_000);
         let out = human(&Command::Stats { watch: false, rate: false, count: None }, &with_capacity);
         assert!(out.ends_with("connection table: 250.0k entries of 1.0M (25.0% full)\n"), "{out}");
+    }
+
+    #[test]
+    fn stats_rates_with_units() {
+        let r = StatsRates {
+            unix_time: 0,
+            interval_seconds: 0.998,
+            reasons_per_second: vec![("forward_to_backend".into(), 12_345.6), ("drop_no_backend".into(), 2.5)],
+            drops_per_second: 2.5,
+            health_per_second: crate::cli::top::HealthRates { probes: 12.0, failures: 0.0, transitions: 0.0, swaps: 0.0 },
+            connection_entries: 1_092,
+            connection_capacity: Some(65_536),
+            last_probe_to_swap_ms: Some(17.887),
+        };
+        assert_eq!(
+            stats_rates(&r),
+            "REASON              PER SECOND
+forward_to_backend     12.3k/s
+drop_no_backend          2.5/s
+
+over 998.0 ms: drops 2.5 pkt/s
+health: probes 12/s, failed 0/s, transitions 0/s, ring swaps 0/s
+probe to swapped ring: last 17.9 ms
+connection table: 1.1k entries of 65.5k (1.7% full)
+"
+        );
     }
 }
