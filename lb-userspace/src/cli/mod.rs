@@ -288,10 +288,6 @@ pub fn execute(cli: &Cli) -> ExitCode {
             eprintln!("error: lb top has no JSON output; for scripts use lb stats --watch --rate --json");
             return ExitCode::from(2);
         }
-        Command::Top { .. } if cli.json => {
-            eprintln!("error: lb top has no JSON output; for scripts use lb stats --watch --rate --json");
-            return ExitCode::from(2);
-        }
         Command::Top { plain, count } => return top::top(&client, *plain, *count),
         Command::Explain { src, dst, proto } => client
             .command(&Request::Explain { src: *src, dst: *dst, protocol: format!("{proto:?}").to_lowercase() })
