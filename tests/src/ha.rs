@@ -325,6 +325,21 @@ impl RouteMonitor {
             .map(|(t, _)| *t)
     }
 
+    /// Changes of either VIP's route at or after `since`.
+    pub fn changes_after(&self, since: Instant) -> usize {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let vips = [VIP4.to_string(), VIP6.to_string()];
+        events
+            .iter()
+            .filter(|(t, line)| *t >= since && vips.iter().any(|v| line.strip_prefix("Deleted ").unwrap_or(line).starts_with(&format!("{v} "))))
+            .count()
+    }
+
+    /// The last change of any route.
+    pub fn last_change(&self) -> Option<Instant> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).last().map(|(t, _)| *t)
+    }
+
     /// Waits (at most `limit`) for a change of both VIPs' routes at or after `since`: the time
     /// from `since` to the later of the two.
     pub fn wait_both(&self, since: Instant, limit: Duration) -> Option<Duration> {
@@ -621,6 +636,26 @@ impl HaLab {
                     self.birdc(None, &["show", "protocols"]),
                     self.logs()
                 );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// As [`HaLab::wait_ready`], and then until the router's FIB has not changed for `quiet`
+    /// (a node back from a freeze can flap: BFD sessions with stale discriminators on one side
+    /// go down once more before both sides agree).
+    pub fn wait_stable(&self, quiet: Duration, limit: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let deadline = started + limit;
+        loop {
+            self.wait_ready(deadline.saturating_duration_since(Instant::now()))?;
+            let last = self.monitor().last_change().unwrap_or(started);
+            if last.elapsed() >= quiet {
+                self.wait_ready(Duration::from_secs(1))?;
+                return Ok(started.elapsed());
+            }
+            if Instant::now() > deadline {
+                bail!("the router's FIB did not settle within {limit:?}");
             }
             thread::sleep(Duration::from_millis(100));
         }

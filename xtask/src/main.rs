@@ -15,12 +15,16 @@ use anyhow::{Context as _, bail};
 #[path = "../../tests/src/agent.rs"]
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
 mod agent;
+#[path = "../../tests/src/ha.rs"]
+#[allow(dead_code, reason = "shared with the tests, which use all of it")]
+mod ha;
+mod ha_lab;
 mod lab;
 #[path = "../../tests/src/topology.rs"]
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
 mod topology;
 
-const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...] | lab [--keep] | bench [lb-bench args...]>";
+const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...] | lab [--keep | --ha [--nodes N]] | bench [lb-bench args...]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -28,6 +32,10 @@ fn main() -> ExitCode {
         Some("setup") => setup(),
         Some("test") => setup().and_then(|()| build_bins()).and_then(|()| test(&args[1..])),
         Some("bench") => setup().and_then(|()| bench(&args[1..])),
+        Some("lab") if args.iter().any(|a| a == "--ha") => match ha_nodes(&args[1..]) {
+            Ok(nodes) => setup().and_then(|()| build_bins()).and_then(|()| ha_lab::run(&root(), nodes)),
+            Err(e) => Err(e),
+        },
         Some("lab") => setup().and_then(|()| build_bins()).and_then(|()| lab::run(&root(), args.iter().any(|a| a == "--keep"))),
         _ => {
             eprintln!("{USAGE}");
@@ -41,6 +49,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--nodes N` of `lab --ha` (2 by default, 2 to 8).
+fn ha_nodes(args: &[String]) -> anyhow::Result<usize> {
+    let Some(i) = args.iter().position(|a| a == "--nodes") else {
+        return Ok(2);
+    };
+    let n: usize = args.get(i + 1).context("--nodes needs a number")?.parse().context("--nodes needs a number")?;
+    anyhow::ensure!((2..=8).contains(&n), "--nodes must be 2 to 8");
+    Ok(n)
 }
 
 fn root() -> PathBuf {
