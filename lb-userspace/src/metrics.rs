@@ -116,7 +116,8 @@ pub fn render(status: &StatusReport, stats: &StatsReport) -> String {
             "Largest probe-to-swap time seen.",
             h.max_probe_to_swap_ms.map(|ms| ms / 1000.0),
         ),
-        ("lb_connection_table_entries", "gauge", "Entries in the connection table (one per flow).", Some(stats.connection_entries as f64)),
+        ("lb_connection_table_entries", "gauge", "Entries in the connection table (one per flow), counted every second.", Some(stats.connection_entries as f64)),
+        ("lb_connection_table_capacity", "gauge", "Entries the connection table holds at most.", Some(stats.connection_capacity as f64)),
     ] {
         if let Some(value) = value {
             family(&mut o, name, kind, help);
@@ -235,6 +236,7 @@ mod tests {
             reasons: vec![("pass_not_vip".into(), 7), ("rescheduled".into(), 3)],
             health: HealthStats { probes: 5, last_probe_to_swap_ms: Some(12.5), ..HealthStats::default() },
             connection_entries: 4,
+            connection_capacity: 16,
         };
         let text = render(&status, &stats);
         for line in [
@@ -248,6 +250,7 @@ mod tests {
             "lb_health_probes_total 5",
             "lb_health_last_probe_to_swap_seconds 0.0125",
             "lb_connection_table_entries 4",
+            "lb_connection_table_capacity 16",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

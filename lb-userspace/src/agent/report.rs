@@ -151,6 +151,7 @@ pub fn stats(agent: &Agent) -> StatsReport {
         reasons: Reason::ALL.iter().zip(counts).map(|(r, n)| (r.name().to_owned(), n)).collect(),
         health,
         connection_entries: agent.tables.entries,
+        connection_capacity: u64::from(agent.dp.sizing().conn_capacity),
     }
 }
 

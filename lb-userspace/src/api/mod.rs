@@ -215,8 +215,11 @@ pub struct StatsReport {
     pub reasons: Vec<(String, u64)>,
     /// Health checks and swaps.
     pub health: HealthStats,
-    /// Entries in the connection table.
+    /// Entries in the connection table (last count).
     pub connection_entries: u64,
+    /// Entries the connection table holds at most (`global.conn_capacity`).
+    #[serde(default)]
+    pub connection_capacity: u64,
 }
 
 /// `lb explain`.

@@ -168,6 +168,7 @@ mod tests {
                             reasons: vec![],
                             health: Default::default(),
                             connection_entries: 0,
+                            connection_capacity: 16,
                         }),
                     };
                     let _ = call.reply.send(answer.map_err(ApiError::internal));
