@@ -503,7 +503,12 @@ impl HaLab {
         self.namespaces.push(ns.to_owned());
         ns_run(ns, &["ip", "link", "set", "lo", "up"])?;
         // No duplicate address detection: addresses (and VRRP's) are usable at once.
-        ns_run(ns, &["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
+        // IPv6 addresses survive a link taken down (a crashed node's segment link comes back
+        // with them, as a rebooted host's configuration would).
+        ns_run(ns, &[
+            "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+            "net.ipv6.conf.all.keep_addr_on_down=1", "net.ipv6.conf.default.keep_addr_on_down=1",
+        ])?;
         Ok(())
     }
 

@@ -100,7 +100,8 @@ pub fn run(root: &Path, nodes: usize) -> anyhow::Result<()> {
         let t1 = lab.rejoin(victim)?;
         lab.wait_ready(Duration::from_secs(30))?;
         let back = lab.monitor().wait_both(t1, Duration::from_secs(1)).unwrap_or_default();
-        let settled = lab.wait_stable(Duration::from_secs(3), Duration::from_secs(30))?;
+        lab.wait_stable(Duration::from_secs(3), Duration::from_secs(30))?;
+        let settled = t1.elapsed();
         let r = load.finish();
         println!("   {}", hops(&lab));
         let line = format!(
