@@ -272,6 +272,7 @@ impl Agent {
         self.announcer.withdraw_all();
         self.addresses.clear();
         let detached = self.pins.remove().map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        self.dp.release_links();
         tracing::info!(pin_dir = %self.pins.dir().display(), ?detached, "data path removed (program detached, maps unpinned, VIP addresses removed); stopping");
         Ok(serde_json::json!({ "ok": true, "pin_dir": self.pins.dir().display().to_string(), "detached": detached }))
     }

@@ -44,6 +44,9 @@ pub struct Dataplane {
     sizing: Sizing,
     logs: Option<EbpfLogs>,
     adopted: bool,
+    /// Pinned links this instance took over with [`Dataplane::attach_pinned`] (it holds a
+    /// descriptor of each).
+    replaced: Vec<XdpLinkId>,
 }
 
 /// How [`Dataplane::attach_pinned`] attached the program to an interface.
@@ -197,6 +200,7 @@ impl Dataplane {
             sizing: sizing.clone(),
             logs,
             adopted: false,
+            replaced: Vec::new(),
         })
     }
 
@@ -259,7 +263,10 @@ impl Dataplane {
         if let Ok(pinned) = PinnedLink::from_pin(&path) {
             let link = XdpLink::try_from(FdLink::from(pinned)).context("the pinned link is not an XDP link")?;
             match self.program_mut().attach_to_link(link) {
-                Ok(_) => return Ok(Attached::Replaced),
+                Ok(id) => {
+                    self.replaced.push(id);
+                    return Ok(Attached::Replaced);
+                }
                 Err(e) => {
                     tracing::warn!(interface, error = %e, "the pinned link is defunct (its interface was removed?); attaching anew");
                     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
@@ -272,6 +279,15 @@ impl Dataplane {
         // The pin keeps the link; this descriptor may close.
         drop(fd.pin(&path).with_context(|| format!("pinning the XDP link at {}", path.display()))?);
         Ok(Attached::New(used))
+    }
+
+    /// Closes this instance's descriptors of the links it took over. After their pins are
+    /// removed ([`Pins::remove`]) this detaches the program at once, rather than when the
+    /// process exits.
+    pub fn release_links(&mut self) {
+        for id in std::mem::take(&mut self.replaced) {
+            let _ = self.program_mut().detach(id);
+        }
     }
 
     /// The kernel's id and tag of the loaded program.
