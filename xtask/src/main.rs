@@ -24,14 +24,14 @@ mod lab;
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
 mod topology;
 
-const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...] | lab [--keep | --ha [--nodes N]] | bench [lb-bench args...]>";
+const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...] | lab [--keep | --ha [--nodes N]] | bench [--unpublishable] [lb-bench args...]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup(),
         Some("test") => setup().and_then(|()| build_bins()).and_then(|()| test(&args[1..])),
-        Some("bench") => setup().and_then(|()| bench(&args[1..])),
+        Some("bench") => bench(&args[1..]),
         Some("lab") if args.iter().any(|a| a == "--ha") => match ha_nodes(&args[1..]) {
             Ok(nodes) => setup().and_then(|()| build_bins()).and_then(|()| ha_lab::run(&root(), nodes)),
             Err(e) => Err(e),
@@ -96,13 +96,52 @@ fn build_bins() -> anyhow::Result<()> {
     run(Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(["build", "--quiet", "--bins"]))
 }
 
-/// The benchmarks (BENCHMARKS.md): release builds of `lb` and the lab's backend server (the
-/// control-plane part runs the agent), then `lb-bench` with the remaining arguments, e.g.
+/// The paths whose uncommitted changes make benchmark results unreproducible from their
+/// commit (the same list as `lb_tests::bench::MEASURED_PATHS`, which `lb-bench` checks again
+/// before it writes).
+const MEASURED_PATHS: &[&str] = &["lb-common", "lb-ebpf", "lb-userspace", "tests", "xtask", "Cargo.toml", "Cargo.lock"];
+
+/// The benchmarks (BENCHMARKS.md): set-up, release builds of `lb` and the lab's backend server
+/// (the control-plane part runs the agent), then `lb-bench` with the remaining arguments, e.g.
 /// `cargo xtask bench datapath --sets 21` or `cargo xtask bench pktgen --dev eth1 --dst 10.0.0.10`.
+///
+/// Results are written (bench/results, the generated tables of README.md and BENCHMARKS.md)
+/// only from a tree without uncommitted changes under [`MEASURED_PATHS`]; `--unpublishable`
+/// writes them anyway, marked unpublishable (`LB_BENCH_UNPUBLISHABLE=1` for `lb-bench`), and
+/// `--no-write` only prints. The check runs before anything is built or measured.
 fn bench(args: &[String]) -> anyhow::Result<()> {
+    let unpublishable = args.iter().any(|a| a == "--unpublishable");
+    let args: Vec<&String> = args.iter().filter(|a| *a != "--unpublishable").collect();
+    let writes = !args.iter().any(|a| *a == "--no-write" || *a == "-h" || *a == "--help");
+    if writes && !unpublishable {
+        let out = Command::new("git")
+            .args(["status", "--porcelain", "--untracked-files=no", "--"])
+            .args(MEASURED_PATHS)
+            .current_dir(root())
+            .output()
+            .context("running git status")?;
+        if !out.status.success() {
+            bail!("git cannot tell whether the measured code has uncommitted changes; run with --unpublishable or --no-write");
+        }
+        let changes = String::from_utf8_lossy(&out.stdout);
+        if !changes.trim().is_empty() {
+            bail!(
+                "refusing to run a benchmark that would publish results from a dirty tree: uncommitted changes to the measured code\n{}\ncommit them, or run with --unpublishable (results written, marked unpublishable) or --no-write",
+                changes.trim_end()
+            );
+        }
+    }
+    setup()?;
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(&cargo).args(["build", "--quiet", "--release", "--bins"]))?;
-    run(Command::new(&cargo).args(["run", "--quiet", "--release", "-p", "lb-tests", "--bin", "lb-bench", "--"]).args(args))
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["run", "--quiet", "--release", "-p", "lb-tests", "--bin", "lb-bench", "--"]).args(args);
+    if unpublishable {
+        cmd.env("LB_BENCH_UNPUBLISHABLE", "1");
+    } else {
+        cmd.env_remove("LB_BENCH_UNPUBLISHABLE");
+    }
+    run(&mut cmd)
 }
 
 /// Every test: host unit tests and the kernel fixtures (needs root). Ends with one line

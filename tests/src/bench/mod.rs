@@ -10,8 +10,11 @@
 //!
 //! Benchmarks report figures and ratios; they only fail when a path gives a wrong verdict or
 //! wrong bytes, never on timing. Everything is printed as tables and written to
-//! `bench/results/` (JSON and an SVG chart); the results section of `BENCHMARKS.md` is
-//! rewritten with the latest run.
+//! `bench/results/` (JSON and an SVG chart); the figure tables of `BENCHMARKS.md` and of the
+//! README's "Benchmarks" section are then generated from that JSON ([`report::generate`]).
+//! Results are written only from a tree without uncommitted changes to the measured code
+//! ([`MEASURED_PATHS`]), or marked unpublishable (`LB_BENCH_UNPUBLISHABLE=1`, which
+//! `cargo xtask bench --unpublishable` sets).
 
 pub mod control;
 pub mod datapath;
@@ -65,8 +68,33 @@ pub struct Machine {
     pub virtual_machine: bool,
     /// When the run started (UTC).
     pub date: String,
-    /// The commit the run was built from, `+dirty` with uncommitted changes.
+    /// The commit the run was built from (full hash).
     pub commit: String,
+    /// Whether tracked files under [`MEASURED_PATHS`] had uncommitted changes (`None`: git
+    /// could not tell).
+    pub dirty: Option<bool>,
+    /// Whether the run was explicitly marked unpublishable ([`UNPUBLISHABLE_ENV`]).
+    pub unpublishable: bool,
+}
+
+/// The paths whose uncommitted changes make a run's figures unreproducible from its commit.
+pub const MEASURED_PATHS: &[&str] = &["lb-common", "lb-ebpf", "lb-userspace", "tests", "xtask", "Cargo.toml", "Cargo.lock"];
+
+/// Set to `1` to write results from a dirty tree, marked unpublishable in the JSON and in
+/// every generated table (`cargo xtask bench --unpublishable`).
+pub const UNPUBLISHABLE_ENV: &str = "LB_BENCH_UNPUBLISHABLE";
+
+/// Uncommitted changes to tracked files under [`MEASURED_PATHS`], as `git status --porcelain`
+/// lines; an error when git cannot tell.
+pub fn measured_changes() -> anyhow::Result<Vec<String>> {
+    let out = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no", "--"])
+        .args(MEASURED_PATHS)
+        .current_dir(root())
+        .output()
+        .map_err(|e| anyhow::anyhow!("running git status: {e}"))?;
+    anyhow::ensure!(out.status.success(), "git status failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
 }
 
 fn command_line(cmd: &str, args: &[&str]) -> Option<String> {
@@ -92,8 +120,8 @@ impl Machine {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
-        let commit = command_line("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
-        let dirty = command_line("git", &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+        let commit = command_line("git", &["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+        let dirty = measured_changes().ok().map(|c| !c.is_empty());
         Machine {
             nproc: cpus(),
             cpu_model: field("model name").unwrap_or_else(|| "unknown".into()),
@@ -101,7 +129,9 @@ impl Machine {
             memory_gib: (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
             virtual_machine: field("flags").is_some_and(|f| f.split_whitespace().any(|w| w == "hypervisor")),
             date: command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
-            commit: if dirty { format!("{commit}+dirty") } else { commit },
+            commit,
+            dirty,
+            unpublishable: std::env::var(UNPUBLISHABLE_ENV).is_ok_and(|v| v == "1"),
         }
     }
 
@@ -115,6 +145,8 @@ impl Machine {
             "virtual_machine": self.virtual_machine,
             "date": self.date,
             "commit": self.commit,
+            "dirty": self.dirty,
+            "unpublishable": self.unpublishable,
         })
     }
 
@@ -127,7 +159,7 @@ impl Machine {
             if self.virtual_machine { ", virtual machine" } else { "" },
             self.memory_gib,
             self.kernel,
-            self.commit,
+            if self.dirty == Some(false) { self.commit.clone() } else { format!("{}+dirty", self.commit) },
             self.date
         )
     }
