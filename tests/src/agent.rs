@@ -197,6 +197,19 @@ impl Agent {
     }
 }
 
+/// A lab with `backends` backend servers (`backend_bin`) and an agent running `yaml`, once every
+/// backend of VIP `vip` is up (at most 15 s). Bind it as `let (lab, agent)`: the agent is then
+/// dropped first and removes its data path while the lab's namespaces still exist.
+pub fn lab_with_agent(backend_bin: &std::path::Path, backends: usize, yaml: &str, vip: &str) -> anyhow::Result<(Lab, Agent)> {
+    let mut lab = Lab::create(backends, backend_bin)?;
+    for k in 0..backends {
+        lab.start_backend(k)?;
+    }
+    let agent = Agent::start(&lab, yaml)?;
+    agent.wait_status(Duration::from_secs(15), |s| all_in_state(s, vip, "up"))?;
+    Ok((lab, agent))
+}
+
 /// The backends of VIP `vip` in a status report.
 pub fn backends<'a>(status: &'a Value, vip: &str) -> Vec<&'a Value> {
     status["vips"]

@@ -24,7 +24,7 @@
 //! Every wait is bounded in time.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -996,34 +996,9 @@ pub struct LoadReport {
     pub fresh: Vec<Attempt>,
 }
 
-fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<(u16, String)> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Err(std::io::Error::other("connection closed"));
-    }
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut length = 0;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    Ok((status, String::from_utf8_lossy(&body).trim().to_owned()))
-}
-
 fn get(writer: &mut TcpStream, reader: &mut BufReader<TcpStream>) -> std::io::Result<(u16, String)> {
     writer.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n")?;
-    read_response(reader)
+    crate::topology::read_response(reader)
 }
 
 impl Load {

@@ -367,9 +367,11 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> st
 }
 
 /// Reads one HTTP/1.1 response framed by Content-Length: status and body (trimmed).
-fn read_response<R: std::io::BufRead>(reader: &mut R) -> std::io::Result<(u16, String)> {
+pub fn read_response<R: std::io::BufRead>(reader: &mut R) -> std::io::Result<(u16, String)> {
     let mut line = String::new();
-    reader.read_line(&mut line)?;
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::other("connection closed"));
+    }
     let status = line
         .split_whitespace()
         .nth(1)

@@ -58,15 +58,7 @@ vips:
 }
 
 fn lab_with_agent(yaml: &str) -> (Lab, Agent) {
-    let mut lab = Lab::create(3, env!("CARGO_BIN_EXE_lb-test-backend").as_ref()).expect("lab");
-    for k in 0..3 {
-        lab.start_backend(k).expect("backend");
-    }
-    let agent = Agent::start(&lab, yaml).expect("agent");
-    agent
-        .wait_status(Duration::from_secs(10), |s| all_in_state(s, "web", "up"))
-        .expect("every backend passes its health checks");
-    (lab, agent)
+    lb_tests::agent::lab_with_agent(env!("CARGO_BIN_EXE_lb-test-backend").as_ref(), 3, yaml, "web").expect("a lab whose backends pass their checks")
 }
 
 /// Sends `n` requests from the client to `vip` and counts the answering backends.

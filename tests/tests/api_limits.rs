@@ -18,7 +18,7 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, all_in_state},
+    agent::{all_in_state, lab_with_agent},
     topology::{Lab, http_get, in_namespace},
 };
 use lb_userspace::api::client::Client;
@@ -176,14 +176,8 @@ fn scrape(lab: &Lab) -> String {
 
 #[test]
 fn hostile_metrics_clients_starve_nothing() {
-    let mut lab = Lab::create(3, env!("CARGO_BIN_EXE_lb-test-backend").as_ref()).expect("lab");
-    for k in 0..3 {
-        lab.start_backend(k).expect("backend");
-    }
-    let agent = Agent::start(&lab, CONFIG).expect("agent");
-    agent
-        .wait_status(Duration::from_secs(10), |s| all_in_state(s, "web", "up"))
-        .expect("every backend passes its health checks");
+    let (lab, agent) = lab_with_agent(env!("CARGO_BIN_EXE_lb-test-backend").as_ref(), 3, CONFIG, "web")
+        .expect("a lab whose backends pass their checks");
     let pid = agent_pid(&agent.config).expect("the agent's pid");
     set_open_file_limit(pid, 1024);
     let transitions = agent.json(&["stats"]).expect("stats")["health"]["transitions"].as_u64();
@@ -273,14 +267,8 @@ fn slow_admin_clients(socket: &Path, stop: &AtomicBool) -> usize {
 /// as fast as without them, and the ring swap follows the failing probe at once.
 #[test]
 fn slow_admin_clients_do_not_delay_a_health_transition() {
-    let mut lab = Lab::create(3, env!("CARGO_BIN_EXE_lb-test-backend").as_ref()).expect("lab");
-    for k in 0..3 {
-        lab.start_backend(k).expect("backend");
-    }
-    let agent = Agent::start(&lab, CONFIG).expect("agent");
-    agent
-        .wait_status(Duration::from_secs(10), |s| all_in_state(s, "web", "up"))
-        .expect("every backend passes its health checks");
+    let (mut lab, agent) = lab_with_agent(env!("CARGO_BIN_EXE_lb-test-backend").as_ref(), 3, CONFIG, "web")
+        .expect("a lab whose backends pass their checks");
     let stop = Arc::new(AtomicBool::new(false));
     let slow = {
         let (stop, socket) = (stop.clone(), agent.socket.clone());

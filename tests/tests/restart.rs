@@ -22,7 +22,7 @@ use std::{
 use aya::maps::{Map, MapData, PerCpuArray};
 use lb_common::maps::{MAP_REASONS, UPGRADE_PROBE_SLOT};
 use lb_tests::{
-    agent::{Agent, all_in_state, backends, in_netns},
+    agent::{Agent, all_in_state, backends, in_netns, lab_with_agent},
     topology::{HttpSession, Lab, http_get, in_namespace},
 };
 use serde_json::Value;
@@ -229,14 +229,7 @@ fn status(agent: &Agent) -> Value {
 #[test]
 fn restarts_and_an_upgrade_fail_no_request() {
     let _turn = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let mut lab = Lab::create(3, backend_bin()).expect("lab");
-    for k in 0..3 {
-        lab.start_backend(k).expect("backend");
-    }
-    let mut agent = Agent::start(&lab, CONFIG).expect("agent");
-    agent
-        .wait_status(Duration::from_secs(15), |s| all_in_state(s, "web", "up"))
-        .expect("every backend passes its health checks");
+    let (lab, mut agent) = lab_with_agent(backend_bin(), 3, CONFIG, "web").expect("a lab whose backends pass their checks");
     let first = status(&agent);
     assert_eq!(first["data_path"]["adopted"], false, "{first:#}");
     let program = attached_program(&lab, "lbc").expect("a program on lbc");
@@ -325,14 +318,7 @@ fn http_get_from(lab: &Lab, addr: SocketAddr) -> Result<(u16, String), String> {
 #[test]
 fn a_backend_that_died_with_the_agent_down_is_taken_out_and_a_mismatch_is_refused() {
     let _turn = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let mut lab = Lab::create(3, backend_bin()).expect("lab");
-    for k in 0..3 {
-        lab.start_backend(k).expect("backend");
-    }
-    let mut agent = Agent::start(&lab, CONFIG).expect("agent");
-    agent
-        .wait_status(Duration::from_secs(15), |s| all_in_state(s, "web", "up"))
-        .expect("every backend passes its health checks");
+    let (mut lab, mut agent) = lab_with_agent(backend_bin(), 3, CONFIG, "web").expect("a lab whose backends pass their checks");
     agent.stop(libc::SIGKILL);
     lab.kill_backend(0);
     thread::sleep(Duration::from_secs(2));

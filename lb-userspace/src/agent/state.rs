@@ -291,16 +291,22 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// The runtime for a validated configuration. Health-checked backends start down until
-    /// their first `rise` probes succeed: no flow is sent to a server not yet seen alive.
-    pub fn new(config: &Config) -> Result<(Runtime, Changes), OpError> {
+    /// No VIP yet, with the slots and ring size of `config`, whose pools must not share a
+    /// backend endpoint.
+    fn empty(config: &Config) -> Result<Runtime, OpError> {
         refuse_shared(config_pools(config))?;
-        let mut rt = Runtime {
+        Ok(Runtime {
             vips: Vec::new(),
             vip_slots: Slots::new(config.global.vip_capacity, 0),
             backend_slots: Slots::new(config.global.backend_capacity, 1),
             ring_size: config.global.ring_size,
-        };
+        })
+    }
+
+    /// The runtime for a validated configuration. Health-checked backends start down until
+    /// their first `rise` probes succeed: no flow is sent to a server not yet seen alive.
+    pub fn new(config: &Config) -> Result<(Runtime, Changes), OpError> {
+        let mut rt = Runtime::empty(config)?;
         let mut changes = Changes::default();
         for vip in &config.vips {
             rt.place_vip(vip, &mut changes)?;
@@ -316,13 +322,7 @@ impl Runtime {
     /// hold beyond the configuration is removed. Every VIP is written again (the same ring, so
     /// no flow moves) and every backend re-probed.
     pub fn adopt(config: &Config, pinned: &PinnedState) -> Result<(Runtime, Changes), OpError> {
-        refuse_shared(config_pools(config))?;
-        let mut rt = Runtime {
-            vips: Vec::new(),
-            vip_slots: Slots::new(config.global.vip_capacity, 0),
-            backend_slots: Slots::new(config.global.backend_capacity, 1),
-            ring_size: config.global.ring_size,
-        };
+        let mut rt = Runtime::empty(config)?;
         // Generations go on from the pinned ones, so that a reused slot's old flows are told
         // apart from the new backend's.
         for b in &pinned.backends {
