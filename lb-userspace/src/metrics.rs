@@ -215,6 +215,7 @@ mod tests {
                 protocol: "tcp".into(),
                 scheduler: "maglev".into(),
                 ring_backends: 1,
+                serving: true,
                 announced: true,
                 announce_reason: "announced: 1 backend takes new flows".into(),
                 traffic: TrafficStatus { packets: 10, bytes: 1000, new_flows: 2, packets_per_second: 0.0 },

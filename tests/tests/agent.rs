@@ -335,14 +335,38 @@ fn the_vip_is_announced_only_while_a_backend_takes_flows() {
     let down = agent.wait_status(Duration::from_secs(5), |s| !announced(s).0).expect("withdrawn");
     let withdrawn_after = started.elapsed();
     assert_eq!(announced(&down).1, "withdrawn: no backend takes new flows");
+    let check = agent.cli(&["check", "web"]);
+    assert_eq!(check.status.code(), Some(1), "lb check fails while nothing serves: {check:?}");
     assert_eq!(announced_routes(&lab), "", "the route left the table");
     for k in 0..3 {
         lab.start_backend(k).expect("backend");
     }
     agent.wait_status(Duration::from_secs(5), |s| announced(s).0).expect("announced again");
+    assert_eq!(ok(&agent, &["check"]), "web: serving (announced: 3 backends take new flows)\n");
     assert_eq!(announced_routes(&lab), "10.0.0.10 dev lo proto 250 scope link");
     eprintln!("announcement: withdrawn {withdrawn_after:?} after the last backend was killed (fall 2 × fast_interval 100 ms)");
     let out = agent.teardown();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(announced_routes(&lab), "", "teardown withdraws");
+}
+
+fn vip_address_lines(lab: &Lab) -> String {
+    let out = lb_tests::agent::in_netns(&lab.lb_ns, &["ip", "-o", "addr", "show", "to", "10.0.0.10"]).output().expect("ip addr");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `global.vip_addresses: external` (keepalived moves the VIP addresses): the agent neither
+/// adds a VIP address nor removes one, also on `lb teardown`; `lb check` still says whether
+/// this node serves its VIPs (for keepalived's track script).
+#[test]
+fn external_vip_addresses_are_left_to_their_owner() {
+    let yaml = config(1).replace("  metrics_address: 127.0.0.1:9100\n", "  vip_addresses: external\n");
+    let (lab, agent) = lab_with_agent(&yaml);
+    assert_eq!(vip_address_lines(&lab), "", "the agent added no address");
+    assert_eq!(ok(&agent, &["check"]), "web: serving (announcement off (global.announce_table unset))\n");
+    let add = lb_tests::agent::in_netns(&lab.lb_ns, &["ip", "addr", "add", "10.0.0.10/32", "dev", "lbc"]).status().expect("ip");
+    assert!(add.success());
+    let out = agent.teardown();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(vip_address_lines(&lab).contains("10.0.0.10/32"), "teardown left keepalived's address alone");
 }

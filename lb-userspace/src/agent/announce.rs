@@ -71,6 +71,7 @@ impl Announcer {
     /// withdrawn or vanished ones, and logs each change.
     pub fn apply(&mut self, decisions: BTreeMap<IpAddr, Decision>) {
         let Some(table) = self.table else {
+            self.current = decisions;
             return;
         };
         for (addr, old) in &self.current {
@@ -87,6 +88,12 @@ impl Announcer {
             }
         }
         self.current = decisions;
+    }
+
+    /// Whether this node should serve `addr` (the decision, announced or not): what
+    /// `lb check` reports to a VRRP track script.
+    pub fn serving(&self, addr: IpAddr) -> bool {
+        self.current.get(&addr).is_some_and(|d| d.announce)
     }
 
     /// Withdraws every address (`lb teardown`).
@@ -173,7 +180,10 @@ vips:
     fn off_without_a_table() {
         let mut a = Announcer::new(None);
         a.apply(decide(&runtime().vips, Ok(())));
-        let d = a.decision("2001:db8::53".parse().unwrap());
+        let dns = "2001:db8::53".parse().unwrap();
+        let d = a.decision(dns);
         assert!(!d.announce && d.reason.contains("announce_table unset"));
+        assert!(a.serving(dns), "the decision stands for lb check");
+        assert!(!a.serving("10.0.0.1".parse().unwrap()));
     }
 }

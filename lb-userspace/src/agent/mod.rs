@@ -27,7 +27,7 @@ use crate::{
         DataPathStatus, HealthStats, Request,
         server::{self, ApiError, Call},
     },
-    config::{self, AdminState, Config, XdpMode},
+    config::{self, AdminState, Config, VipAddressOwner, XdpMode},
     dataplane::{
         Attached, Dataplane, Pins,
         table_walk::{self, TableCounts},
@@ -120,7 +120,10 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         tables: TableCounts::default(),
         announcer: announce::Announcer::new(config.global.announce_table),
         checker: Checker::new(health_tx),
-        addresses: VipAddresses::new(announce_on),
+        addresses: match config.global.vip_addresses {
+            VipAddressOwner::Agent => VipAddresses::new(announce_on),
+            VipAddressOwner::External => VipAddresses::external(announce_on),
+        },
         interfaces: Vec::new(),
         started: Instant::now(),
         health: HealthStats::default(),
@@ -222,6 +225,9 @@ pub fn teardown(config: &Config) -> anyhow::Result<Removed> {
     addresses.dedup();
     if let Some(table) = config.global.announce_table {
         announce::flush(table);
+    }
+    if config.global.vip_addresses == VipAddressOwner::External {
+        addresses.clear();
     }
     VipAddresses::owning(config.global.interfaces[0].clone(), addresses.iter().copied()).clear();
     let detached = pins.remove()?;

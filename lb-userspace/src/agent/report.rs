@@ -114,6 +114,7 @@ fn backend_status(agent: &Agent, b: &BackendRuntime, active: &HashMap<u32, u64>)
 fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>) -> VipStatus {
     let announcement = agent.announcer.decision(v.config.address);
     VipStatus {
+        serving: agent.announcer.serving(v.config.address),
         announced: announcement.announce,
         announce_reason: announcement.reason,
         name: v.config.name.clone(),

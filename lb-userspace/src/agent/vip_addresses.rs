@@ -10,22 +10,32 @@ use std::{collections::BTreeSet, net::IpAddr, process::Command};
 pub struct VipAddresses {
     interface: String,
     owned: BTreeSet<IpAddr>,
+    /// False when another program owns the addresses (`global.vip_addresses: external`).
+    managed: bool,
 }
 
 impl VipAddresses {
     /// Manages addresses on `interface`.
     pub fn new(interface: String) -> Self {
-        VipAddresses { interface, owned: BTreeSet::new() }
+        VipAddresses { interface, owned: BTreeSet::new(), managed: true }
+    }
+
+    /// Leaves every address alone (another program owns them).
+    pub fn external(interface: String) -> Self {
+        VipAddresses { interface, owned: BTreeSet::new(), managed: false }
     }
 
     /// Manages `addresses` on `interface` as if this agent had added them (to remove them).
     pub fn owning(interface: String, addresses: impl IntoIterator<Item = IpAddr>) -> Self {
-        VipAddresses { interface, owned: addresses.into_iter().collect() }
+        VipAddresses { interface, owned: addresses.into_iter().collect(), managed: true }
     }
 
     /// Adds missing addresses of `wanted`, takes those already there as its own, and removes
     /// those it owns that are no longer wanted.
     pub fn sync(&mut self, wanted: impl Iterator<Item = IpAddr>) {
+        if !self.managed {
+            return;
+        }
         let wanted: BTreeSet<IpAddr> = wanted.collect();
         for addr in self.owned.difference(&wanted).copied().collect::<Vec<_>>() {
             self.del(addr);

@@ -145,6 +145,10 @@ pub struct VipStatus {
     pub scheduler: String,
     /// Backends in the live ring.
     pub ring_backends: u32,
+    /// Whether this node should serve the VIP: its program runs on every interface and a
+    /// backend takes new flows (`lb check`).
+    #[serde(default)]
+    pub serving: bool,
     /// Whether this node announces the VIP's address (`global.announce_table`).
     pub announced: bool,
     /// Why (or why not), in words.

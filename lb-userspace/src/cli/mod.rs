@@ -120,6 +120,13 @@ pub enum Command {
     Config(ConfigCommand),
     /// Re-read the configuration file and apply the difference (same as SIGHUP).
     Reload,
+    /// Exit 0 if this node serves every VIP named (all VIPs if none): its program runs on every
+    /// interface and each VIP has a backend taking new flows; 1 if not, 3 if the agent does not
+    /// answer. For a VRRP track script (keepalived `vrrp_script`).
+    Check {
+        /// VIP names.
+        vips: Vec<String>,
+    },
     /// Remove the data path: detach the program, unpin its maps (every tracked connection is
     /// dropped), remove the VIP addresses and stop the agent if it runs. Stopping the agent
     /// alone leaves the data path forwarding.
@@ -300,6 +307,23 @@ pub fn execute(cli: &Cli) -> ExitCode {
             other => other.map(Some),
         },
         Command::Teardown { config } => return teardown(config),
+        Command::Check { vips } => {
+            return match client.get("/v1/status") {
+                Ok(status) => {
+                    let (ok, lines) = check(&status, vips);
+                    lines.iter().for_each(|l| println!("{l}"));
+                    if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_REFUSED) }
+                }
+                Err(e @ ClientError::Unreachable(..)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_UNREACHABLE)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_REFUSED)
+                }
+            };
+        }
         Command::Backend(b) => {
             let request = match b {
                 BackendCommand::Add { vip, backend, weight } => Request::BackendAdd { vip: vip.clone(), backend: *backend, weight: *weight },
@@ -358,6 +382,29 @@ pub fn execute(cli: &Cli) -> ExitCode {
             ExitCode::from(EXIT_REFUSED)
         }
     }
+}
+
+/// `lb check`: whether every VIP of `names` (all if empty) is served, and a line per VIP.
+fn check(status: &Value, names: &[String]) -> (bool, Vec<String>) {
+    let vips: Vec<&Value> = status["vips"].as_array().map(|v| v.iter().collect()).unwrap_or_default();
+    let mut ok = !vips.is_empty() || !names.is_empty();
+    let mut lines = Vec::new();
+    if vips.is_empty() && names.is_empty() {
+        lines.push("no VIP configured".to_owned());
+    }
+    for name in names {
+        if !vips.iter().any(|v| v["name"] == name.as_str()) {
+            ok = false;
+            lines.push(format!("{name}: no such VIP"));
+        }
+    }
+    for v in vips.iter().filter(|v| names.is_empty() || names.iter().any(|n| v["name"] == n.as_str())) {
+        let serving = v["serving"].as_bool().unwrap_or(false);
+        ok &= serving;
+        let reason = v["announce_reason"].as_str().unwrap_or("");
+        lines.push(format!("{}: {} ({reason})", v["name"].as_str().unwrap_or("?"), if serving { "serving" } else { "NOT serving" }));
+    }
+    (ok, lines)
 }
 
 /// What a reload changed, in words.
@@ -432,6 +479,7 @@ mod tests {
             &["lb", "config", "check", "x.yaml"],
             &["lb", "run", "--config", "x.yaml", "--xdp-mode", "generic"],
             &["lb", "teardown", "--config", "x.yaml"],
+            &["lb", "check", "web", "dns"],
             &["lb", "backend", "remove", "web", "10.1.0.1:80", "--force"],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -439,6 +487,18 @@ mod tests {
         assert!(Cli::try_parse_from(["lb", "backend", "drain", "web", "not-an-address"]).is_err());
         let icmp = Cli::try_parse_from(["lb", "explain", "192.0.2.1:1234", "10.0.0.1:80", "icmp"]).unwrap_err();
         assert_eq!(icmp.exit_code(), 2, "a usage error");
+    }
+
+    #[test]
+    fn check_passes_only_when_every_named_vip_is_served() {
+        let status = serde_json::json!({ "vips": [
+            { "name": "web", "serving": true, "announce_reason": "announced: 2 backends take new flows" },
+            { "name": "dns", "serving": false, "announce_reason": "withdrawn: no backend takes new flows" },
+        ]});
+        assert_eq!(check(&status, &["web".into()]), (true, vec!["web: serving (announced: 2 backends take new flows)".to_owned()]));
+        assert!(!check(&status, &[]).0, "dns is not served");
+        assert_eq!(check(&status, &["nope".into()]), (false, vec!["nope: no such VIP".to_owned()]));
+        assert!(!check(&serde_json::json!({ "vips": [] }), &[]).0, "no VIP: nothing served");
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub struct Global {
     /// Where to serve Prometheus metrics, if anywhere.
     #[serde(default)]
     pub metrics_address: Option<SocketAddr>,
+    /// Who puts the VIP addresses on the first interface: the agent, or another program
+    /// (keepalived moving them between nodes).
+    #[serde(default)]
+    pub vip_addresses: VipAddressOwner,
     /// The kernel routing table in which the agent keeps a route for each VIP address this node
     /// should attract (health-gated), for a routing daemon to export; `None`: no announcement.
     #[serde(default)]
@@ -107,6 +111,17 @@ impl std::fmt::Display for XdpMode {
             XdpMode::Generic => "generic",
         })
     }
+}
+
+/// `global.vip_addresses`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VipAddressOwner {
+    /// The agent adds each VIP address while a VIP uses it and removes it on `lb teardown`.
+    #[default]
+    Agent,
+    /// Another program (keepalived, VRRP) owns them: the agent never adds or removes one.
+    External,
 }
 
 /// `global.forwarding`.
