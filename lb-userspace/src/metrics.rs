@@ -63,15 +63,20 @@ pub fn render(status: &StatusReport, stats: &StatsReport) -> String {
             }
         }
     }
-    family(&mut o, "lb_backend_active_connections", "gauge", "Live flows per backend (open TCP, unexpired UDP), recounted every second.");
-    family(&mut o, "lb_backend_healthy", "gauge", "1 if the health checks pass (or none are configured).");
-    family(&mut o, "lb_backend_serving", "gauge", "1 if the backend takes new flows (up), 0 if draining or down.");
-    for v in &status.vips {
-        for b in &v.backends {
-            let labels = format!("vip=\"{}\",backend=\"{}\"", escape(&v.name), SocketAddr::new(b.address, b.port));
-            let _ = writeln!(o, "lb_backend_active_connections{{{labels}}} {}", b.active_connections);
-            let _ = writeln!(o, "lb_backend_healthy{{{labels}}} {}", (b.health == "up") as u8);
-            let _ = writeln!(o, "lb_backend_serving{{{labels}}} {}", (b.state == "up") as u8);
+    // Each family's samples together, after its HELP and TYPE (the format wants one group per
+    // family).
+    type Gauge = fn(&crate::api::BackendStatus) -> u64;
+    let gauges: [(&str, &str, Gauge); 3] = [
+        ("lb_backend_active_connections", "Live flows per backend (open TCP, unexpired UDP), recounted every second.", |b| b.active_connections),
+        ("lb_backend_healthy", "1 if the health checks pass (or none are configured).", |b| u64::from(b.health == "up")),
+        ("lb_backend_serving", "1 if the backend takes new flows (up), 0 if draining or down.", |b| u64::from(b.state == "up")),
+    ];
+    for (name, help, get) in gauges {
+        family(&mut o, name, "gauge", help);
+        for v in &status.vips {
+            for b in &v.backends {
+                let _ = writeln!(o, "{name}{{vip=\"{}\",backend=\"{}\"}} {}", escape(&v.name), SocketAddr::new(b.address, b.port), get(b));
+            }
         }
     }
     // Verdicts add up to the packets the program saw; events are counted beside a verdict.

@@ -10,4 +10,5 @@ pub mod harness;
 pub mod icmp_frames;
 pub mod netns;
 pub mod packet;
+pub mod prometheus;
 pub mod topology;

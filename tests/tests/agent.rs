@@ -222,8 +222,23 @@ fn cli_manages_a_running_agent() {
         text
     })
     .unwrap();
-    assert!(metrics.contains("lb_vip_packets_total{vip=\"web\"}"), "{metrics}");
-    assert!(metrics.contains("lb_backend_healthy{vip=\"web\",backend=\"10.0.12.2:8080\"} 1"), "{metrics}");
+    let body = metrics.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let families = lb_tests::prometheus::parse(body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        let key: Vec<(String, String)> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        families.get(name).and_then(|f| f.samples.get(&key).copied()).unwrap_or_else(|| panic!("no {name}{labels:?} in\n{body}"))
+    };
+    assert!(sample("lb_vip_packets_total", &[("vip", "web")]) > 0.0);
+    assert_eq!(sample("lb_backend_healthy", &[("backend", "10.0.12.2:8080"), ("vip", "web")]), 1.0);
+    assert_eq!(sample("lb_connection_table_capacity", &[]), 262_144.0);
+    assert_eq!(sample("lb_vip_announced", &[("vip", "web")]), 0.0, "no announce_table here");
+    let build = &families["lb_build_info"];
+    assert!(build.samples.len() == 1 && build.samples.iter().all(|(labels, v)| *v == 1.0 && labels.iter().any(|(k, _)| k == "program_tag")));
+    let reasons = |family: &str| -> Vec<String> {
+        families[family].samples.keys().flat_map(|l| l.iter().map(|(_, v)| v.clone())).collect()
+    };
+    assert!(!reasons("lb_packets_total").contains(&"rescheduled".to_owned()), "events are not packet verdicts");
+    assert!(reasons("lb_events_total").contains(&"rescheduled".to_owned()));
 }
 
 /// The backend the Maglev builder puts in the slot of `src`'s flow to the web VIP.
