@@ -53,7 +53,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { seconds: 8.0, repeats: 2, connections: 32 }
+        Options { seconds: 8.0, repeats: 5, connections: 32 }
     }
 }
 
@@ -436,8 +436,21 @@ pub fn run(opts: &Options, report: &mut Report) -> anyhow::Result<()> {
             }));
         }
         let ratio = direct[1] / direct[2];
-        let verdict = if ratio >= TARGET_RATIO { format!("met ({ratio:.0} ×)") } else { format!("missed by {:.1} ×", TARGET_RATIO - ratio) };
-        report.target(&format!("3. ≥ 5 × less CPU per request than HAProxy ({})", load.name()), format!("{ratio:.0} × (direct)"), verdict);
+        // The verdict is on whole-machine CPU (all CPUs, softirq included) over routing, medians:
+        // the direct ratio leaves out the redirect, transmit and NAPI work XDP causes.
+        let machine = over[1] / over[2];
+        let verdict = if over[2] <= 0.0 {
+            "met: lb's whole-machine cost is within the noise of plain routing".to_owned()
+        } else if machine >= TARGET_RATIO {
+            format!("met ({machine:.1} ×, whole machine, medians)")
+        } else {
+            format!("missed ({machine:.1} ×, whole machine, medians)")
+        };
+        report.target(
+            &format!("3. ≥ 5 × less CPU per request than HAProxy ({})", load.name()),
+            format!("HAProxy {:+.1} vs lb {:+.1} ms per 1,000 requests over routing", over[1], over[2]),
+            verdict,
+        );
         table.note(format!(
             "{}: HAProxy / lb CPU per request = {:.0} × (direct); machine CPU over routing: HAProxy {:+.1}, lb {:+.1} ms per 1,000 requests",
             load.name(),
