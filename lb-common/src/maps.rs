@@ -92,7 +92,7 @@ pub const META_PROGRAM_LOADED_AT: u32 = 4;
 /// meaning of their entries. Bump it with any such change: an agent adopts pinned maps only
 /// of its own layout version (`lb_common::maps::MAP_META`). Adding a counter at the end of
 /// [`crate::counters::Reason`] is not a layout change (`REASONS` has [`REASON_SLOTS`] entries).
-pub const LAYOUT_VERSION: u64 = 1;
+pub const LAYOUT_VERSION: u64 = 2;
 
 /// Entries of `REASONS`: room for counters added by later builds without a layout change.
 pub const REASON_SLOTS: u32 = 64;
@@ -405,6 +405,8 @@ pub struct Traffic {
     pub bytes: u64,
     /// New flows assigned.
     pub new_flows: u64,
+    /// Packets for the VIP dropped because no backend could take them (VIPs only).
+    pub dropped: u64,
 }
 
 impl Traffic {
@@ -413,6 +415,7 @@ impl Traffic {
         self.packets += o.packets;
         self.bytes += o.bytes;
         self.new_flows += o.new_flows;
+        self.dropped += o.dropped;
     }
 }
 
@@ -458,7 +461,7 @@ mod tests {
         assert_eq!(size_of::<CachedHop>(), 24);
         assert_eq!(size_of::<VlanEgress>(), 8);
         assert_eq!(size_of::<VipAddress>(), 4);
-        assert_eq!(size_of::<Traffic>(), 24);
+        assert_eq!(size_of::<Traffic>(), 32);
     }
 
     #[test]

@@ -19,6 +19,15 @@ pub fn count_slot(slot: u32) {
     }
 }
 
+/// Counts a packet for VIP `vip_id` that no backend could take.
+#[inline(always)]
+pub fn count_vip_drop(vip_id: u32) {
+    if let Some(t) = VIP_STATS.get_ptr_mut(vip_id) {
+        // SAFETY: per-CPU slot, as in `count`.
+        unsafe { (*t).dropped += 1 };
+    }
+}
+
 /// Adds one packet of `bytes` (and a new flow if `new_flow`) to a VIP and a backend.
 #[inline(always)]
 pub fn count_traffic(vip_id: u32, backend_id: u32, bytes: u64, new_flow: bool) {

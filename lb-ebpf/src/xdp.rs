@@ -120,6 +120,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, tracked: &Tracked) 
         Ok(id) => id,
         Err(reason) => {
             debug!(ctx, "VIP {}: no backend for a new flow (reason {})", vip.id, reason as u32);
+            crate::stats::count_vip_drop(vip.id);
             return verdict(xdp_action::XDP_DROP, reason);
         }
     };

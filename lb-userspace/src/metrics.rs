@@ -89,6 +89,10 @@ pub fn render(status: &StatusReport, stats: &StatsReport) -> String {
     for (event, n) in stats.reasons.iter().filter(|(r, _)| is_event(r)) {
         let _ = writeln!(o, "lb_events_total{{event=\"{event}\"}} {n}");
     }
+    family(&mut o, "lb_vip_dropped_total", "counter", "Packets for the VIP dropped because no backend could take them.");
+    for v in &status.vips {
+        let _ = writeln!(o, "lb_vip_dropped_total{{vip=\"{}\"}} {}", escape(&v.name), v.traffic.dropped);
+    }
     family(&mut o, "lb_vip_announced", "gauge", "1 while this node announces the VIP's address (global.announce_table).");
     for v in &status.vips {
         let _ = writeln!(o, "lb_vip_announced{{vip=\"{}\"}} {}", escape(&v.name), v.announced as u8);
@@ -223,7 +227,7 @@ mod tests {
                 serving: true,
                 announced: true,
                 announce_reason: "announced: 1 backend takes new flows".into(),
-                traffic: TrafficStatus { packets: 10, bytes: 1000, new_flows: 2, packets_per_second: 0.0 },
+                traffic: TrafficStatus { packets: 10, bytes: 1000, new_flows: 2, dropped: 0, packets_per_second: 0.0 },
                 backends: vec![BackendStatus {
                     id: 1,
                     address: "10.1.0.1".parse().unwrap(),
@@ -234,7 +238,7 @@ mod tests {
                     state: "up".into(),
                     active_connections: 2,
                     next_hop: None,
-                    traffic: TrafficStatus { packets: 10, bytes: 1000, new_flows: 2, packets_per_second: 0.0 },
+                    traffic: TrafficStatus { packets: 10, bytes: 1000, new_flows: 2, dropped: 0, packets_per_second: 0.0 },
                 }],
             }],
         };

@@ -352,11 +352,17 @@ fn the_vip_is_announced_only_while_a_backend_takes_flows() {
     assert_eq!(announced(&down).1, "withdrawn: no backend takes new flows");
     let check = agent.cli(&["check", "web"]);
     assert_eq!(check.status.code(), Some(1), "lb check fails while nothing serves: {check:?}");
+    // A VIP without a backend drops, and says so per VIP.
+    let refused = in_namespace(&lab.client_ns, || http_get(web(), "/", Duration::from_millis(300)).is_err()).unwrap();
+    assert!(refused, "no backend: the request fails");
+    let dropped = agent.json(&["status"]).unwrap()["vips"][0]["traffic"]["dropped"].as_u64();
+    assert!(dropped.is_some_and(|d| d > 0), "dropped counted per VIP: {dropped:?}");
     assert_eq!(announced_routes(&lab), "", "the route left the table");
     for k in 0..3 {
         lab.start_backend(k).expect("backend");
     }
     agent.wait_status(Duration::from_secs(5), |s| announced(s).0).expect("announced again");
+    agent.wait_status(Duration::from_secs(5), |s| all_in_state(s, "web", "up")).expect("every backend back");
     assert_eq!(ok(&agent, &["check"]), "web: serving (announced: 3 backends take new flows)\n");
     assert_eq!(announced_routes(&lab), "10.0.0.10 dev lo proto 250 scope link");
     eprintln!("announcement: withdrawn {withdrawn_after:?} after the last backend was killed (fall 2 × fast_interval 100 ms)");

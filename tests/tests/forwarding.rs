@@ -145,7 +145,7 @@ fn expect_resolved(outcome: &Outcome, frames: &[Frame], why: &str) {
 fn expect_traffic(outcome: &Outcome, v4: &[Frame], v6: &[Frame]) {
     for (i, frames) in [v4, v6].into_iter().enumerate() {
         let bytes = frames.iter().map(|f| f.bytes().len() as u64).sum();
-        let want = Traffic { packets: frames.len() as u64, bytes, new_flows: 1 };
+        let want = Traffic { packets: frames.len() as u64, bytes, new_flows: 1, dropped: 0 };
         assert_eq!(outcome.vips[i], want, "VIP {} counters", i + 1);
         assert_eq!(outcome.backends[i], want, "counters of VIP {}'s backend", i + 1);
     }

@@ -51,7 +51,7 @@ impl Rates {
 }
 
 fn traffic(t: Traffic, pps: f64) -> TrafficStatus {
-    TrafficStatus { packets: t.packets, bytes: t.bytes, new_flows: t.new_flows, packets_per_second: pps }
+    TrafficStatus { packets: t.packets, bytes: t.bytes, new_flows: t.new_flows, dropped: t.dropped, packets_per_second: pps }
 }
 
 /// Lowercase name of an administrative state.

@@ -101,6 +101,9 @@ pub struct TrafficStatus {
     pub bytes: u64,
     /// New flows assigned.
     pub new_flows: u64,
+    /// Packets dropped because no backend could take them (VIPs).
+    #[serde(default)]
+    pub dropped: u64,
     /// Packets per second over the last sampling interval.
     pub packets_per_second: f64,
 }

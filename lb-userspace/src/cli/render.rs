@@ -45,7 +45,7 @@ fn status(s: StatusReport) -> String {
         // weight): a ring of weight-0 backends takes none.
         let taking = v.backends.iter().filter(|b| b.state == "up" && b.weight > 0).count() as u64;
         out += &format!(
-            "\nVIP {} {}/{}  scheduler {}  {} in the ring, {taking} taking new flows  {}  {}  {}\n  {}\n",
+            "\nVIP {} {}/{}  scheduler {}  {} in the ring, {taking} taking new flows  {}  {}  {}{}\n  {}\n",
             v.name,
             std::net::SocketAddr::new(v.address, v.port),
             v.protocol,
@@ -54,6 +54,7 @@ fn status(s: StatusReport) -> String {
             units::pps(v.traffic.packets_per_second),
             counted(v.traffic.new_flows, "flow"),
             units::bytes(v.traffic.bytes),
+            if v.traffic.dropped > 0 { format!("  {} dropped (no backend)", units::count(v.traffic.dropped)) } else { String::new() },
             v.announce_reason
         );
         let rows: Vec<Vec<String>> = v
