@@ -73,6 +73,23 @@ pub const HEALTH_DETECTION: Duration = Duration::from_millis(200 + 2 * 150 + 100
 const BIRD_NODE: &str = include_str!("../../examples/ha/bird-node.conf");
 const BIRD_ROUTER: &str = include_str!("../../examples/ha/bird-router.conf");
 const KEEPALIVED: &str = include_str!("../../examples/ha/keepalived.conf");
+const KEEPALIVED_VIPS: &str = include_str!("../../examples/ha/keepalived-vips.conf");
+
+/// The router's address on the shared client-side segment of the VRRP topology.
+pub const ROUTER_FRONT4: &str = "10.0.0.1";
+/// The router's IPv6 address on that segment.
+pub const ROUTER_FRONT6: &str = "fd00::1";
+
+/// How the client side reaches the VIPs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// Each node on its own link to the router, which learns the VIPs by BGP (ECMP, BFD).
+    Bgp,
+    /// Every node's client-facing interface on one L2 segment with the router; keepalived
+    /// (`examples/ha/keepalived-vips.conf`) puts the VIP addresses on the VRRP master only, and
+    /// the router reaches them on link (ARP / neighbour discovery). No BGP.
+    Vrrp,
+}
 
 /// Longest any lab command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -227,6 +244,10 @@ pub struct Node {
     pub agent: Option<Agent>,
     bird: Option<Daemon>,
     keepalived: Option<Daemon>,
+    /// keepalived holding the VIPs ([`Topology::Vrrp`] only).
+    keepalived_vips: Option<Daemon>,
+    /// The MAC address of its client-facing interface `rt`.
+    mac: String,
     frozen: bool,
     dir: PathBuf,
 }
@@ -240,6 +261,16 @@ impl Node {
     /// Its IPv6 address on the router link.
     pub fn up6(&self) -> String {
         format!("fd01:{}::2", self.index)
+    }
+
+    /// Its address on the shared client-side segment ([`Topology::Vrrp`]).
+    pub fn front4(&self) -> String {
+        format!("10.0.0.{}", self.index + 1)
+    }
+
+    /// Its IPv6 address on the shared client-side segment ([`Topology::Vrrp`]).
+    pub fn front6(&self) -> String {
+        format!("fd00::{}", self.index + 1)
     }
 
     /// Its own address on the backends' segment.
@@ -379,8 +410,10 @@ pub struct HaLab {
     pub nodes: Vec<Node>,
     /// The backends.
     pub backends: Vec<HaBackend>,
-    /// The router's FIB changes.
+    /// The router's FIB changes ([`Topology::Bgp`] only).
     pub monitor: Option<RouteMonitor>,
+    /// How the router reaches the VIPs.
+    pub topology: Topology,
     router_bird: Option<Daemon>,
     namespaces: Vec<String>,
     dir: PathBuf,
@@ -406,11 +439,34 @@ pub fn node_config(backends: &[HaBackend]) -> String {
     )
 }
 
+/// The agent configuration of every node in the VRRP topology: as [`node_config`], with
+/// `global.vip_addresses: external` (keepalived owns the VIP addresses) and no
+/// `announce_table`.
+pub fn vrrp_node_config(backends: &[HaBackend]) -> String {
+    node_config(backends).replace(&format!("  announce_table: {ANNOUNCE_TABLE}\n"), "  vip_addresses: external\n")
+}
+
 impl HaLab {
     /// Builds the lab with `nodes` load balancer nodes and `backends` backends, starts every
     /// daemon, and waits (bounded) until the router has a next hop per node for both VIPs, a
     /// node holds the gateway and both VIPs answer. `backend_bin` is `lb-test-backend`.
     pub fn create(nodes: usize, backends: usize, backend_bin: &Path) -> anyhow::Result<HaLab> {
+        HaLab::build(nodes, backends, backend_bin, Topology::Bgp)
+    }
+
+    /// The "VRRP for the VIPs themselves" variant: the nodes' client-facing interfaces `rt`
+    /// (10.0.0.<k+1>/24, fd00::<k+1>/64) and the router's `rf` (10.0.0.1, fd00::1) share a
+    /// bridge (`br1` in the segment namespace); no BGP. Every agent runs
+    /// [`vrrp_node_config`]; each node runs a second keepalived from
+    /// `examples/ha/keepalived-vips.conf` (node 1 has the highest priority, the track script
+    /// runs `lb --socket <its agent's socket> check`), with `arp_ignore=1`, `arp_announce=2`.
+    /// The backends' gateway is as in [`HaLab::create`]. Waits (bounded) until every agent
+    /// serves, node 1 holds the VIPs and the gateway, and both VIPs answer.
+    pub fn create_vrrp(nodes: usize, backends: usize, backend_bin: &Path) -> anyhow::Result<HaLab> {
+        HaLab::build(nodes, backends, backend_bin, Topology::Vrrp)
+    }
+
+    fn build(nodes: usize, backends: usize, backend_bin: &Path, topology: Topology) -> anyhow::Result<HaLab> {
         check_tools()?;
         anyhow::ensure!((2..=8).contains(&nodes), "2 to 8 nodes");
         anyhow::ensure!((1..=40).contains(&backends), "1 to 40 backends");
@@ -425,6 +481,7 @@ impl HaLab {
             nodes: Vec::new(),
             backends: Vec::new(),
             monitor: None,
+            topology,
             router_bird: None,
             namespaces: Vec::new(),
             dir,
@@ -447,6 +504,15 @@ impl HaLab {
         addr(&client, "c0", &format!("{CLIENT4}/24"), &format!("{CLIENT6}/64"))?;
         ns_run(&client, &["ip", "route", "add", "default", "via", "10.0.2.1"])?;
         ns_run(&client, &["ip", "-6", "route", "add", "default", "via", "fd00:2::1"])?;
+        if topology == Topology::Vrrp {
+            // Router ── the shared client-side segment (bridge br1).
+            ns_run(&segment, &["ip", "link", "add", "br1", "type", "bridge", "mcast_snooping", "0"])?;
+            ns_run(&segment, &["ip", "link", "set", "br1", "up"])?;
+            veth(&router, "rf", &segment, "fr")?;
+            ns_run(&segment, &["ip", "link", "set", "fr", "master", "br1"])?;
+            ns_run(&router, &["ethtool", "-K", "rf", "gro", "on"])?;
+            addr(&router, "rf", &format!("{ROUTER_FRONT4}/24"), &format!("{ROUTER_FRONT6}/64"))?;
+        }
 
         for k in 1..=nodes {
             let ns = format!("{id}-n{k}");
@@ -454,15 +520,43 @@ impl HaLab {
             ns_run(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
             let node_dir = lab.dir.join(format!("n{k}"));
             std::fs::create_dir_all(&node_dir)?;
-            let node = Node { name: format!("n{k}"), ns: ns.clone(), index: k, agent: None, bird: None, keepalived: None, frozen: false, dir: node_dir };
-            // Router ── node: the node's XDP program redirects replies to `rt`, so the
-            // router's end gets GRO (NAPI) to receive them.
-            veth(&router, &node.router_iface(), &ns, "rt")?;
-            addr(&router, &node.router_iface(), &format!("10.1.{k}.1/24"), &format!("fd01:{k}::1/64"))?;
-            addr(&ns, "rt", &format!("{}/24", node.up4()), &format!("{}/64", node.up6()))?;
-            ns_run(&router, &["ethtool", "-K", &node.router_iface(), "gro", "on"])?;
-            ns_run(&ns, &["ip", "route", "add", "default", "via", &format!("10.1.{k}.1")])?;
-            ns_run(&ns, &["ip", "-6", "route", "add", "default", "via", &format!("fd01:{k}::1")])?;
+            let mut node = Node {
+                name: format!("n{k}"),
+                ns: ns.clone(),
+                index: k,
+                agent: None,
+                bird: None,
+                keepalived: None,
+                keepalived_vips: None,
+                mac: String::new(),
+                frozen: false,
+                dir: node_dir,
+            };
+            match topology {
+                Topology::Bgp => {
+                    // Router ── node: the node's XDP program redirects replies to `rt`, so the
+                    // router's end gets GRO (NAPI) to receive them.
+                    veth(&router, &node.router_iface(), &ns, "rt")?;
+                    addr(&router, &node.router_iface(), &format!("10.1.{k}.1/24"), &format!("fd01:{k}::1/64"))?;
+                    addr(&ns, "rt", &format!("{}/24", node.up4()), &format!("{}/64", node.up6()))?;
+                    ns_run(&router, &["ethtool", "-K", &node.router_iface(), "gro", "on"])?;
+                    ns_run(&ns, &["ip", "route", "add", "default", "via", &format!("10.1.{k}.1")])?;
+                    ns_run(&ns, &["ip", "-6", "route", "add", "default", "via", &format!("fd01:{k}::1")])?;
+                }
+                Topology::Vrrp => {
+                    // Node ── shared client-side segment: replies are redirected to `rt`; its
+                    // bridge port gets GRO. Only the holder of an address answers ARP for it.
+                    let port = format!("fn{k}");
+                    veth(&segment, &port, &ns, "rt")?;
+                    ns_run(&segment, &["ip", "link", "set", &port, "master", "br1"])?;
+                    ns_run(&segment, &["ethtool", "-K", &port, "gro", "on"])?;
+                    ns_run(&ns, &["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"])?;
+                    addr(&ns, "rt", &format!("{}/24", node.front4()), &format!("{}/64", node.front6()))?;
+                    node_default_routes(&node)?;
+                }
+            }
+            let link: Value = serde_json::from_str(&ns_run(&ns, &["ip", "-j", "link", "show", "rt"])?)?;
+            node.mac = link[0]["address"].as_str().context("rt's MAC address")?.to_owned();
             // Node ── segment: client packets are redirected to `bk`; its bridge port gets GRO.
             let port = format!("sn{k}");
             veth(&segment, &port, &ns, "bk")?;
@@ -487,12 +581,17 @@ impl HaLab {
             lab.start_backend(j)?;
         }
 
-        lab.monitor = Some(RouteMonitor::start(&router)?);
-        lab.start_router_bird()?;
+        if topology == Topology::Bgp {
+            lab.monitor = Some(RouteMonitor::start(&router)?);
+            lab.start_router_bird()?;
+        }
         for i in 0..nodes {
             lab.start_keepalived(i)?;
             lab.start_agent(i)?;
-            lab.start_bird(i)?;
+            match topology {
+                Topology::Bgp => lab.start_bird(i)?,
+                Topology::Vrrp => lab.start_keepalived_vips(i)?,
+            }
         }
         lab.wait_ready(Duration::from_secs(30))?;
         Ok(lab)
@@ -598,9 +697,103 @@ impl HaLab {
         Ok(())
     }
 
+    /// The admin socket of node `i`'s agent (where [`Agent::start_in`] puts it).
+    pub fn agent_socket(&self, i: usize) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-agent", self.nodes[i].ns)).join("lb.sock")
+    }
+
+    /// Starts node `i`'s keepalived for the VIPs ([`Topology::Vrrp`]): node 1 has the highest
+    /// priority; the track script runs `lb --socket <socket> check` against its agent.
+    pub fn start_keepalived_vips(&mut self, i: usize) -> anyhow::Result<()> {
+        let check = format!("{} --socket {} check", crate::agent::lb_binary().display(), self.agent_socket(i).display());
+        let n = &self.nodes[i];
+        let conf = fill(KEEPALIVED_VIPS, &[
+            ("NODE", n.name.clone()),
+            ("IFACE", "rt".into()),
+            ("PRIORITY", (200 - n.index).to_string()),
+            ("VIP4", format!("{VIP4}/32")),
+            ("VIP6", format!("{VIP6}/128")),
+            ("LB_CHECK", check),
+        ]);
+        let path = n.dir.join("keepalived-vips.conf");
+        std::fs::write(&path, conf)?;
+        let (pid, vrrp_pid) = (n.dir.join("keepalived-vips.pid"), n.dir.join("vrrp-vips.pid"));
+        let daemon = Daemon::spawn(
+            &n.ns,
+            &["keepalived", "-n", "-l", "-D", "-P", "-f", &path.display().to_string(), "-p", &pid.display().to_string(), "-r", &vrrp_pid.display().to_string()],
+            &n.dir.join("keepalived-vips.log"),
+            &format!("keepalived-vips {}", n.name),
+            vec![vrrp_pid],
+        )?;
+        self.nodes[i].keepalived_vips = Some(daemon);
+        Ok(())
+    }
+
+    /// The node (1-based) holding the IPv4 VIP address ([`Topology::Vrrp`]).
+    pub fn vip_holder(&self) -> Option<usize> {
+        self.vip_holders().first().copied()
+    }
+
+    /// Every node holding the IPv4 VIP address on `rt`.
+    pub fn vip_holders(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .filter(|n| ns_run(&n.ns, &["ip", "-o", "-4", "addr", "show", "dev", "rt"]).is_ok_and(|o| o.contains(&format!("{VIP4}/"))))
+            .map(|n| n.index)
+            .collect()
+    }
+
+    /// The node (1-based) whose MAC the router's neighbour entry for `vip` holds
+    /// ([`Topology::Vrrp`]).
+    pub fn router_neighbour(&self, vip: IpAddr) -> Option<usize> {
+        let out = ns_run(&self.router_ns, &["ip", "-j", "neigh", "show", "to", &vip.to_string(), "dev", "rf"]).ok()?;
+        let entries: Value = serde_json::from_str(&out).ok()?;
+        let mac = entries.as_array()?.iter().find_map(|e| e["lladdr"].as_str())?.to_owned();
+        self.nodes.iter().find(|n| n.mac == mac).map(|n| n.index)
+    }
+
+    /// Waits (at most `limit`) until the router's neighbour entries of both VIPs point at node
+    /// `node` (1-based): the times from `since` (IPv4, IPv6).
+    pub fn wait_router_neighbour(&self, node: usize, since: Instant, limit: Duration) -> Option<(Duration, Duration)> {
+        let deadline = Instant::now() + limit;
+        let (mut v4, mut v6) = (None, None);
+        while Instant::now() < deadline {
+            if v4.is_none() && self.router_neighbour(IpAddr::V4(VIP4)) == Some(node) {
+                v4 = Some(since.elapsed());
+            }
+            if v6.is_none() && self.router_neighbour(IpAddr::V6(VIP6)) == Some(node) {
+                v6 = Some(since.elapsed());
+            }
+            if let (Some(a), Some(b)) = (v4, v6) {
+                return Some((a, b));
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    /// Waits (at most `limit`) until node `node` (1-based) holds both VIP addresses and no
+    /// other node holds the IPv4 one: the time from `since`.
+    pub fn wait_vip_on(&self, node: usize, since: Instant, limit: Duration) -> Option<Duration> {
+        let deadline = Instant::now() + limit;
+        let n = &self.nodes[node - 1];
+        while Instant::now() < deadline {
+            let mine = ns_run(&n.ns, &["ip", "-o", "addr", "show", "dev", "rt"])
+                .is_ok_and(|o| o.contains(&format!("{VIP4}/")) && o.contains(&format!("{VIP6}/")));
+            if mine && self.vip_holders() == [node] {
+                return Some(since.elapsed());
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
     /// Starts (or adopts the pinned data path with) node `i`'s agent.
     pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
-        let yaml = node_config(&self.backends);
+        let yaml = match self.topology {
+            Topology::Bgp => node_config(&self.backends),
+            Topology::Vrrp => vrrp_node_config(&self.backends),
+        };
         let n = &mut self.nodes[i];
         match n.agent.as_mut() {
             Some(agent) if agent.pid().is_some() => {}
@@ -612,7 +805,14 @@ impl HaLab {
 
     /// Waits until every running node announces both VIPs, the router has one next hop per
     /// such node, a node holds the gateway, and both VIPs answer.
+    ///
+    /// [`Topology::Vrrp`]: until every running agent passes `lb check`, the running node with
+    /// the highest priority (the lowest index) holds the VIPs, a node holds the gateway, and
+    /// both VIPs answer.
     pub fn wait_ready(&self, limit: Duration) -> anyhow::Result<Duration> {
+        if self.topology == Topology::Vrrp {
+            return self.wait_ready_vrrp(limit);
+        }
         let started = Instant::now();
         let deadline = started + limit;
         let expected: Vec<usize> = self.nodes.iter().filter(|n| n.bird.is_some() && n.agent.is_some()).map(|n| n.index).collect();
@@ -639,6 +839,38 @@ impl HaLab {
                      gateway holder {:?}\nrouter BIRD: {}\n{}",
                     self.gateway_holder(),
                     self.birdc(None, &["show", "protocols"]),
+                    self.logs()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn vips_answer(&self) -> bool {
+        in_namespace(&self.client_ns, || {
+            [SocketAddr::new(IpAddr::V4(VIP4), VIP_PORT), SocketAddr::new(IpAddr::V6(VIP6), VIP_PORT)]
+                .iter()
+                .all(|a| matches!(http_get(*a, "/", Duration::from_millis(500)), Ok((200, _))))
+        })
+        .unwrap_or(false)
+    }
+
+    fn wait_ready_vrrp(&self, limit: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let deadline = started + limit;
+        let running: Vec<&Node> = self.nodes.iter().filter(|n| n.agent.as_ref().is_some_and(|a| a.pid().is_some()) && n.keepalived_vips.is_some()).collect();
+        let want = running.first().map(|n| n.index);
+        loop {
+            let serving = running.iter().all(|n| n.agent().cli(&["check"]).status.success());
+            let holders = self.vip_holders();
+            let ok = serving && want.is_some() && holders == want.into_iter().collect::<Vec<_>>() && self.gateway_holder().is_some() && self.vips_answer();
+            if ok {
+                return Ok(started.elapsed());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the VRRP lab was not ready within {limit:?}: agents serving {serving}, VIP holders {holders:?} (want {want:?}), gateway holder {:?}\n{}",
+                    self.gateway_holder(),
                     self.logs()
                 );
             }
@@ -684,6 +916,9 @@ impl HaLab {
         for n in &self.nodes {
             files.push(n.dir.join("bird.log"));
             files.push(n.dir.join("keepalived.log"));
+            if self.topology == Topology::Vrrp {
+                files.push(n.dir.join("keepalived-vips.log"));
+            }
         }
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap_or_default();
@@ -718,7 +953,11 @@ impl HaLab {
     }
 
     /// The node (1-based) the router sends a TCP flow from the client's `sport` to `vip` to.
+    /// [`Topology::Vrrp`]: the node holding the VIPs.
     pub fn node_of_flow(&self, vip: IpAddr, sport: u16) -> Option<usize> {
+        if self.topology == Topology::Vrrp {
+            return self.vip_holder();
+        }
         let (family, from) = if vip.is_ipv4() { ("-4", CLIENT4.to_string()) } else { ("-6", CLIENT6.to_string()) };
         let out = ns_run(&self.router_ns, &[
             "ip", family, "-j", "route", "get", &vip.to_string(), "from", &from, "iif", "rc", "ipproto", "tcp", "sport",
@@ -762,6 +1001,10 @@ impl HaLab {
     /// segment down (the host is gone: it neither holds the gateway nor translates replies).
     /// Its link to the router stays up, so the router learns of it from the BGP session the
     /// kernel closes. Returns the moment of the first kill.
+    ///
+    /// [`Topology::Vrrp`]: also kill -9 of its VIPs' keepalived, and its client-facing link
+    /// `rt` down too; the addresses keepalived had put on it (VIPs, gateway) are removed, as a
+    /// rebooted host would not have them.
     pub fn crash(&mut self, i: usize) -> Instant {
         let t0 = Instant::now();
         let n = &mut self.nodes[i];
@@ -776,7 +1019,17 @@ impl HaLab {
             k.kill();
         }
         n.keepalived = None;
+        if let Some(k) = n.keepalived_vips.as_mut() {
+            k.kill();
+        }
+        n.keepalived_vips = None;
         let _ = ns_run(&n.ns, &["ip", "link", "set", "bk", "down"]);
+        if self.topology == Topology::Vrrp {
+            let _ = ns_run(&n.ns, &["ip", "link", "set", "rt", "down"]);
+            for (addr, dev) in [(format!("{VIP4}/32"), "rt"), (format!("{VIP6}/128"), "rt"), (format!("{GATEWAY4}/24"), "bk"), (format!("{GATEWAY6}/64"), "bk")] {
+                let _ = ns_run(&n.ns, &["ip", "addr", "del", &addr, "dev", dev]);
+            }
+        }
         t0
     }
 
@@ -831,11 +1084,18 @@ impl HaLab {
             return Ok(t0);
         }
         ns_run(&self.nodes[i].ns, &["ip", "link", "set", "bk", "up"])?;
+        if self.topology == Topology::Vrrp {
+            ns_run(&self.nodes[i].ns, &["ip", "link", "set", "rt", "up"])?;
+            node_default_routes(&self.nodes[i])?;
+        }
         if self.nodes[i].keepalived.is_none() {
             self.start_keepalived(i)?;
         }
+        if self.topology == Topology::Vrrp && self.nodes[i].keepalived_vips.is_none() {
+            self.start_keepalived_vips(i)?;
+        }
         self.start_agent(i)?;
-        if self.nodes[i].bird.is_none() {
+        if self.topology == Topology::Bgp && self.nodes[i].bird.is_none() {
             self.start_bird(i)?;
         }
         Ok(t0)
@@ -898,6 +1158,22 @@ fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A [`Topology::Vrrp`] node's default routes, via the router on the shared segment (again
+/// after its link was down, which removed them), and a ping of the router, as a real host's own
+/// traffic would: a backup must know the router's MAC before it takes the VIPs. Its data path
+/// sends replies towards the client by the kernel's FIB and neighbour table; without a
+/// neighbour entry it hands them to the kernel, which drops them (their source, the VIP, is now
+/// a local address), and the kernel learns the router's MAC only when the router probes it
+/// (about 5 s, `delay_first_probe_time`): IPv4 established connections stalled that long.
+/// A stale entry is enough (the kernel's FIB lookup takes it) and stays while the table is small.
+fn node_default_routes(n: &Node) -> anyhow::Result<()> {
+    ns_run(&n.ns, &["ip", "route", "replace", "default", "via", ROUTER_FRONT4, "dev", "rt"])?;
+    ns_run(&n.ns, &["ip", "-6", "route", "replace", "default", "via", ROUTER_FRONT6, "dev", "rt"])?;
+    ns_run(&n.ns, &["ping", "-q", "-c", "1", "-W", "2", ROUTER_FRONT4])?;
+    ns_run(&n.ns, &["ping", "-q", "-6", "-c", "1", "-W", "2", ROUTER_FRONT6])?;
+    Ok(())
+}
+
 fn addr(ns: &str, dev: &str, v4: &str, v6: &str) -> anyhow::Result<()> {
     ns_run(ns, &["ip", "addr", "add", v4, "dev", dev])?;
     ns_run(ns, &["ip", "addr", "add", v6, "dev", dev, "nodad"])?;
@@ -911,6 +1187,9 @@ impl Drop for HaLab {
                 b.kill();
             }
             if let Some(k) = n.keepalived.as_mut() {
+                k.kill();
+            }
+            if let Some(k) = n.keepalived_vips.as_mut() {
                 k.kill();
             }
             if let Some(pid) = n.agent.as_ref().and_then(Agent::pid) {

@@ -1,0 +1,238 @@
+//! End to end, "VRRP for the VIPs themselves" (issue 10, item 3): keepalived active/standby
+//! for the VIPs, for sites without BGP. Two load balancer nodes whose client-facing interfaces
+//! share one L2 segment with the router (`lb_tests::ha::HaLab::create_vrrp`); both agents run
+//! the same configuration with `global.vip_addresses: external`; keepalived on each node is
+//! `examples/ha/keepalived-vips.conf` (advert_int 0.1, track script `lb check` every 1 s, fall
+//! 2, weight -100), node 1 with the higher priority; arp_ignore=1, arp_announce=2. The router
+//! reaches the VIPs on link. Under load (long-lived keep-alive connections on both VIPs, IPv4
+//! and IPv6, plus a new connection per request) the master crashes or loses its backends'
+//! health, then comes back; the tests measure when the router's neighbour entries point at the
+//! other node, count the established connections that survive and the new connections that
+//! fail. Needs root and keepalived. Run with `--test-threads 1 --nocapture` for the figures.
+
+use std::{
+    net::IpAddr,
+    sync::Mutex,
+    thread,
+    time::{Duration, Instant},
+};
+
+use lb_tests::ha::{HEALTH_DETECTION, HaLab, Load, LoadReport, VIP4, VIP6};
+
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Long-lived connections per VIP (IPv4 and IPv6 each).
+const SESSIONS: usize = 40;
+/// A request on each long-lived connection every...
+const INTERVAL: Duration = Duration::from_millis(100);
+/// The target for the VIPs' move after a crash (advert_int 0.1: the backup takes over after
+/// about 3.5 adverts).
+const CRASH_MOVE: Duration = Duration::from_secs(2);
+/// The track script's detection (interval 1 s, fall 2): keepalived runs `lb check` every
+/// second and needs two failures in a row, so its worst case is 2 s after `lb check` starts
+/// failing; then the backup takes over after about 3.5 adverts (0.35 s) plus the script's run.
+const TRACK_MOVE: Duration = Duration::from_millis(2000 + 500);
+
+fn backend_bin() -> &'static std::path::Path {
+    env!("CARGO_BIN_EXE_lb-test-backend").as_ref()
+}
+
+fn lab() -> HaLab {
+    let lab = HaLab::create_vrrp(2, 3, backend_bin()).unwrap_or_else(|e| panic!("VRRP lab: {e:#}"));
+    assert_eq!(lab.vip_holder(), Some(1), "node 1 (highest priority) holds the VIPs");
+    assert_eq!(lab.router_neighbour(IpAddr::V4(VIP4)), Some(1), "the router reaches the IPv4 VIP at node 1");
+    assert_eq!(lab.router_neighbour(IpAddr::V6(VIP6)), Some(1), "the router reaches the IPv6 VIP at node 1");
+    lab
+}
+
+fn start_load(lab: &HaLab) -> Load {
+    Load::start(lab, SESSIONS, INTERVAL, 1).unwrap_or_else(|e| panic!("load: {e:#}"))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn report(phase: &str, r: &LoadReport, t0: Instant, moved: Instant) {
+    let v6 = r.sessions.iter().filter(|(i, _)| i.vip.is_ipv6()).count();
+    let (before, failed_before) = r.fresh_between(t0, moved);
+    let (after, failed_after) = r.fresh_between(moved, moved + Duration::from_secs(3600));
+    eprintln!(
+        "[{phase}] long-lived connections {} ({} IPv4, {v6} IPv6; on n1 {}, n2 {} when opened): survived {}, broken {}, \
+         answered by another backend {}; new connections until the move {before} ({failed_before} failed), after {after} ({failed_after} failed)",
+        r.sessions.len(),
+        r.sessions.len() - v6,
+        r.on_node(1),
+        r.on_node(2),
+        r.sessions.len() - r.broken(),
+        r.broken(),
+        r.moved(),
+    );
+    for e in r.errors(5) {
+        eprintln!("[{phase}]   {e}");
+    }
+}
+
+fn survival(r: &LoadReport) -> f64 {
+    (r.sessions.len() - r.broken()) as f64 / r.sessions.len().max(1) as f64
+}
+
+fn failed_after(r: &LoadReport, at: Instant) -> usize {
+    r.fresh_between(at, at + Duration::from_secs(3600)).1
+}
+
+/// Node `i`'s data-path counter `name` (`None` without an agent).
+fn reason(lab: &HaLab, i: usize, name: &str) -> Option<u64> {
+    let stats = lab.nodes[i].agent.as_ref()?.json(&["stats"]).ok()?;
+    stats["reasons"].as_array()?.iter().find(|r| r[0] == name).and_then(|r| r[1].as_u64())
+}
+
+/// Cases 1 and 3: the master crashes (kill -9 of its keepalived processes and agent, its
+/// client-facing and backend-side links down): the backup takes the VIPs within 2 s, ≥ 99 %
+/// of the established connections survive, no new connection fails after the move. Then the
+/// master comes back: the example configuration preempts (no `nopreempt`), so once its agent
+/// serves again (`lb check`, rise 2) it takes the VIPs back; no established connection breaks.
+#[test]
+fn the_masters_crash_moves_the_vips_within_two_seconds_and_its_return_preempts_without_breaking_flows() {
+    let _turn = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = lab();
+
+    let load = start_load(&lab);
+    thread::sleep(Duration::from_millis(1500));
+    let t0 = lab.crash(0);
+    let addr = lab.wait_vip_on(2, t0, Duration::from_secs(10));
+    let neigh = lab.wait_router_neighbour(2, t0, Duration::from_secs(10));
+    thread::sleep(Duration::from_secs(3));
+    let r = load.finish();
+    let addr = addr.unwrap_or_else(|| panic!("node 2 did not take the VIPs within 10 s\n{}", lab.logs()));
+    let (n4, n6) = neigh.unwrap_or_else(|| panic!("the router's neighbour entries did not move to node 2 within 10 s\n{}", lab.logs()));
+    let moved = n4.max(n6);
+    eprintln!(
+        "[crash] VIPs on node 2 {} after the kill; router neighbour entries at node 2 after {} (IPv4), {} (IPv6)",
+        ms(addr),
+        ms(n4),
+        ms(n6)
+    );
+    report("crash", &r, t0, t0 + moved);
+    eprintln!(
+        "[crash] node 2 handed {:?} replies to its kernel for want of a neighbour entry (pass_to_kernel_route)",
+        reason(&lab, 1, "pass_to_kernel_route")
+    );
+    assert_eq!(r.on_node(1), r.sessions.len(), "every long-lived connection started on the master");
+    assert!(moved <= CRASH_MOVE, "the VIPs moved {moved:?} after the crash");
+    assert!(survival(&r) >= 0.99, "survival {:.1} %: {:?}", 100.0 * survival(&r), r.errors(5));
+    assert_eq!(r.moved(), 0, "no connection moved to another backend");
+    assert_eq!(failed_after(&r, t0 + moved), 0, "failed new connections after the move: {:?}", r.errors(5));
+
+    // The master comes back.
+    let load = start_load(&lab);
+    assert_eq!(load.sessions().iter().filter(|s| s.node == Some(2)).count(), 2 * SESSIONS, "the connections run through node 2");
+    thread::sleep(Duration::from_secs(1));
+    let t1 = lab.rejoin(0).expect("rejoin");
+    let ready = Instant::now();
+    let addr = lab.wait_vip_on(1, t1, Duration::from_secs(15));
+    let neigh = lab.wait_router_neighbour(1, t1, Duration::from_secs(5));
+    thread::sleep(Duration::from_secs(2));
+    let r = load.finish();
+    let addr = addr.unwrap_or_else(|| panic!("node 1 did not take the VIPs back (preemption) within 15 s\n{}", lab.logs()));
+    let (n4, n6) = neigh.unwrap_or_else(|| panic!("the router's neighbour entries did not move back to node 1\n{}", lab.logs()));
+    eprintln!(
+        "[return] node 1 restarted (keepalived, agent adopting its data path) in {}; it preempted: VIPs on node 1 {} after the restart began, \
+         router neighbour entries at node 1 after {} (IPv4), {} (IPv6)",
+        ms(ready - t1),
+        ms(addr),
+        ms(n4),
+        ms(n6)
+    );
+    report("return", &r, t1, t1 + n4.max(n6));
+    assert_eq!(r.broken(), 0, "established connections broken by the return: {:?}", r.errors(5));
+    assert_eq!(r.moved(), 0, "no connection moved to another backend");
+    assert_eq!(failed_after(&r, t1), 0, "failed new connections during the return: {:?}", r.errors(5));
+}
+
+/// Cases 2 and 3: the master's health checks lose every backend (blackhole routes to its
+/// segment address in the backends; node 2's checks pass): `lb check` fails on node 1, the
+/// track script lowers its priority, node 2 takes the VIPs within the track script's detection
+/// plus the takeover; no new connection fails after the move. Established connections are
+/// counted, not held to the crash's ≥ 99 % (see the note in the test: node 1 reschedules flows
+/// of the backends its checks mark down before the VIPs move). When the checks pass again,
+/// node 1 preempts; nothing breaks.
+#[test]
+fn the_masters_failing_health_checks_move_the_vips_by_the_track_script_and_their_recovery_preempts() {
+    let _turn = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let lab = lab();
+
+    let load = start_load(&lab);
+    thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    lab.cut_health_checks(0, true).expect("blackholes");
+    let agent = lab.nodes[0].agent();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut check_failed = None;
+    while check_failed.is_none() && Instant::now() < deadline {
+        if !agent.cli(&["check"]).status.success() {
+            check_failed = Some(t0.elapsed());
+        } else {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let check_failed = check_failed.unwrap_or_else(|| panic!("lb check did not fail on node 1 within 10 s\n{}", lab.logs()));
+    let addr = lab.wait_vip_on(2, t0, Duration::from_secs(10));
+    let neigh = lab.wait_router_neighbour(2, t0, Duration::from_secs(10));
+    thread::sleep(Duration::from_secs(2));
+    let r = load.finish();
+    let addr = addr.unwrap_or_else(|| panic!("node 2 did not take the VIPs within 10 s\n{}", lab.logs()));
+    let (n4, n6) = neigh.unwrap_or_else(|| panic!("the router's neighbour entries did not move to node 2\n{}", lab.logs()));
+    let moved = n4.max(n6);
+    let by_track = moved.saturating_sub(check_failed);
+    eprintln!(
+        "[health] lb check fails on node 1 {} after its checks were cut (health detection ≤ {}); VIPs on node 2 {} after the cut; \
+         router neighbour entries at node 2 after {} (IPv4), {} (IPv6): {} after lb check failed (track script interval 1 s, fall 2)",
+        ms(check_failed),
+        ms(HEALTH_DETECTION),
+        ms(addr),
+        ms(n4),
+        ms(n6),
+        ms(by_track)
+    );
+    report("health", &r, t0, t0 + moved);
+    let rescheduled = reason(&lab, 0, "rescheduled");
+    assert!(by_track <= TRACK_MOVE, "the VIPs moved {by_track:?} after lb check began failing");
+    assert_eq!(failed_after(&r, t0 + moved), 0, "failed new connections after the move: {:?}", r.errors(5));
+    // Not asserted (the ≥ 99 % target is a crash's): established connections through node 1
+    // can be reset before the move. Node 1's checks mark its backends down one by one, and its
+    // data path reschedules a flow whose backend it sees down to a backend still up, which
+    // knows nothing of the connection and answers with a reset (node 1's `rescheduled` counter
+    // says how many packets took that path). A node-local health failure looks like a backend
+    // failure to that node.
+    if r.broken() > 0 {
+        eprintln!(
+            "[health] NOTE: {} of {} established connections were reset before the move; node 1 rescheduled {rescheduled:?} packets \
+             of flows whose backend its checks had marked down (see the source)",
+            r.broken(),
+            r.sessions.len()
+        );
+    }
+
+    // The checks pass again: node 1 preempts.
+    let load = start_load(&lab);
+    thread::sleep(Duration::from_secs(1));
+    let t1 = Instant::now();
+    lab.cut_health_checks(0, false).expect("blackholes removed");
+    let addr = lab.wait_vip_on(1, t1, Duration::from_secs(15));
+    let neigh = lab.wait_router_neighbour(1, t1, Duration::from_secs(5));
+    thread::sleep(Duration::from_secs(2));
+    let r = load.finish();
+    let addr = addr.unwrap_or_else(|| panic!("node 1 did not take the VIPs back within 15 s\n{}", lab.logs()));
+    let (n4, n6) = neigh.unwrap_or_else(|| panic!("the router's neighbour entries did not move back to node 1\n{}", lab.logs()));
+    eprintln!(
+        "[health back] node 1 preempted: VIPs on node 1 {} after its checks passed again, router neighbour entries {} (IPv4), {} (IPv6)",
+        ms(addr),
+        ms(n4),
+        ms(n6)
+    );
+    report("health back", &r, t1, t1 + n4.max(n6));
+    assert_eq!(r.broken(), 0, "established connections broken by the preemption: {:?}", r.errors(5));
+    assert_eq!(r.moved(), 0, "no connection moved to another backend");
+    assert_eq!(failed_after(&r, t1), 0, "failed new connections during the preemption: {:?}", r.errors(5));
+}
