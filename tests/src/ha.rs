@@ -19,6 +19,13 @@
 //! The backends' default gateway is a VRRP address (`examples/ha/keepalived.conf`); every node
 //! translates any flow's replies, so it does not matter which node holds it.
 //!
+//! [`HaLab::create_vrrp`] builds the other topology, "VRRP for the VIPs themselves" (no BGP):
+//! the router's `rf` (10.0.0.1, fd00::1) and every node's `rt` (10.0.0.<k+1>, fd00::<k+1>)
+//! share a bridge (`br1` in the segment namespace); the agents run with
+//! `global.vip_addresses: external` and no announcement table, and a second keepalived per node
+//! (`examples/ha/keepalived-vips.conf`, its track script `lb check`) puts the VIPs on the VRRP
+//! master's `rt`, which the router reaches on link. The backends' side is the same.
+//!
 //! Names are unique per run (`lbh-<pid>-<n>-...`); dropping the [`HaLab`] kills every daemon,
 //! removes each agent's pinned data path and deletes the namespaces, also when a test fails.
 //! Every wait is bounded in time.
