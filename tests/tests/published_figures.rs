@@ -94,7 +94,7 @@ fn a_dirty_or_flagged_run_is_marked_in_every_table() {
         report::generate(&clean).unwrap().iter().all(|r| !r.text.contains("UNPUBLISHABLE")),
         "the committed results are marked unpublishable"
     );
-    for (key, value) in [("dirty", Value::Bool(true)), ("unpublishable", Value::Bool(true)), ("dirty", Value::Null)] {
+    for (key, value) in [("uncommitted_changes", Value::Bool(true)), ("unpublishable", Value::Bool(true)), ("uncommitted_changes", Value::Null)] {
         let mut json = clean.clone();
         json["machine"][key] = value.clone();
         let mut text = String::new();

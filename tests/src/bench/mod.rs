@@ -145,7 +145,7 @@ impl Machine {
             "virtual_machine": self.virtual_machine,
             "date": self.date,
             "commit": self.commit,
-            "dirty": self.dirty,
+            "uncommitted_changes": self.dirty,
             "unpublishable": self.unpublishable,
         })
     }

@@ -405,8 +405,9 @@ impl Provenance {
             Some(c) => (c.to_owned(), true),
             None => (raw.to_owned(), false),
         };
-        // Older files mark a dirty tree with "+dirty" only; null means git could not tell.
-        let dirty = match m.get("dirty") {
+        // Older files mark a dirty tree with "+dirty" only, or with "dirty"; null means git
+        // could not tell.
+        let dirty = match m.get("uncommitted_changes").or_else(|| m.get("dirty")) {
             Some(Value::Bool(b)) => *b,
             Some(_) => true,
             None => suffix_dirty,
