@@ -556,6 +556,11 @@ fn proxy_ratio(h: OverRouting, l: OverRouting) -> (String, String) {
     let median = h.median / l.median;
     let least = (l.hi > 0.0).then(|| h.lo / l.hi);
     let n = h.n.min(l.n);
+    // lb's median at or below routing's: its cost is within the noise and a ratio means nothing.
+    if l.median <= 0.0 && h.median > 0.0 {
+        let shown = format!("lb's median is at or below plain routing's ({:+.1} ms): within the noise, no ratio", l.median);
+        return (shown, format!("met on medians, not across the runs' spread ({n} runs per point)"));
+    }
     let shown = match least {
         Some(least) => format!("{median:.1} × on medians, at least {least:.1} × across the runs"),
         None => format!("{median:.1} × on medians; lb's range reaches 0, so no bound across the runs"),
