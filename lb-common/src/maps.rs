@@ -92,7 +92,7 @@ pub const META_PROGRAM_LOADED_AT: u32 = 4;
 /// meaning of their entries. Bump it with any such change: an agent adopts pinned maps only
 /// of its own layout version (`lb_common::maps::MAP_META`). Adding a counter at the end of
 /// [`crate::counters::Reason`] is not a layout change (`REASONS` has [`REASON_SLOTS`] entries).
-pub const LAYOUT_VERSION: u64 = 2;
+pub const LAYOUT_VERSION: u64 = 3;
 
 /// Entries of `REASONS`: room for counters added by later builds without a layout change.
 pub const REASON_SLOTS: u32 = 64;
@@ -246,8 +246,12 @@ pub enum BackendState {
     Up = 1,
     /// Keeps its flows, takes no new ones (operator drain).
     Draining = 2,
-    /// Failed: its flows are given a new backend at their next packet.
+    /// Taken out by the operator: its flows are given a new backend at their next packet.
     Down = 3,
+    /// Failed its health checks (as this node sees them): takes no new flows; its established
+    /// TCP flows stay (a TCP flow given another backend mid-stream is only reset, and a check
+    /// that fails on one node alone says little about the backend), its UDP flows move.
+    Failed = 4,
 }
 
 impl BackendState {
@@ -257,7 +261,18 @@ impl BackendState {
             1 => BackendState::Up,
             2 => BackendState::Draining,
             3 => BackendState::Down,
+            4 => BackendState::Failed,
             _ => BackendState::Unused,
+        }
+    }
+
+    /// Whether a tracked flow in lifecycle state `flow_state` (`crate::flow::FLOW_*`) stays
+    /// with a backend in this state: the one rule the data path and `lb explain` share.
+    pub const fn keeps_flow(self, flow_state: u8) -> bool {
+        match self {
+            BackendState::Up | BackendState::Draining => true,
+            BackendState::Failed => flow_state != crate::flow::FLOW_IDLE,
+            BackendState::Down | BackendState::Unused => false,
         }
     }
 }
@@ -477,8 +492,19 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_backend_keeps_its_tcp_flows_only() {
+        use crate::flow::{FLOW_CLOSING, FLOW_IDLE, FLOW_OPEN, FLOW_RESET};
+        for tcp in [FLOW_OPEN, FLOW_CLOSING, FLOW_RESET] {
+            assert!(BackendState::Failed.keeps_flow(tcp) && BackendState::Draining.keeps_flow(tcp));
+            assert!(!BackendState::Down.keeps_flow(tcp) && !BackendState::Unused.keeps_flow(tcp));
+        }
+        assert!(!BackendState::Failed.keeps_flow(FLOW_IDLE), "UDP moves");
+        assert!(BackendState::Up.keeps_flow(FLOW_IDLE));
+    }
+
+    #[test]
     fn backend_state_round_trips() {
-        for s in [BackendState::Unused, BackendState::Up, BackendState::Draining, BackendState::Down] {
+        for s in [BackendState::Unused, BackendState::Up, BackendState::Draining, BackendState::Down, BackendState::Failed] {
             assert_eq!(BackendState::from_u8(s as u8), s);
         }
         assert_eq!(BackendState::from_u8(200), BackendState::Unused);

@@ -82,10 +82,7 @@ pub fn half_open(key: &FlowKey) -> Tracked {
 #[inline(always)]
 fn live(flow: Flow) -> Tracked {
     match BACKENDS.get(flow.backend_id) {
-        Some(b)
-            if b.generation as u16 == flow.backend_gen
-                && (b.state == BackendState::Up as u8 || b.state == BackendState::Draining as u8) =>
-        {
+        Some(b) if b.generation as u16 == flow.backend_gen && BackendState::from_u8(b.state).keeps_flow(flow.state) => {
             Tracked::Live(flow.backend_id, b, flow)
         }
         _ => Tracked::Stale,

@@ -332,6 +332,45 @@ fn down_backends_flow_moves_to_a_live_one() {
 }
 
 #[test]
+fn a_failed_backend_keeps_its_tcp_flows_and_takes_no_new_ones() {
+    // Failed health checks (on this node): the established TCP flow stays, byte for byte as
+    // before; a SYN on the same 5-tuple and new flows go elsewhere.
+    let mut svc = pool4(PROTO_TCP);
+    let mut lb = setup(&[&svc]);
+    let flow = from_client(CLIENT4, VIP4, tcp(42000, 80, SYN));
+    let failed = establish(&lb, &svc, &flow);
+    svc.backend_mut(failed).unwrap().backend.state = BackendState::Failed as u8;
+    lb.dp.maps.apply_service(&svc).unwrap();
+
+    let next = with_flags(&flow, ACK);
+    let run = lb.run(&next.bytes());
+    let (ip, port) = backend_endpoint(&svc, failed);
+    assert_eq!(run.action, XDP_TX);
+    assert_eq!(run.out, to_endpoint(&next, ip, port, backend_mac(failed), LB_MAC).bytes());
+    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)], "not rescheduled");
+    assert_eq!(lb.dp.maps.conn(&flow_key(&flow)).unwrap().unwrap().backend_id, failed);
+    let syn = lb.run(&flow.bytes());
+    assert_ne!(sent_to(&syn.out), failed, "a new connection on the 5-tuple avoids it");
+    for port in 1..=200 {
+        assert_ne!(sent_to(&lb.run(&with_sport(&flow, 20000 + port).bytes()).out), failed, "new flow {port}");
+    }
+}
+
+#[test]
+fn a_failed_backends_udp_flow_moves() {
+    let mut svc = pool4(PROTO_UDP);
+    let mut lb = setup(&[&svc]);
+    let flow = from_client(CLIENT4, VIP4, udp(42000, 80));
+    let first = lb.run(&flow.bytes());
+    let failed = sent_to(&first.out);
+    svc.backend_mut(failed).unwrap().backend.state = BackendState::Failed as u8;
+    lb.dp.maps.apply_service(&svc).unwrap();
+    let run = lb.run(&flow.bytes());
+    assert_ne!(sent_to(&run.out), failed);
+    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1), (Reason::Rescheduled, 1)]);
+}
+
+#[test]
 fn down_backend_is_skipped_before_the_ring_is_rebuilt() {
     // The agent marks a backend down before it swaps the ring; in between, new flows that
     // hash to it must still avoid it.

@@ -17,8 +17,8 @@ fn endpoint(b: &Backend) -> SocketAddr {
     SocketAddr::new(ip_of(&b.addr, b.family), b.port)
 }
 
-fn serves(b: &Backend, generation: u16) -> bool {
-    b.generation as u16 == generation && (b.state == BackendState::Up as u8 || b.state == BackendState::Draining as u8)
+fn serves(b: &Backend, flow: &Flow) -> bool {
+    b.generation as u16 == flow.backend_gen && BackendState::from_u8(b.state).keeps_flow(flow.state)
 }
 
 /// Explains what the data path does with the next packet from `src` to `dst`.
@@ -57,13 +57,18 @@ pub fn explain(rt: &Runtime, dp: &Dataplane, src: SocketAddr, dst: SocketAddr, p
     if let Some(c) = conn {
         report.tracked = true;
         let b = dp.maps.backend(c.backend_id).map_err(internal)?;
-        if serves(&b, c.backend_gen) {
+        if serves(&b, &c) {
             report.verdict = "forward".into();
             report.backend = Some(endpoint(&b));
-            report.reason = format!("tracked flow: stays on its backend ({})", if b.state == BackendState::Up as u8 { "up" } else { "draining" });
+            let why = match BackendState::from_u8(b.state) {
+                BackendState::Up => "up",
+                BackendState::Draining => "draining",
+                _ => "failed its health checks here; an established TCP flow stays",
+            };
+            report.reason = format!("tracked flow: stays on its backend ({why})");
             return Ok(report);
         }
-        report.reason = "tracked flow whose backend is down or removed: it is given a new backend; ".into();
+        report.reason = "tracked flow whose backend is down, removed, or failed (UDP): it is given a new backend; ".into();
     }
 
     if meta.flags & VIP_FLAG_ROUND_ROBIN != 0 {

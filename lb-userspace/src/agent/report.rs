@@ -67,7 +67,7 @@ fn state_name(s: BackendState) -> &'static str {
     match s {
         BackendState::Up => "up",
         BackendState::Draining => "draining",
-        BackendState::Down => "down",
+        BackendState::Down | BackendState::Failed => "down",
         BackendState::Unused => "unused",
     }
 }

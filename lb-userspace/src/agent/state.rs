@@ -46,7 +46,8 @@ impl BackendRuntime {
     /// draining if the operator drains it, up otherwise.
     pub fn effective(&self) -> BackendState {
         match (self.admin, self.health) {
-            (AdminState::Down, _) | (_, Health::Down) => BackendState::Down,
+            (AdminState::Down, _) => BackendState::Down,
+            (_, Health::Down) => BackendState::Failed,
             (AdminState::Draining, Health::Up) => BackendState::Draining,
             (AdminState::Up, Health::Up) => BackendState::Up,
         }
@@ -782,7 +783,7 @@ fn adopted_health(state: u8, checked: bool) -> Health {
     match BackendState::from_u8(state) {
         _ if !checked => Health::Up,
         BackendState::Up | BackendState::Draining => Health::Up,
-        BackendState::Down | BackendState::Unused => Health::Down,
+        BackendState::Down | BackendState::Failed | BackendState::Unused => Health::Down,
     }
 }
 
@@ -857,8 +858,8 @@ vips:
             (AdminState::Up, Health::Up, BackendState::Up),
             (AdminState::Draining, Health::Up, BackendState::Draining),
             (AdminState::Down, Health::Up, BackendState::Down),
-            (AdminState::Up, Health::Down, BackendState::Down),
-            (AdminState::Draining, Health::Down, BackendState::Down),
+            (AdminState::Up, Health::Down, BackendState::Failed),
+            (AdminState::Draining, Health::Down, BackendState::Failed),
         ] {
             b.admin = admin;
             b.health = health;
@@ -878,7 +879,7 @@ vips:
         assert_eq!(ch, Changes::default(), "no change, nothing to write");
         rt.set_admin("web", ep("10.1.0.2:80"), AdminState::Up, false, &mut ch).unwrap();
         assert_eq!(ch.vips, vec![0]);
-        assert_eq!(rt.vip("web").unwrap().service().backends[1].backend.state, BackendState::Down as u8, "still unproven");
+        assert_eq!(rt.vip("web").unwrap().service().backends[1].backend.state, BackendState::Failed as u8, "still unproven");
     }
 
     #[test]
