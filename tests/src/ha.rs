@@ -1381,6 +1381,39 @@ impl Drop for Load {
 }
 
 impl LoadReport {
+    /// Share of the long-lived connections that did not break.
+    pub fn survival(&self) -> f64 {
+        (self.sessions.len() - self.broken()) as f64 / self.sessions.len().max(1) as f64
+    }
+
+    /// New connections that failed from `at` on.
+    pub fn failed_after(&self, at: Instant) -> usize {
+        self.fresh_between(at, at + Duration::from_secs(3600)).1
+    }
+
+    /// Prints a phase's figures: long-lived connections (per node of `nodes` they started on),
+    /// broken, moved to another backend; new connections before and after `changed` (the
+    /// router's convergence, or the VIPs' move), with the first errors.
+    pub fn print(&self, phase: &str, t0: Instant, changed: Instant, nodes: usize) {
+        let per_node: Vec<String> = (1..=nodes).map(|k| format!("n{k}: {}", self.on_node(k))).collect();
+        let v6 = self.sessions.iter().filter(|(i, _)| i.vip.is_ipv6()).count();
+        let (before, failed_before) = self.fresh_between(t0, changed);
+        let (after, failed_after) = self.fresh_between(changed, changed + Duration::from_secs(3600));
+        eprintln!(
+            "[{phase}] long-lived connections {} ({} IPv4, {v6} IPv6; started on {}): survived {}, broken {}, \
+             answered by another backend {}; new connections until the change {before} ({failed_before} failed), after {after} ({failed_after} failed)",
+            self.sessions.len(),
+            self.sessions.len() - v6,
+            per_node.join(", "),
+            self.sessions.len() - self.broken(),
+            self.broken(),
+            self.moved(),
+        );
+        for e in self.errors(5) {
+            eprintln!("[{phase}]   {e}");
+        }
+    }
+
     /// Long-lived connections that broke (an error ended them).
     pub fn broken(&self) -> usize {
         self.sessions.iter().filter(|(_, o)| o.broken.is_some()).count()

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::ha::{BFD_DETECTION, HEALTH_DETECTION, HaLab, Load, LoadReport, VIP4, VIP6};
+use lb_tests::ha::{BFD_DETECTION, HEALTH_DETECTION, HaLab, Load, VIP4, VIP6};
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -37,37 +37,6 @@ fn start_load(lab: &HaLab) -> Load {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// Prints a phase's figures: long-lived connections (per node they started on), broken,
-/// moved to another backend; new connections before and after `converged`.
-fn report(phase: &str, r: &LoadReport, t0: Instant, converged: Instant, nodes: usize) {
-    let per_node: Vec<String> = (1..=nodes).map(|k| format!("n{k}: {}", r.on_node(k))).collect();
-    let v6 = r.sessions.iter().filter(|(i, _)| i.vip.is_ipv6()).count();
-    let (before, failed_before) = r.fresh_between(t0, converged);
-    let far = converged + Duration::from_secs(3600);
-    let (after, failed_after) = r.fresh_between(converged, far);
-    eprintln!(
-        "[{phase}] long-lived connections {} ({} IPv4, {v6} IPv6; started on {}): survived {}, broken {}, \
-         answered by another backend {}; new connections until convergence {before} ({failed_before} failed), after {after} ({failed_after} failed)",
-        r.sessions.len(),
-        r.sessions.len() - v6,
-        per_node.join(", "),
-        r.sessions.len() - r.broken(),
-        r.broken(),
-        r.moved(),
-    );
-    for e in r.errors(5) {
-        eprintln!("[{phase}]   {e}");
-    }
-}
-
-fn survival(r: &LoadReport) -> f64 {
-    (r.sessions.len() - r.broken()) as f64 / r.sessions.len().max(1) as f64
-}
-
-fn failed_after(r: &LoadReport, converged: Instant) -> usize {
-    r.fresh_between(converged, converged + Duration::from_secs(3600)).1
 }
 
 /// Cases 1, 3 and 6 of issue 10: one of two nodes crashes (kill -9 of its agent, BIRD and
@@ -102,14 +71,14 @@ fn a_crashed_node_keeps_established_flows_and_its_rejoin_breaks_none() {
          gateway on node 2 {} after",
         spread.0, spread.1, ms(fib), hops.0, hops.1, ms(gateway)
     );
-    report("crash", &r, t0, converged, 2);
+    r.print("crash", t0, converged, 2);
     assert!(spread.0 > 0 && spread.1 > 0, "both nodes carried traffic: {spread:?}");
     assert!(r.on_node(1) > 0 && r.on_node(2) > 0, "long-lived connections on both nodes");
     assert_eq!(hops, (vec![2], vec![2]), "only node 2 is left in the router's FIB");
     assert!(fib <= Duration::from_millis(50), "convergence on a kill took {fib:?}");
-    assert!(survival(&r) >= 0.99, "survival {:.1} %: {:?}", 100.0 * survival(&r), r.errors(5));
+    assert!(r.survival() >= 0.99, "survival {:.1} %: {:?}", 100.0 * r.survival(), r.errors(5));
     assert_eq!(r.moved(), 0, "no connection moved to another backend");
-    assert_eq!(failed_after(&r, converged), 0, "failed new connections after convergence: {:?}", r.errors(5));
+    assert_eq!(r.failed_after(converged), 0, "failed new connections after convergence: {:?}", r.errors(5));
 
     // Node 1 rejoins.
     let load = start_load(&lab);
@@ -121,10 +90,10 @@ fn a_crashed_node_keeps_established_flows_and_its_rejoin_breaks_none() {
     let holder = lab.gateway_holder();
     let r = load.finish();
     eprintln!("[rejoin] node 1 back in the router's FIB {} after its restart began (ready {}); gateway holder n{holder:?}", ms(back), ms(ready));
-    report("rejoin", &r, t1, t1 + back, 2);
+    r.print("rejoin", t1, t1 + back, 2);
     assert_eq!(r.broken(), 0, "established connections broken by the rejoin: {:?}", r.errors(5));
     assert_eq!(r.moved(), 0, "no connection moved to another backend");
-    assert_eq!(failed_after(&r, t1), 0, "failed new connections during the rejoin: {:?}", r.errors(5));
+    assert_eq!(r.failed_after(t1), 0, "failed new connections during the rejoin: {:?}", r.errors(5));
 }
 
 /// Case 2 and a graceful drain: a frozen node (SIGSTOP of its BIRD and agent; the kernel and
@@ -154,12 +123,12 @@ fn a_frozen_node_is_routed_around_within_bfd_time_and_a_drain_breaks_nothing() {
          settled (3 s without a change) {} after SIGCONT, {flaps} VIP route changes on the way",
         ms(fib), hops.0, hops.1, ms(back), ms(settled.saturating_sub(Duration::from_secs(3)))
     );
-    report("freeze + thaw", &r, t0, t0 + fib, 2);
+    r.print("freeze + thaw", t0, t0 + fib, 2);
     assert_eq!(hops, (vec![1], vec![1]), "only node 1 is left in the router's FIB");
     assert!(fib <= Duration::from_millis(500), "BFD convergence took {fib:?}");
     assert_eq!(r.broken(), 0, "broken: {:?}", r.errors(5));
     assert_eq!(r.moved(), 0);
-    assert_eq!(failed_after(&r, t0), 0, "failed new connections: {:?}", r.errors(5));
+    assert_eq!(r.failed_after(t0), 0, "failed new connections: {:?}", r.errors(5));
 
     let load = start_load(&lab);
     thread::sleep(Duration::from_secs(1));
@@ -175,11 +144,11 @@ fn a_frozen_node_is_routed_around_within_bfd_time_and_a_drain_breaks_nothing() {
     thread::sleep(Duration::from_secs(1));
     let r = load.finish();
     eprintln!("[drain] router FIB changed {} after BIRD's SIGTERM; back {} after BIRD's start", ms(fib), ms(back));
-    report("drain + back", &r, t0, t0 + fib, 2);
+    r.print("drain + back", t0, t0 + fib, 2);
     assert!(fib <= Duration::from_millis(50), "a drain took {fib:?}");
     assert_eq!(r.broken(), 0, "broken: {:?}", r.errors(5));
     assert_eq!(r.moved(), 0);
-    assert_eq!(failed_after(&r, t0), 0, "failed new connections: {:?}", r.errors(5));
+    assert_eq!(r.failed_after(t0), 0, "failed new connections: {:?}", r.errors(5));
 }
 
 /// Case 4: node 2's health checks lose every backend (blackhole routes to its segment
@@ -212,10 +181,10 @@ fn a_node_whose_vip_loses_every_backend_withdraws_it_while_the_other_serves() {
         "[health] node 2 status withdrawn (polled) {} after its checks were cut ({reasons:?}); router FIB changed {} after (limit {}); next hops v4 {:?} v6 {:?}",
         ms(status_seen), ms(fib), ms(HEALTH_DETECTION + Duration::from_millis(100)), hops.0, hops.1
     );
-    report("health withdraw", &r, t0, t0 + fib, 2);
+    r.print("health withdraw", t0, t0 + fib, 2);
     assert_eq!(hops, (vec![1], vec![1]), "only node 1 is left in the router's FIB");
     assert!(fib <= HEALTH_DETECTION + Duration::from_millis(100), "withdrawal reached the FIB {fib:?} after the cut");
-    assert_eq!(failed_after(&r, t0 + fib), 0, "node 1 keeps serving: {:?}", r.errors(5));
+    assert_eq!(r.failed_after(t0 + fib), 0, "node 1 keeps serving: {:?}", r.errors(5));
     // A node whose own checks fail keeps its established TCP flows on their backends (a failed
     // backend keeps its TCP flows): none is reset. Before that rule 0-3 of 80 were.
     assert_eq!(r.broken(), 0, "established connections broken by a node-local health failure: {:?}", r.errors(5));
@@ -250,10 +219,10 @@ fn with_three_nodes_removing_one_moves_no_surviving_flow_to_another_backend() {
          surviving node (ECMP rehash), {survivors_broken} of them broke",
         ms(fib), rehashed, survivors.len()
     );
-    report("3 nodes, one crashes", &r, t0, t0 + fib, 3);
+    r.print("3 nodes, one crashes", t0, t0 + fib, 3);
     assert!(r.on_node(1) > 0 && r.on_node(2) > 0 && r.on_node(3) > 0, "connections on every node");
     assert_eq!(r.moved(), 0, "a surviving flow reached another backend");
     assert_eq!(survivors_broken, 0, "flows on surviving nodes broke: {:?}", r.errors(5));
-    assert!(survival(&r) >= 0.99, "survival {:.1} %: {:?}", 100.0 * survival(&r), r.errors(5));
-    assert_eq!(failed_after(&r, t0 + fib), 0, "failed new connections after convergence: {:?}", r.errors(5));
+    assert!(r.survival() >= 0.99, "survival {:.1} %: {:?}", 100.0 * r.survival(), r.errors(5));
+    assert_eq!(r.failed_after(t0 + fib), 0, "failed new connections after convergence: {:?}", r.errors(5));
 }

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::ha::{HEALTH_DETECTION, HaLab, Load, LoadReport, VIP4, VIP6};
+use lb_tests::ha::{HEALTH_DETECTION, HaLab, Load, VIP4, VIP6};
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -53,34 +53,6 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn report(phase: &str, r: &LoadReport, t0: Instant, moved: Instant) {
-    let v6 = r.sessions.iter().filter(|(i, _)| i.vip.is_ipv6()).count();
-    let (before, failed_before) = r.fresh_between(t0, moved);
-    let (after, failed_after) = r.fresh_between(moved, moved + Duration::from_secs(3600));
-    eprintln!(
-        "[{phase}] long-lived connections {} ({} IPv4, {v6} IPv6; on n1 {}, n2 {} when opened): survived {}, broken {}, \
-         answered by another backend {}; new connections until the move {before} ({failed_before} failed), after {after} ({failed_after} failed)",
-        r.sessions.len(),
-        r.sessions.len() - v6,
-        r.on_node(1),
-        r.on_node(2),
-        r.sessions.len() - r.broken(),
-        r.broken(),
-        r.moved(),
-    );
-    for e in r.errors(5) {
-        eprintln!("[{phase}]   {e}");
-    }
-}
-
-fn survival(r: &LoadReport) -> f64 {
-    (r.sessions.len() - r.broken()) as f64 / r.sessions.len().max(1) as f64
-}
-
-fn failed_after(r: &LoadReport, at: Instant) -> usize {
-    r.fresh_between(at, at + Duration::from_secs(3600)).1
-}
-
 /// Node `i`'s data-path counter `name` (`None` without an agent).
 fn reason(lab: &HaLab, i: usize, name: &str) -> Option<u64> {
     let stats = lab.nodes[i].agent.as_ref()?.json(&["stats"]).ok()?;
@@ -113,16 +85,16 @@ fn the_masters_crash_moves_the_vips_within_two_seconds_and_its_return_preempts_w
         ms(n4),
         ms(n6)
     );
-    report("crash", &r, t0, t0 + moved);
+    r.print("crash", t0, t0 + moved, 2);
     eprintln!(
         "[crash] node 2 handed {:?} replies to its kernel for want of a neighbour entry (pass_to_kernel_route)",
         reason(&lab, 1, "pass_to_kernel_route")
     );
     assert_eq!(r.on_node(1), r.sessions.len(), "every long-lived connection started on the master");
     assert!(moved <= CRASH_MOVE, "the VIPs moved {moved:?} after the crash");
-    assert!(survival(&r) >= 0.99, "survival {:.1} %: {:?}", 100.0 * survival(&r), r.errors(5));
+    assert!(r.survival() >= 0.99, "survival {:.1} %: {:?}", 100.0 * r.survival(), r.errors(5));
     assert_eq!(r.moved(), 0, "no connection moved to another backend");
-    assert_eq!(failed_after(&r, t0 + moved), 0, "failed new connections after the move: {:?}", r.errors(5));
+    assert_eq!(r.failed_after(t0 + moved), 0, "failed new connections after the move: {:?}", r.errors(5));
 
     // The master comes back.
     let load = start_load(&lab);
@@ -144,10 +116,10 @@ fn the_masters_crash_moves_the_vips_within_two_seconds_and_its_return_preempts_w
         ms(n4),
         ms(n6)
     );
-    report("return", &r, t1, t1 + n4.max(n6));
+    r.print("return", t1, t1 + n4.max(n6), 2);
     assert_eq!(r.broken(), 0, "established connections broken by the return: {:?}", r.errors(5));
     assert_eq!(r.moved(), 0, "no connection moved to another backend");
-    assert_eq!(failed_after(&r, t1), 0, "failed new connections during the return: {:?}", r.errors(5));
+    assert_eq!(r.failed_after(t1), 0, "failed new connections during the return: {:?}", r.errors(5));
 }
 
 /// Cases 2 and 3: the master's health checks lose every backend (blackhole routes to its
@@ -195,10 +167,10 @@ fn the_masters_failing_health_checks_move_the_vips_by_the_track_script_and_their
         ms(n6),
         ms(by_track)
     );
-    report("health", &r, t0, t0 + moved);
+    r.print("health", t0, t0 + moved, 2);
     let rescheduled = reason(&lab, 0, "rescheduled");
     assert!(by_track <= TRACK_MOVE, "the VIPs moved {by_track:?} after lb check began failing");
-    assert_eq!(failed_after(&r, t0 + moved), 0, "failed new connections after the move: {:?}", r.errors(5));
+    assert_eq!(r.failed_after(t0 + moved), 0, "failed new connections after the move: {:?}", r.errors(5));
     // Node 1's checks mark its backends failed one by one; a failed backend keeps its TCP
     // flows, so no established connection through node 1 is reset before the move (before that
     // rule 0-10 of 80 were).
@@ -221,8 +193,8 @@ fn the_masters_failing_health_checks_move_the_vips_by_the_track_script_and_their
         ms(n4),
         ms(n6)
     );
-    report("health back", &r, t1, t1 + n4.max(n6));
+    r.print("health back", t1, t1 + n4.max(n6), 2);
     assert_eq!(r.broken(), 0, "established connections broken by the preemption: {:?}", r.errors(5));
     assert_eq!(r.moved(), 0, "no connection moved to another backend");
-    assert_eq!(failed_after(&r, t1), 0, "failed new connections during the preemption: {:?}", r.errors(5));
+    assert_eq!(r.failed_after(t1), 0, "failed new connections during the preemption: {:?}", r.errors(5));
 }
