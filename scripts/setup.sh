@@ -4,14 +4,16 @@
 #   - bpf-linker built against LLVM 22
 #   - the nightly toolchain's rust-src (the eBPF object is built with -Z build-std=core)
 #   - runtime tools used by the tests and the lab (iproute2, ethtool, ping, hping3 for the
-#     SYN flood test, bird2 and keepalived for the high-availability lab)
+#     SYN flood test, bird2 and keepalived for the high-availability lab, prometheus for the
+#     dashboard test, which runs the binary itself in a lab namespace: the package's own
+#     service is not needed)
 # Safe to run any number of times; prints what it does.
 set -euo pipefail
 
 log() { printf '[setup] %s\n' "$*"; }
 
 need_apt=()
-for pkg in llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev iproute2 ethtool iputils-ping hping3 bird2 keepalived; do
+for pkg in llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev iproute2 ethtool iputils-ping hping3 bird2 keepalived prometheus; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

@@ -11,4 +11,5 @@ pub mod icmp_frames;
 pub mod netns;
 pub mod packet;
 pub mod prometheus;
+pub mod prometheus_server;
 pub mod topology;
