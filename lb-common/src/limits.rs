@@ -74,17 +74,64 @@ pub const SYN_SEEN_WORDS: u32 = 4096;
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 65535;
 
-/// Number of entries of the `RING` map for a given VIP capacity and ring size.
-pub const fn ring_map_entries(vip_capacity: u32, ring_size: u32) -> u32 {
-    vip_capacity * RINGS_PER_VIP * ring_size
+/// Backend ids per element of the `RING` map: ids are 16 bits (backend slots are fewer than
+/// 65,536) and a BPF array element is 8 bytes, so a ring takes a quarter of the memory and
+/// of the cache lines that one id per element would.
+pub const RING_IDS_PER_ELEMENT: u32 = 4;
+const _: () = assert!(MAX_BACKEND_CAPACITY - 1 <= u16::MAX as u32);
+
+/// Id positions one ring takes in the `RING` map: its slots rounded up to whole elements.
+#[inline(always)]
+pub const fn ring_stride(ring_size: u32) -> u32 {
+    ring_size.div_ceil(RING_IDS_PER_ELEMENT) * RING_IDS_PER_ELEMENT
 }
 
-/// Index in the `RING` map of `slot` in ring `half` of VIP `vip_id`.
+/// Number of entries (8-byte elements) of the `RING` map for a given VIP capacity and ring
+/// size.
+pub const fn ring_map_entries(vip_capacity: u32, ring_size: u32) -> u32 {
+    vip_capacity * RINGS_PER_VIP * (ring_stride(ring_size) / RING_IDS_PER_ELEMENT)
+}
+
+/// Position of `slot` of ring `half` of VIP `vip_id` among the `RING` map's 16-bit ids: the id
+/// is in element `index / RING_IDS_PER_ELEMENT`, bits `16 × (index % RING_IDS_PER_ELEMENT)`
+/// up (the little-endian id at byte `2 × index` of the map's memory).
 #[inline(always)]
 pub const fn ring_index(vip_id: u32, half: u32, ring_size: u32, slot: u32) -> u32 {
-    (vip_id * RINGS_PER_VIP + half) * ring_size + slot
+    (vip_id * RINGS_PER_VIP + half) * ring_stride(ring_size) + slot
+}
+
+/// The backend id at id position `index` ([`ring_index`]) in `element`, the `RING` map's
+/// element `index / RING_IDS_PER_ELEMENT`.
+#[inline(always)]
+pub const fn ring_id_in(element: u64, index: u32) -> u32 {
+    ((element >> (16 * (index % RING_IDS_PER_ELEMENT))) & 0xFFFF) as u32
 }
 
 /// Ring slots the data path tries for a new flow when the chosen backend is not up (only
 /// between a backend failing and the agent swapping in a ring without it).
 pub const MAX_RING_PROBES: u32 = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_positions_pack_four_ids_per_element_without_overlap() {
+        let size = 13; // stride 16: 4 elements per ring
+        assert_eq!(ring_stride(size), 16);
+        assert_eq!(ring_map_entries(3, size), 3 * RINGS_PER_VIP * 4);
+        let last_of_half0 = ring_index(1, 0, size, size - 1);
+        let first_of_half1 = ring_index(1, 1, size, 0);
+        assert!(last_of_half0 < first_of_half1, "halves overlap");
+        assert_eq!(first_of_half1 % RING_IDS_PER_ELEMENT, 0, "a ring starts on an element");
+        assert!(ring_index(2, 1, size, size - 1) / RING_IDS_PER_ELEMENT < ring_map_entries(3, size));
+        // The agent writes id positions as little-endian u16s at byte 2 × index; the data path
+        // reads u64 elements.
+        let mut bytes = [0u8; 16];
+        for (i, id) in [(4u32, 0x1234u16), (5, 0xFFFF), (7, 1), (6, 0x0A0B)] {
+            bytes[2 * i as usize..2 * i as usize + 2].copy_from_slice(&id.to_le_bytes());
+        }
+        let element = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+        assert_eq!([4, 5, 6, 7].map(|i| ring_id_in(element, i)), [0x1234, 0xFFFF, 0x0A0B, 1]);
+    }
+}

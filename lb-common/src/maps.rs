@@ -92,7 +92,7 @@ pub const META_PROGRAM_LOADED_AT: u32 = 4;
 /// meaning of their entries. Bump it with any such change: an agent adopts pinned maps only
 /// of its own layout version (`lb_common::maps::MAP_META`). Adding a counter at the end of
 /// [`crate::counters::Reason`] is not a layout change (`REASONS` has [`REASON_SLOTS`] entries).
-pub const LAYOUT_VERSION: u64 = 3;
+pub const LAYOUT_VERSION: u64 = 4;
 
 /// Entries of `REASONS`: room for counters added by later builds without a layout change.
 pub const REASON_SLOTS: u32 = 64;

@@ -93,7 +93,7 @@ impl Sizing {
         if !(2..=MAX_HALF_OPEN_CAPACITY).contains(&self.half_open_capacity) {
             return Err(SizingError::HalfOpenCapacity(self.half_open_capacity));
         }
-        if (self.vip_capacity as u64) * (RINGS_PER_VIP as u64) * (self.ring_size as u64) > u32::MAX as u64 {
+        if (self.vip_capacity as u64) * (RINGS_PER_VIP as u64) * (ring_stride(self.ring_size) as u64) > u32::MAX as u64 {
             return Err(SizingError::RingMapTooLarge {
                 vips: self.vip_capacity,
                 ring: self.ring_size,
@@ -115,6 +115,12 @@ mod tests {
     #[test]
     fn default_is_valid() {
         assert_eq!(Sizing::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn default_rings_take_16_8_mb() {
+        // 64 VIPs × 2 rings × 16,385 elements of 8 bytes (README, "Sizing and limits").
+        assert_eq!(Sizing::default().ring_map_entries() as u64 * 8, 16_778_240);
     }
 
     #[test]

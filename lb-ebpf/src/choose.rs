@@ -5,7 +5,7 @@
 
 use lb_common::{
     counters::Reason,
-    limits::ring_index,
+    limits::{RING_IDS_PER_ELEMENT, ring_id_in, ring_index},
     maps::{Backend, BackendState, FlowKey, VIP_FLAG_LEAST_CONN, VIP_FLAG_ROUND_ROBIN, VipMeta},
     schedule::{RingView, choose_hashed, first_up, vip_hash},
 };
@@ -60,7 +60,8 @@ struct LiveRing {
 impl RingView for LiveRing {
     #[inline(always)]
     fn slot(&self, slot: u32) -> Option<u32> {
-        RING.get(ring_index(self.vip_id, self.half, self.size, slot)).copied()
+        let index = ring_index(self.vip_id, self.half, self.size, slot);
+        RING.get(index / RING_IDS_PER_ELEMENT).map(|element| ring_id_in(*element, index))
     }
 
     #[inline(always)]

@@ -25,10 +25,10 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_VI
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_BACKEND_CAPACITY, 0);
 
-/// Two Maglev rings per VIP, each `LB_RING_SIZE` backend ids. Memory-mappable, so the agent
-/// writes rings as memory.
+/// Two Maglev rings per VIP, each `LB_RING_SIZE` 16-bit backend ids, four to an element
+/// (`lb_common::limits::ring_index`). Memory-mappable, so the agent writes rings as memory.
 #[map]
-pub static RING: Array<u32> = Array::with_max_entries(
+pub static RING: Array<u64> = Array::with_max_entries(
     ring_map_entries(DEFAULT_VIP_CAPACITY, DEFAULT_RING_SIZE),
     BPF_F_MMAPABLE,
 );

@@ -254,7 +254,7 @@ impl Maps {
         for (slot, &backend) in ring.iter().enumerate() {
             anyhow::ensure!(
                 self.ring.set(ring_index(id, half, self.ring_size, slot as u32), backend),
-                "ring slot {slot} of VIP {id} is beyond the ring map (VIP id above the capacity?)"
+                "ring slot {slot} of VIP {id} is beyond the ring map (VIP id above the capacity?), or backend id {backend} exceeds 16 bits"
             );
         }
         let meta = VipMeta { ring_half: half, ..vip };

@@ -8,15 +8,17 @@ use std::{
 };
 
 use aya::maps::MapData;
+use lb_common::limits::RING_IDS_PER_ELEMENT;
 
-/// Bytes per element of a BPF array: values are rounded up to 8 bytes.
+/// Bytes per element of the map (`u64`, four 16-bit backend ids).
 const ELEMENT: usize = 8;
 
 /// The ring map's memory, shared with the kernel.
 pub struct RingMemory {
     base: NonNull<u8>,
     len: usize,
-    entries: u32,
+    /// Id positions: `RING_IDS_PER_ELEMENT` per element.
+    ids: u32,
     _map: MapData,
 }
 
@@ -25,7 +27,7 @@ pub struct RingMemory {
 unsafe impl Send for RingMemory {}
 
 impl RingMemory {
-    /// Maps the `entries` u32 elements of `map` read-write.
+    /// Maps the `entries` 8-byte elements of `map` read-write.
     pub fn new(map: MapData, entries: u32) -> io::Result<Self> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
@@ -46,32 +48,33 @@ impl RingMemory {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(RingMemory { base, len, entries, _map: map })
+        Ok(RingMemory { base, len, ids: entries * RING_IDS_PER_ELEMENT, _map: map })
     }
 
-    fn slot(&self, index: u32) -> Option<*mut u32> {
-        // SAFETY: index < entries keeps the offset inside the mapping (len >= entries × 8).
-        (index < self.entries).then(|| unsafe { self.base.as_ptr().add(index as usize * ELEMENT).cast::<u32>() })
+    /// The id at position `index` (`lb_common::limits::ring_index`): the little-endian 16
+    /// bits at byte `2 × index`, which is where the data path's `ring_id_in` finds them.
+    fn slot(&self, index: u32) -> Option<*mut u16> {
+        // SAFETY: index < ids keeps the offset inside the mapping (len >= ids × 2).
+        (index < self.ids).then(|| unsafe { self.base.as_ptr().add(index as usize * 2).cast::<u16>() })
     }
 
     /// The backend id at `index`.
     pub fn get(&self, index: u32) -> Option<u32> {
-        // SAFETY: an in-bounds, aligned u32 of the mapping; the kernel writes it only through
+        // SAFETY: an in-bounds, aligned u16 of the mapping; the kernel writes it only through
         // this same memory (the data path only reads the ring).
-        self.slot(index).map(|p| unsafe { p.read_volatile() })
+        self.slot(index).map(|p| u16::from_le(unsafe { p.read_volatile() }) as u32)
     }
 
-    /// Writes the backend id at `index`; `false` if out of range.
+    /// Writes the backend id at `index`; `false` if out of range or if `id` does not fit the
+    /// 16 bits of a ring position.
     pub fn set(&mut self, index: u32, id: u32) -> bool {
-        match self.slot(index) {
-            // SAFETY: as in `get`; packets only read the other half of the VIP's rings while
-            // the agent writes this one.
-            Some(p) => {
-                unsafe { p.write_volatile(id) };
-                true
-            }
-            None => false,
-        }
+        let (Some(p), Ok(id)) = (self.slot(index), u16::try_from(id)) else {
+            return false;
+        };
+        // SAFETY: as in `get`; packets only read the other half of the VIP's rings while the
+        // agent writes this one.
+        unsafe { p.write_volatile(id.to_le()) };
+        true
     }
 }
 
