@@ -46,7 +46,7 @@ use lb_userspace::dataplane::{Dataplane, FLOORS, Service, Sizing};
 use serde_json::json;
 
 use super::{
-    report::{Bar, Chart, OURS, REFERENCE, Report, Table},
+    report::{self, Bar, Chart, OURS, REFERENCE, Report, Table},
     stats::Summary,
 };
 use crate::{
@@ -683,13 +683,6 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         Some(sum)
     };
     let tx_sets = sets_of("floor_tx").unwrap_or_default();
-    let mut table = Table::new(
-        &format!(
-            "1. Data path cost per 64-byte packet, new flows per flow (BPF_PROG_TEST_RUN, CPU {}, {} sets × {} single runs or flows, median ±half IQR over sets)",
-            opts.cpu, opts.sets, opts.runs
-        ),
-        &["path", "ns (per packet or flow)", "M/s (1 core)", "floor", "ns over floor", "ns over floor_tx × packets", "target", "verdict"],
-    );
     let mut chart = Chart {
         title: "1. Data path: ns per packet over its floor, hot paths".into(),
         unit: "ns, median over sets".into(),
@@ -718,20 +711,9 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
             .then(|| over_of(p, &tx_sets.iter().map(|t| t * p.packets as f64).collect::<Vec<_>>()));
         let target = p.kind.target();
         let verdict = match (over, target) {
-            (Some(o), Some(t)) if o.median <= t => format!("met ({:.0} ns to spare)", t - o.median),
-            (Some(o), Some(t)) => format!("missed by {:.1} ns ({:.0} %)", o.median - t, 100.0 * (o.median - t) / t),
+            (Some(o), Some(t)) => report::ns_verdict(o.median, t),
             _ => String::new(),
         };
-        table.row(vec![
-            p.what.into(),
-            abs.show(1),
-            format!("{per_second:.2}"),
-            floor_name.clone(),
-            over.map(|o| o.show(1)).unwrap_or_else(|| "-".into()),
-            over_tx.map(|o| o.show(1)).unwrap_or_else(|| "-".into()),
-            target.map(|t| format!("≤ {t:.0} ns")).unwrap_or_default(),
-            verdict.clone(),
-        ]);
         if let Some(o) = over {
             let cold = p.kind == Kind::New || p.name.ends_with("_many");
             (if cold { &mut cold_chart } else { &mut chart }).bars.push(Bar {
@@ -760,42 +742,6 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
             "sets_ns": p.sets.iter().map(|v| (v * 100.0).round() / 100.0).collect::<Vec<_>>(),
         }));
     }
-    table.note("ns is the kernel-reported run time (timer reads and test-run set-up included), per packet, or per flow for a new TCP flow (its SYN and its first ACK, two runs); \"ns over floor\" subtracts the floor measured in the same set, which is the figure to compare across machines");
-    table.note("a Maglev VIP's SYN inserts nothing and the flow's first ACK inserts its entry, so a new TCP flow's floor is floor_insert_percpu (one insert of the same key and value size into an LRU hash of the same size with per-CPU lists, like CONNS, then MAC swap and XDP_TX) plus floor_tx for its other packet; \"ns over floor_tx × packets\" compares it with the MAC-swap floor for each packet instead");
-    table.note(format!(
-        "new flows: a fresh 5-tuple every flow ({} new flows in all); empty table: {conn_empty} entries, none evicted (checked); full table: {conn_full} entries, filled with {prefill} SYN + ACK flows before timing (floor: {prefill} inserts), so every insert evicts{}; one hot flow: its entry stays in the caches, as in the usual test-run micro-benchmarks; \"in turn\": {pool_size} tracked flows, so each run touches entries other runs have pushed out of the caches and TLB; replies leave by XDP_REDIRECT after a FIB lookup in the benchmark's namespace; configuration: 1 VIP address, TCP and UDP services with 8 backends each, 65,537-slot Maglev rings, resolved next hops",
-        paths.iter().filter(|p| p.kind != Kind::Floor).map(|p| p.next).sum::<u64>(),
-        full_entries.map(|(a, b, _)| format!(" ({a} and {b} entries after filling)")).unwrap_or_default(),
-    ));
-    table.note(format!(
-        "per-CPU LRU lists (BPF_F_NO_COMMON_LRU, {cpus} possible CPUs): the tables have the same capacities, but the kernel splits the entries between the CPUs' free lists and an insert takes from and evicts within its own CPU's list, so the timing thread, pinned to one CPU, has {} entries of the empty table and evicts in the full one from {} entries on{}",
-        (conn_empty as usize).div_ceil(cpus),
-        (conn_full as usize).div_ceil(cpus),
-        full_entries.map(|(_, _, c)| format!(" ({c} entries after the same {prefill} inserts)")).unwrap_or_default(),
-    ));
-    let get = |name: &str| paths.iter().find(|p| p.name == name).map(|p| Summary::of(&p.sets).median).unwrap_or(f64::NAN);
-    let mut breakdown = Table::new("1b. Where the time goes (differences of medians, ns)", &["step", "ns"]);
-    for (step, value) in [
-        ("program entry, Ethernet parse, REASONS counter (ARP − floor_pass)", get("not_ip") - get("floor_pass")),
-        ("IPv4 parse (ICMP − ARP)", get("not_tcp_udp") - get("not_ip")),
-        ("L4 parse, endpoint filter: two bit tests instead of the VIPS and CONNS lookups (not_vip − ICMP)", get("not_vip") - get("not_tcp_udp")),
-        ("CONNS hit, BACKENDS, VIP_LIVE, NAT, counters, MACs (tcp_established − not_vip)", get("tcp_established") - get("not_vip")),
-        ("one LRU insert, empty table (floor_insert − floor_tx)", get("floor_insert") - get("floor_tx")),
-        ("one LRU insert, full evicting table (floor_insert_full − floor_tx)", get("floor_insert_full") - get("floor_tx")),
-        ("per-CPU LRU − shared LRU, empty (floor_insert_percpu − floor_insert)", get("floor_insert_percpu") - get("floor_insert")),
-        ("per-CPU LRU − shared LRU, full (floor_insert_percpu_full − floor_insert_full)", get("floor_insert_percpu_full") - get("floor_insert_full")),
-        ("new TCP flow beyond two established packets: CONNS misses, VIPS, hash and RING twice, SYN_SEEN, one insert (tcp_new − 2 × tcp_established)", get("tcp_new") - 2.0 * get("tcp_established")),
-        ("new TCP flow over floor_insert_percpu alone (the second packet's test-run set-up included: tcp_new − floor_insert_percpu)", get("tcp_new") - get("floor_insert_percpu")),
-        ("full evicting table vs empty, new TCP flow (tcp_new_full − tcp_new)", get("tcp_new_full") - get("tcp_new")),
-        ("reply vs established: REPLIES and FIB lookup instead of CONNS (tcp_reply − tcp_established)", get("tcp_reply") - get("tcp_established")),
-        (
-            Box::leak(format!("cold connection-table entries: {pool_size} flows in turn vs one (tcp_established_many − tcp_established)").into_boxed_str()) as &str,
-            get("tcp_established_many") - get("tcp_established"),
-        ),
-        ("floor_tx − floor_pass (MAC swap)", get("floor_tx") - get("floor_pass")),
-    ] {
-        breakdown.row(vec![step.into(), format!("{value:.1}")]);
-    }
     let json = json!({
         "method": "BPF_PROG_TEST_RUN, repeat=1 per run on a pristine 64-byte frame, kernel-reported durations summed; new TCP flows timed as SYN + first ACK per flow; pinned CPU; warm-up; floors in the same sets; run in a namespace whose FIB reaches the clients",
         "cpu": opts.cpu,
@@ -809,7 +755,12 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         "floor_full_entries_after_prefill": full_entries.map(|(_, b, _)| b),
         "floor_percpu_full_entries_after_prefill": full_entries.map(|(_, _, c)| c),
         "possible_cpus": cpus,
+        "pool_flows": pool_size,
+        "new_flows": paths.iter().filter(|p| p.kind != Kind::Floor).map(|p| p.next).sum::<u64>(),
         "paths": json_paths,
     });
-    Ok((vec![table, breakdown], vec![chart, cold_chart], targets, json))
+    // The terminal shows the tables the published results are generated with.
+    let results = serde_json::Map::from_iter([("datapath".to_owned(), json.clone())]);
+    let tables = vec![report::datapath_table(&json), report::breakdown_table(&results)];
+    Ok((tables, vec![chart, cold_chart], targets, json))
 }

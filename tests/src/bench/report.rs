@@ -251,7 +251,7 @@ impl Report {
 
     /// The targets as a table (the terminal's view; the published one is [`generate`]d).
     pub fn targets_table(&self) -> Table {
-        let mut t = Table::new("Targets of issue 5", &["target", "measured (median)", "verdict"]);
+        let mut t = Table::new(TARGETS_TITLE, &["target", "measured (median)", "verdict"]);
         for (what, measured, verdict) in &self.targets {
             t.row(vec![what.clone(), measured.clone(), verdict.clone()]);
         }
@@ -489,7 +489,8 @@ fn path_over(results: &Map<String, Value>, name: &str) -> Option<Stat> {
     stat(&path(results, name)?["ns_over_floor"])
 }
 
-fn ns_verdict(over: f64, target: f64) -> String {
+/// The verdict on a figure `over` its floor against a `target`, both in ns.
+pub(crate) fn ns_verdict(over: f64, target: f64) -> String {
     if over <= target {
         format!("met ({:.0} ns to spare)", target - over)
     } else {
@@ -497,6 +498,8 @@ fn ns_verdict(over: f64, target: f64) -> String {
     }
 }
 
+/// Title of the targets table, in the terminal and in the published results.
+const TARGETS_TITLE: &str = "Targets (issues 5 and 8; the HAProxy and scaling rows as issue 11 asks)";
 /// Target of issue 5: the Maglev build for 1,000 backends.
 const TARGET_BUILD_MS: f64 = 2.0;
 /// Target of issue 5: the load balancer's share of the bare forwarder's rate.
@@ -686,7 +689,7 @@ fn results_section(p: &Provenance, json: &Value, results: &Map<String, Value>) -
 }
 
 fn targets_table(results: &Map<String, Value>) -> Table {
-    let mut t = Table::new("Targets (issues 5 and 8; the HAProxy and scaling rows as issue 11 asks)", &["target", "measured (median)", "verdict"]);
+    let mut t = Table::new(TARGETS_TITLE, &["target", "measured (median)", "verdict"]);
     if let Some(dp) = results.get("datapath") {
         for path in array(dp, "paths") {
             let (Some(target), Some(o)) = (path["target_ns_over_floor"].as_f64(), stat(&path["ns_over_floor"])) else { continue };
@@ -731,7 +734,8 @@ fn targets_table(results: &Map<String, Value>) -> Table {
     t
 }
 
-fn datapath_table(dp: &Value) -> Table {
+/// The data path's table (part 1) from its results.
+pub(crate) fn datapath_table(dp: &Value) -> Table {
     let u = |k: &str| dp[k].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "?".into());
     let mut t = Table::new(
         &format!(
@@ -763,12 +767,14 @@ fn datapath_table(dp: &Value) -> Table {
     t.note("ns is the kernel-reported run time (timer reads and test-run set-up included), per packet, or per flow for a new TCP flow (its SYN and its first ACK, two runs); \"ns over floor\" subtracts the floor measured in the same set, which is the figure to compare across machines");
     t.note("a Maglev VIP's SYN inserts nothing and the flow's first ACK inserts its entry, so a new TCP flow's floor is floor_insert_percpu (one insert of the same key and value size into an LRU hash of the same size with per-CPU lists, like CONNS, then MAC swap and XDP_TX) plus floor_tx for its other packet; \"ns over floor_tx × packets\" compares it with the MAC-swap floor for each packet instead");
     t.note(format!(
-        "new flows: a fresh 5-tuple every flow; empty table: {} entries, none evicted (checked); full table: {} entries, filled with {} SYN + ACK flows before timing (floor: the same number of inserts), so every insert evicts ({} and {} entries after filling); one hot flow: its entry stays in the caches, as in the usual test-run micro-benchmarks; \"in turn\": each run touches entries other runs have pushed out of the caches and TLB; replies leave by XDP_REDIRECT after a FIB lookup in the benchmark's namespace; configuration: 1 VIP address, TCP and UDP services with 8 backends each, 65,537-slot Maglev rings, resolved next hops",
+        "new flows: a fresh 5-tuple every flow{}; empty table: {} entries, none evicted (checked); full table: {} entries, filled with {} SYN + ACK flows before timing (floor: the same number of inserts), so every insert evicts ({} and {} entries after filling); one hot flow: its entry stays in the caches, as in the usual test-run micro-benchmarks; \"in turn\": {}each run touches entries other runs have pushed out of the caches and TLB; replies leave by XDP_REDIRECT after a FIB lookup in the benchmark's namespace; configuration: 1 VIP address, TCP and UDP services with 8 backends each, 65,537-slot Maglev rings, resolved next hops",
+        dp["new_flows"].as_u64().map(|n| format!(" ({n} new flows in all)")).unwrap_or_default(),
         u("conn_capacity_empty"),
         u("conn_capacity_full"),
         u("full_prefill_flows"),
         u("full_entries_after_prefill"),
         u("floor_full_entries_after_prefill"),
+        dp["pool_flows"].as_u64().map(|n| format!("{n} tracked flows, so ")).unwrap_or_default(),
     ));
     if let (Some(cpus), Some(empty), Some(full)) = (dp["possible_cpus"].as_u64(), dp["conn_capacity_empty"].as_u64(), dp["conn_capacity_full"].as_u64()) {
         t.note(format!(
@@ -781,7 +787,8 @@ fn datapath_table(dp: &Value) -> Table {
     t
 }
 
-fn breakdown_table(results: &Map<String, Value>) -> Table {
+/// Where the data path's time goes (part 1b): differences of medians from the results.
+pub(crate) fn breakdown_table(results: &Map<String, Value>) -> Table {
     let get = |name: &str| path_ns(results, name).unwrap_or(f64::NAN);
     let mut t = Table::new("1b. Where the time goes (differences of medians, ns)", &["step", "ns"]);
     for (step, value) in [
