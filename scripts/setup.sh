@@ -2,7 +2,8 @@
 # Idempotent set-up for a fresh Debian 12 machine: installs only what is missing.
 #   - LLVM 22 development files (bpf-linker links against the same LLVM major as rustc)
 #   - bpf-linker built against LLVM 22
-#   - the nightly toolchain's rust-src (the eBPF object is built with -Z build-std=core)
+#   - the nightly toolchain's rust-src (the eBPF object is built with -Z build-std=core), and
+#     clippy for both toolchains (the full `cargo xtask test` lints the host and eBPF crates)
 #   - runtime tools used by the tests and the lab (iproute2, ethtool, ping, hping3 for the
 #     SYN flood test, bird2 and keepalived for the high-availability lab, prometheus for the
 #     dashboard test, which runs the binary itself in a lab namespace: the package's own
@@ -35,6 +36,14 @@ if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'
 else
   log "nightly rust-src present"
 fi
+# Clippy for the host crates (default toolchain) and for the eBPF crate (nightly): the full
+# `cargo xtask test` lints both.
+for toolchain in "" nightly; do
+  if ! rustup component list ${toolchain:+--toolchain $toolchain} --installed | grep -q '^clippy'; then
+    log "adding clippy${toolchain:+ to $toolchain}"
+    rustup component add clippy ${toolchain:+--toolchain $toolchain}
+  fi
+done
 
 if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linker" ]; then
   log "building bpf-linker against LLVM 22 (about 80 s)"

@@ -37,15 +37,15 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, hash: u32) -> Result<Chosen, Reason>
         choose_hashed(&ring, vip.flags, vip_hash(vip.flags, key, hash_seed(), hash), size)?
     };
     let backend = BACKENDS.get(chosen.id).ok_or(Reason::DropMapMiss)?;
-    if vip.flags & VIP_FLAG_LEAST_CONN != 0 {
-        if let Some(count) = ACTIVE_CONNS.get_ptr_mut(chosen.id) {
-            // SAFETY: a valid pointer into the array map. Several CPUs may race on it and lose
-            // an increment (the BPF target has no fetch-add in Rust's core); the agent
-            // overwrites the counts with a recount every second, so a lost increment lasts at
-            // most that long. Called once per flow: for a SYN, or for a flow's first packet
-            // without a SYN.
-            unsafe { *count += 1 };
-        }
+    if vip.flags & VIP_FLAG_LEAST_CONN != 0
+        && let Some(count) = ACTIVE_CONNS.get_ptr_mut(chosen.id)
+    {
+        // SAFETY: a valid pointer into the array map. Several CPUs may race on it and lose
+        // an increment (the BPF target has no fetch-add in Rust's core); the agent
+        // overwrites the counts with a recount every second, so a lost increment lasts at
+        // most that long. Called once per flow: for a SYN, or for a flow's first packet
+        // without a SYN.
+        unsafe { *count += 1 };
     }
     Ok((chosen.id, backend))
 }

@@ -52,19 +52,20 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         // Established flows first: their entry has everything needed, so while their VIP id
         // still serves their VIP they skip the VIPS lookup. A SYN is always scheduled anew.
         let tracked = conntrack::tracked(&pkt.key, pkt.tcp_flags);
-        if let Tracked::Live(id, backend, flow) = tracked {
-            if !pkt.syn() && vip_is_live(flow.vip_id as u32, &pkt.key) {
-                return established(&ctx, pkt, flow.vip_id as u32, id, backend);
-            }
+        if let Tracked::Live(id, backend, flow) = tracked
+            && !pkt.syn()
+            && vip_is_live(flow.vip_id as u32, &pkt.key)
+        {
+            return established(&ctx, pkt, flow.vip_id as u32, id, backend);
         }
         if let Some(action) = to_vip(&ctx, pkt, &tracked) {
             return action;
         }
     }
-    if maybe_endpoint(&pkt.key.src, pkt.key.sport, FILTER_BACKEND) {
-        if let Some(action) = to_client(&ctx, pkt) {
-            return action;
-        }
+    if maybe_endpoint(&pkt.key.src, pkt.key.sport, FILTER_BACKEND)
+        && let Some(action) = to_client(&ctx, pkt)
+    {
+        return action;
     }
     verdict(xdp_action::XDP_PASS, Reason::PassNotVip)
 }
@@ -143,17 +144,18 @@ fn pick(pkt: &Packet, vip: &VipMeta, tracked: &Tracked) -> Result<u32, Reason> {
     let syn = pkt.syn();
     let hash = flow_hash(&pkt.key, hash_seed(), false);
     let stateful = vip.flags & (VIP_FLAG_ROUND_ROBIN | VIP_FLAG_LEAST_CONN) != 0;
-    if stateful && pkt.is_tcp() {
-        if let Tracked::Live(id, backend, flow) = conntrack::half_open(&pkt.key) {
-            // A retransmitted SYN keeps its backend while it takes new flows; the next packet
-            // moves the flow to the connection table.
-            if !syn {
-                conntrack::track(&pkt.key, &flow, false);
-                return Ok(id);
-            }
-            if backend.state == BackendState::Up as u8 {
-                return Ok(id);
-            }
+    if stateful
+        && pkt.is_tcp()
+        && let Tracked::Live(id, backend, flow) = conntrack::half_open(&pkt.key)
+    {
+        // A retransmitted SYN keeps its backend while it takes new flows; the next packet
+        // moves the flow to the connection table.
+        if !syn {
+            conntrack::track(&pkt.key, &flow, false);
+            return Ok(id);
+        }
+        if backend.state == BackendState::Up as u8 {
+            return Ok(id);
         }
     }
     let (id, backend) = choose(vip, &pkt.key, hash)?;

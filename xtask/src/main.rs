@@ -30,7 +30,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup(),
-        Some("test") => setup().and_then(|()| build_bins()).and_then(|()| test(&args[1..])),
+        Some("test") => setup()
+            .and_then(|()| if args.len() == 1 { lint() } else { Ok(()) })
+            .and_then(|()| build_bins())
+            .and_then(|()| test(&args[1..])),
         Some("bench") => bench(&args[1..]),
         Some("lab") if args.iter().any(|a| a == "--ha") => match ha_nodes(&args[1..]) {
             Ok(nodes) => setup().and_then(|()| build_bins()).and_then(|()| ha_lab::run(&root(), nodes)),
@@ -146,6 +149,29 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
 
 /// Every test: host unit tests and the kernel fixtures (needs root). Ends with one line
 /// totalling every test binary's result.
+/// Clippy with warnings denied, on the host crates (every target) and on the eBPF crate for
+/// the BPF target (nightly, as its build): the full `cargo xtask test` fails on a warning.
+fn lint() -> anyhow::Result<()> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo).args(["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"]))
+        .context("clippy on the host crates")?;
+    run(Command::new("cargo").args([
+        "+nightly",
+        "clippy",
+        "-p",
+        "lb-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--bins",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy on the eBPF crate")
+}
+
 fn test(extra: &[String]) -> anyhow::Result<()> {
     let mut child = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["test", "--workspace", "--exclude", "lb-ebpf"])

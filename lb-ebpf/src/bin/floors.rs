@@ -18,6 +18,13 @@
 //!   redirect), gives it one of `GEN_FLOW_MASK + 1` UDP source ports and sends it out of the
 //!   ingress interface;
 //! - `rx_count`: counts and drops every frame — the receiver on the backends' side.
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "map keys and values go to aya's `impl Borrow` arguments by reference, so that no copy of them is made on the 512-byte BPF stack"
+    )
+)]
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -77,7 +84,7 @@ mod programs {
     /// `FLOOR_CONNS`.
     #[map]
     static FLOOR_CONNS_PERCPU: LruHashMap<FlowKey, Flow> =
-        LruHashMap::with_max_entries(FLOOR_CONNS_DEFAULT, BPF_F_NO_COMMON_LRU as u32);
+        LruHashMap::with_max_entries(FLOOR_CONNS_DEFAULT, BPF_F_NO_COMMON_LRU);
 
     /// Entries of `FLOOR_CONNS` and `FLOOR_CONNS_PERCPU` unless the loader sets another size.
     const FLOOR_CONNS_DEFAULT: u32 = 1024;
