@@ -52,9 +52,9 @@ pub const MAP_RR_CURSORS: &str = "RR_CURSORS";
 pub const MAP_ACTIVE_CONNS: &str = "ACTIVE_CONNS";
 
 /// `ENDPOINT_FILTER`: array of [`ENDPOINT_FILTER_WORDS`] 64-bit words, one bit per hash of a
-/// VIP or backend endpoint ([`crate::hash::endpoint_bit`]). A clear bit proves that a packet
-/// is for no VIP (destination) or from no backend (source), so traffic that is neither skips
-/// the `VIPS` and `CONNS` lookups. The agent sets a bit before it writes the VIP or backend
+/// VIP or backend endpoint or of a VIP address ([`crate::hash::endpoint_bit`]). A clear bit
+/// proves that a packet is for no VIP (destination) or from no backend (source), so traffic
+/// that is neither skips the `VIPS` and `CONNS` lookups, or that an address is no VIP's. The agent sets a bit before it writes the VIP or backend
 /// and never clears one (a stale bit only costs a lookup).
 pub const MAP_ENDPOINT_FILTER: &str = "ENDPOINT_FILTER";
 /// Words of `ENDPOINT_FILTER` (65,536 bits, 8 KiB).
@@ -63,6 +63,9 @@ pub const ENDPOINT_FILTER_WORDS: u32 = 1024;
 pub const FILTER_VIP: u64 = 0x7669_7000;
 /// Salt of backend endpoints (address, port) in `ENDPOINT_FILTER`.
 pub const FILTER_BACKEND: u64 = 0x6265_6b00;
+/// Salt of VIP addresses (port 0) in `ENDPOINT_FILTER`: a clear bit proves that a source
+/// address is no VIP's, so a new flow's martian check skips the `VIP_ADDRS` lookup.
+pub const FILTER_VIP_ADDRESS: u64 = 0x7661_6400;
 
 /// `VIP_LIVE`: array VIP id → [`crate::hash::vip_tag`] of the VIP that id serves now (0: none).
 /// Established flows are forwarded from their connection-table entry without the `VIPS`

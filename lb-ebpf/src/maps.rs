@@ -12,7 +12,7 @@ use lb_common::{
         DEFAULT_VIP_CAPACITY, SYN_SEEN_WORDS, ring_map_entries,
     },
     maps::{
-        Addr, Backend, BackendKey, CachedHop, VipAddress, VlanEgress, ENDPOINT_FILTER_WORDS, Flow, FlowKey, META_SLOTS, REASON_SLOTS,
+        Addr, Backend, BackendKey, CachedHop, VipAddress, VlanEgress, ENDPOINT_FILTER_WORDS, FILTER_VIP_ADDRESS, Flow, FlowKey, META_SLOTS, REASON_SLOTS,
         ReplyTarget, Traffic, VipKey, VipMeta,
     },
 };
@@ -100,9 +100,16 @@ pub static VIP_LIVE: Array<u64> = Array::with_max_entries(DEFAULT_VIP_CAPACITY, 
 #[map]
 pub static META: Array<u64> = Array::with_max_entries(META_SLOTS, 0);
 
-/// Whether `addr` is the address of a VIP.
-#[inline(always)]
+/// Whether `addr` is the address of a VIP (the endpoint filter answers most addresses that
+/// are not without the `VIP_ADDRS` lookup).
+///
+/// Not inlined: its key in a caller's frame put the new-flow call chain over the verifier's
+/// 512 bytes of stack.
+#[inline(never)]
 pub fn is_vip_address(addr: &Addr, family: u8) -> bool {
+    if !maybe_endpoint(addr, 0, FILTER_VIP_ADDRESS) {
+        return false;
+    }
     let key = VipKey { addr: *addr, port: 0, proto: 0, family };
     VIP_ADDRS.get_ptr(&key).is_some()
 }
@@ -110,6 +117,9 @@ pub fn is_vip_address(addr: &Addr, family: u8) -> bool {
 /// What the VIP address `addr` says about fragments, if it is one.
 #[inline(always)]
 pub fn vip_address(addr: &Addr, family: u8) -> Option<VipAddress> {
+    if !maybe_endpoint(addr, 0, FILTER_VIP_ADDRESS) {
+        return None;
+    }
     let key = VipKey { addr: *addr, port: 0, proto: 0, family };
     // SAFETY: pointer from a successful lookup, copied at once; the agent replaces values whole.
     VIP_ADDRS.get_ptr(&key).map(|v| unsafe { *v })
@@ -123,7 +133,7 @@ pub fn vip_is_live(vip_id: u32, key: &FlowKey) -> bool {
         .is_some_and(|tag| *tag == lb_common::hash::vip_tag(&key.dst, key.dport, key.proto, key.family))
 }
 
-/// Whether `addr`:`port` may be an endpoint of kind `salt` (`FILTER_VIP`, `FILTER_BACKEND`):
+/// Whether `addr`:`port` may be an endpoint of kind `salt` (`FILTER_VIP`, `FILTER_BACKEND`, `FILTER_VIP_ADDRESS` with port 0):
 /// false means it certainly is not. An inlined array access, no helper call.
 #[inline(always)]
 pub fn maybe_endpoint(addr: &Addr, port: u16, salt: u64) -> bool {

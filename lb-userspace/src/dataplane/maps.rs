@@ -215,6 +215,7 @@ impl Maps {
         match self.vip_addr_users.get(addr).filter(|users| !users.is_empty()) {
             Some(users) => {
                 let value = VipAddress::of(users.iter().map(|(k, flags)| (k.port, k.proto, *flags)));
+                self.admit_endpoint(&addr.addr, 0, FILTER_VIP_ADDRESS)?;
                 self.vip_addrs.insert(addr, value, 0).context("writing VIP_ADDRS")?;
             }
             None => {

@@ -212,6 +212,12 @@ fn fresh_tcp_flow(n: u64) -> Vec<Frame> {
     vec![tcp_frame(src, sport, VIP, 80, SYN), tcp_frame(src, sport, VIP, 80, ACK)]
 }
 
+/// The SYN of fresh TCP flow `n` alone (clients apart from `fresh_tcp_flow`'s).
+fn fresh_syn(n: u64) -> Vec<Frame> {
+    let (src, sport) = fresh_client(n + (1 << 41));
+    vec![tcp_frame(src, sport, VIP, 80, SYN)]
+}
+
 /// The first datagram of fresh UDP flow `n`.
 fn fresh_udp(n: u64) -> Vec<Frame> {
     // Never the same client port as a TCP fresh flow of the same number.
@@ -604,6 +610,7 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         path("tcp_established_many", many_what, Kind::Established, Prog::Lb, TX, XDP_TX, Frames::Pool(tcp_est)),
         path("tcp_reply", "TCP reply, backend to client (REPLIES, FIB lookup, NAT back)", Kind::Established, Prog::Lb, TX, XDP_REDIRECT, pool(&tcp_reply[0])),
         path("udp_new", "UDP new flow (first datagram inserts)", Kind::New, Prog::Lb, &["floor_insert_percpu"], XDP_TX, Frames::Fresh(fresh_udp)),
+        path("tcp_syn", "breakdown: a new TCP flow's SYN alone (Maglev: nothing inserted)", Kind::Breakdown, Prog::Lb, TX, XDP_TX, Frames::Fresh(fresh_syn)),
         path("udp_established", "UDP established, one hot flow", Kind::Established, Prog::Lb, TX, XDP_TX, pool(&udp_est[0])),
         path("tcp_reply_many", "variant: TCP reply, tracked clients in turn", Kind::Breakdown, Prog::Lb, TX, XDP_REDIRECT, Frames::Pool(tcp_reply)),
         path("not_vip", "TCP for no VIP (pass to the kernel)", Kind::NotVip, Prog::Lb, PASS, XDP_PASS, pool(&nv)),

@@ -802,6 +802,8 @@ pub(crate) fn breakdown_table(results: &Map<String, Value>) -> Table {
         ("per-CPU LRU − shared LRU, full (floor_insert_percpu_full − floor_insert_full)", get("floor_insert_percpu_full") - get("floor_insert_full")),
         ("new TCP flow beyond two established packets: CONNS misses, VIPS, hash and RING twice, SYN_SEEN, one insert (tcp_new − 2 × tcp_established)", get("tcp_new") - 2.0 * get("tcp_established")),
         ("new TCP flow over floor_insert_percpu alone (the second packet's test-run set-up included: tcp_new − floor_insert_percpu)", get("tcp_new") - get("floor_insert_percpu")),
+        ("a new flow's SYN, which inserts nothing, over one insert: its CONNS miss takes the cold bucket the insert would (tcp_syn − floor_insert_percpu)", get("tcp_syn") - get("floor_insert_percpu")),
+        ("a new flow's first ACK: CONNS miss in the warm bucket, VIPS, hash and RING again, SYN_SEEN, the insert (tcp_new − tcp_syn)", get("tcp_new") - get("tcp_syn")),
         ("full evicting table vs empty, new TCP flow (tcp_new_full − tcp_new)", get("tcp_new_full") - get("tcp_new")),
         ("reply vs established: REPLIES and FIB lookup instead of CONNS (tcp_reply − tcp_established)", get("tcp_reply") - get("tcp_established")),
         ("cold connection-table entries: many flows in turn vs one (tcp_established_many − tcp_established)", get("tcp_established_many") - get("tcp_established")),
