@@ -8,6 +8,7 @@ pub mod fixture;
 pub mod ha;
 pub mod harness;
 pub mod icmp_frames;
+pub mod lab_config;
 pub mod netns;
 pub mod packet;
 pub mod prometheus;

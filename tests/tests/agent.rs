@@ -14,6 +14,7 @@ use lb_common::{
 };
 use lb_tests::{
     agent::{Agent, all_in_state, backends},
+    lab_config::{LabConfig, Vip},
     topology::{Lab, http_get, in_namespace},
 };
 use serde_json::Value;
@@ -21,40 +22,15 @@ use serde_json::Value;
 const SEED: u32 = 7;
 const RING: u32 = 65537;
 
+/// The agent's configuration: VIP web on the three backends (the first with weight `b1_weight`),
+/// the lab's fast HTTP checks ([`Vip`]), seed and ring size fixed, metrics on 127.0.0.1:9100.
 fn config(b1_weight: u32) -> String {
-    format!(
-        r#"global:
-  interfaces: [lbc, lbb1, lbb2, lbb3]
-  xdp_mode: driver
-  hash_seed: {SEED}
-  ring_size: {RING}
-  vip_capacity: 8
-  backend_capacity: 64
-  admin_socket: "{{socket}}"
-  metrics_address: 127.0.0.1:9100
-vips:
-  - name: web
-    address: 10.0.0.10
-    port: 80
-    protocol: tcp
-    health_check:
-      type: http
-      path: /health
-      interval: 200ms
-      fast_interval: 100ms
-      timeout: 150ms
-      rise: 2
-      fall: 2
-    backends:
-      - address: 10.0.11.2
-        port: 8080
-        weight: {b1_weight}
-      - address: 10.0.12.2
-        port: 8080
-      - address: 10.0.13.2
-        port: 8080
-"#
-    )
+    LabConfig::new()
+        .global(&format!("hash_seed: {SEED}"))
+        .global(&format!("ring_size: {RING}"))
+        .global("metrics_address: 127.0.0.1:9100")
+        .vip(Vip::tcp("web", "10.0.0.10", 80).weighted_backend("10.0.11.2:8080", b1_weight).backends(&["10.0.12.2:8080", "10.0.13.2:8080"]))
+        .render()
 }
 
 fn lab_with_agent(yaml: &str) -> (Lab, Agent) {

@@ -19,38 +19,19 @@ use std::{
 
 use lb_tests::{
     agent::{all_in_state, lab_with_agent},
+    lab_config::{LabConfig, Vip},
     topology::{Lab, http_get, in_namespace},
 };
 use lb_userspace::api::client::Client;
 
-const CONFIG: &str = r#"global:
-  interfaces: [lbc, lbb1, lbb2, lbb3]
-  xdp_mode: driver
-  vip_capacity: 8
-  backend_capacity: 64
-  admin_socket: "{socket}"
-  metrics_address: 127.0.0.1:9100
-vips:
-  - name: web
-    address: 10.0.0.10
-    port: 80
-    protocol: tcp
-    health_check:
-      type: http
-      path: /health
-      interval: 200ms
-      fast_interval: 100ms
-      timeout: 150ms
-      rise: 2
-      fall: 2
-    backends:
-      - address: 10.0.11.2
-        port: 8080
-      - address: 10.0.12.2
-        port: 8080
-      - address: 10.0.13.2
-        port: 8080
-"#;
+/// The agent's configuration: VIP web on the three backends, the lab's fast HTTP checks
+/// ([`Vip`]), metrics on 127.0.0.1:9100.
+fn config() -> String {
+    LabConfig::new()
+        .global("metrics_address: 127.0.0.1:9100")
+        .vip(Vip::tcp("web", "10.0.0.10", 80).backends(&["10.0.11.2:8080", "10.0.12.2:8080", "10.0.13.2:8080"]))
+        .render()
+}
 
 const ATTACK: Duration = Duration::from_secs(10);
 const IDLE: usize = 2000;
@@ -176,7 +157,7 @@ fn scrape(lab: &Lab) -> String {
 
 #[test]
 fn hostile_metrics_clients_starve_nothing() {
-    let (lab, agent) = lab_with_agent(env!("CARGO_BIN_EXE_lb-test-backend").as_ref(), 3, CONFIG, "web")
+    let (lab, agent) = lab_with_agent(env!("CARGO_BIN_EXE_lb-test-backend").as_ref(), 3, &config(), "web")
         .expect("a lab whose backends pass their checks");
     let pid = agent_pid(&agent.config).expect("the agent's pid");
     set_open_file_limit(pid, 1024);
@@ -267,7 +248,7 @@ fn slow_admin_clients(socket: &Path, stop: &AtomicBool) -> usize {
 /// as fast as without them, and the ring swap follows the failing probe at once.
 #[test]
 fn slow_admin_clients_do_not_delay_a_health_transition() {
-    let (mut lab, agent) = lab_with_agent(env!("CARGO_BIN_EXE_lb-test-backend").as_ref(), 3, CONFIG, "web")
+    let (mut lab, agent) = lab_with_agent(env!("CARGO_BIN_EXE_lb-test-backend").as_ref(), 3, &config(), "web")
         .expect("a lab whose backends pass their checks");
     let stop = Arc::new(AtomicBool::new(false));
     let slow = {

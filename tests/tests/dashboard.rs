@@ -21,6 +21,7 @@ use std::{
 
 use lb_tests::{
     agent::{Agent, all_in_state, in_netns},
+    lab_config::{LabConfig, Vip},
     prometheus_server::{PrometheusServer, unix_now},
     topology::{HttpSession, Lab, http_get, in_namespace},
 };
@@ -35,49 +36,17 @@ const DATA_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a traffic client runs, whatever happens to the test.
 const TRAFFIC_LIMIT: Duration = Duration::from_secs(300);
 
-const CONFIG: &str = r#"global:
-  interfaces: [lbc, lbb1, lbb2, lbb3]
-  xdp_mode: driver
-  vip_capacity: 8
-  backend_capacity: 64
-  conn_capacity: 16384
-  admin_socket: "{socket}"
-  metrics_address: 127.0.0.1:9100
-  announce_table: 100
-vips:
-  - name: web
-    address: 10.0.0.10
-    port: 80
-    protocol: tcp
-    health_check:
-      type: http
-      path: /health
-      interval: 200ms
-      fast_interval: 100ms
-      timeout: 150ms
-      rise: 2
-      fall: 2
-    backends:
-      - address: 10.0.11.2
-        port: 8080
-      - address: 10.0.12.2
-        port: 8080
-  - name: api
-    address: 10.0.0.10
-    port: 8081
-    protocol: tcp
-    health_check:
-      type: http
-      path: /health
-      interval: 200ms
-      fast_interval: 100ms
-      timeout: 150ms
-      rise: 2
-      fall: 2
-    backends:
-      - address: 10.0.13.2
-        port: 8080
-"#;
+/// The agent's configuration: VIP web on two backends and VIP api on the third, the lab's fast
+/// HTTP checks ([`Vip`]), metrics on [`METRICS`], VIP routes announced in routing table 100.
+fn config() -> String {
+    LabConfig::new()
+        .conn_capacity(16384)
+        .global("metrics_address: 127.0.0.1:9100")
+        .global("announce_table: 100")
+        .vip(Vip::tcp("web", "10.0.0.10", 80).backends(&["10.0.11.2:8080", "10.0.12.2:8080"]))
+        .vip(Vip::tcp("api", "10.0.0.10", 8081).backends(&["10.0.13.2:8080"]))
+        .render()
+}
 
 fn web() -> SocketAddr {
     "10.0.0.10:80".parse().unwrap()
@@ -250,7 +219,7 @@ fn every_dashboard_panel_has_data_from_the_lab() {
     let mut queries = Vec::new();
     panel_queries(&dashboard["panels"], &mut queries);
 
-    let (mut lab, agent) = lb_tests::agent::lab_with_agent(env!("CARGO_BIN_EXE_lb-test-backend").as_ref(), 3, CONFIG, "web").expect("a lab whose backends pass their checks");
+    let (mut lab, agent) = lb_tests::agent::lab_with_agent(env!("CARGO_BIN_EXE_lb-test-backend").as_ref(), 3, &config(), "web").expect("a lab whose backends pass their checks");
     agent.wait_status(Duration::from_secs(10), |s| all_in_state(s, "api", "up")).expect("the api VIP's backend is up");
     let prometheus = PrometheusServer::start(&lab.lb_ns, &[METRICS]).expect("prometheus");
     let _sessions: Vec<HttpSession> = (0..4).map(|_| HttpSession::open(&lab.client_ns, web(), Duration::from_secs(5)).expect("a keep-alive connection")).collect();

@@ -23,6 +23,7 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use lb_common::maps::{MAP_REASONS, UPGRADE_PROBE_SLOT};
 use lb_tests::{
     agent::{Agent, all_in_state, backends, in_netns, lab_with_agent},
+    lab_config::{LabConfig, Vip},
     topology::{HttpSession, Lab, http_get, in_namespace},
 };
 use serde_json::Value;
@@ -32,36 +33,16 @@ static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// The `upgrade-probe` build of the program (`tests/build.rs`).
 const NEXT_PROGRAM: &str = concat!(env!("OUT_DIR"), "/lb-xdp");
 
-const CONFIG: &str = r#"global:
-  interfaces: [lbc, lbb1, lbb2, lbb3]
-  xdp_mode: driver
-  vip_capacity: 8
-  backend_capacity: 64
-  conn_capacity: 65536
-  admin_socket: "{socket}"
-vips:
-  - name: web
-    address: 10.0.0.10
-    port: 80
-    protocol: tcp
-    health_check:
-      type: http
-      path: /health
-      interval: 200ms
-      fast_interval: 100ms
-      timeout: 150ms
-      rise: 2
-      fall: 2
-    backends:
-      - address: 10.0.11.2
-        port: 8080
-      - address: 10.0.12.2
-        port: 8080
-      - address: 10.0.13.2
-        port: 8080
-"#;
+/// The agent's configuration: VIP web on the three backends, the lab's fast HTTP checks
+/// ([`Vip`]), 65536 connections.
+fn config() -> String {
+    LabConfig::new()
+        .conn_capacity(65536)
+        .vip(Vip::tcp("web", "10.0.0.10", 80).backends(&["10.0.11.2:8080", "10.0.12.2:8080", "10.0.13.2:8080"]))
+        .render()
+}
 
-/// `fall × interval` of [`CONFIG`].
+/// `fall × interval` of the health check in [`config`].
 const FALL_TIME: Duration = Duration::from_millis(2 * 200);
 const KEEPALIVE_CLIENTS: usize = 6;
 const NEW_CONNECTION_CLIENTS: usize = 2;
@@ -229,7 +210,7 @@ fn status(agent: &Agent) -> Value {
 #[test]
 fn restarts_and_an_upgrade_fail_no_request() {
     let _turn = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let (lab, mut agent) = lab_with_agent(backend_bin(), 3, CONFIG, "web").expect("a lab whose backends pass their checks");
+    let (lab, mut agent) = lab_with_agent(backend_bin(), 3, &config(), "web").expect("a lab whose backends pass their checks");
     let first = status(&agent);
     assert_eq!(first["data_path"]["adopted"], false, "{first:#}");
     let program = attached_program(&lab, "lbc").expect("a program on lbc");
@@ -318,7 +299,7 @@ fn http_get_from(lab: &Lab, addr: SocketAddr) -> Result<(u16, String), String> {
 #[test]
 fn a_backend_that_died_with_the_agent_down_is_taken_out_and_a_mismatch_is_refused() {
     let _turn = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let (mut lab, mut agent) = lab_with_agent(backend_bin(), 3, CONFIG, "web").expect("a lab whose backends pass their checks");
+    let (mut lab, mut agent) = lab_with_agent(backend_bin(), 3, &config(), "web").expect("a lab whose backends pass their checks");
     agent.stop(libc::SIGKILL);
     lab.kill_backend(0);
     thread::sleep(Duration::from_secs(2));
