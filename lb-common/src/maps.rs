@@ -100,8 +100,8 @@ pub const LAYOUT_VERSION: u64 = 4;
 /// Entries of `REASONS`: room for counters added by later builds without a layout change.
 pub const REASON_SLOTS: u32 = 64;
 const _: () = assert!(crate::counters::Reason::COUNT < REASON_SLOTS);
-/// The `REASONS` slot the `upgrade-probe` build of the program counts every packet in (and the
-/// default build never touches): how the tests tell which build runs.
+/// The `REASONS` slot the `upgrade-probe` build of the program counts every verdict and event in
+/// (so every packet; the default build never touches it): how the tests tell which build runs.
 pub const UPGRADE_PROBE_SLOT: u32 = REASON_SLOTS - 1;
 
 /// Every map a running data path keeps in bpffs (all but the program's private `.rodata`,
@@ -176,7 +176,10 @@ pub const fn ip_of(addr: &Addr, family: u8) -> core::net::IpAddr {
 }
 
 /// A virtual service: the address, port and protocol clients connect to.
-#[repr(C)]
+///
+/// 4-byte aligned (its size, 20, is unchanged): the data path then builds keys with 32-bit
+/// copies of the address instead of sixteen byte loads and stores.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
     /// VIP address.

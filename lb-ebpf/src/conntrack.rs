@@ -10,16 +10,12 @@
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    counters::Reason,
     flow::{Flow, clock_secs},
     limits::SYN_SEEN_WORDS,
     maps::{Backend, BackendState, FlowKey},
 };
 
-use crate::{
-    maps::{BACKENDS, CONNS, HALF_OPEN, SYN_SEEN},
-    stats::count,
-};
+use crate::maps::{BACKENDS, CONNS, HALF_OPEN, SYN_SEEN};
 
 /// What a table says about a client → VIP packet.
 pub enum Tracked {
@@ -90,16 +86,14 @@ fn live(flow: Flow) -> Tracked {
 }
 
 /// Records `flow` for `key` in `CONNS` (or `HALF_OPEN` for a round-robin or least-conn SYN);
-/// a failed insert is counted, and the packet is still forwarded.
+/// whether the insert succeeded.
 ///
 /// Not inlined: its key and value would push the caller's frame past the BPF stack limit
-/// (512 bytes); as a BPF-to-BPF call its frame is separate.
+/// (512 bytes); as a BPF-to-BPF call its frame is separate, and it uses no stack of its own.
 #[inline(never)]
-pub fn track(key: &FlowKey, flow: &Flow, half_open: bool) {
+pub fn track(key: &FlowKey, flow: &Flow, half_open: bool) -> bool {
     let inserted = if half_open { HALF_OPEN.insert(key, flow, 0) } else { CONNS.insert(key, flow, 0) };
-    if inserted.is_err() {
-        count(Reason::ConnInsertFailed);
-    }
+    inserted.is_ok()
 }
 
 /// The `SYN_SEEN` word and bit of a flow hash.

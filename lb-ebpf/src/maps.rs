@@ -100,27 +100,26 @@ pub static VIP_LIVE: Array<u64> = Array::with_max_entries(DEFAULT_VIP_CAPACITY, 
 #[map]
 pub static META: Array<u64> = Array::with_max_entries(META_SLOTS, 0);
 
-/// Whether `addr` is the address of a VIP (the endpoint filter answers most addresses that
-/// are not without the `VIP_ADDRS` lookup).
+/// Whether the source (`source`) or destination address of `key` is the address of a VIP
+/// (the endpoint filter answers most addresses that are not without the `VIP_ADDRS` lookup).
 ///
 /// Not inlined: its key in a caller's frame put the new-flow call chain over the verifier's
-/// 512 bytes of stack.
+/// 512 bytes of stack. It takes the whole (8-byte aligned) `FlowKey`: from a bare `&Addr`
+/// LLVM reads the address a byte at a time.
 #[inline(never)]
-pub fn is_vip_address(addr: &Addr, family: u8) -> bool {
-    if !maybe_endpoint(addr, 0, FILTER_VIP_ADDRESS) {
-        return false;
-    }
-    let key = VipKey { addr: *addr, port: 0, proto: 0, family };
-    VIP_ADDRS.get_ptr(&key).is_some()
+pub fn is_vip_address(key: &FlowKey, source: bool) -> bool {
+    vip_address(key, source).is_some()
 }
 
-/// What the VIP address `addr` says about fragments, if it is one.
+/// What the source (`source`) or destination address of `key` says about fragments, if it is
+/// a VIP address.
 #[inline(always)]
-pub fn vip_address(addr: &Addr, family: u8) -> Option<VipAddress> {
+pub fn vip_address(key: &FlowKey, source: bool) -> Option<VipAddress> {
+    let addr = if source { &key.src } else { &key.dst };
     if !maybe_endpoint(addr, 0, FILTER_VIP_ADDRESS) {
         return None;
     }
-    let key = VipKey { addr: *addr, port: 0, proto: 0, family };
+    let key = VipKey { addr: *addr, port: 0, proto: 0, family: key.family };
     // SAFETY: pointer from a successful lookup, copied at once; the agent replaces values whole.
     VIP_ADDRS.get_ptr(&key).map(|v| unsafe { *v })
 }

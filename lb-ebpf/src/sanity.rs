@@ -75,7 +75,7 @@ pub fn check(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
 /// Whether a new flow's source may be a client: not martian, not a VIP address.
 #[inline(always)]
 pub fn client_source_ok(key: &FlowKey) -> Result<(), Reason> {
-    if is_martian(&key.src, key.family) || is_vip_address(&key.src, key.family) {
+    if is_martian(&key.src, key.family) || is_vip_address(key, true) {
         return Err(Reason::DropMartian);
     }
     Ok(())

@@ -4,10 +4,15 @@ use lb_common::{counters::Reason, maps::Traffic};
 
 use crate::maps::{BACKEND_STATS, REASONS, VIP_STATS};
 
-/// Counts one packet under `reason`.
+/// Counts one packet under `reason` (every packet reaches exactly one `count` of a verdict
+/// or an event). The `upgrade-probe` build also counts every call in `UPGRADE_PROBE_SLOT`:
+/// here rather than at the program's entry, where its key grew `lb_xdp`'s frame past what
+/// the deepest call chain can take.
 #[inline(always)]
 pub fn count(reason: Reason) {
     count_slot(reason as u32);
+    #[cfg(feature = "upgrade-probe")]
+    count_slot(lb_common::maps::UPGRADE_PROBE_SLOT);
 }
 
 /// Counts one packet in slot `slot` of `REASONS`.
