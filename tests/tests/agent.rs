@@ -282,20 +282,31 @@ fn live_flows(status: &Value) -> u64 {
 fn least_conn_counts_follow_flows_that_end() {
     let yaml = config(1).replace("    protocol: tcp\n", "    protocol: tcp\n    scheduler: least-conn\n");
     let (lab, agent) = lab_with_agent(&yaml);
+    // Each backend answers `/` with its name, b1 to b3, which serve 10.0.11.2 to 10.0.13.2.
+    let mut served: HashMap<String, u64> = HashMap::new();
     let sessions: Vec<_> = (0..6)
         .map(|_| {
             let s = lb_tests::topology::HttpSession::open(&lab.client_ns, web(), Duration::from_secs(5)).expect("connect");
-            assert_eq!(s.get("/").expect("request").0, 200);
+            let (status, body) = s.get("/").expect("request");
+            assert_eq!(status, 200);
+            let k: u8 = body.trim().strip_prefix('b').and_then(|k| k.parse().ok()).expect("a backend's name");
+            *served.entry(format!("10.0.{}.2", 10 + k)).or_default() += 1;
             s
         })
         .collect();
     let open = agent.wait_status(Duration::from_secs(5), |s| live_flows(s) == 6).expect("six live flows counted");
-    let per_backend: Vec<u64> = backends(&open, "web").iter().filter_map(|b| b["active_connections"].as_u64()).collect();
+    let counted: HashMap<String, u64> = backends(&open, "web")
+        .iter()
+        .map(|b| (b["address"].as_str().unwrap_or("?").to_owned(), b["active_connections"].as_u64().unwrap_or(u64::MAX)))
+        .filter(|&(_, n)| n > 0)
+        .collect();
     drop(sessions);
     let closed = agent.wait_status(Duration::from_secs(5), |s| live_flows(s) == 0);
-    eprintln!("least-conn live flows per backend with 6 connections open: {per_backend:?}");
+    eprintln!("least-conn live flows per backend with 6 connections open: {counted:?}");
     closed.expect("the counts fall back to zero once the connections close");
-    assert!(per_backend.iter().all(|&n| n <= 3), "least-conn spread six connections as {per_backend:?}");
+    // Power of two choices spreads the flows by chance (two ring slots may even name one
+    // backend), so the spread is not asserted: each backend's count is its open connections.
+    assert_eq!(counted, served, "each backend's count is the connections it serves");
 }
 
 /// The routes `ip route show table 100` lists in the load balancer's namespace.
