@@ -54,8 +54,9 @@ pub const MAP_ACTIVE_CONNS: &str = "ACTIVE_CONNS";
 /// `ENDPOINT_FILTER`: array of [`ENDPOINT_FILTER_WORDS`] 64-bit words, one bit per hash of a
 /// VIP or backend endpoint or of a VIP address ([`crate::hash::endpoint_bit`]). A clear bit
 /// proves that a packet is for no VIP (destination) or from no backend (source), so traffic
-/// that is neither skips the `VIPS` and `CONNS` lookups, or that an address is no VIP's. The agent sets a bit before it writes the VIP or backend
-/// and never clears one (a stale bit only costs a lookup).
+/// that is neither skips the `VIPS` and `CONNS` lookups, or that an address is no VIP's.
+/// The agent sets a bit before it writes the VIP, backend or VIP address and never clears
+/// one (a stale bit only costs a lookup).
 pub const MAP_ENDPOINT_FILTER: &str = "ENDPOINT_FILTER";
 /// Words of `ENDPOINT_FILTER` (65,536 bits, 8 KiB).
 pub const ENDPOINT_FILTER_WORDS: u32 = 1024;
