@@ -572,7 +572,7 @@ fn backends_with_pmtu(lab: &Lab, client: IpAddr) -> Vec<String> {
 /// for each, and the serving backend's route to the client shows `mtu 1280`.
 ///
 /// Controls, showing that the test depends on the errors reaching the backend:
-/// - `path_mtu_discovery_control_router_drops_icmp_errors` (ignored by default): the router's
+/// - `path_mtu_discovery_control_router_drops_icmp_errors` (about 25 s): the router's
 ///   ICMP errors to the VIPs are blackholed (policy rules; nft and iptables are not installed
 ///   here). IPv4 and IPv6: 0 body bytes in 8 s, `icmp_to_backend` +0, no backend learnt the MTU.
 /// - This test against the data path before the redesign (commit 182b3e5, which had no ICMP
@@ -612,7 +612,6 @@ fn path_mtu_discovery_works_through_the_load_balancer() {
 /// Observed (2026-11-29, this VM): IPv4 and IPv6 both stalled with 0 body bytes after 8 s,
 /// `icmp_to_backend` +0, no backend with a cached MTU of 1280.
 #[test]
-#[ignore = "control run for the PMTU test (about 25 s); run with --ignored"]
 fn path_mtu_discovery_control_router_drops_icmp_errors() {
     let r = routed(true);
     for (family, vip, client) in
