@@ -314,14 +314,7 @@ pub fn execute(cli: &Cli) -> ExitCode {
                     lines.iter().for_each(|l| println!("{l}"));
                     if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_REFUSED) }
                 }
-                Err(e @ ClientError::Unreachable(..)) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(EXIT_UNREACHABLE)
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(EXIT_REFUSED)
-                }
+                Err(e) => failed(e),
             };
         }
         Command::Backend(b) => {
@@ -373,14 +366,17 @@ pub fn execute(cli: &Cli) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e @ ClientError::Unreachable(..)) => {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_UNREACHABLE)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_REFUSED)
-        }
+        Err(e) => failed(e),
+    }
+}
+
+/// Prints a failed request's error; its exit code tells an agent that could not be reached
+/// from one that refused.
+fn failed(e: ClientError) -> ExitCode {
+    eprintln!("error: {e}");
+    match e {
+        ClientError::Unreachable(..) => ExitCode::from(EXIT_UNREACHABLE),
+        _ => ExitCode::from(EXIT_REFUSED),
     }
 }
 
