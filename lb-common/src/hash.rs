@@ -69,15 +69,6 @@ pub fn endpoint_bit(addr: &Addr, port: u16, salt: u64) -> u32 {
     (h >> 48) as u32
 }
 
-/// A 64-bit tag of a VIP (address, port, protocol, family), never 0: the `VIP_LIVE` entry of
-/// the VIP's id, compared by the data path with the tag of an established flow's destination.
-#[inline(always)]
-pub fn vip_tag(addr: &Addr, port: u16, proto: u8, family: u8) -> u64 {
-    let (a0, a1) = addr_words(addr);
-    let x = finish64(mix(mix(a0, a1), (port as u64) | ((proto as u64) << 16) | ((family as u64) << 24)));
-    x | 1
-}
-
 /// Hash of a backend's identity (address and port) under `seed`. Maglev derives each
 /// backend's offset and skip from it, so the table depends on what the backends are, not on
 /// the order or the slot ids they were given.
@@ -175,16 +166,6 @@ mod tests {
         let a = v4_addr([10, 0, 0, 10]);
         assert_ne!(endpoint_bit(&a, 80, 1), endpoint_bit(&a, 81, 1));
         assert_ne!(endpoint_bit(&a, 80, 1), endpoint_bit(&a, 80, 2));
-    }
-
-    #[test]
-    fn vip_tags_differ_and_are_never_zero() {
-        let a = v4_addr([10, 0, 0, 10]);
-        let t = vip_tag(&a, 80, 6, 4);
-        assert_ne!(t, 0);
-        assert_ne!(t, vip_tag(&a, 81, 6, 4));
-        assert_ne!(t, vip_tag(&a, 80, 17, 4));
-        assert_ne!(t, vip_tag(&v4_addr([10, 0, 0, 11]), 80, 6, 4));
     }
 
     #[test]

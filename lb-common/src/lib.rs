@@ -5,7 +5,7 @@
 //! by construction and the logic is unit-tested on the host with plain `cargo test`.
 #![no_std]
 
-#[cfg(feature = "std")]
+#[cfg(any(test, feature = "std"))]
 extern crate std;
 
 pub mod counters;

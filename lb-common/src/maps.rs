@@ -68,10 +68,10 @@ pub const FILTER_BACKEND: u64 = 0x6265_6b00;
 /// address is no VIP's, so a new flow's martian check skips the `VIP_ADDRS` lookup.
 pub const FILTER_VIP_ADDRESS: u64 = 0x7661_6400;
 
-/// `VIP_LIVE`: array VIP id → [`crate::hash::vip_tag`] of the VIP that id serves now (0: none).
+/// `VIP_LIVE`: array VIP id → the [`VipKey`] of the VIP that id serves now (all zero: none).
 /// Established flows are forwarded from their connection-table entry without the `VIPS`
-/// lookup when their entry's VIP id still serves their VIP; the agent writes the tag before
-/// the VIP entry and clears it before removing the VIP.
+/// lookup when their entry's VIP id still serves their VIP ([`VipKey::is_destination_of`]);
+/// the agent writes the key before the VIP entry and clears it before removing the VIP.
 pub const MAP_VIP_LIVE: &str = "VIP_LIVE";
 
 /// `META`: array of [`META_SLOTS`] `u64`, indexed by the `META_*` constants: what a pinned data
@@ -96,7 +96,7 @@ pub const META_PROGRAM_LOADED_AT: u32 = 4;
 /// meaning of their entries. Bump it with any such change: an agent adopts pinned maps only
 /// of its own layout version (`lb_common::maps::MAP_META`). Adding a counter at the end of
 /// [`crate::counters::Reason`] is not a layout change (`REASONS` has [`REASON_SLOTS`] entries).
-pub const LAYOUT_VERSION: u64 = 4;
+pub const LAYOUT_VERSION: u64 = 5;
 
 /// Entries of `REASONS`: room for counters added by later builds without a layout change.
 pub const REASON_SLOTS: u32 = 64;
@@ -191,6 +191,19 @@ pub struct VipKey {
     pub proto: u8,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
+}
+
+impl VipKey {
+    /// Whether `key` is addressed to this VIP. Compares words, not bytes: both types are
+    /// aligned, and the data path asks this for every packet of an established flow. An
+    /// all-zero key (family 0) matches no packet.
+    #[inline(always)]
+    pub fn is_destination_of(&self, key: &FlowKey) -> bool {
+        u128::from_le_bytes(self.addr) == u128::from_le_bytes(key.dst)
+            && self.port == key.dport
+            && self.proto == key.proto
+            && self.family == key.family
+    }
 }
 
 /// Hash only the client's address: every flow of one client goes to one backend
@@ -470,6 +483,35 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    #[test]
+    fn a_vip_key_is_the_destination_only_of_its_own_flows() {
+        let vip = VipKey { addr: [10, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], port: 80, proto: PROTO_TCP, family: FAMILY_V4 };
+        let flow = FlowKey {
+            src: [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: vip.addr,
+            sport: 40_000,
+            dport: 80,
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            pad: [0; 2],
+        };
+        assert!(vip.is_destination_of(&flow));
+        let mut other_address = flow;
+        other_address.dst[15] = 1;
+        let mut other_v6_byte = flow;
+        other_v6_byte.dst[8] = 1;
+        for other in [
+            other_address,
+            other_v6_byte,
+            FlowKey { dport: 81, ..flow },
+            FlowKey { proto: PROTO_UDP, ..flow },
+            FlowKey { family: FAMILY_V6, ..flow },
+        ] {
+            assert!(!vip.is_destination_of(&other), "{other:?}");
+        }
+        assert!(!VipKey::default().is_destination_of(&FlowKey { dst: [0; 16], dport: 0, proto: 0, ..flow }));
+    }
 
     #[test]
     fn layouts_have_no_padding() {

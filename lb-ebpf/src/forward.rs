@@ -17,7 +17,6 @@ use lb_common::{
     limits::CLIENT_HOP_TTL_SECS,
     maps::{Addr, CachedHop, FAMILY_V4, NextHop, VipKey},
 };
-use network_types::eth::EthHdr;
 
 use crate::{
     conntrack::now,
@@ -106,7 +105,7 @@ fn emit(ctx: &XdpContext, hop: &NextHop) -> Result<u32, Reason> {
             ifindex = vlan.parent;
         }
     }
-    set_macs(ctx, &hop.dst_mac, &hop.src_mac)?;
+    set_macs(ctx, hop)?;
     Ok(out(ctx, ifindex))
 }
 
@@ -157,13 +156,18 @@ fn out(ctx: &XdpContext, ifindex: u32) -> u32 {
     }
 }
 
+/// Writes the destination and source MACs as six 16-bit stores (LLVM copies a `[u8; 6]` a
+/// byte at a time).
 #[inline(always)]
-fn set_macs(ctx: &XdpContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), Reason> {
-    let eth = ptr_at::<EthHdr>(ctx, 0)?;
-    // SAFETY: bounds-checked by `ptr_at`.
+fn set_macs(ctx: &XdpContext, hop: &NextHop) -> Result<(), Reason> {
+    let eth = ptr_at::<[u16; 6]>(ctx, 0)?;
+    // SAFETY: bounds-checked by `ptr_at`; the frame starts 2-byte aligned (see
+    // `sanity::check`). `NextHop` is 4-byte aligned with its MACs at offsets 4 and 10, so
+    // both reads are aligned.
     unsafe {
-        (*eth).dst_addr = *dst;
-        (*eth).src_addr = *src;
+        let dst = *hop.dst_mac.as_ptr().cast::<[u16; 3]>();
+        let src = *hop.src_mac.as_ptr().cast::<[u16; 3]>();
+        *eth = [dst[0], dst[1], dst[2], src[0], src[1], src[2]];
     }
     Ok(())
 }

@@ -91,9 +91,9 @@ pub static BACKEND_STATS: PerCpuArray<Traffic> =
 #[map]
 pub static ENDPOINT_FILTER: Array<u64> = Array::with_max_entries(ENDPOINT_FILTER_WORDS, 0);
 
-/// VIP id → tag of the VIP it serves (`lb_common::maps::MAP_VIP_LIVE`).
+/// VIP id → the VIP it serves (`lb_common::maps::MAP_VIP_LIVE`).
 #[map]
-pub static VIP_LIVE: Array<u64> = Array::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
+pub static VIP_LIVE: Array<VipKey> = Array::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
 
 /// What the pinned maps were built and loaded with (`lb_common::maps::MAP_META`); written and
 /// read by the agent only.
@@ -127,9 +127,7 @@ pub fn vip_address(key: &FlowKey, source: bool) -> Option<VipAddress> {
 /// Whether VIP id `vip_id` still serves the VIP that `key` is addressed to.
 #[inline(always)]
 pub fn vip_is_live(vip_id: u32, key: &FlowKey) -> bool {
-    VIP_LIVE
-        .get(vip_id)
-        .is_some_and(|tag| *tag == lb_common::hash::vip_tag(&key.dst, key.dport, key.proto, key.family))
+    VIP_LIVE.get(vip_id).is_some_and(|vip| vip.is_destination_of(key))
 }
 
 /// Whether `addr`:`port` may be an endpoint of kind `salt` (`FILTER_VIP`, `FILTER_BACKEND`, `FILTER_VIP_ADDRESS` with port 0):

@@ -34,7 +34,8 @@ pub const TCP_CHECK: usize = 16;
 /// UDP checksum.
 pub const UDP_CHECK: usize = 6;
 
-/// Writes `addr`:`port` over the chosen endpoint of `pkt` and fixes the checksums.
+/// Writes `addr`:`port` over the chosen endpoint of `pkt` and fixes the checksums. `addr`
+/// must be a field of an aligned struct (see [`words`]).
 ///
 /// Not inlined: its own frame keeps its callers' below the verifier's stack limit.
 #[inline(never)]
@@ -52,17 +53,15 @@ pub fn rewrite(
     let mut l4_delta = rewrite_address(ctx, pkt, which, addr)?;
     l4_delta.replace_u16(old_port, port);
 
-    let port_ptr = ptr_at::<[u8; 2]>(ctx, pkt.l4 + port_off)?;
-    // SAFETY: bounds-checked by `ptr_at`.
-    unsafe { *port_ptr = port.to_be_bytes() };
-    if pkt.key.proto == PROTO_TCP {
-        let check = ptr_at::<[u8; 2]>(ctx, pkt.l4 + TCP_CHECK)?;
-        // SAFETY: bounds-checked by `ptr_at`.
-        unsafe { *check = l4_delta.apply(u16::from_be_bytes(*check)).to_be_bytes() };
-    } else {
-        let check = ptr_at::<[u8; 2]>(ctx, pkt.l4 + UDP_CHECK)?;
-        // SAFETY: bounds-checked by `ptr_at`.
-        unsafe { *check = l4_delta.apply_udp(u16::from_be_bytes(*check)).to_be_bytes() };
+    let port_ptr = ptr_at::<u16>(ctx, pkt.l4 + port_off)?;
+    let check_off = if pkt.key.proto == PROTO_TCP { TCP_CHECK } else { UDP_CHECK };
+    let check = ptr_at::<u16>(ctx, pkt.l4 + check_off)?;
+    // SAFETY: bounds-checked by `ptr_at`; 2-byte aligned, as the packet's IP header (see
+    // `sanity::check`), and the transport header is a whole number of 4-byte words behind it.
+    unsafe {
+        *port_ptr = port.to_be();
+        let old = u16::from_be(*check);
+        *check = if pkt.key.proto == PROTO_TCP { l4_delta.apply(old) } else { l4_delta.apply_udp(old) }.to_be();
     }
     Ok(())
 }
@@ -81,25 +80,35 @@ fn rewrite_address(ctx: &XdpContext, pkt: &Packet, which: Endpoint, addr: &Addr)
     let old_addr = if which == Endpoint::Source { &pkt.key.src } else { &pkt.key.dst };
     let mut l4_delta = CsumDelta::new();
     if pkt.key.family == FAMILY_V4 {
-        let old4 = [old_addr[0], old_addr[1], old_addr[2], old_addr[3]];
-        let new4 = [addr[0], addr[1], addr[2], addr[3]];
-        let mut ip_delta = CsumDelta::new();
-        ip_delta.replace_bytes(&old4, &new4);
+        let new4 = words::<2>(addr);
+        l4_delta.replace_be_words(&words::<2>(old_addr), &new4);
         let addr_off = if which == Endpoint::Source { IPV4_SRC } else { IPV4_DST };
-        let dst = ptr_at::<[u8; 4]>(ctx, pkt.l3 + addr_off)?;
-        let check = ptr_at::<[u8; 2]>(ctx, pkt.l3 + IPV4_CHECK)?;
-        // SAFETY: both pointers were bounds-checked by `ptr_at`.
+        let dst = ptr_at::<[u16; 2]>(ctx, pkt.l3 + addr_off)?;
+        let check = ptr_at::<u16>(ctx, pkt.l3 + IPV4_CHECK)?;
+        // SAFETY: both pointers were bounds-checked by `ptr_at` and are 2-byte aligned (see
+        // `rewrite`).
         unsafe {
             *dst = new4;
-            *check = ip_delta.apply(u16::from_be_bytes(*check)).to_be_bytes();
+            *check = l4_delta.apply(u16::from_be(*check)).to_be();
         }
-        l4_delta = ip_delta;
     } else {
-        l4_delta.replace_bytes(old_addr, addr);
+        let new6 = words::<8>(addr);
+        l4_delta.replace_be_words(&words::<8>(old_addr), &new6);
         let addr_off = if which == Endpoint::Source { IPV6_SRC } else { IPV6_DST };
-        let dst = ptr_at::<Addr>(ctx, pkt.l3 + addr_off)?;
-        // SAFETY: bounds-checked by `ptr_at`.
-        unsafe { *dst = *addr };
+        let dst = ptr_at::<[u16; 8]>(ctx, pkt.l3 + addr_off)?;
+        // SAFETY: as above.
+        unsafe { *dst = new6 };
     }
     Ok(l4_delta)
+}
+
+/// The first `N` (at most 8) 16-bit words of `addr`, as loaded from memory: one load per
+/// word where LLVM reads a bare `[u8; 16]` a byte at a time.
+#[inline(always)]
+fn words<const N: usize>(addr: &Addr) -> [u16; N] {
+    const { assert!(N <= 8) };
+    // SAFETY: within the 16 bytes of `addr`. Every address the data path rewrites from or to
+    // is a field at an even offset of a struct aligned to at least 4 (`FlowKey`, `Backend`,
+    // `VipKey`), so the load is aligned.
+    unsafe { *addr.as_ptr().cast::<[u16; N]>() }
 }

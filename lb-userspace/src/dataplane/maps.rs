@@ -34,7 +34,7 @@ pub struct Maps {
     backend_stats: PerCpuArray<MapData, Traffic>,
     active_conns: Array<MapData, u64>,
     endpoint_filter: Array<MapData, u64>,
-    vip_live: Array<MapData, u64>,
+    vip_live: Array<MapData, VipKey>,
     meta: Array<MapData, u64>,
     /// What `endpoint_filter` holds, so a bit is written once, without reading the map.
     filter_words: Vec<u64>,
@@ -197,7 +197,7 @@ impl Maps {
     pub fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
         // First the established flows' fast path, then the VIP itself.
         if let Some(meta) = self.vip(key)? {
-            self.vip_live.set(meta.id, 0, 0).context("clearing VIP_LIVE")?;
+            self.vip_live.set(meta.id, VipKey::default(), 0).context("clearing VIP_LIVE")?;
         }
         match self.vips.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -247,7 +247,7 @@ impl Maps {
             Some(live) => {
                 // The VIP moves to another id: flows tracked under the old one take the
                 // VIPS lookup again.
-                self.vip_live.set(live.id, 0, 0).context("clearing VIP_LIVE")?;
+                self.vip_live.set(live.id, VipKey::default(), 0).context("clearing VIP_LIVE")?;
                 0
             }
             None => 0,
@@ -263,8 +263,7 @@ impl Maps {
         let addr = address_key(key);
         self.vip_addr_users.entry(addr).or_default().insert(*key, meta.flags);
         self.write_vip_address(&addr)?;
-        let tag = lb_common::hash::vip_tag(&key.addr, key.port, key.proto, key.family);
-        self.vip_live.set(id, tag, 0).context("writing VIP_LIVE")?;
+        self.vip_live.set(id, *key, 0).context("writing VIP_LIVE")?;
         self.vips.insert(key, meta, 0).context("publishing the VIP")?;
         Ok(meta)
     }
