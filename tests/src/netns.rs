@@ -11,7 +11,7 @@ use std::{
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
-        mpsc,
+        Once, mpsc,
     },
     thread,
     time::{Duration, Instant},
@@ -25,6 +25,41 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 static NAMESPACES: AtomicU32 = AtomicU32::new(0);
+/// Where `ip netns` keeps its named namespaces.
+const NETNS_DIR: &str = "/var/run/netns";
+/// Once per process: namespaces left by test processes that were killed (no destructor ran).
+static SWEEP: Once = Once::new();
+
+/// The pid in the name of a namespace this module made (`lbt-<tag>-<pid>-<n>`).
+fn owner_pid(name: &str) -> Option<u32> {
+    let mut parts = name.strip_prefix("lbt-")?.rsplitn(3, '-');
+    let n = parts.next()?;
+    let pid = parts.next()?;
+    parts.next()?;
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
+/// Deletes the namespaces this module made in processes that no longer run (killed, so
+/// their `Drop` never ran); namespaces of live processes, this one's included, are left.
+/// Returns the names deleted.
+pub fn sweep_orphans() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
+        return Vec::new();
+    };
+    let mut deleted = Vec::new();
+    for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
+        let Some(pid) = owner_pid(&name) else { continue };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        match run(Command::new("ip").args(["netns", "del", &name])) {
+            Ok(_) => deleted.push(name),
+            Err(e) => eprintln!("removing the orphaned namespace {name}: {e}"),
+        }
+    }
+    deleted
+}
 
 /// A named network namespace (`ip netns`), deleted on drop.
 #[derive(Debug)]
@@ -62,8 +97,12 @@ fn run(cmd: &mut Command) -> Result<String, String> {
 }
 
 impl Netns {
-    /// Creates `lbt-<tag>-<pid>-<n>` with its loopback up.
+    /// Creates `lbt-<tag>-<pid>-<n>` with its loopback up (the first one of a process first
+    /// removes what killed test processes left: [`sweep_orphans`]).
     pub fn new(tag: &str) -> Netns {
+        SWEEP.call_once(|| {
+            sweep_orphans();
+        });
         let n = NAMESPACES.fetch_add(1, Ordering::Relaxed);
         let name = format!("lbt-{tag}-{}-{n}", std::process::id());
         run(Command::new("ip").args(["netns", "add", &name])).unwrap_or_else(|e| panic!("{e}"));
@@ -111,7 +150,7 @@ impl Netns {
     /// Runs `f` on a new thread that has joined the namespace and returns its result. A panic
     /// in `f` is raised again here; `f` taking longer than two minutes is a panic too.
     pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
+        let path = format!("{NETNS_DIR}/{}", self.name);
         let ns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let (tx, rx) = mpsc::channel();
         let worker = thread::Builder::new()
