@@ -102,6 +102,11 @@ pub enum Topology {
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 static LABS: AtomicU32 = AtomicU32::new(0);
+/// How long a VRRP lab must look ready without a break before it is: keepalived's track
+/// script (`lb check` every 1 s, rise 2, timeout 1 s) may still count a node as failing for
+/// up to about 3 s after its agent serves, and a node whose script recovers first takes the
+/// VIPs from the master meanwhile.
+const VRRP_SETTLE: Duration = Duration::from_millis(3500);
 
 /// Fills `@KEY@` placeholders of an example configuration.
 /// Comment lines (starting with `#`) are left as they are.
@@ -862,17 +867,24 @@ impl HaLab {
         .unwrap_or(false)
     }
 
+    /// [`HaLab::wait_ready`] for [`Topology::Vrrp`]: every running agent serves (`lb check`),
+    /// the first running node alone holds the VIPs, the gateway is held and the VIPs answer,
+    /// all of it unbroken for [`VRRP_SETTLE`].
     fn wait_ready_vrrp(&self, limit: Duration) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let deadline = started + limit;
         let running: Vec<&Node> = self.nodes.iter().filter(|n| n.agent.as_ref().is_some_and(|a| a.pid().is_some()) && n.keepalived_vips.is_some()).collect();
         let want = running.first().map(|n| n.index);
+        let mut settled_since = None;
         loop {
             let serving = running.iter().all(|n| n.agent().cli(&["check"]).status.success());
             let holders = self.vip_holders();
             let ok = serving && want.is_some() && holders == want.into_iter().collect::<Vec<_>>() && self.gateway_holder().is_some() && self.vips_answer();
-            if ok {
-                return Ok(started.elapsed());
+            match (ok, settled_since) {
+                (false, _) => settled_since = None,
+                (true, None) => settled_since = Some(Instant::now()),
+                (true, Some(since)) if since.elapsed() >= VRRP_SETTLE => return Ok(started.elapsed()),
+                (true, Some(_)) => {}
             }
             if Instant::now() > deadline {
                 bail!(
