@@ -1,7 +1,11 @@
 //! The tests' private namespaces: what a killed test process leaves behind is removed by the
 //! next one. Needs root.
 
-use std::process::Command;
+use std::{
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
 use lb_tests::netns::sweep_orphans;
 
@@ -26,20 +30,50 @@ impl Drop for Made {
     }
 }
 
+/// Kills a process on drop (bounded clean-up when the test fails).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn namespaces_of_killed_test_processes_are_swept_and_live_ones_kept() {
-    // A process that has exited: the owner of a namespace nobody deleted.
+    // A process that has exited: the owner of namespaces nobody deleted.
     let mut child = Command::new("true").spawn().expect("spawn");
     let dead = child.id();
     child.wait().expect("wait");
     let orphan = Made::add(format!("lbt-orphan-{dead}-0"));
+    let lab_orphan = Made::add(format!("lbt-{dead}-3-c"));
+    let ha_orphan = Made::add(format!("lbh-{dead}-0-n1"));
     let own = Made::add(format!("lbt-live-{}-9999", std::process::id()));
     let foreign = Made::add(format!("lbt-{dead}"));
+    // What a killed lab leaves running in its namespaces (an agent, a backend): killed too.
+    let mut left = Running(Command::new("ip").args(["netns", "exec", &ha_orphan.0, "sleep", "60"]).spawn().expect("spawn sleep"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Command::new("ip").args(["netns", "pids", &ha_orphan.0]).output().expect("ip netns pids").stdout.is_empty() {
+        assert!(Instant::now() < deadline, "the process in the orphan namespace did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
 
     let deleted = sweep_orphans();
 
-    assert!(deleted.contains(&orphan.0), "{deleted:?}");
-    assert!(!orphan.exists(), "the orphan is gone");
+    for gone in [&orphan, &lab_orphan, &ha_orphan] {
+        assert!(deleted.contains(&gone.0), "{} not in {deleted:?}", gone.0);
+        assert!(!gone.exists(), "{} is gone", gone.0);
+    }
     assert!(own.exists(), "a live process's namespace is kept");
-    assert!(foreign.exists(), "a name not of the form lbt-<tag>-<pid>-<n> is not touched");
+    assert!(foreign.exists(), "a name of no test's form is not touched");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = left.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the process left in the orphan namespace still runs");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "killed, not finished: {status}");
 }
