@@ -480,7 +480,7 @@ impl HaLab {
 
     fn build(nodes: usize, backends: usize, backend_bin: &Path, topology: Topology) -> anyhow::Result<HaLab> {
         check_tools()?;
-        crate::netns::sweep_orphans_once();
+        crate::orphans::sweep_orphans_once();
         anyhow::ensure!((2..=8).contains(&nodes), "2 to 8 nodes");
         anyhow::ensure!((1..=40).contains(&backends), "1 to 40 backends");
         let id = format!("lbh-{}-{}", std::process::id(), LABS.fetch_add(1, Ordering::Relaxed));

@@ -10,6 +10,7 @@ pub mod harness;
 pub mod icmp_frames;
 pub mod lab_config;
 pub mod netns;
+pub mod orphans;
 pub mod packet;
 pub mod prometheus;
 pub mod prometheus_server;

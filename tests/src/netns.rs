@@ -11,7 +11,7 @@ use std::{
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
-        Once, mpsc,
+        mpsc,
     },
     thread,
     time::{Duration, Instant},
@@ -25,58 +25,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 static NAMESPACES: AtomicU32 = AtomicU32::new(0);
-/// Where `ip netns` keeps its named namespaces.
-const NETNS_DIR: &str = "/var/run/netns";
-/// Once per process: namespaces left by test processes that were killed (no destructor ran).
-static SWEEP: Once = Once::new();
-
-/// The pid of the test process that made a namespace, from its name: the tests name theirs
-/// `lbt-<tag>-<pid>-<n>` ([`Netns`]), `lbt-<pid>-<n>-<role>` (the lab topology) and
-/// `lbh-<pid>-<n>-<role>` (the HA lab); the pid is the first all-digit field followed by
-/// another.
-fn owner_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix("lbt-").or_else(|| name.strip_prefix("lbh-"))?;
-    let fields: Vec<&str> = rest.split('-').collect();
-    let digits = |f: &str| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit());
-    let k = fields.windows(2).position(|w| digits(w[0]) && digits(w[1]))?;
-    fields[k].parse().ok()
-}
-
-/// Deletes the namespaces the tests made in processes that no longer run (killed, so their
-/// `Drop` never ran), after killing what still runs inside them (a lab's agents, backends,
-/// routing daemons); namespaces of live processes, this one's included, and names of any
-/// other form are left. Returns the names deleted.
-pub fn sweep_orphans() -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
-        return Vec::new();
-    };
-    let mut deleted = Vec::new();
-    for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
-        let Some(pid) = owner_pid(&name) else { continue };
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", &name])) {
-            for p in pids.split_whitespace() {
-                let _ = run(Command::new("kill").args(["-9", p]));
-            }
-        }
-        match run(Command::new("ip").args(["netns", "del", &name])) {
-            Ok(_) => deleted.push(name),
-            Err(e) => eprintln!("removing the orphaned namespace {name}: {e}"),
-        }
-    }
-    deleted
-}
-
-/// [`sweep_orphans`], once per process: the first lab or namespace a test process makes
-/// calls it.
-pub fn sweep_orphans_once() {
-    SWEEP.call_once(|| {
-        sweep_orphans();
-    });
-}
-
 /// A named network namespace (`ip netns`), deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -114,9 +62,9 @@ fn run(cmd: &mut Command) -> Result<String, String> {
 
 impl Netns {
     /// Creates `lbt-<tag>-<pid>-<n>` with its loopback up (the first one of a process first
-    /// removes what killed test processes left: [`sweep_orphans_once`]).
+    /// removes what killed test processes left: [`crate::orphans`]).
     pub fn new(tag: &str) -> Netns {
-        sweep_orphans_once();
+        crate::orphans::sweep_orphans_once();
         let n = NAMESPACES.fetch_add(1, Ordering::Relaxed);
         let name = format!("lbt-{tag}-{}-{n}", std::process::id());
         run(Command::new("ip").args(["netns", "add", &name])).unwrap_or_else(|e| panic!("{e}"));
@@ -164,7 +112,7 @@ impl Netns {
     /// Runs `f` on a new thread that has joined the namespace and returns its result. A panic
     /// in `f` is raised again here; `f` taking longer than two minutes is a panic too.
     pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("{NETNS_DIR}/{}", self.name);
+        let path = format!("/var/run/netns/{}", self.name);
         let ns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let (tx, rx) = mpsc::channel();
         let worker = thread::Builder::new()

@@ -113,7 +113,7 @@ impl Lab {
     }
 
     fn build(backends: usize, backend_bin: &Path, router_client_mtu: Option<u32>) -> anyhow::Result<Lab> {
-        crate::netns::sweep_orphans_once();
+        crate::orphans::sweep_orphans_once();
         let id = format!("{}-{}", std::process::id(), LABS.fetch_add(1, Ordering::Relaxed));
         let mut lab = Lab {
             client_ns: format!("lbt-{id}-c"),

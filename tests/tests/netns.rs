@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::netns::sweep_orphans;
+use lb_tests::orphans::sweep_orphans;
 
 /// Deletes a namespace on drop, so the test removes what it made also when it fails.
 struct Made(String);

@@ -20,6 +20,8 @@ mod agent;
 mod ha;
 mod ha_lab;
 mod lab;
+#[path = "../../tests/src/orphans.rs"]
+mod orphans;
 #[path = "../../tests/src/topology.rs"]
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
 mod topology;
