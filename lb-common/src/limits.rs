@@ -111,6 +111,13 @@ pub const fn ring_id_in(element: u64, index: u32) -> u32 {
 /// between a backend failing and the agent swapping in a ring without it).
 pub const MAX_RING_PROBES: u32 = 4;
 
+/// The agent retries a failed change to the host (adding or removing a VIP address or an
+/// announcement route) after this many milliseconds, doubling with each failure...
+pub const HOST_RETRY_FIRST_MS: u64 = 500;
+/// ...up to this many. An address or route that another program owns is tried again at this
+/// pace too, in case it goes away.
+pub const HOST_RETRY_MAX_MS: u64 = 30_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;

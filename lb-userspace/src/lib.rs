@@ -8,6 +8,8 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod health;
+pub mod host;
+pub mod instance;
 pub mod metrics;
 pub mod neighbours;
 pub mod netlink;

@@ -217,6 +217,7 @@ mod tests {
             interfaces: vec![],
             uptime_seconds: 1,
             data_path: Default::default(),
+            host: Default::default(),
             vips: vec![VipStatus {
                 name: "web".into(),
                 address: "10.0.0.1".parse().unwrap(),

@@ -2,19 +2,17 @@
 //! attract its traffic, and publishes the decision as a route in a kernel routing table
 //! (`global.announce_table`) that a routing daemon exports (BIRD's kernel protocol with
 //! `learn`, FRR's `redistribute table`, GoBGP's zebra import...). The agent speaks no routing
-//! protocol itself.
+//! protocol itself, and the routes themselves are added and removed by [`crate::host`], which
+//! records them.
 //!
 //! An address is announced while the data path is attached on every interface and at least one
 //! VIP on it has a backend that takes new flows; it is withdrawn when that stops, and on
 //! `lb teardown`. A stopping agent leaves its routes: the data path goes on forwarding.
 
-use std::{collections::BTreeMap, net::IpAddr, process::Command};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use super::state::VipRuntime;
 use lb_common::maps::BackendState;
-
-/// `proto` of the routes the agent adds, so that they are told from any other.
-pub const ROUTE_PROTOCOL: &str = "250";
 
 /// Whether an address is announced, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +44,7 @@ pub fn decide<'a>(vips: impl IntoIterator<Item = &'a VipRuntime>, attached: Resu
         .collect()
 }
 
-/// The routes the agent keeps in the announcement table.
+/// The decisions in force, and the announcement table.
 pub struct Announcer {
     table: Option<u32>,
     current: BTreeMap<IpAddr, Decision>,
@@ -67,58 +65,34 @@ impl Announcer {
         }
     }
 
-    /// Applies `decisions`: adds the routes of newly announced addresses, removes those of
-    /// withdrawn or vanished ones, and logs each change.
-    pub fn apply(&mut self, decisions: BTreeMap<IpAddr, Decision>) {
-        let Some(table) = self.table else {
-            self.current = decisions;
-            return;
-        };
-        for (addr, old) in &self.current {
-            if old.announce && !decisions.get(addr).is_some_and(|d| d.announce) {
-                route(table, "del", *addr);
-                tracing::info!(%addr, table, reason = %decisions.get(addr).map_or("the VIP was removed", |d| &d.reason), "VIP withdrawn");
+    /// Takes `decisions`, logs each change, and returns the addresses to announce (the routes
+    /// [`crate::host::HostState::set_routes`] keeps).
+    pub fn apply(&mut self, decisions: BTreeMap<IpAddr, Decision>) -> Vec<IpAddr> {
+        if let Some(table) = self.table {
+            for (addr, old) in &self.current {
+                if old.announce && !decisions.get(addr).is_some_and(|d| d.announce) {
+                    tracing::info!(%addr, table, reason = %decisions.get(addr).map_or("the VIP was removed", |d| &d.reason), "VIP withdrawn");
+                }
             }
-        }
-        for (addr, new) in &decisions {
-            let was = self.current.get(addr).is_some_and(|d| d.announce);
-            if new.announce && !was {
-                route(table, "replace", *addr);
-                tracing::info!(%addr, table, reason = %new.reason, "VIP announced");
+            for (addr, new) in &decisions {
+                if new.announce && !self.current.get(addr).is_some_and(|d| d.announce) {
+                    tracing::info!(%addr, table, reason = %new.reason, "VIP announced");
+                }
             }
         }
         self.current = decisions;
+        self.current.iter().filter(|(_, d)| d.announce).map(|(a, _)| *a).collect()
+    }
+
+    /// The announcement table (`None`: announcement off).
+    pub fn table(&self) -> Option<u32> {
+        self.table
     }
 
     /// Whether this node should serve `addr` (the decision, announced or not): what
     /// `lb check` reports to a VRRP track script.
     pub fn serving(&self, addr: IpAddr) -> bool {
         self.current.get(&addr).is_some_and(|d| d.announce)
-    }
-
-    /// Withdraws every address (`lb teardown`).
-    pub fn withdraw_all(&mut self) {
-        self.apply(BTreeMap::new());
-    }
-}
-
-/// Removes every route the agent may have left in `table` (`lb teardown` without an agent).
-pub fn flush(table: u32) {
-    for family in ["-4", "-6"] {
-        let _ = Command::new("ip").args([family, "route", "flush", "table", &table.to_string(), "proto", ROUTE_PROTOCOL]).output();
-    }
-}
-
-/// `ip route VERB ADDR/32|128 dev lo table TABLE proto ROUTE_PROTOCOL`.
-fn route(table: u32, verb: &str, addr: IpAddr) {
-    let prefix = format!("{addr}/{}", if addr.is_ipv4() { 32 } else { 128 });
-    let out = Command::new("ip")
-        .args(["route", verb, &prefix, "dev", "lo", "table", &table.to_string(), "proto", ROUTE_PROTOCOL])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => tracing::warn!(%addr, verb, error = %String::from_utf8_lossy(&o.stderr).trim(), "changing the announcement route failed"),
-        Err(e) => tracing::warn!(%addr, verb, error = %e, "could not run ip"),
     }
 }
 

@@ -6,7 +6,6 @@ mod announce;
 mod explain;
 mod report;
 pub mod state;
-mod vip_addresses;
 
 use std::{
     path::PathBuf,
@@ -33,10 +32,11 @@ use crate::{
         table_walk::{self, TableCounts},
     },
     health::{Checker, Transition},
+    host::HostState,
+    instance::{InstanceDir, InstanceLock},
     metrics, neighbours,
 };
 use state::{Changes, OpError, Runtime};
-use vip_addresses::VipAddresses;
 
 /// How often next hops are re-resolved and packet rates sampled.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -62,7 +62,8 @@ struct Agent {
     tables: TableCounts,
     announcer: announce::Announcer,
     checker: Checker,
-    addresses: VipAddresses,
+    /// The VIP addresses and announcement routes the agent adds to the host.
+    host: HostState,
     interfaces: Vec<(String, String)>,
     started: Instant,
     health: HealthStats,
@@ -71,12 +72,18 @@ struct Agent {
 
 /// Runs the agent until SIGTERM, SIGINT or `lb teardown`.
 ///
+/// It first takes the instance's lock ([`InstanceDir::try_lock`]): while another agent runs the
+/// instance, this one stops at once, having changed nothing.
+///
 /// The data path lives in bpffs (`global.instance`, [`Pins`]): a pinned data path of the same
 /// layout and sizes is adopted (its connection table, rings, backends, health and counters
 /// carry on, and this build's program replaces the running one on the same links), otherwise a
 /// new one is created and pinned. Stopping leaves it forwarding with the last maps, VIP
 /// addresses included; only [`Request::Teardown`] (or [`teardown`] without an agent) removes it.
 pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
+    let instance = InstanceDir::of_instance(&config.global.instance);
+    let mut lock = instance.try_lock()?;
+    lock.record_holder(&config.global.admin_socket)?;
     let pins = Pins::of_instance(&config.global.instance);
     // The program's own debug logs (rare events) only when the agent logs at debug level.
     let logger = tracing::enabled!(tracing::Level::DEBUG).then(log::logger);
@@ -110,7 +117,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     let (counts_tx, mut counts_rx) = mpsc::unbounded_channel();
     let stop_counting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let counter = table_walk::spawn_counter(dp.maps.table_fds()?, REFRESH, stop_counting.clone(), counts_tx)?;
-    let announce_on = config.global.interfaces[0].clone();
+    let host = HostState::start(instance.host_record())?;
     let mut agent = Agent {
         config_path: opts.config_path,
         runtime,
@@ -120,10 +127,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         tables: TableCounts::default(),
         announcer: announce::Announcer::new(config.global.announce_table),
         checker: Checker::new(health_tx),
-        addresses: match config.global.vip_addresses {
-            VipAddressOwner::Agent => VipAddresses::new(announce_on),
-            VipAddressOwner::External => VipAddresses::external(announce_on),
-        },
+        host,
         interfaces: Vec::new(),
         started: Instant::now(),
         health: HealthStats::default(),
@@ -164,7 +168,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
             }
             Some(call) = calls.recv() => {
                 if call.request == Request::Teardown {
-                    let answer = agent.teardown();
+                    let answer = agent.teardown().await;
                     let done = answer.is_ok();
                     let _ = call.reply.send(answer);
                     if done {
@@ -200,6 +204,9 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         task.abort();
     }
     let _ = std::fs::remove_file(&agent.config.global.admin_socket);
+    if torn_down {
+        lock.remove_dir()?;
+    }
     Ok(())
 }
 
@@ -210,28 +217,22 @@ pub struct Removed {
     pub pin_dir: String,
     /// Interfaces the program was detached from.
     pub detached: Vec<String>,
-    /// VIP addresses removed from the first interface.
-    pub addresses: Vec<std::net::IpAddr>,
+    /// The VIP addresses and announcement routes the agent had added.
+    pub host: Vec<String>,
 }
 
-/// Removes the data path of `config`'s instance without an agent: the VIP addresses its maps
-/// and the configuration name (from the first interface), then every pinned link (the program
-/// is detached) and map. Nothing pinned is not an error.
-pub fn teardown(config: &Config) -> anyhow::Result<Removed> {
+/// Removes the data path of `config`'s instance without an agent (the caller holds the
+/// instance's `lock`): every address and route recorded as the agent's, then every pinned
+/// link (the program is detached) and map, then the instance's runtime directory. Nothing
+/// there is not an error.
+pub fn teardown(config: &Config, lock: InstanceLock) -> anyhow::Result<Removed> {
     let pins = Pins::of_instance(&config.global.instance);
-    let mut addresses: Vec<std::net::IpAddr> = pins.vip_addresses();
-    addresses.extend(config.vips.iter().map(|v| v.address));
-    addresses.sort();
-    addresses.dedup();
-    if let Some(table) = config.global.announce_table {
-        announce::flush(table);
-    }
-    if config.global.vip_addresses == VipAddressOwner::External {
-        addresses.clear();
-    }
-    VipAddresses::owning(config.global.interfaces[0].clone(), addresses.iter().copied()).clear();
+    let record = lock.dir().host_record();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting an async runtime")?;
+    let host = runtime.block_on(crate::host::teardown_recorded(&record))?;
     let detached = pins.remove()?;
-    Ok(Removed { pin_dir: pins.dir().display().to_string(), detached, addresses })
+    lock.remove_dir()?;
+    Ok(Removed { pin_dir: pins.dir().display().to_string(), detached, host: host.iter().map(ToString::to_string).collect() })
 }
 
 impl Agent {
@@ -272,15 +273,15 @@ impl Agent {
         Ok(())
     }
 
-    /// Removes the data path and the VIP addresses ([`Request::Teardown`]); the agent stops
-    /// after answering.
-    fn teardown(&mut self) -> Result<Value, ApiError> {
-        self.announcer.withdraw_all();
-        self.addresses.clear();
+    /// Removes the recorded host state and the data path ([`Request::Teardown`]); the agent
+    /// stops after answering.
+    async fn teardown(&mut self) -> Result<Value, ApiError> {
+        let host = self.host.teardown().await.map_err(ApiError::internal)?;
         let detached = self.pins.remove().map_err(|e| ApiError::internal(format!("{e:#}")))?;
         self.dp.release_links();
-        tracing::info!(pin_dir = %self.pins.dir().display(), ?detached, "data path removed (program detached, maps unpinned, VIP addresses removed); stopping");
-        Ok(serde_json::json!({ "ok": true, "pin_dir": self.pins.dir().display().to_string(), "detached": detached }))
+        let host: Vec<String> = host.iter().map(ToString::to_string).collect();
+        tracing::info!(pin_dir = %self.pins.dir().display(), ?detached, ?host, "data path removed (program detached, maps unpinned, VIP addresses and routes removed); stopping");
+        Ok(serde_json::json!({ "ok": true, "pin_dir": self.pins.dir().display().to_string(), "detached": detached, "host": host }))
     }
 
     /// Writes what `changes` says to the maps, the VIP addresses and the health checker.
@@ -304,7 +305,11 @@ impl Agent {
             self.dp.maps.apply_service(&vip.service())?;
             self.health.last_table_write_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
         }
-        self.addresses.sync(self.runtime.vips.iter().map(|v| v.config.address));
+        let addresses = match self.config.global.vip_addresses {
+            VipAddressOwner::Agent => self.runtime.vips.iter().map(|v| v.config.address).collect(),
+            VipAddressOwner::External => Vec::new(),
+        };
+        self.host.set_addresses(&self.config.global.interfaces[0], addresses);
         for &id in &changes.probe {
             let Some((vip, b)) = self.runtime.backend_by_id(id) else {
                 continue;
@@ -337,7 +342,8 @@ impl Agent {
     fn announce(&mut self) {
         let attached = self.self_check();
         let decisions = announce::decide(&self.runtime.vips, attached.as_ref().map(|_| ()).map_err(String::as_str));
-        self.announcer.apply(decisions);
+        let announced = self.announcer.apply(decisions);
+        self.host.set_routes(self.announcer.table(), announced);
     }
 
     /// Moves to `next`, whose differences from the running runtime are `changes`, keeping it

@@ -137,6 +137,7 @@ pub fn status(agent: &Agent) -> StatusReport {
         uptime_seconds: agent.started.elapsed().as_secs(),
         data_path: agent.data_path.clone(),
         vips: agent.runtime.vips.iter().map(|v| vip_status(agent, v, active)).collect(),
+        host: agent.host.report(),
     }
 }
 

@@ -175,6 +175,38 @@ pub struct StatusReport {
     pub data_path: DataPathStatus,
     /// VIPs.
     pub vips: Vec<VipStatus>,
+    /// What the agent added to the host (VIP addresses, announcement routes).
+    #[serde(default)]
+    pub host: HostStatus,
+}
+
+/// What the agent owns on the host, in `lb status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// The record file (`/run/lb/<instance>/host-state.json`).
+    pub record: String,
+    /// Addresses and routes the agent added and that are in place.
+    pub owned: Vec<String>,
+    /// Changes the agent is still trying to make.
+    pub pending: Vec<HostPending>,
+    /// Addresses and routes the agent wants that were on the host already, added by someone
+    /// else: left alone, never removed by the agent.
+    pub foreign: Vec<String>,
+}
+
+/// A change to the host that failed and will be tried again.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostPending {
+    /// The address or route.
+    pub item: String,
+    /// `add` or `remove`.
+    pub action: String,
+    /// The last error.
+    pub error: String,
+    /// Failures in a row.
+    pub failures: u32,
+    /// Milliseconds until the next try.
+    pub retry_in_ms: u64,
 }
 
 /// The pinned data path in `lb status`.

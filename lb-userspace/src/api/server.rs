@@ -163,6 +163,7 @@ mod tests {
                             uptime_seconds: 1,
                             data_path: Default::default(),
                             vips: vec![],
+                            host: Default::default(),
                         }),
                         _ => serde_json::to_value(StatsReport {
                             reasons: vec![],

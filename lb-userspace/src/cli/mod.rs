@@ -416,8 +416,9 @@ fn reload_summary(answer: &Value) -> String {
     if parts.is_empty() { "reloaded: nothing changed".to_owned() } else { format!("reloaded: {}", parts.join("; ")) }
 }
 
-/// `lb teardown`: through the agent of the configuration's instance if it answers (it removes
-/// everything and stops), else directly.
+/// `lb teardown`: through the agent that holds the configuration's instance (it removes
+/// everything and stops); without one, directly, holding the instance's lock. An agent that
+/// holds the lock but does not answer is not bypassed: the command refuses.
 fn teardown(path: &std::path::Path) -> ExitCode {
     let config = match config::load(path) {
         Ok(c) => c,
@@ -426,21 +427,45 @@ fn teardown(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_REFUSED);
         }
     };
-    match Client::new(&config.global.admin_socket).command(&Request::Teardown) {
-        Ok(answer) => {
-            println!("the agent removed the data path at {} and stopped", answer["pin_dir"].as_str().unwrap_or("?"));
-            return ExitCode::SUCCESS;
+    let instance = crate::instance::InstanceDir::of_instance(&config.global.instance);
+    let lock = match instance.try_lock() {
+        Ok(mut lock) => {
+            // Held by this command now, without an admin socket.
+            if let Err(e) = lock.record_holder(std::path::Path::new("")) {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(EXIT_REFUSED);
+            }
+            lock
         }
-        Err(ClientError::Unreachable(..)) => {}
+        Err(crate::instance::LockError::Held { holder, .. }) => {
+            let socket = if holder.admin_socket.as_os_str().is_empty() { config.global.admin_socket.clone() } else { holder.admin_socket };
+            return match Client::new(&socket).command(&Request::Teardown) {
+                Ok(answer) => {
+                    println!("the agent removed the data path at {} and stopped", answer["pin_dir"].as_str().unwrap_or("?"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "error: instance {:?} is held by process {}, which did not tear it down through {}: {e}. \
+                         Nothing was removed; stop that agent, then run lb teardown again",
+                        config.global.instance,
+                        holder.pid,
+                        socket.display()
+                    );
+                    ExitCode::from(EXIT_REFUSED)
+                }
+            };
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_REFUSED);
         }
-    }
-    match crate::agent::teardown(&config) {
+    };
+    match crate::agent::teardown(&config, lock) {
         Ok(removed) => {
             let detached = if removed.detached.is_empty() { "no interface".to_owned() } else { removed.detached.join(", ") };
-            println!("removed the data path at {} (detached from {detached}; VIP addresses removed)", removed.pin_dir);
+            let host = if removed.host.is_empty() { "nothing".to_owned() } else { removed.host.join(", ") };
+            println!("removed the data path at {} (detached from {detached}); removed from the host: {host}", removed.pin_dir);
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -40,6 +40,7 @@ fn status(s: StatusReport) -> String {
         d.agent_version,
         d.layout
     );
+    out += &host(&s.host);
     for v in &s.vips {
         // What the data path's ring holds, and what of it takes new flows (state up and a
         // weight): a ring of weight-0 backends takes none.
@@ -140,6 +141,28 @@ fn explain(e: ExplainReport) -> String {
     out
 }
 
+/// What the agent owns on the host, a line per kind; nothing when it owns and wants nothing.
+fn host(h: &crate::api::HostStatus) -> String {
+    let mut out = String::new();
+    if !h.owned.is_empty() {
+        out += &format!("host: added by the agent {}\n", h.owned.join(", "));
+    }
+    for p in &h.pending {
+        out += &format!(
+            "host: cannot {} {} ({}; {}, next try in {})\n",
+            p.action,
+            p.item,
+            p.error,
+            counted(p.failures.into(), "failure"),
+            units::millis(p.retry_in_ms as f64)
+        );
+    }
+    if !h.foreign.is_empty() {
+        out += &format!("host: already there, not the agent's (left alone) {}\n", h.foreign.join(", "));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -184,6 +207,25 @@ BACKEND        STATE  HEALTH  ADMIN  WEIGHT  CONNS        RATE  FLOWS    BYTES
         let mut v6 = status_json(1, &[1], 0);
         v6["vips"][0]["address"] = json!("fd00::10");
         assert!(human(&Command::Status, &v6).contains("\nVIP web [fd00::10]:80/tcp  scheduler"));
+    }
+
+    #[test]
+    fn status_lists_what_the_agent_owns_on_the_host() {
+        let mut s = status_json(1, &[1], 0);
+        s["host"] = json!({"record": "/run/lb/default/host-state.json",
+                           "owned": ["address 10.0.0.10/32 on eth0", "route 10.0.0.10/32 dev lo table 100 proto 250"],
+                           "pending": [{"item": "address fd00::10/128 on eth0", "action": "add", "error": "no interface eth0",
+                                        "failures": 3, "retry_in_ms": 2000}],
+                           "foreign": ["address 10.0.0.11/32 on eth0"]});
+        let out = human(&Command::Status, &s);
+        assert!(
+            out.contains(
+                "layout 3\nhost: added by the agent address 10.0.0.10/32 on eth0, route 10.0.0.10/32 dev lo table 100 proto 250\n\
+                 host: cannot add address fd00::10/128 on eth0 (no interface eth0; 3 failures, next try in 2.00 s)\n\
+                 host: already there, not the agent's (left alone) address 10.0.0.11/32 on eth0\n\nVIP web"
+            ),
+            "{out}"
+        );
     }
 
     #[test]
