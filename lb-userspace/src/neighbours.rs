@@ -1,45 +1,172 @@
 //! Next-hop MAC addresses from the kernel's routing and neighbour tables, resolved off the
-//! packet path and stored with each backend, so the data path needs no FIB lookup per packet.
+//! packet path and stored with each backend, so the data path needs no FIB lookup per packet;
+//! and the 802.1Q devices on the interfaces the program runs on. Both are asked over the
+//! agent's rtnetlink connection ([`crate::netlink`]).
 
-use std::{net::IpAddr, process::Command, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use lb_common::maps::NextHop;
-use serde_json::Value;
+use rtnetlink::{
+    Handle, RouteMessageBuilder,
+    packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+    packet_route::{
+        AddressFamily, RouteNetlinkMessage,
+        link::{InfoData, InfoKind, InfoVlan, LinkAttribute, LinkInfo, LinkMessage},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+        route::{RouteAddress, RouteAttribute},
+    },
+};
+use tokio::sync::{mpsc, watch};
 
-use crate::netlink;
+/// Looks up next hops over one rtnetlink connection.
+#[derive(Clone)]
+pub struct Resolver {
+    handle: Handle,
+}
 
-/// How long one netlink receive may wait for the kernel.
-const NETLINK_TIMEOUT: Duration = Duration::from_millis(200);
+impl Resolver {
+    /// Requests go through `handle`.
+    pub fn new(handle: Handle) -> Resolver {
+        Resolver { handle }
+    }
 
-/// The next hop towards `addr`: egress interface, its MAC and the neighbour's MAC (the
-/// address itself or its gateway). `None` while the kernel has no complete neighbour entry;
-/// any traffic to the address (a health probe) makes the kernel resolve it.
-///
-/// Asks the kernel over rtnetlink, in the calling thread's network namespace: the route to
-/// `addr` (`RTM_GETROUTE`), the neighbour entry of its gateway or of `addr` on the egress
-/// interface (`RTM_GETNEIGH`), and that interface's MAC (`RTM_GETLINK`).
-pub fn resolve(addr: IpAddr) -> Option<NextHop> {
-    match lookup(addr) {
-        Ok(hop) => hop,
-        Err(e) => {
-            tracing::debug!(%addr, error = %e, "next hop lookup failed");
-            None
+    /// The next hop towards `addr`: egress interface, its MAC and the neighbour's MAC (the
+    /// address itself or its gateway). `None` while the kernel has no usable neighbour entry
+    /// (any traffic to the address, a health probe, makes the kernel resolve it), or has no
+    /// route.
+    ///
+    /// Asks the kernel for the route to `addr` (`RTM_GETROUTE`), the one neighbour entry of its
+    /// gateway or of `addr` on the egress interface (`RTM_GETNEIGH` with a destination), and
+    /// that interface's MAC (`RTM_GETLINK`).
+    pub async fn resolve(&self, addr: IpAddr) -> Option<NextHop> {
+        match self.lookup(addr).await {
+            Ok(hop) => hop,
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "next hop lookup failed");
+                None
+            }
         }
+    }
+
+    async fn lookup(&self, addr: IpAddr) -> Result<Option<NextHop>, rtnetlink::Error> {
+        let query = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(addr, if addr.is_ipv4() { 32 } else { 128 })
+            .map_err(|e| rtnetlink::Error::InvalidNla(format!("{e:?}")))?
+            .build();
+        let Some(route) = self.handle.route().get(query).execute().try_next().await? else {
+            return Ok(None);
+        };
+        let (oif, gateway) = route_target(&route.attributes);
+        let Some(ifindex) = oif else {
+            return Ok(None);
+        };
+        let Some(dst_mac) = self.neighbour(ifindex, gateway.unwrap_or(addr)).await? else {
+            return Ok(None);
+        };
+        let link = self.handle.link().get().match_index(ifindex).execute().try_next().await?;
+        let src_mac = link.and_then(|l| link_mac(&l.attributes));
+        Ok(src_mac.map(|src_mac| NextHop { ifindex, dst_mac, src_mac }))
+    }
+
+    /// The usable MAC of neighbour `addr` on `ifindex`, asked for as one entry (the crate's
+    /// neighbour request only dumps the whole table, which costs per backend what the table
+    /// holds; this builds the single-entry request with the crate's message types).
+    async fn neighbour(&self, ifindex: u32, addr: IpAddr) -> Result<Option<[u8; 6]>, rtnetlink::Error> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        message.header.ifindex = ifindex;
+        message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::from(addr)));
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(message));
+        request.header.flags = NLM_F_REQUEST;
+        let mut answers = self.handle.clone().request(request)?;
+        let mut found = None;
+        while let Some(answer) = answers.next().await {
+            match answer.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => found = usable_mac(&n),
+                // No entry.
+                NetlinkPayload::Error(e) if e.to_io().raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+                NetlinkPayload::Error(e) => return Err(rtnetlink::Error::NetlinkError(e)),
+                _ => {}
+            }
+        }
+        Ok(found)
+    }
+
+    /// The 802.1Q devices whose parent is one of `parents` (by name).
+    pub async fn vlan_devices(&self, parents: &[String]) -> Result<Vec<VlanDevice>, rtnetlink::Error> {
+        let links: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await?;
+        Ok(vlans_in(&links, parents))
     }
 }
 
-fn lookup(addr: IpAddr) -> Result<Option<NextHop>, netlink::Error> {
-    let mut nl = netlink::Socket::open(NETLINK_TIMEOUT)?;
-    let route = nl.route(addr)?;
-    let Some(ifindex) = route.oif else {
-        return Ok(None);
-    };
-    let via = route.gateway.unwrap_or(addr);
-    let Some(dst_mac) = nl.neighbour(ifindex, via)?.and_then(|n| n.mac()) else {
-        return Ok(None);
-    };
-    let src_mac = nl.link(ifindex)?.address.and_then(|a| <[u8; 6]>::try_from(a).ok());
-    Ok(src_mac.map(|src_mac| NextHop { ifindex, dst_mac, src_mac }))
+/// The egress interface and gateway of a route.
+fn route_target(attributes: &[RouteAttribute]) -> (Option<u32>, Option<IpAddr>) {
+    let mut oif = None;
+    let mut gateway = None;
+    for a in attributes {
+        match a {
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some(IpAddr::V6(*g)),
+            _ => {}
+        }
+    }
+    (oif, gateway)
+}
+
+/// A link's 6-byte MAC.
+fn link_mac(attributes: &[LinkAttribute]) -> Option<[u8; 6]> {
+    attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
+        _ => None,
+    })
+}
+
+/// The neighbour's MAC, if the entry is usable: permanent, noarp, reachable, stale, delay or
+/// probe (not failed, incomplete or none), with a 6-byte link-layer address that is not all
+/// zero (the no-ARP entries of `lo` carry zeroes).
+fn usable_mac(n: &NeighbourMessage) -> Option<[u8; 6]> {
+    use NeighbourState::{Delay, Noarp, Permanent, Probe, Reachable, Stale};
+    if !matches!(n.header.state, Permanent | Noarp | Reachable | Stale | Delay | Probe) {
+        return None;
+    }
+    let mac = n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(l) => <[u8; 6]>::try_from(l.as_slice()).ok(),
+        _ => None,
+    })?;
+    (mac != [0; 6]).then_some(mac)
+}
+
+/// Resolves the next hop of every backend address `wanted` holds, every `every`, and sends
+/// what it found to `found` as (backend id, address, next hop): the agent writes it to the
+/// maps. Runs until `found` is closed.
+pub fn spawn(
+    resolver: Resolver,
+    mut wanted: watch::Receiver<Vec<(u32, IpAddr)>>,
+    found: mpsc::UnboundedSender<Vec<(u32, IpAddr, NextHop)>>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = wanted.changed() => if changed.is_err() { return },
+            }
+            let backends = wanted.borrow_and_update().clone();
+            let mut hops = Vec::with_capacity(backends.len());
+            for (id, addr) in backends {
+                if let Some(hop) = resolver.resolve(addr).await {
+                    hops.push((id, addr, hop));
+                }
+            }
+            if found.send(hops).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// An 802.1Q device: its index, its parent's index and its VLAN id.
@@ -53,48 +180,46 @@ pub struct VlanDevice {
     pub vlan_id: u16,
 }
 
-/// The 802.1Q devices whose parent is one of `parents` (by name), from `ip -d -j link show`.
-pub fn vlan_devices(parents: &[String]) -> Vec<VlanDevice> {
-    ip_json(&["-d", "link", "show"]).map(|links| vlans_in(&links, parents)).unwrap_or_default()
-}
-
-/// The 802.1Q devices on `parents` in `ip -d -j link show` output.
-fn vlans_in(links: &Value, parents: &[String]) -> Vec<VlanDevice> {
-    let Some(links) = links.as_array() else {
-        return Vec::new();
+/// The 802.1Q devices on `parents` among `links`.
+fn vlans_in(links: &[LinkMessage], parents: &[String]) -> Vec<VlanDevice> {
+    let name_of = |l: &LinkMessage| {
+        l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        })
     };
-    let index_of = |name: &str| {
-        links
-            .iter()
-            .find(|l| l.get("ifname").and_then(Value::as_str) == Some(name))
-            .and_then(|l| l.get("ifindex")?.as_u64())
-    };
+    let parent_indices: Vec<u32> = links
+        .iter()
+        .filter(|l| name_of(l).is_some_and(|n| parents.contains(&n)))
+        .map(|l| l.header.index)
+        .collect();
     links
         .iter()
         .filter_map(|l| {
-            let info = l.get("linkinfo")?;
-            if info.get("info_kind")?.as_str()? != "vlan" {
+            let parent = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Link(p) => Some(*p),
+                _ => None,
+            })?;
+            if !parent_indices.contains(&parent) {
                 return None;
             }
-            let parent = l.get("link")?.as_str()?;
-            if !parents.iter().any(|p| p == parent) {
+            let infos = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::LinkInfo(i) => Some(i),
+                _ => None,
+            })?;
+            if !infos.contains(&LinkInfo::Kind(InfoKind::Vlan)) {
                 return None;
             }
-            Some(VlanDevice {
-                ifindex: u32::try_from(l.get("ifindex")?.as_u64()?).ok()?,
-                parent: u32::try_from(index_of(parent)?).ok()?,
-                vlan_id: u16::try_from(info.get("info_data")?.get("id")?.as_u64()?).ok()?,
-            })
+            let vlan_id = infos.iter().find_map(|i| match i {
+                LinkInfo::Data(InfoData::Vlan(v)) => v.iter().find_map(|v| match v {
+                    InfoVlan::Id(id) => Some(*id),
+                    _ => None,
+                }),
+                _ => None,
+            })?;
+            Some(VlanDevice { ifindex: l.header.index, parent, vlan_id })
         })
         .collect()
-}
-
-fn ip_json(args: &[&str]) -> Option<Value> {
-    let out = Command::new("ip").arg("-j").args(args).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -109,28 +234,65 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 
 #[cfg(test)]
 mod tests {
+    use std::process::Command;
+
     use super::*;
+
+    fn link(index: u32, name: &str, parent: Option<u32>, info: Vec<LinkInfo>) -> LinkMessage {
+        let mut l = LinkMessage::default();
+        l.header.index = index;
+        l.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        if let Some(p) = parent {
+            l.attributes.push(LinkAttribute::Link(p));
+        }
+        if !info.is_empty() {
+            l.attributes.push(LinkAttribute::LinkInfo(info));
+        }
+        l
+    }
+
+    fn vlan(id: u16) -> Vec<LinkInfo> {
+        vec![LinkInfo::Kind(InfoKind::Vlan), LinkInfo::Data(InfoData::Vlan(vec![InfoVlan::Id(id)]))]
+    }
 
     #[test]
     fn finds_vlan_devices_on_the_given_parents() {
-        // The shape `ip -d -j link show` prints (iproute2 6.1), trimmed.
-        let links: Value = serde_json::from_str(
-            r#"[
-              {"ifindex":1,"ifname":"lo","linkinfo":null},
-              {"ifindex":2,"ifname":"eth0"},
-              {"ifindex":3,"ifname":"eth1"},
-              {"ifindex":7,"link":"eth0","ifname":"eth0.100","linkinfo":{"info_kind":"vlan","info_data":{"protocol":"802.1Q","id":100,"flags":["REORDER_HDR"]}}},
-              {"ifindex":8,"link":"eth1","ifname":"eth1.200","linkinfo":{"info_kind":"vlan","info_data":{"protocol":"802.1Q","id":200}}},
-              {"ifindex":9,"link":"eth1","ifname":"mv0","linkinfo":{"info_kind":"macvlan","info_data":{"mode":"bridge"}}}
-            ]"#,
-        )
-        .unwrap();
+        let links = vec![
+            link(1, "lo", None, vec![]),
+            link(2, "eth0", None, vec![]),
+            link(3, "eth1", None, vec![]),
+            link(7, "eth0.100", Some(2), vlan(100)),
+            link(5000, "eth1.200", Some(3), vlan(200)),
+            link(9, "mv0", Some(3), vec![LinkInfo::Kind(InfoKind::MacVlan)]),
+            // A veth's IFLA_LINK is its peer, not a parent.
+            link(10, "veth0", Some(2), vec![LinkInfo::Kind(InfoKind::Veth)]),
+        ];
+        assert_eq!(vlans_in(&links, &["eth0".to_owned()]), vec![VlanDevice { ifindex: 7, parent: 2, vlan_id: 100 }]);
         assert_eq!(
-            vlans_in(&links, &["eth0".to_owned()]),
-            vec![VlanDevice { ifindex: 7, parent: 2, vlan_id: 100 }]
+            vlans_in(&links, &["eth0".to_owned(), "eth1".to_owned()]),
+            vec![VlanDevice { ifindex: 7, parent: 2, vlan_id: 100 }, VlanDevice { ifindex: 5000, parent: 3, vlan_id: 200 }]
         );
-        assert_eq!(vlans_in(&links, &["eth0".to_owned(), "eth1".to_owned()]).len(), 2);
         assert!(vlans_in(&links, &["eth2".to_owned()]).is_empty());
+    }
+
+    fn neighbour(state: NeighbourState, mac: &[u8]) -> NeighbourMessage {
+        let mut n = NeighbourMessage::default();
+        n.header.state = state;
+        n.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        n
+    }
+
+    #[test]
+    fn only_usable_neighbour_entries_give_a_mac() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        for state in [NeighbourState::Reachable, NeighbourState::Stale, NeighbourState::Delay, NeighbourState::Probe, NeighbourState::Permanent, NeighbourState::Noarp] {
+            assert_eq!(usable_mac(&neighbour(state, &mac)), Some(mac), "{state:?}");
+        }
+        for state in [NeighbourState::Failed, NeighbourState::Incomplete, NeighbourState::None] {
+            assert_eq!(usable_mac(&neighbour(state, &mac)), None, "{state:?}");
+        }
+        assert_eq!(usable_mac(&neighbour(NeighbourState::Noarp, &[0; 6])), None, "lo's zero MAC");
+        assert_eq!(usable_mac(&neighbour(NeighbourState::Reachable, &[1, 2, 3])), None, "not a MAC");
     }
 
     #[test]
@@ -141,10 +303,24 @@ mod tests {
         assert_eq!(parse_mac("zz:1b:00:0a:ff:01"), None);
     }
 
+    /// Resolves `addrs` on a new connection in the calling thread's network namespace.
+    fn resolve_all(addrs: &[&str]) -> Vec<Option<NextHop>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let netlink = crate::netlink::Netlink::open().unwrap();
+            let resolver = Resolver::new(netlink.handle());
+            let mut out = Vec::new();
+            for a in addrs {
+                out.push(resolver.resolve(a.parse().unwrap()).await);
+            }
+            out
+        })
+    }
+
     #[test]
     fn loopback_has_a_route_but_no_neighbour() {
         // 127.0.0.1 routes via lo, which has no neighbour entries: not resolvable.
-        assert_eq!(resolve("127.0.0.1".parse().unwrap()), None);
+        assert_eq!(resolve_all(&["127.0.0.1"]), vec![None]);
     }
 
     /// A network namespace of its own, deleted (with its devices) when dropped, also when the
@@ -249,37 +425,39 @@ mod tests {
             let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
             assert_ne!(ifindex, 0, "lbnl0 exists in the namespace");
             let own = parse_mac("02:00:00:00:00:01").unwrap();
-            let hop = |mac: &str| {
-                Some(NextHop { ifindex, dst_mac: parse_mac(mac).unwrap(), src_mac: own })
-            };
-            let resolve = |a: &str| resolve(a.parse().unwrap());
-
-            // Directly connected, and behind a gateway.
-            assert_eq!(resolve("10.99.0.2"), hop("02:00:00:00:00:02"));
-            assert_eq!(resolve("198.51.100.7"), hop("02:00:00:00:00:fe"));
-            assert_eq!(resolve("2001:db8:99::2"), hop("02:00:00:00:06:02"));
-            assert_eq!(resolve("2001:db8:1::7"), hop("02:00:00:00:06:fe"));
-            assert_eq!(resolve("2001:db8:2::7"), hop("02:00:00:00:06:ff"), "a link-local gateway");
-
-            // Routes but no neighbour entry (of the address, or of its gateway).
-            assert_eq!(resolve("10.99.0.3"), None);
-            assert_eq!(resolve("203.0.113.7"), None);
-            assert_eq!(resolve("2001:db8:99::3"), None);
-            assert_eq!(resolve("2001:db8:3::7"), None);
-            // No route at all (the namespace has no default route).
-            assert_eq!(resolve("192.0.2.1"), None);
-            assert_eq!(resolve("2001:db8:ffff::1"), None);
-
-            // The dump fallback for kernels before 5.0 finds the same entries.
-            let mut nl = netlink::Socket::open(NETLINK_TIMEOUT).unwrap();
-            for a in ["10.99.0.2", "2001:db8:99::fe", "10.99.0.3"] {
-                let a: IpAddr = a.parse().unwrap();
-                assert_eq!(
-                    nl.neighbour_from_dump(ifindex, a).unwrap(),
-                    nl.neighbour(ifindex, a).unwrap(),
-                    "{a}"
-                );
-            }
+            let hop = |mac: &str| Some(NextHop { ifindex, dst_mac: parse_mac(mac).unwrap(), src_mac: own });
+            let found = resolve_all(&[
+                // Directly connected, and behind a gateway (the last one link-local).
+                "10.99.0.2",
+                "198.51.100.7",
+                "2001:db8:99::2",
+                "2001:db8:1::7",
+                "2001:db8:2::7",
+                // Routes but no neighbour entry (of the address, or of its gateway).
+                "10.99.0.3",
+                "203.0.113.7",
+                "2001:db8:99::3",
+                "2001:db8:3::7",
+                // No route at all (the namespace has no default route).
+                "192.0.2.1",
+                "2001:db8:ffff::1",
+            ]);
+            assert_eq!(
+                found,
+                vec![
+                    hop("02:00:00:00:00:02"),
+                    hop("02:00:00:00:00:fe"),
+                    hop("02:00:00:00:06:02"),
+                    hop("02:00:00:00:06:fe"),
+                    hop("02:00:00:00:06:ff"),
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                ]
+            );
         });
 
         // An entry that is not usable: a failed resolution, then one that goes stale (usable).
@@ -296,9 +474,9 @@ mod tests {
             "stale",
         ]);
         ns.run(|| {
-            assert_eq!(resolve("10.99.0.2".parse().unwrap()), None, "a failed entry");
-            let hop = resolve("10.99.0.4".parse().unwrap()).expect("a stale entry is usable");
-            assert_eq!(hop.dst_mac, parse_mac("02:00:00:00:00:04").unwrap());
+            let found = resolve_all(&["10.99.0.2", "10.99.0.4"]);
+            assert_eq!(found[0], None, "a failed entry");
+            assert_eq!(found[1].expect("a stale entry is usable").dst_mac, parse_mac("02:00:00:00:00:04").unwrap());
         });
     }
 }

@@ -6,6 +6,7 @@ mod announce;
 mod explain;
 mod report;
 pub mod state;
+mod transaction;
 
 use std::{
     path::PathBuf,
@@ -14,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow};
 use aya::programs::links::{FdLink, PinnedLink};
-use lb_common::maps::{Backend, META_LAYOUT, META_PROGRAM_HASH};
+use lb_common::maps::{META_LAYOUT, META_PROGRAM_HASH};
 use serde_json::Value;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -34,7 +35,9 @@ use crate::{
     health::{Checker, Transition},
     host::HostState,
     instance::{InstanceDir, InstanceLock},
-    metrics, neighbours,
+    metrics,
+    neighbours::{self, Resolver},
+    netlink::Netlink,
 };
 use state::{Changes, OpError, Runtime};
 
@@ -64,6 +67,12 @@ struct Agent {
     checker: Checker,
     /// The VIP addresses and announcement routes the agent adds to the host.
     host: HostState,
+    /// Health transitions the maps refused, tried again at the next refresh.
+    unapplied_health: Vec<Transition>,
+    /// The backends whose next hops the resolver task looks up.
+    hop_targets: tokio::sync::watch::Sender<Vec<(u32, std::net::IpAddr)>>,
+    /// The agent's rtnetlink connection, shared by the host state and the resolver.
+    _netlink: Netlink,
     interfaces: Vec<(String, String)>,
     started: Instant,
     health: HealthStats,
@@ -85,6 +94,8 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     let mut lock = instance.try_lock()?;
     lock.record_holder(&config.global.admin_socket)?;
     let pins = Pins::of_instance(&config.global.instance);
+    let netlink = Netlink::open().context("opening a netlink socket")?;
+    let resolver = Resolver::new(netlink.handle());
     // The program's own debug logs (rare events) only when the agent logs at debug level.
     let logger = tracing::enabled!(tracing::Level::DEBUG).then(log::logger);
     let object = match &opts.program {
@@ -102,7 +113,8 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         None => None,
     };
     // XDP sends through a VLAN device's parent: the data path tags frames for it.
-    for vlan in neighbours::vlan_devices(&config.global.interfaces) {
+    let vlans = resolver.vlan_devices(&config.global.interfaces).await.context("listing the interfaces' VLAN devices")?;
+    for vlan in vlans {
         dp.maps.set_vlan_egress(vlan.ifindex, vlan.parent, vlan.vlan_id)?;
         tracing::info!(ifindex = vlan.ifindex, parent = vlan.parent, vlan = vlan.vlan_id, "VLAN device on an XDP interface");
     }
@@ -117,7 +129,10 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     let (counts_tx, mut counts_rx) = mpsc::unbounded_channel();
     let stop_counting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let counter = table_walk::spawn_counter(dp.maps.table_fds()?, REFRESH, stop_counting.clone(), counts_tx)?;
-    let host = HostState::start(instance.host_record())?;
+    let host = HostState::start(instance.host_record(), netlink.handle())?;
+    let (hop_targets, hop_targets_rx) = tokio::sync::watch::channel(Vec::new());
+    let (hops_tx, mut hops_rx) = mpsc::unbounded_channel();
+    let resolving = neighbours::spawn(resolver, hop_targets_rx, hops_tx, REFRESH);
     let mut agent = Agent {
         config_path: opts.config_path,
         runtime,
@@ -128,6 +143,9 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         announcer: announce::Announcer::new(config.global.announce_table),
         checker: Checker::new(health_tx),
         host,
+        unapplied_health: Vec::new(),
+        hop_targets,
+        _netlink: netlink,
         interfaces: Vec::new(),
         started: Instant::now(),
         health: HealthStats::default(),
@@ -180,6 +198,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
                 let _ = call.reply.send(answer);
             }
             Some(counts) = counts_rx.recv() => agent.on_table_counts(counts),
+            Some(hops) = hops_rx.recv() => agent.on_hops(hops),
             _ = tick.tick() => agent.refresh(),
             _ = hup.recv() => {
                 if let Err(e) = agent.reload() {
@@ -200,7 +219,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     drop(counts_rx);
     let _ = counter.join();
     api.abort();
-    for task in [metrics, ebpf_logs].into_iter().flatten() {
+    for task in [metrics, ebpf_logs, Some(resolving)].into_iter().flatten() {
         task.abort();
     }
     let _ = std::fs::remove_file(&agent.config.global.admin_socket);
@@ -284,26 +303,24 @@ impl Agent {
         Ok(serde_json::json!({ "ok": true, "pin_dir": self.pins.dir().display().to_string(), "detached": detached, "host": host }))
     }
 
-    /// Writes what `changes` says to the maps, the VIP addresses and the health checker.
+    /// Writes what `changes` says to the maps for the running runtime (at start), then to the
+    /// VIP addresses and the health checker.
     fn apply(&mut self, changes: Changes) -> anyhow::Result<()> {
-        for (key, _, backends) in &changes.removed_vips {
-            self.dp.maps.remove_vip(key)?;
-            for &id in backends {
-                self.dp.maps.set_backend(id, &Backend::default())?;
-                self.checker.remove(id);
-            }
+        let took = transaction::write_maps(&mut self.dp.maps, &self.runtime, &changes)?;
+        self.after_write(&changes, took);
+        Ok(())
+    }
+
+    /// What follows a map write of `changes`: the health checker's targets, the VIP addresses
+    /// and the announcement. A probe's counters are kept when its target stops or restarts
+    /// (`lb stats` counts only up).
+    fn after_write(&mut self, changes: &Changes, took: Option<Duration>) {
+        if let Some(took) = took {
+            self.health.last_table_write_ms = Some(took.as_secs_f64() * 1000.0);
         }
-        for &id in &changes.removed_backends {
-            self.dp.maps.set_backend(id, &Backend::default())?;
-            self.checker.remove(id);
-        }
-        for &vip_id in &changes.vips {
-            let Some(vip) = self.runtime.vip_by_id(vip_id) else {
-                continue;
-            };
-            let started = Instant::now();
-            self.dp.maps.apply_service(&vip.service())?;
-            self.health.last_table_write_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        let removed = changes.removed_vips.iter().flat_map(|(_, _, ids)| ids).chain(&changes.removed_backends);
+        for &id in removed {
+            self.stop_probe(id);
         }
         let addresses = match self.config.global.vip_addresses {
             VipAddressOwner::Agent => self.runtime.vips.iter().map(|v| v.config.address).collect(),
@@ -311,18 +328,24 @@ impl Agent {
         };
         self.host.set_addresses(&self.config.global.interfaces[0], addresses);
         for &id in &changes.probe {
-            let Some((vip, b)) = self.runtime.backend_by_id(id) else {
-                continue;
-            };
-            match report::probe_target(vip, b) {
-                Some(target) => self.checker.add(target, b.generation),
-                None => self.checker.remove(id),
+            let target = self.runtime.backend_by_id(id).map(|(vip, b)| (report::probe_target(vip, b), b.generation));
+            self.stop_probe(id);
+            if let Some((Some(target), generation)) = target {
+                self.checker.add(target, generation);
             }
         }
         if !self.interfaces.is_empty() {
             self.announce();
         }
-        Ok(())
+    }
+
+    /// Stops probing backend `id`, adding what its probes counted to the agent's totals.
+    fn stop_probe(&mut self, id: u32) {
+        if let Some(t) = self.checker.snapshot().into_iter().find(|t| t.id == id) {
+            self.health.probes += t.probes;
+            self.health.failures += t.failures;
+        }
+        self.checker.remove(id);
     }
 
     /// Checks that the program runs on every interface: each pinned link exists and runs this
@@ -347,53 +370,56 @@ impl Agent {
     }
 
     /// Moves to `next`, whose differences from the running runtime are `changes`, keeping it
-    /// only if the maps took every write.
-    ///
-    /// Map writes are not transactional. When one fails midway, the running runtime is kept
-    /// and written back over what was already written ([`Runtime::rollback`]: the VIPs and
-    /// backend slots `next` added are removed, every running VIP is written again, the probes
-    /// that were touched are restarted) and the error is returned. Should writing back fail
-    /// too, that is logged: the maps may then differ from the runtime until its VIPs are
-    /// written again.
+    /// only if the maps took every write ([`transaction::commit`]); otherwise the running
+    /// runtime, written back, stays and the error is returned.
     fn switch_to(&mut self, next: Runtime, changes: Changes) -> anyhow::Result<()> {
-        let mut kept = std::mem::replace(&mut self.runtime, next);
-        let Err(e) = self.apply(changes.clone()) else {
-            return Ok(());
-        };
-        let undo = kept.rollback(&self.runtime, &changes);
-        self.runtime = kept;
-        if let Err(undo_error) = self.apply(undo) {
-            tracing::error!(error = %format!("{undo_error:#}"), "writing the running configuration back to the maps failed; they may differ from it");
+        match transaction::commit(&mut self.dp.maps, &mut self.runtime, next, changes) {
+            Ok((applied, took)) => {
+                self.after_write(&applied, took);
+                Ok(())
+            }
+            Err(failed) => {
+                self.after_write(&failed.undo, None);
+                Err(failed.error)
+            }
         }
-        Err(e)
     }
 
-    /// Applies `changes` and answers the caller.
-    fn commit(&mut self, changes: Changes) -> Result<Value, ApiError> {
-        self.apply(changes).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    /// Runs `op` on a copy of the running runtime and switches to it ([`Agent::switch_to`]):
+    /// a refused operation or a failed map write changes nothing.
+    fn transact(&mut self, op: impl FnOnce(&mut Runtime, &mut Changes) -> Result<(), OpError>) -> Result<Value, ApiError> {
+        let mut next = self.runtime.clone();
+        let mut changes = Changes::default();
+        op(&mut next, &mut changes).map_err(refused)?;
+        self.switch_to(next, changes)
+            .map_err(|e| ApiError::internal(format!("writing the maps failed; nothing was changed: {e:#}")))?;
         Ok(serde_json::json!({ "ok": true }))
     }
 
-    /// Records a batch of health transitions and writes the VIPs they change. A transition of
-    /// a backend that is gone (removed, or its slot reused: another generation) is ignored.
+    /// Records a batch of health transitions and writes the VIPs they change, all or nothing.
+    /// A transition of a backend that is gone (removed, or its slot reused: another
+    /// generation) is ignored. A batch the maps refused is kept and tried again at the next
+    /// refresh: the health checker sends a transition once.
     fn on_health(&mut self, batch: Vec<Transition>) {
+        let mut next = self.runtime.clone();
         let mut changes = Changes::default();
         let batch: Vec<Transition> = batch
             .into_iter()
             .filter(|t| {
-                let current = self.runtime.set_health(t.id, t.generation, t.health, &mut changes);
+                let current = next.set_health(t.id, t.generation, t.health, &mut changes);
                 if !current {
                     tracing::debug!(backend = t.id, generation = t.generation, health = %t.health, "transition of a removed backend ignored");
                 }
                 current
             })
             .collect();
-        self.health.transitions += batch.len() as u64;
         let swapped = !changes.vips.is_empty();
-        if let Err(e) = self.apply(changes) {
-            tracing::error!(error = %e, "writing the maps after a health change failed");
+        if let Err(e) = self.switch_to(next, changes) {
+            tracing::error!(error = %format!("{e:#}"), "writing the maps after a health change failed; the health stays as it was and the change is tried again");
+            self.unapplied_health.extend(batch);
             return;
         }
+        self.health.transitions += batch.len() as u64;
         if !swapped {
             return;
         }
@@ -406,24 +432,40 @@ impl Agent {
         }
     }
 
+    /// Tells the resolver which backends to look up, re-checks the announcement and samples
+    /// packet rates.
     fn refresh(&mut self) {
-        let mut changes = Changes::default();
-        let ids: Vec<(u32, std::net::IpAddr)> = self
+        let targets: Vec<(u32, std::net::IpAddr)> = self
             .runtime
             .vips
             .iter()
             .flat_map(|v| v.backends.iter().map(|b| (b.id, b.address)))
             .collect();
-        for (id, addr) in ids {
-            if let Some(hop) = neighbours::resolve(addr) {
-                self.runtime.set_hop(id, hop, &mut changes);
-            }
-        }
-        if let Err(e) = self.apply(changes) {
-            tracing::error!(error = %e, "writing next hops failed");
+        self.hop_targets.send_if_modified(|t| std::mem::replace(t, targets.clone()) != targets);
+        if !self.unapplied_health.is_empty() {
+            let batch = std::mem::take(&mut self.unapplied_health);
+            self.on_health(batch);
         }
         self.announce();
         self.rates.sample(&self.runtime, &self.dp.maps);
+    }
+
+    /// Writes the next hops the resolver found ([`neighbours::spawn`]) for backends that still
+    /// have the address it looked up (a slot may have been reused meanwhile).
+    fn on_hops(&mut self, hops: Vec<(u32, std::net::IpAddr, lb_common::maps::NextHop)>) {
+        let mut next = self.runtime.clone();
+        let mut changes = Changes::default();
+        for (id, addr, hop) in hops {
+            if next.backend_by_id(id).is_some_and(|(_, b)| b.address == addr) {
+                next.set_hop(id, hop, &mut changes);
+            }
+        }
+        if changes.vips.is_empty() {
+            return;
+        }
+        if let Err(e) = self.switch_to(next, changes) {
+            tracing::error!(error = %format!("{e:#}"), "writing next hops failed; they are tried again with the next resolution");
+        }
     }
 
     /// Keeps a new count of the connection tables for `lb status` and the metrics, and writes
@@ -466,7 +508,6 @@ impl Agent {
     }
 
     fn handle(&mut self, request: Request) -> Result<Value, ApiError> {
-        let mut changes = Changes::default();
         match request {
             Request::Status => to_json(&report::status(self)),
             Request::Stats => to_json(&report::stats(self)),
@@ -476,13 +517,9 @@ impl Agent {
             Request::Teardown => Err(ApiError::internal("teardown is handled by the agent loop")),
             Request::BackendAdd { vip, backend, weight } => {
                 let b = config::BackendConfig { address: backend.ip(), port: backend.port(), weight, state: AdminState::Up };
-                self.runtime.add_backend(&vip, &b, &mut changes).map_err(refused)?;
-                self.commit(changes)
+                self.transact(|rt, ch| rt.add_backend(&vip, &b, ch).map(|_| ()))
             }
-            Request::BackendRemove { vip, backend, force } => {
-                self.runtime.remove_backend(&vip, backend, force, &mut changes).map_err(refused)?;
-                self.commit(changes)
-            }
+            Request::BackendRemove { vip, backend, force } => self.transact(|rt, ch| rt.remove_backend(&vip, backend, force, ch).map(|_| ())),
             Request::BackendState { vip, backend, state, force } => {
                 let state = match state.as_str() {
                     "up" => AdminState::Up,
@@ -490,22 +527,14 @@ impl Agent {
                     "down" => AdminState::Down,
                     other => return Err(ApiError::bad_request(format!("unknown state {other:?}: use up, draining or down"))),
                 };
-                self.runtime.set_admin(&vip, backend, state, force, &mut changes).map_err(refused)?;
-                self.commit(changes)
+                self.transact(|rt, ch| rt.set_admin(&vip, backend, state, force, ch))
             }
-            Request::BackendWeight { vip, backend, weight, force } => {
-                self.runtime.set_weight(&vip, backend, weight, force, &mut changes).map_err(refused)?;
-                self.commit(changes)
-            }
+            Request::BackendWeight { vip, backend, weight, force } => self.transact(|rt, ch| rt.set_weight(&vip, backend, weight, force, ch)),
             Request::VipAdd { yaml } => {
                 let vip = report::parse_vip(&self.config, &yaml)?;
-                self.runtime.add_vip(&vip, &mut changes).map_err(refused)?;
-                self.commit(changes)
+                self.transact(|rt, ch| rt.add_vip(&vip, ch))
             }
-            Request::VipRemove { name } => {
-                self.runtime.remove_vip(&name, &mut changes).map_err(refused)?;
-                self.commit(changes)
-            }
+            Request::VipRemove { name } => self.transact(|rt, ch| rt.remove_vip(&name, ch)),
         }
     }
 }

@@ -224,6 +224,11 @@ pub struct Changes {
     pub removed_backends: Vec<u32>,
     /// Backend slots that need a health checker (new or with a changed check).
     pub probe: Vec<u32>,
+    /// VIP slots taken by a VIP that did not have them: their counters are zeroed
+    /// ([`super::transaction::fresh_slots`]).
+    pub fresh_vips: Vec<u32>,
+    /// Backend slots taken by a backend that did not have them (zeroed likewise).
+    pub fresh_backends: Vec<u32>,
 }
 
 impl Changes {

@@ -46,6 +46,9 @@ pub struct Maps {
     vip_addr_users: std::collections::HashMap<VipKey, std::collections::HashMap<VipKey, u32>>,
     ring_size: u32,
     hash_seed: u32,
+    /// Tests only: map writes left before every write fails ([`Maps::fail_writes_after`]).
+    #[cfg(test)]
+    write_budget: Option<usize>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
@@ -77,6 +80,17 @@ fn table_fd(ebpf: &Ebpf, name: &str) -> anyhow::Result<OwnedFd> {
     match ebpf.map(name) {
         Some(Map::LruHashMap(data)) => Ok(data.fd().as_fd().try_clone_to_owned()?),
         _ => Err(anyhow!("the XDP object has no LRU hash map {name}")),
+    }
+}
+
+/// A deletion, where a key that is not there is not an error: aya reports the kernel's
+/// ENOENT from `bpf_map_delete_elem` as a syscall error, not as [`MapError::KeyNotFound`]
+/// (a rollback deletes what a failed write may never have written).
+fn removed(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
     }
 }
 
@@ -118,6 +132,8 @@ impl Maps {
             vip_addr_users: Default::default(),
             ring_size: sizing.ring_size,
             hash_seed: sizing.hash_seed,
+            #[cfg(test)]
+            write_budget: None,
         })
     }
 
@@ -195,14 +211,12 @@ impl Maps {
 
     /// Removes a VIP: its traffic goes to the kernel from the next packet on.
     pub fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        self.spend_write()?;
         // First the established flows' fast path, then the VIP itself.
         if let Some(meta) = self.vip(key)? {
             self.vip_live.set(meta.id, VipKey::default(), 0).context("clearing VIP_LIVE")?;
         }
-        match self.vips.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
+        removed(self.vips.remove(key))?;
         let addr = address_key(key);
         if let Some(users) = self.vip_addr_users.get_mut(&addr) {
             users.remove(key);
@@ -220,10 +234,7 @@ impl Maps {
             }
             None => {
                 self.vip_addr_users.remove(addr);
-                match self.vip_addrs.remove(addr) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                removed(self.vip_addrs.remove(addr))?;
             }
         }
         Ok(())
@@ -259,11 +270,13 @@ impl Maps {
             );
         }
         let meta = VipMeta { ring_half: half, ..vip };
+        self.spend_write()?;
         self.admit_endpoint(&key.addr, key.port, FILTER_VIP)?;
         let addr = address_key(key);
         self.vip_addr_users.entry(addr).or_default().insert(*key, meta.flags);
         self.write_vip_address(&addr)?;
         self.vip_live.set(id, *key, 0).context("writing VIP_LIVE")?;
+        self.spend_write()?;
         self.vips.insert(key, meta, 0).context("publishing the VIP")?;
         Ok(meta)
     }
@@ -295,6 +308,7 @@ impl Maps {
     /// translation of the endpoint's replies.
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> anyhow::Result<()> {
         anyhow::ensure!(id != 0, "backend slot 0 is reserved");
+        self.spend_write()?;
         if backend.state == BackendState::Unused as u8 {
             self.forget_replies(id)?;
         } else {
@@ -330,10 +344,7 @@ impl Maps {
     fn forget_replies(&mut self, id: u32) -> anyhow::Result<()> {
         if let Some((key, _)) = self.reply_keys.remove(&id) {
             self.reply_owners.remove(&key);
-            match self.replies.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e.into()),
-            }
+            removed(self.replies.remove(&key))?;
         }
         Ok(())
     }
@@ -409,6 +420,43 @@ impl Maps {
             *slot = self.reasons.get(&(i as u32), 0)?.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Zeroes the traffic counters of VIP slot `id` (`vip`) or backend slot `id`: a slot taken
+    /// again starts counting from zero, not from what its last user counted.
+    pub fn reset_traffic(&mut self, vip: bool, id: u32) -> anyhow::Result<()> {
+        self.spend_write()?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![Traffic::default(); cpus])?;
+        let map = if vip { &mut self.vip_stats } else { &mut self.backend_stats };
+        map.set(id, zero, 0).with_context(|| format!("zeroing the counters of {} slot {id}", if vip { "VIP" } else { "backend" }))
+    }
+
+    /// Tests only: sets backend slot `id`'s per-CPU counters, as the data path counts.
+    #[cfg(test)]
+    pub fn backend_stats_for_tests(&mut self, id: u32, per_cpu: &[Traffic]) {
+        let values = aya::maps::PerCpuValues::try_from(per_cpu.to_vec()).unwrap();
+        self.backend_stats.set(id, values, 0).unwrap();
+    }
+
+    /// Tests only: after `n` more writes through the agent's write calls, the next write fails
+    /// once, as a map update refused by the kernel would (`None`: none fails).
+    #[cfg(test)]
+    pub fn fail_writes_after(&mut self, n: Option<usize>) {
+        self.write_budget = n;
+    }
+
+    /// Counts one write against the injected budget; always succeeds outside tests.
+    fn spend_write(&mut self) -> anyhow::Result<()> {
+        #[cfg(test)]
+        if let Some(left) = self.write_budget.as_mut() {
+            if *left == 0 {
+                self.write_budget = None;
+                anyhow::bail!("injected map write failure");
+            }
+            *left -= 1;
+        }
+        Ok(())
     }
 
     /// Traffic of VIP `id`, summed over CPUs.

@@ -68,16 +68,17 @@ impl Drop for HostState {
 }
 
 impl HostState {
-    /// Reads the record at `record_path` and starts the task that keeps the host as wanted
-    /// (nothing is wanted until the agent says so, and nothing is changed before).
-    pub fn start(record_path: PathBuf) -> anyhow::Result<HostState> {
+    /// Reads the record at `record_path` and starts the task that keeps the host as wanted,
+    /// through `netlink` (nothing is wanted until the agent says so, and nothing is changed
+    /// before).
+    pub fn start(record_path: PathBuf, netlink: crate::netlink::Handle) -> anyhow::Result<HostState> {
         let record = Record::load(&record_path).with_context(|| {
             format!(
                 "the record of what the agent added to the host is unreadable; check {} against the host and remove it",
                 record_path.display()
             )
         })?;
-        let rtnl = Rtnl::open().context("opening a netlink socket")?;
+        let rtnl = Rtnl::new(netlink);
         let (wanted, wanted_rx) = watch::channel(Wanted::default());
         let report = Arc::new(Mutex::new(HostStatus { record: record_path.display().to_string(), ..HostStatus::default() }));
         let (teardown, teardown_rx) = mpsc::channel(1);
@@ -119,9 +120,9 @@ impl HostState {
 /// agent; the caller holds the instance lock). Returns what was removed.
 pub async fn teardown_recorded(record_path: &Path) -> anyhow::Result<Vec<Item>> {
     let record = Record::load(record_path)?;
-    let rtnl = Rtnl::open().context("opening a netlink socket")?;
+    let netlink = crate::netlink::Netlink::open().context("opening a netlink socket")?;
     let mut reconciler = Reconciler {
-        rtnl,
+        rtnl: Rtnl::new(netlink.handle()),
         record,
         record_path: record_path.to_owned(),
         retries: Retries::default(),

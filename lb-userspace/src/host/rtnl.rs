@@ -1,5 +1,5 @@
-//! Adding and removing [`Item`]s through rtnetlink (the `rtnetlink` crate), on one netlink
-//! socket that lives as long as the agent.
+//! Adding and removing [`Item`]s through rtnetlink, on the agent's connection
+//! ([`crate::netlink`]).
 
 use std::{io, net::IpAddr};
 
@@ -34,33 +34,23 @@ pub enum HostError {
 
 impl From<rtnetlink::Error> for HostError {
     fn from(e: rtnetlink::Error) -> Self {
-        match e {
-            rtnetlink::Error::NetlinkError(m) => {
-                let io = m.to_io();
-                if io.raw_os_error() == Some(libc::EEXIST) { HostError::Exists } else { HostError::Kernel(io) }
-            }
-            other => HostError::Netlink(other.to_string()),
+        match crate::netlink::errno(&e) {
+            Some(libc::EEXIST) => HostError::Exists,
+            Some(errno) => HostError::Kernel(io::Error::from_raw_os_error(errno)),
+            None => HostError::Netlink(e.to_string()),
         }
     }
 }
 
-/// An rtnetlink connection.
+/// Changes to the host's addresses and routes.
 pub struct Rtnl {
     handle: Handle,
-    connection: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Rtnl {
-    fn drop(&mut self) {
-        self.connection.abort();
-    }
 }
 
 impl Rtnl {
-    /// Opens the socket and runs its connection on the current tokio runtime.
-    pub fn open() -> io::Result<Rtnl> {
-        let (connection, handle, _) = rtnetlink::new_connection()?;
-        Ok(Rtnl { handle, connection: tokio::spawn(connection) })
+    /// Requests go through `handle`.
+    pub fn new(handle: Handle) -> Rtnl {
+        Rtnl { handle }
     }
 
     /// The index of interface `name`.
@@ -69,9 +59,7 @@ impl Rtnl {
         match links.try_next().await {
             Ok(Some(link)) => Ok(link.header.index),
             Ok(None) => Err(HostError::NoInterface(name.to_owned())),
-            Err(rtnetlink::Error::NetlinkError(m)) if m.to_io().raw_os_error() == Some(libc::ENODEV) => {
-                Err(HostError::NoInterface(name.to_owned()))
-            }
+            Err(e) if crate::netlink::errno(&e) == Some(libc::ENODEV) => Err(HostError::NoInterface(name.to_owned())),
             Err(e) => Err(e.into()),
         }
     }
