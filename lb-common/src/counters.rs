@@ -34,6 +34,10 @@ pub enum Reason {
     /// Rewritten, but no next hop known and the FIB had none either: handed to the kernel,
     /// which forwards it and resolves the neighbour.
     PassToKernelRoute,
+    /// Rewritten, but its next hop leaves through an interface the program does not run on
+    /// (a management NIC, a bond or bridge, a VLAN of another interface): XDP cannot be trusted
+    /// to send there, so the kernel forwards it.
+    PassNotXdpEgress,
     /// A VIP's every backend is down or draining for a new flow: dropped.
     DropNoBackend,
     /// Ring or backend map lookup failed (agent still filling the maps): dropped.
@@ -89,6 +93,7 @@ impl Reason {
         Reason::PassMalformed,
         Reason::PassVlanStacked,
         Reason::PassToKernelRoute,
+        Reason::PassNotXdpEgress,
         Reason::DropNoBackend,
         Reason::DropMapMiss,
         Reason::DropFragment,
@@ -119,6 +124,7 @@ impl Reason {
             Reason::PassMalformed => "pass_malformed",
             Reason::PassVlanStacked => "pass_vlan_stacked",
             Reason::PassToKernelRoute => "pass_to_kernel_route",
+            Reason::PassNotXdpEgress => "pass_not_xdp_egress",
             Reason::DropNoBackend => "drop_no_backend",
             Reason::DropMapMiss => "drop_map_miss",
             Reason::DropFragment => "drop_fragment",

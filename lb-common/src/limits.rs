@@ -64,9 +64,9 @@ pub const CLIENT_HOP_CAPACITY: u32 = 65_536;
 /// Seconds a cached FIB answer for a client is used before the FIB is asked again.
 pub const CLIENT_HOP_TTL_SECS: u32 = 1;
 
-/// Entries of `IFACE_VLANS`: interfaces with an index below this can be VLAN devices the data
-/// path sends through (others are taken as untagged).
-pub const IFACE_VLAN_CAPACITY: u32 = 4096;
+/// Entries of `EGRESS` and `TX_PORTS`: the interfaces the program runs on and the VLAN devices
+/// on them, whatever their interface indices.
+pub const EGRESS_CAPACITY: u32 = 1024;
 
 /// Words of the `SYN_SEEN` bitmap (one bit per flow-hash bucket): 262,144 bits, 32 KiB.
 pub const SYN_SEEN_WORDS: u32 = 4096;

@@ -30,11 +30,15 @@ pub const MAP_VIP_ADDRS: &str = "VIP_ADDRS";
 /// [`crate::limits::CLIENT_HOP_TTL_SECS`] so that a reply costs a hash lookup, not a FIB
 /// lookup. State per client address, not per flow, and rebuilt from the FIB by any node.
 pub const MAP_CLIENT_HOPS: &str = "CLIENT_HOPS";
-/// `IFACE_VLANS`: array interface index → [`VlanEgress`], written by the agent for each
-/// 802.1Q device on one of its interfaces. A packet whose next hop is such a device leaves its
-/// parent with that tag; a packet whose next hop is any other (known) interface leaves
-/// untagged. So a reply carries the client side's tag whatever tag it arrived with.
-pub const MAP_IFACE_VLANS: &str = "IFACE_VLANS";
+/// `EGRESS`: hash interface index → [`Egress`], the interfaces a rewritten packet may leave
+/// by from XDP: each interface the program runs on (sent out of itself, untagged) and each
+/// 802.1Q device on one of them (sent out of its parent with that tag). So a reply carries
+/// the client side's tag whatever tag it arrived with. A next hop through any other interface
+/// is handed to the kernel (`PassNotXdpEgress`).
+pub const MAP_EGRESS: &str = "EGRESS";
+/// `TX_PORTS`: device map (hash) of the interfaces the program runs on, through which it
+/// redirects (`bpf_redirect_map`).
+pub const MAP_TX_PORTS: &str = "TX_PORTS";
 /// `SYN_SEEN`: array of [`crate::limits::SYN_SEEN_WORDS`] 64-bit words, one bit per flow
 /// hash bucket, set by a SYN of a Maglev VIP and cleared by the flow's next packet: a non-SYN
 /// TCP packet that finds no entry and no bit is a flow resumed without its entry.
@@ -96,7 +100,7 @@ pub const META_PROGRAM_LOADED_AT: u32 = 4;
 /// meaning of their entries. Bump it with any such change: an agent adopts pinned maps only
 /// of its own layout version (`lb_common::maps::MAP_META`). Adding a counter at the end of
 /// [`crate::counters::Reason`] is not a layout change (`REASONS` has [`REASON_SLOTS`] entries).
-pub const LAYOUT_VERSION: u64 = 5;
+pub const LAYOUT_VERSION: u64 = 6;
 
 /// Entries of `REASONS`: room for counters added by later builds without a layout change.
 pub const REASON_SLOTS: u32 = 64;
@@ -107,7 +111,7 @@ pub const UPGRADE_PROBE_SLOT: u32 = REASON_SLOTS - 1;
 
 /// Every map a running data path keeps in bpffs (all but the program's private `.rodata`,
 /// `.bss` and log buffer), so that it outlives the agent.
-pub const PINNED_MAPS: [&str; 18] = [
+pub const PINNED_MAPS: [&str; 19] = [
     MAP_VIPS,
     MAP_BACKENDS,
     MAP_RING,
@@ -116,7 +120,8 @@ pub const PINNED_MAPS: [&str; 18] = [
     MAP_REPLIES,
     MAP_VIP_ADDRS,
     MAP_CLIENT_HOPS,
-    MAP_IFACE_VLANS,
+    MAP_EGRESS,
+    MAP_TX_PORTS,
     MAP_SYN_SEEN,
     MAP_REASONS,
     MAP_VIP_STATS,
@@ -417,17 +422,17 @@ pub struct CachedHop {
     pub pad: u32,
 }
 
-/// `IFACE_VLANS` value: how to send through a VLAN device from XDP, which can only send
-/// through its parent.
+/// `EGRESS` value: how a packet leaves by an interface from XDP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VlanEgress {
-    /// The parent interface (0: not a VLAN device).
-    pub parent: u32,
-    /// The VLAN id (12 bits).
+pub struct Egress {
+    /// The interface the frame is sent out of: the interface itself, or a VLAN device's
+    /// parent (XDP can only send through the parent).
+    pub out: u32,
+    /// The 802.1Q tag to carry (12 bits), when [`Egress::tagged`].
     pub vlan_id: u16,
-    /// Always zero.
-    pub pad: u16,
+    /// 1: tagged with `vlan_id`; 0: untagged.
+    pub tagged: u16,
 }
 
 /// Packet and byte counters of a VIP or a backend.
@@ -472,7 +477,7 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CachedHop {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::VlanEgress {}
+    unsafe impl aya::Pod for super::Egress {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::VipAddress {}
     // SAFETY: as above.
@@ -523,7 +528,7 @@ mod tests {
         assert_eq!(size_of::<Flow>(), 16);
         assert_eq!(size_of::<ReplyTarget>(), 28);
         assert_eq!(size_of::<CachedHop>(), 24);
-        assert_eq!(size_of::<VlanEgress>(), 8);
+        assert_eq!(size_of::<Egress>(), 8);
         assert_eq!(size_of::<VipAddress>(), 4);
         assert_eq!(size_of::<Traffic>(), 32);
     }

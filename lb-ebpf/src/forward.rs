@@ -1,14 +1,13 @@
 //! Sending a rewritten packet on: MACs from the next hop the agent resolved (towards a
 //! backend) or the FIB's answer, cached per client address for a second (towards a client),
-//! XDP_TX out of the ingress interface or XDP_REDIRECT to another; `bpf_fib_lookup` when the
-//! hop is not resolved; the kernel when the FIB has no neighbour either.
+//! XDP_TX out of the ingress interface or XDP_REDIRECT (through the `TX_PORTS` device map) to
+//! another interface the program runs on; `bpf_fib_lookup` when the hop is not resolved; the
+//! kernel when the FIB has no neighbour either, or when the hop leaves by an interface the
+//! program does not run on (`EGRESS` has no entry for it).
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action},
-    helpers::{
-        bpf_redirect,
-        generated::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_head},
-    },
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use core::mem::{size_of, zeroed};
@@ -20,7 +19,7 @@ use lb_common::{
 
 use crate::{
     conntrack::now,
-    maps::{CLIENT_HOPS, IFACE_VLANS},
+    maps::{CLIENT_HOPS, EGRESS, TX_PORTS},
     parse::{Packet, ptr_at},
 };
 
@@ -93,20 +92,26 @@ pub fn send_to(ctx: &XdpContext, hop: &Option<NextHop>) -> Result<u32, Reason> {
     emit(ctx, hop)
 }
 
-/// The last step of every forward: the VLAN tag of the egress interface, the MACs, and the
-/// verdict. An interface index of 0 (the ingress interface, unresolved) keeps the frame's tag.
-#[inline(always)]
+/// The last step of every forward: the interface the frame leaves by (`EGRESS`), its VLAN
+/// tag, the MACs, and the verdict. An interface index of 0 (the ingress interface, unresolved)
+/// keeps the frame's tag and leaves by XDP_TX. A hop through an interface without an `EGRESS`
+/// entry is left to the kernel before anything of the frame's Ethernet header changes
+/// (`PassNotXdpEgress`), so the kernel receives a frame addressed to this host.
+///
+/// A BPF function of its own: inlined into each caller, LLVM spilled a pointer into a 32-bit
+/// stack slot on the reply path, which the verifier refuses ("invalid size of register spill").
+#[inline(never)]
 fn emit(ctx: &XdpContext, hop: &NextHop) -> Result<u32, Reason> {
-    let mut ifindex = hop.ifindex;
-    if ifindex != 0 {
-        let vlan = IFACE_VLANS.get(ifindex).copied().unwrap_or_default();
-        set_vlan(ctx, if vlan.parent != 0 { Some(vlan.vlan_id) } else { None })?;
-        if vlan.parent != 0 {
-            ifindex = vlan.parent;
-        }
+    let mut out_ifindex = 0;
+    if hop.ifindex != 0 {
+        let egress = EGRESS.get_ptr(&hop.ifindex).ok_or(Reason::PassNotXdpEgress)?;
+        // SAFETY: pointer from a successful lookup, copied at once.
+        let egress = unsafe { *egress };
+        set_vlan(ctx, if egress.tagged != 0 { Some(egress.vlan_id) } else { None })?;
+        out_ifindex = egress.out;
     }
     set_macs(ctx, hop)?;
-    Ok(out(ctx, ifindex))
+    out(ctx, out_ifindex)
 }
 
 /// Gives the frame the 802.1Q tag `vlan_id`, or none: rewrites, pushes or pops the tag. The
@@ -146,13 +151,16 @@ fn set_vlan(ctx: &XdpContext, vlan_id: Option<u16>) -> Result<(), Reason> {
     Ok(())
 }
 
+/// XDP_TX out of the ingress interface, else XDP_REDIRECT through `TX_PORTS`. The agent adds
+/// an interface to `TX_PORTS` before `EGRESS` names it and removes it after, so the redirect
+/// only misses while an interface is being removed: that frame (its MACs already rewritten)
+/// is counted as a map miss and dropped by the kernel.
 #[inline(always)]
-fn out(ctx: &XdpContext, ifindex: u32) -> u32 {
+fn out(ctx: &XdpContext, ifindex: u32) -> Result<u32, Reason> {
     if ifindex == 0 || ifindex == ctx.ingress_ifindex() as u32 {
-        xdp_action::XDP_TX
+        Ok(xdp_action::XDP_TX)
     } else {
-        // SAFETY: a helper call with plain integer arguments.
-        unsafe { bpf_redirect(ifindex, 0) as u32 }
+        TX_PORTS.redirect(ifindex, 0).map_err(|_| Reason::DropMapMiss)
     }
 }
 

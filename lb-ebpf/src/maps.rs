@@ -4,15 +4,15 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     limits::{
-        CLIENT_HOP_CAPACITY, DEFAULT_BACKEND_CAPACITY, IFACE_VLAN_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_HALF_OPEN_CAPACITY, DEFAULT_RING_SIZE,
-        DEFAULT_VIP_CAPACITY, SYN_SEEN_WORDS, ring_map_entries,
+        CLIENT_HOP_CAPACITY, DEFAULT_BACKEND_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_HALF_OPEN_CAPACITY, DEFAULT_RING_SIZE,
+        DEFAULT_VIP_CAPACITY, EGRESS_CAPACITY, SYN_SEEN_WORDS, ring_map_entries,
     },
     maps::{
-        Addr, Backend, BackendKey, CachedHop, VipAddress, VlanEgress, ENDPOINT_FILTER_WORDS, FILTER_VIP_ADDRESS, Flow, FlowKey, META_SLOTS, REASON_SLOTS,
+        Addr, Backend, BackendKey, CachedHop, Egress, VipAddress, ENDPOINT_FILTER_WORDS, FILTER_VIP_ADDRESS, Flow, FlowKey, META_SLOTS, REASON_SLOTS,
         ReplyTarget, Traffic, VipKey, VipMeta,
     },
 };
@@ -53,9 +53,13 @@ pub static REPLIES: HashMap<BackendKey, ReplyTarget> = HashMap::with_max_entries
 #[map]
 pub static CLIENT_HOPS: LruHashMap<VipKey, CachedHop> = LruHashMap::with_max_entries(CLIENT_HOP_CAPACITY, 0);
 
-/// Interface index → its VLAN parent and id (`lb_common::maps::MAP_IFACE_VLANS`).
+/// Interface index → how a packet leaves by it (`lb_common::maps::MAP_EGRESS`).
 #[map]
-pub static IFACE_VLANS: Array<VlanEgress> = Array::with_max_entries(IFACE_VLAN_CAPACITY, 0);
+pub static EGRESS: HashMap<u32, Egress> = HashMap::with_max_entries(EGRESS_CAPACITY, 0);
+
+/// The interfaces the program runs on, for `bpf_redirect_map` (`lb_common::maps::MAP_TX_PORTS`).
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(EGRESS_CAPACITY, 0);
 
 /// VIP addresses (port and protocol 0): sources no client can have, and which VIP takes their
 /// fragments.

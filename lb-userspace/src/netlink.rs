@@ -33,6 +33,16 @@ impl Netlink {
     }
 }
 
+/// The index of interface `name`, or `None` when there is no such interface.
+pub async fn ifindex(handle: &Handle, name: &str) -> Result<Option<u32>, rtnetlink::Error> {
+    use futures_util::TryStreamExt as _;
+    match handle.link().get().match_name(name.to_owned()).execute().try_next().await {
+        Ok(link) => Ok(link.map(|l| l.header.index)),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The errno a netlink error carries, if the kernel answered with one.
 pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {

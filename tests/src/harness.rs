@@ -180,7 +180,31 @@ impl Lb {
         let ns = client_side_netns();
         let path = format!("/var/run/netns/{}", ns.name());
         let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        Lb { ns: Some((ns, file)), ..Lb::load(sizing) }
+        let mut lb = Lb { ns: Some((ns, file)), ..Lb::load(sizing) };
+        // The test runs' ingress interface (the loopback) and the client side are interfaces
+        // the program may send through.
+        let cl0 = lb.netns().map(|ns| ns.ifindex(CLIENT_SIDE_DEV)).expect("own namespace");
+        lb.add_port(1);
+        lb.add_port(cl0);
+        lb
+    }
+
+    /// Lets the program send through interface `ifindex` of its namespace
+    /// (`Maps::add_port`, which resolves the index in the calling thread's namespace).
+    pub fn add_port(&mut self, ifindex: u32) {
+        self.enter_netns();
+        self.dp.maps.add_port(ifindex).unwrap_or_else(|e| panic!("registering interface {ifindex}: {e:#}"));
+    }
+
+    /// Moves the calling thread into the namespace the program's packets run in, if it has one.
+    fn enter_netns(&self) {
+        if let Some((_, file)) = &self.ns {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: setns with a valid namespace file descriptor changes only this thread's
+            // network namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        }
     }
 
     /// The namespace its packets run in, if it has its own.
@@ -190,13 +214,7 @@ impl Lb {
 
     /// Runs one frame through the program once.
     pub fn run(&self, frame: &[u8]) -> Run {
-        if let Some((_, file)) = &self.ns {
-            use std::os::fd::AsRawFd as _;
-            // SAFETY: setns with a valid namespace file descriptor changes only this thread's
-            // network namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        }
+        self.enter_netns();
         let before = self.dp.maps.reasons().expect("reading REASONS");
         let mut out = vec![0u8; frame.len() + 256];
         let result = self

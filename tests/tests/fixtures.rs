@@ -116,7 +116,7 @@ fn vlan_tagged_packet_is_balanced_with_its_tag() {
     let svc = pool4(PROTO_TCP);
     let mut lb = setup(&[&svc]);
     let cl0 = lb.netns().unwrap().ifindex(CLIENT_SIDE_DEV);
-    lb.dp.maps.set_vlan_egress(cl0, 1, 100).unwrap();
+    lb.dp.maps.add_vlan_port(cl0, 1, 100).unwrap();
     let mut syn = from_client(CLIENT4, VIP4, tcp(40001, 80, SYN));
     syn.vlan = Some(100);
     round_trip_with(&lb, &svc, &syn, &with_flags(&syn, ACK), XDP_TX);
@@ -126,19 +126,19 @@ fn vlan_tagged_packet_is_balanced_with_its_tag() {
 fn vlan_on_both_arms() {
     // Two-arm: clients on VLAN 100 (the FIB's egress `cl0` recorded as VLAN 100 on the
     // ingress NIC), backends on VLAN 200 of another NIC (their hop is a VLAN device, index
-    // 77, on parent 9). Every frame leaves with the tag of the side it goes to, whatever tag
-    // it came with: rewritten, pushed or popped.
+    // 77, on `cl0` standing in for that NIC). Every frame leaves with the tag of the side it
+    // goes to, whatever tag it came with: rewritten, pushed or popped.
     let mut svc = pool4(PROTO_TCP);
     for b in &mut svc.backends {
         b.backend.hop.ifindex = 77;
     }
     let mut lb = setup(&[&svc]);
     let cl0 = lb.netns().unwrap().ifindex(CLIENT_SIDE_DEV);
-    lb.dp.maps.set_vlan_egress(77, 9, 200).unwrap();
+    lb.dp.maps.add_vlan_port(77, cl0, 200).unwrap();
     for (client_tag, client_side) in [(Some(100), Some(100)), (None, None), (Some(100), None), (None, Some(100))] {
         match client_side {
-            Some(id) => lb.dp.maps.set_vlan_egress(cl0, 1, id).unwrap(),
-            None => lb.dp.maps.set_vlan_egress(cl0, 0, 0).unwrap(),
+            Some(id) => lb.dp.maps.add_vlan_port(cl0, 1, id).unwrap(),
+            None => lb.add_port(cl0),
         }
         let mut syn = from_client(CLIENT4, VIP4, tcp(40100 + client_tag.unwrap_or(0), 80, SYN));
         syn.vlan = client_tag;
@@ -611,10 +611,10 @@ fn debug_logs_report_rare_events() {
     logs.flush();
     let records = COLLECTED.0.lock().unwrap().clone();
     assert!(
-        records.iter().any(|r| r == "DEBUG VIP 1: no backend for a new flow (reason 12)"),
+        records.iter().any(|r| r == "DEBUG VIP 1: no backend for a new flow (reason 13)"),
         "{records:?}"
     );
-    assert_eq!(Reason::DropNoBackend as u32, 12);
+    assert_eq!(Reason::DropNoBackend as u32, 13);
 }
 
 #[test]

@@ -97,12 +97,24 @@ struct Outcome {
     backends: [Traffic; 2],
 }
 
-/// Loads the program, installs `services` and runs `frames` in order, all inside `ns`.
+/// Loads the program, installs `services` and runs `frames` in order, all inside `ns`, where
+/// every interface is one the program may send through.
 fn run_in(ns: &Netns, services: Vec<Service>, frames: &[Frame]) -> Outcome {
+    run_in_without(ns, &[], services, frames)
+}
+
+/// As [`run_in`], but the program does not run on (may not send through) the interfaces with
+/// an index in `foreign`.
+fn run_in_without(ns: &Netns, foreign: &[u32], services: Vec<Service>, frames: &[Frame]) -> Outcome {
     require_root();
     let frames: Vec<Vec<u8>> = frames.iter().map(Frame::bytes).collect();
+    let foreign = foreign.to_vec();
     ns.run_in(move || {
         let mut lb = Lb::load(&test_sizing(0x5eed));
+        // This thread is in the namespace, where the indices are resolved.
+        for ifindex in interface_indices().into_iter().filter(|i| !foreign.contains(i)) {
+            lb.dp.maps.add_port(ifindex).expect("registering an interface");
+        }
         for svc in &services {
             lb.dp.maps.apply_service(svc).expect("apply service");
         }
@@ -114,6 +126,22 @@ fn run_in(ns: &Netns, services: Vec<Service>, frames: &[Frame]) -> Outcome {
             backends: [m.backend_traffic(ID4).unwrap(), m.backend_traffic(ID6).unwrap()],
         }
     })
+}
+
+/// The indices of the calling thread's namespace's interfaces.
+fn interface_indices() -> Vec<u32> {
+    let links = std::fs::read_to_string("/proc/thread-self/net/dev").expect("/proc/thread-self/net/dev");
+    links
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|name| {
+            let name = std::ffi::CString::new(name.trim()).unwrap();
+            // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+            unsafe { libc::if_nametoindex(name.as_ptr()) }
+        })
+        .filter(|&i| i != 0)
+        .collect()
 }
 
 /// Checks one run: verdict, exact bytes, checksums and the single counter it moved.
@@ -230,6 +258,36 @@ fn two_arm_backend_is_redirected_with_its_hops_macs() {
     expect(&r[2], "IPv4 reply", XDP_REDIRECT, &back, Reason::ReplyToClient);
     expect(&r[3], "IPv6 UDP", XDP_REDIRECT, &to_backend(&frames[3], ID6), fwd);
     expect_traffic(&outcome, &frames[..3], &frames[3..]);
+}
+
+#[test]
+fn a_hop_through_an_interface_the_program_does_not_run_on_is_left_to_the_kernel() {
+    // As `two_arm_backend_is_redirected_with_its_hops_macs`, but neither the backend side
+    // (`d0`) nor the client side (`cl0`) runs the program: say a management NIC, or a veth
+    // whose peer could not take redirected frames. Every packet is rewritten and handed to the
+    // kernel with its Ethernet header as it came (addressed to this host), counted apart.
+    let ns = Netns::new("fwd");
+    let dev = add_backend_link(&ns);
+    add_client_side(&ns);
+    let cl0 = ns.ifindex(CLIENT_SIDE_DEV);
+    let hop = |id| NextHop { ifindex: dev, dst_mac: backend_mac(id), src_mac: DEV_MAC };
+    let reply = Frame {
+        dst_mac: LB_MAC,
+        src_mac: backend_mac(ID4),
+        vlan: None,
+        src: BACKEND4,
+        dst: CLIENT4,
+        l4: tcp(PORT4, 40000, SYN_ACK),
+        payload: b"world!".to_vec(),
+    };
+    let frames = [syn4(), reply.clone(), dgram6()];
+    let outcome = run_in_without(&ns, &[dev, cl0], services(hop(ID4), hop(ID6)), &frames);
+    let r = &outcome.runs;
+    let pass = Reason::PassNotXdpEgress;
+    expect(&r[0], "IPv4 SYN", XDP_PASS, &rewritten_only(&frames[0]), pass);
+    let back = Frame { src: VIP4, l4: tcp(80, 40000, SYN_ACK), ..reply };
+    expect(&r[1], "IPv4 reply", XDP_PASS, &back, pass);
+    expect(&r[2], "IPv6 UDP", XDP_PASS, &rewritten_only(&frames[2]), pass);
 }
 
 #[test]

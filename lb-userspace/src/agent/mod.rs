@@ -112,12 +112,24 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         Some(logs) => Some(read_ebpf_logs(logs)?),
         None => None,
     };
-    // XDP sends through a VLAN device's parent: the data path tags frames for it.
-    let vlans = resolver.vlan_devices(&config.global.interfaces).await.context("listing the interfaces' VLAN devices")?;
-    for vlan in vlans {
-        dp.maps.set_vlan_egress(vlan.ifindex, vlan.parent, vlan.vlan_id)?;
+    // The interfaces the program may send through: those it runs on, and the VLAN devices on
+    // them (XDP sends through a VLAN device's parent and tags the frame). Any other next hop
+    // is left to the kernel.
+    let mut ports = Vec::new();
+    for name in &config.global.interfaces {
+        let ifindex = crate::netlink::ifindex(&netlink.handle(), name)
+            .await
+            .with_context(|| format!("looking up interface {name}"))?
+            .ok_or_else(|| anyhow!("there is no interface {name} (global.interfaces)"))?;
+        dp.maps.add_port(ifindex)?;
+        ports.push(ifindex);
+    }
+    for vlan in resolver.vlan_devices(&config.global.interfaces).await.context("listing the interfaces' VLAN devices")? {
+        dp.maps.add_vlan_port(vlan.ifindex, vlan.parent, vlan.vlan_id)?;
+        ports.push(vlan.ifindex);
         tracing::info!(ifindex = vlan.ifindex, parent = vlan.parent, vlan = vlan.vlan_id, "VLAN device on an XDP interface");
     }
+    dp.maps.retain_ports(&ports)?;
     let (runtime, changes) = if adopted {
         Runtime::adopt(&config, &dp.maps.pinned_state()?)
     } else {

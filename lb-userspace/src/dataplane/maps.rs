@@ -28,7 +28,8 @@ pub struct Maps {
     table_fds: (OwnedFd, OwnedFd),
     replies: HashMap<MapData, BackendKey, ReplyTarget>,
     vip_addrs: HashMap<MapData, VipKey, VipAddress>,
-    iface_vlans: Array<MapData, VlanEgress>,
+    egress: HashMap<MapData, u32, Egress>,
+    tx_ports: aya::maps::DevMapHash<MapData>,
     reasons: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, Traffic>,
     backend_stats: PerCpuArray<MapData, Traffic>,
@@ -118,7 +119,8 @@ impl Maps {
             half_open: take(ebpf, MAP_HALF_OPEN)?.try_into()?,
             replies: take(ebpf, MAP_REPLIES)?.try_into()?,
             vip_addrs: take(ebpf, MAP_VIP_ADDRS)?.try_into()?,
-            iface_vlans: take(ebpf, MAP_IFACE_VLANS)?.try_into()?,
+            egress: take(ebpf, MAP_EGRESS)?.try_into()?,
+            tx_ports: take(ebpf, MAP_TX_PORTS)?.try_into()?,
             reasons: take(ebpf, MAP_REASONS)?.try_into()?,
             vip_stats: take(ebpf, MAP_VIP_STATS)?.try_into()?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?.try_into()?,
@@ -349,19 +351,44 @@ impl Maps {
         Ok(())
     }
 
-    /// Records that interface `ifindex` is VLAN `vlan_id` on `parent` (or, with `parent` 0,
-    /// that it is not a VLAN device). Indices from [`lb_common::limits::IFACE_VLAN_CAPACITY`]
-    /// on cannot be recorded.
-    pub fn set_vlan_egress(&mut self, ifindex: u32, parent: u32, vlan_id: u16) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            ifindex < lb_common::limits::IFACE_VLAN_CAPACITY,
-            "interface index {ifindex} is beyond the VLAN table ({} entries)",
-            lb_common::limits::IFACE_VLAN_CAPACITY
-        );
+    /// Lets the data path send through interface `ifindex`, which the program runs on: it is
+    /// added to `TX_PORTS` (redirects) before `EGRESS` names it.
+    pub fn add_port(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| anyhow!("adding interface {ifindex} to {MAP_TX_PORTS}: {e}"))?;
+        self.egress
+            .insert(ifindex, Egress { out: ifindex, vlan_id: 0, tagged: 0 }, 0)
+            .with_context(|| format!("adding interface {ifindex} to {MAP_EGRESS}"))
+    }
+
+    /// Lets the data path send through 802.1Q device `ifindex`: out of `parent` (an interface
+    /// the program runs on, added with [`Maps::add_port`]) tagged `vlan_id`.
+    pub fn add_vlan_port(&mut self, ifindex: u32, parent: u32, vlan_id: u16) -> anyhow::Result<()> {
         anyhow::ensure!(vlan_id < 4096, "VLAN id {vlan_id} is above 4095");
-        self.iface_vlans
-            .set(ifindex, VlanEgress { parent, vlan_id, pad: 0 }, 0)
-            .with_context(|| format!("writing the VLAN of interface {ifindex}"))
+        self.egress
+            .insert(ifindex, Egress { out: parent, vlan_id, tagged: 1 }, 0)
+            .with_context(|| format!("adding VLAN device {ifindex} to {MAP_EGRESS}"))
+    }
+
+    /// Keeps only the egress interfaces in `keep`: the others (an earlier agent's, or an
+    /// interface that was re-created with another index) are removed from `EGRESS` first and
+    /// from `TX_PORTS` after.
+    pub fn retain_ports(&mut self, keep: &[u32]) -> anyhow::Result<()> {
+        let stale: Vec<u32> = self.egress.keys().filter_map(Result::ok).filter(|i| !keep.contains(i)).collect();
+        for ifindex in stale {
+            removed(self.egress.remove(&ifindex))?;
+        }
+        let stale: Vec<u32> = self.tx_ports.keys().filter_map(Result::ok).filter(|i| !keep.contains(i)).collect();
+        for ifindex in stale {
+            removed(self.tx_ports.remove(ifindex))?;
+        }
+        Ok(())
+    }
+
+    /// The egress interfaces: index, and how packets leave by it.
+    pub fn ports(&self) -> Vec<(u32, Egress)> {
+        self.egress.iter().filter_map(Result::ok).collect()
     }
 
     /// The reply translation of a backend endpoint, if any.

@@ -3,7 +3,6 @@
 
 use std::{io, net::IpAddr};
 
-use futures_util::TryStreamExt as _;
 use rtnetlink::{
     Handle, RouteMessageBuilder,
     packet_route::{
@@ -55,13 +54,7 @@ impl Rtnl {
 
     /// The index of interface `name`.
     pub async fn ifindex(&self, name: &str) -> Result<u32, HostError> {
-        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
-        match links.try_next().await {
-            Ok(Some(link)) => Ok(link.header.index),
-            Ok(None) => Err(HostError::NoInterface(name.to_owned())),
-            Err(e) if crate::netlink::errno(&e) == Some(libc::ENODEV) => Err(HostError::NoInterface(name.to_owned())),
-            Err(e) => Err(e.into()),
-        }
+        crate::netlink::ifindex(&self.handle, name).await?.ok_or_else(|| HostError::NoInterface(name.to_owned()))
     }
 
     /// Adds `item`; [`HostError::Exists`] when it is there already (it is then left alone).

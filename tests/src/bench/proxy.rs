@@ -287,6 +287,13 @@ impl Rig {
         let sizing = Sizing { vip_capacity: 4, backend_capacity: 16, hash_seed: 42, ..Sizing::default() };
         let mut dp = Dataplane::load(&sizing).context("loading the data path")?;
         dp.maps.apply_service(&svc)?;
+        // The interfaces the program may send through, registered from inside their namespace.
+        let ports: Vec<u32> = lab
+            .lb_interfaces()
+            .iter()
+            .map(|i| Ok(sys_value(&lb_ns, &format!("/sys/class/net/{i}/ifindex"))?.parse()?))
+            .collect::<anyhow::Result<_>>()?;
+        in_lb_ns(&lb_ns, || ports.iter().try_for_each(|&i| dp.maps.add_port(i)))?;
         let rig = Rig { lab, dp, links: Vec::new(), haproxy, config_dir };
         // HAProxy answers on the VIP within 5 s.
         let ok = super::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {

@@ -203,6 +203,9 @@ impl Rig {
         let sizing = Sizing { vip_capacity: 4, backend_capacity: 16, hash_seed: 42, ..Sizing::default() };
         let mut dp = Dataplane::load(&sizing).context("loading the data path")?;
         dp.maps.apply_service(&svc)?;
+        // The interfaces the program may send through, registered from inside their namespace.
+        let ports: Vec<u32> = lab.lb_interfaces().iter().map(|i| ifindex_of(&lb_ns, i)).collect::<anyhow::Result<_>>()?;
+        within(&lb_ns, || ports.iter().try_for_each(|&i| dp.maps.add_port(i)))?;
 
         let flow_mask = opts.flows.next_power_of_two().max(1) - 1;
         let mut floors = EbpfLoader::new()
