@@ -5,6 +5,7 @@
 pub mod client;
 pub mod http;
 pub mod server;
+pub mod socket_path;
 
 use std::net::{IpAddr, SocketAddr};
 
