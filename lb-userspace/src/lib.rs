@@ -11,3 +11,4 @@ pub mod health;
 pub mod metrics;
 pub mod neighbours;
 pub mod netlink;
+pub mod sysctls;

@@ -77,6 +77,8 @@ struct Agent {
 /// new one is created and pinned. Stopping leaves it forwarding with the last maps, VIP
 /// addresses included; only [`Request::Teardown`] (or [`teardown`] without an agent) removes it.
 pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
+    // Before anything on the host is touched: refuse a host the data path cannot work on.
+    crate::sysctls::check(&config)?;
     let pins = Pins::of_instance(&config.global.instance);
     // The program's own debug logs (rare events) only when the agent logs at debug level.
     let logger = tracing::enabled!(tracing::Level::DEBUG).then(log::logger);
