@@ -83,57 +83,72 @@ fn backend<'a>(status: &'a serde_json::Value, vip: &str, address: &str) -> &'a s
     backends(status, vip).into_iter().find(|b| b["address"] == address).unwrap_or_else(|| panic!("no backend {address} in {status:#}"))
 }
 
-/// Routes of the load balancer's own host that refuse a backend (an `unreachable` route for the
-/// IPv4 one, a `prohibit` route for the IPv6 one): the probe's connect fails before a packet
-/// leaves, which says nothing about the backend. The backends stay up (on main they went down
-/// after `fall` probes), `lb status` shows the probes that failed on the agent's side and `lb
-/// stats` counts them; once the routes are gone, the probes pass again.
+/// Each way this host's own routes refuse a backend, and what the probe reports.
+const REFUSALS: [Refusal; 4] = [
+    Refusal { vip: "web", backend: "10.0.11.2", add: &["route", "add", "unreachable", "10.0.11.2/32"], undo: &["route", "del", "unreachable", "10.0.11.2/32"], detail: "no route to host" },
+    Refusal { vip: "web6", backend: "fd00:11::2", add: &["-6", "route", "add", "prohibit", "fd00:11::2/128"], undo: &["-6", "route", "del", "prohibit", "fd00:11::2/128"], detail: "permission denied" },
+    Refusal { vip: "web", backend: "10.0.12.2", add: &["route", "add", "blackhole", "10.0.12.2/32"], undo: &["route", "del", "blackhole", "10.0.12.2/32"], detail: "invalid argument" },
+    Refusal { vip: "web6", backend: "fd00:12::2", add: &["-6", "route", "del", "fd00:12::/64", "dev", "lbb2"], undo: &["-6", "route", "add", "fd00:12::/64", "dev", "lbb2"], detail: "network is unreachable" },
+];
+
+/// A route of the load balancer's host that refuses `backend` of `vip`.
+struct Refusal {
+    vip: &'static str,
+    backend: &'static str,
+    /// `ip` arguments that make the route, and that undo it.
+    add: &'static [&'static str],
+    undo: &'static [&'static str],
+    /// The connect error the probe reports.
+    detail: &'static str,
+}
+
+/// Routes of the load balancer's own host that refuse a backend (`unreachable`, `prohibit`,
+/// `blackhole`, no route at all): the probe's connect fails before a packet leaves, which says
+/// nothing about the backend. The backends stay up (on main they went down after `fall`
+/// probes), `lb status` shows the probes that failed on the agent's side and `lb stats` counts
+/// them; once the routes are gone, the probes pass again.
 #[test]
 fn probes_refused_by_this_hosts_routes_never_take_a_backend_down() {
     let (lab, agent) = lb_tests::agent::lab_with_agent(env!("CARGO_BIN_EXE_lb-test-backend").as_ref(), 3, &config(), "web").expect("a lab whose backends pass their checks");
     agent.wait_status(Duration::from_secs(15), |s| all_in_state(s, "web6", "up")).expect("IPv6 backends up");
     let before = agent.log().len();
-    lab.ns_run(&lab.lb_ns, &["ip", "route", "add", "unreachable", "10.0.11.2/32"]).expect("unreachable route");
-    lab.ns_run(&lab.lb_ns, &["ip", "-6", "route", "add", "prohibit", "fd00:11::2/128"]).expect("prohibit route");
-    // The lab's checks: every 200 ms, fall 2. Twenty probes' worth of time, bounded.
-    let refused = |s: &serde_json::Value| {
-        [("web", "10.0.11.2"), ("web6", "fd00:11::2")].iter().all(|(vip, addr)| backend(s, vip, addr)["probe_local_errors"].as_u64().unwrap_or(0) >= 20)
-    };
+    for r in &REFUSALS {
+        let mut args = vec!["ip"];
+        args.extend_from_slice(r.add);
+        lab.ns_run(&lab.lb_ns, &args).expect("a refusing route");
+    }
+    // The lab's checks: every 200 ms, fall 2. Twenty probes' worth of local errors, bounded.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let status = loop {
         let s = agent.json(&["status"]).expect("status");
-        for (vip, addr) in [("web", "10.0.11.2"), ("web6", "fd00:11::2")] {
-            let b = backend(&s, vip, addr);
-            assert_eq!(b["health"], "up", "a local error took {addr} down: {b:#}\n{}", agent.log());
+        for r in &REFUSALS {
+            let b = backend(&s, r.vip, r.backend);
+            assert_eq!(b["health"], "up", "a local error took {} down: {b:#}\n{}", r.backend, agent.log());
         }
-        if refused(&s) {
+        if REFUSALS.iter().all(|r| backend(&s, r.vip, r.backend)["probe_local_errors"].as_u64().unwrap_or(0) >= 20) {
             break s;
         }
         assert!(std::time::Instant::now() < deadline, "20 local errors per backend were not counted within 15 s: {s:#}");
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(
-        backend(&status, "web", "10.0.11.2")["last_probe"],
-        "agent could not probe: connect: no route to host",
-        "{status:#}"
-    );
-    assert_eq!(
-        backend(&status, "web6", "fd00:11::2")["last_probe"],
-        "agent could not probe: connect: permission denied",
-        "{status:#}"
-    );
-    for (vip, addr) in [("web", "10.0.12.2"), ("web6", "fd00:12::2")] {
+    for r in &REFUSALS {
+        assert_eq!(backend(&status, r.vip, r.backend)["last_probe"], format!("agent could not probe: connect: {}", r.detail), "{status:#}");
+    }
+    for (vip, addr) in [("web", "10.0.13.2"), ("web6", "fd00:13::2")] {
         assert_eq!(backend(&status, vip, addr)["probe_local_errors"], 0, "{status:#}");
     }
     let stats = agent.json(&["stats"]).expect("stats");
-    assert!(stats["health"]["local_errors"].as_u64().unwrap_or(0) >= 40, "{stats:#}");
+    assert!(stats["health"]["local_errors"].as_u64().unwrap_or(0) >= 80, "{stats:#}");
     let human = String::from_utf8_lossy(&agent.cli(&["status"]).stdout).into_owned();
     assert!(human.contains("  10.0.11.2:8080: ") && human.contains(" failed on the agent's side, not counted against it; latest probe: agent could not probe: connect: no route to host"), "{human}");
 
-    lab.ns_run(&lab.lb_ns, &["ip", "route", "del", "unreachable", "10.0.11.2/32"]).expect("route removed");
-    lab.ns_run(&lab.lb_ns, &["ip", "-6", "route", "del", "prohibit", "fd00:11::2/128"]).expect("route removed");
+    for r in &REFUSALS {
+        let mut args = vec!["ip"];
+        args.extend_from_slice(r.undo);
+        lab.ns_run(&lab.lb_ns, &args).expect("the route undone");
+    }
     agent
-        .wait_status(Duration::from_secs(10), |s| backend(s, "web", "10.0.11.2")["last_probe"] == "HTTP 200" && backend(s, "web6", "fd00:11::2")["last_probe"] == "HTTP 200")
+        .wait_status(Duration::from_secs(10), |s| REFUSALS.iter().all(|r| backend(s, r.vip, r.backend)["last_probe"] == "HTTP 200"))
         .expect("the probes pass again");
     let log = agent.log();
     assert!(!log[before..].contains("backend health changed"), "a backend's health changed: {}", &log[before..]);

@@ -613,56 +613,6 @@ mod tests {
         assert_eq!(out.detail, "connect: no route to host");
     }
 
-    /// Routes of this host that refuse a destination (in a network namespace of its own, so
-    /// that the test's routes touch nothing else; needs root): the connect call fails before any packet leaves, and
-    /// the probe says the agent could not probe.
-    #[test]
-    fn local_routes_refusing_the_backend_are_local_errors() {
-        let exe = std::env::current_exe().unwrap();
-        let out = std::process::Command::new("unshare")
-            .args(["--net", "--"])
-            .arg(exe)
-            .args(["--exact", "health::probe::tests::route_child", "--nocapture", "--test-threads=1"])
-            .env(ROUTE_CHILD, "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-        for line in [
-            "10.99.0.1:80 local=true agent could not probe: connect: network is unreachable",
-            "10.50.0.1:80 local=true agent could not probe: connect: no route to host",
-            "10.51.0.1:80 local=true agent could not probe: connect: permission denied",
-            "10.52.0.1:80 local=true agent could not probe: connect: invalid argument",
-        ] {
-            assert!(stdout.contains(line), "{line:?} not in {stdout}");
-        }
-    }
-
-    const ROUTE_CHILD: &str = "LB_PROBE_ROUTE_CHILD";
-
-    /// The child of [`local_routes_refusing_the_backend_are_local_errors`], in a new network
-    /// namespace; does nothing in a normal run.
-    #[test]
-    fn route_child() {
-        if std::env::var_os(ROUTE_CHILD).is_none() {
-            return;
-        }
-        for route in [
-            &["link", "set", "lo", "up"][..],
-            &["route", "add", "unreachable", "10.50.0.0/16"],
-            &["route", "add", "prohibit", "10.51.0.0/16"],
-            &["route", "add", "blackhole", "10.52.0.0/16"],
-        ] {
-            let status = std::process::Command::new("ip").args(route).status().unwrap();
-            assert!(status.success(), "ip {route:?}");
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        for target in ["10.99.0.1:80", "10.50.0.1:80", "10.51.0.1:80", "10.52.0.1:80"] {
-            let out = runtime.block_on(probe(target.parse().unwrap(), &tcp()));
-            println!("{target} local={} {}", out.local, out.detail);
-        }
-    }
-
     const EMFILE_CHILD: &str = "LB_PROBE_EMFILE_CHILD";
 
     /// With the open-file limit reached for real (in a child process, so that no other test
