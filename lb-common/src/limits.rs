@@ -74,6 +74,10 @@ pub const SYN_SEEN_WORDS: u32 = 4096;
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 65535;
 
+/// A health probe that times out while the agent's loop ran this many milliseconds late (or
+/// more) is the agent's fault, not the backend's: it counts as a local error.
+pub const PROBE_LOOP_LAG_LOCAL_MS: u64 = 100;
+
 /// Backend ids per element of the `RING` map: ids are 16 bits (backend slots are fewer than
 /// 65,536) and a BPF array element is 8 bytes, so a ring takes a quarter of the memory and
 /// of the cache lines that one id per element would.

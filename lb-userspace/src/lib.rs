@@ -13,3 +13,4 @@ pub mod instance;
 pub mod metrics;
 pub mod neighbours;
 pub mod netlink;
+pub mod sysctls;

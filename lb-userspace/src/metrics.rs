@@ -240,6 +240,8 @@ mod tests {
                     active_connections: 2,
                     next_hop: None,
                     traffic: TrafficStatus { packets: 10, bytes: 1000, new_flows: 2, dropped: 0, packets_per_second: 0.0 },
+                    last_probe: Some("HTTP 200".into()),
+                    probe_local_errors: 0,
                 }],
             }],
         };

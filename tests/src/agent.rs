@@ -67,6 +67,35 @@ impl Agent {
     /// `instance` (unless `yaml` names one): several agents, one per namespace, each with its
     /// own data path, configuration directory and admin socket.
     pub fn start_in(netns: &str, instance: &str, yaml: &str) -> anyhow::Result<Agent> {
+        let mut agent = Agent::prepare(netns, instance, yaml)?;
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    /// As [`Agent::start`], for an agent expected to refuse to start: runs `lb run` and waits
+    /// (at most `limit`) until it exits. Returns the agent (its log and files; dropping it runs
+    /// `lb teardown` as usual) with its exit status, or an error, once it is stopped, if it
+    /// still ran after `limit`.
+    pub fn start_expecting_exit(lab: &Lab, yaml: &str, limit: Duration) -> anyhow::Result<(Agent, std::process::ExitStatus)> {
+        let mut agent = Agent::prepare(&lab.lb_ns, &lab.lb_ns, yaml)?;
+        agent.process = Some(agent.launch(&[])?);
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(Ok(Some(status))) = agent.process.as_mut().map(Child::try_wait) {
+                agent.process = None;
+                return Ok((agent, status));
+            }
+            if Instant::now() > deadline {
+                let log = agent.log();
+                drop(agent);
+                bail!("the agent still ran after {limit:?}: {log}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Writes the configuration (see [`Agent::start_in`]) without starting the agent.
+    fn prepare(netns: &str, instance: &str, yaml: &str) -> anyhow::Result<Agent> {
         let dir = std::env::temp_dir().join(format!("{instance}-agent"));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("lb.sock");
@@ -77,9 +106,7 @@ impl Agent {
         }
         std::fs::write(&config, yaml)?;
         let pin_dir = std::path::Path::new(crate::topology::BPFFS_ROOT).join(instance);
-        let mut agent = Agent { config, socket, pin_dir, dir, netns: netns.to_owned(), process: None };
-        agent.spawn()?;
-        Ok(agent)
+        Ok(Agent { config, socket, pin_dir, dir, netns: netns.to_owned(), process: None })
     }
 
     /// The running agent's process id (`None` after [`Agent::stop`]).
@@ -99,17 +126,7 @@ impl Agent {
     /// As [`Agent::spawn`], with more arguments for `lb run`.
     pub fn spawn_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         anyhow::ensure!(self.process.is_none(), "the agent runs already");
-        let lb = lb_binary().display().to_string();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log"))?;
-        let config = self.config.display().to_string();
-        let mut args = vec![lb.as_str(), "run", "--config", config.as_str()];
-        args.extend_from_slice(extra);
-        let child = in_netns(&self.netns, &args)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting lb run")?;
-        self.process = Some(child);
+        self.process = Some(self.launch(extra)?);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if self.cli(&["status", "--json"]).status.success() {
@@ -121,6 +138,16 @@ impl Agent {
             thread::sleep(Duration::from_millis(50));
         }
         bail!("the agent did not answer on {} within 20 s: {}", self.socket.display(), self.log())
+    }
+
+    /// Starts `lb run` with `extra` arguments, logging to the agent's log.
+    fn launch(&self, extra: &[&str]) -> anyhow::Result<Child> {
+        let lb = lb_binary().display().to_string();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log"))?;
+        let config = self.config.display().to_string();
+        let mut args = vec![lb.as_str(), "run", "--config", config.as_str()];
+        args.extend_from_slice(extra);
+        in_netns(&self.netns, &args).stdout(log.try_clone()?).stderr(log).spawn().context("starting lb run")
     }
 
     /// Sends `signal` to the agent and waits (at most 5 s, then SIGKILL) until it exits.

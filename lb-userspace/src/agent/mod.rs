@@ -90,6 +90,8 @@ struct Agent {
 /// new one is created and pinned. Stopping leaves it forwarding with the last maps, VIP
 /// addresses included; only [`Request::Teardown`] (or [`teardown`] without an agent) removes it.
 pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
+    // Before anything on the host is touched: refuse a host the data path cannot work on.
+    crate::sysctls::check(&config)?;
     let instance = InstanceDir::of_instance(&config.global.instance);
     let mut lock = instance.try_lock()?;
     lock.record_holder(&config.global.admin_socket)?;

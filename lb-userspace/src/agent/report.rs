@@ -14,7 +14,7 @@ use crate::{
     api::{BackendStatus, StatsReport, StatusReport, TrafficStatus, VipStatus, server::ApiError},
     config::{self, AdminState, CheckKind, Config, HttpMethod, Protocol, Scheduler, Vip},
     dataplane::Maps,
-    health::{Health, ProbeKind, ProbeSpec, Target},
+    health::{Health, ProbeKind, ProbeSpec, Target, TargetStatus},
 };
 
 /// Packet rates per VIP (`true`) and backend (`false`) id, from the last two samples.
@@ -89,7 +89,8 @@ pub fn scheduler_name(s: Scheduler) -> &'static str {
     }
 }
 
-fn backend_status(agent: &Agent, b: &BackendRuntime, active: &HashMap<u32, u64>) -> BackendStatus {
+fn backend_status(agent: &Agent, b: &BackendRuntime, active: &HashMap<u32, u64>, probes: &HashMap<u32, TargetStatus>) -> BackendStatus {
+    let probe = probes.get(&b.id);
     let hop = b.hop.is_resolved().then(|| {
         let m = b.hop.dst_mac;
         format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} (ifindex {})", m[0], m[1], m[2], m[3], m[4], m[5], b.hop.ifindex)
@@ -107,11 +108,13 @@ fn backend_status(agent: &Agent, b: &BackendRuntime, active: &HashMap<u32, u64>)
         state: state_name(b.effective()).into(),
         active_connections: active.get(&b.id).copied().unwrap_or(0),
         next_hop: hop,
+        last_probe: probe.map(|p| p.detail.clone()),
+        probe_local_errors: probe.map_or(0, |p| p.local_errors),
         traffic: traffic(agent.dp.maps.backend_traffic(b.id).unwrap_or_default(), agent.rates.get(false, b.id)),
     }
 }
 
-fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>) -> VipStatus {
+fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>, probes: &HashMap<u32, TargetStatus>) -> VipStatus {
     let announcement = agent.announcer.decision(v.config.address);
     VipStatus {
         serving: agent.announcer.serving(v.config.address),
@@ -124,19 +127,20 @@ fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>) -> VipS
         scheduler: scheduler_name(v.config.scheduler).into(),
         ring_backends: agent.dp.maps.vip(&v.key()).ok().flatten().map_or(0, |m| m.backend_count),
         traffic: traffic(agent.dp.maps.vip_traffic(v.id).unwrap_or_default(), agent.rates.get(true, v.id)),
-        backends: v.backends.iter().map(|b| backend_status(agent, b, active)).collect(),
+        backends: v.backends.iter().map(|b| backend_status(agent, b, active, probes)).collect(),
     }
 }
 
 /// `lb status`.
 pub fn status(agent: &Agent) -> StatusReport {
     let active = &agent.tables.live;
+    let probes: HashMap<u32, TargetStatus> = agent.checker.snapshot().into_iter().map(|t| (t.id, t)).collect();
     StatusReport {
         config_file: agent.config_path.display().to_string(),
         interfaces: agent.interfaces.iter().map(|(i, m)| (i.clone(), m.to_string())).collect(),
         uptime_seconds: agent.started.elapsed().as_secs(),
         data_path: agent.data_path.clone(),
-        vips: agent.runtime.vips.iter().map(|v| vip_status(agent, v, active)).collect(),
+        vips: agent.runtime.vips.iter().map(|v| vip_status(agent, v, active, &probes)).collect(),
         host: agent.host.report(),
     }
 }
@@ -149,6 +153,7 @@ pub fn stats(agent: &Agent) -> StatsReport {
         health.probes += t.probes;
         health.failures += t.failures;
     }
+    health.local_errors = crate::health::checker::local_errors_total();
     StatsReport {
         reasons: Reason::ALL.iter().zip(counts).map(|(r, n)| (r.name().to_owned(), n)).collect(),
         health,

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod http;
 pub mod server;
+pub mod socket_path;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -131,6 +132,14 @@ pub struct BackendStatus {
     pub next_hop: Option<String>,
     /// Traffic.
     pub traffic: TrafficStatus,
+    /// What the latest health probe found (`None` when not checked).
+    #[serde(default)]
+    pub last_probe: Option<String>,
+    /// Probes of it that failed on the agent's side (no route, a local firewall, no
+    /// descriptors or memory, a timeout while the agent lagged): counted against the agent,
+    /// never against the backend.
+    #[serde(default)]
+    pub probe_local_errors: u64,
 }
 
 /// One VIP in `lb status`.
@@ -245,6 +254,10 @@ pub struct HealthStats {
     pub max_probe_to_swap_ms: Option<f64>,
     /// Time to build and write the last ring, in milliseconds.
     pub last_table_write_ms: Option<f64>,
+    /// Probes that failed on the agent's side since it started (all backends, removed ones
+    /// included), counted against no backend.
+    #[serde(default)]
+    pub local_errors: u64,
 }
 
 /// `GET /v1/stats`.

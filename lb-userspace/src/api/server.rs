@@ -4,10 +4,10 @@
 
 use std::{os::unix::fs::PermissionsExt as _, path::Path};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use serde_json::Value;
 use tokio::{
-    net::{UnixListener, UnixStream},
+    net::UnixListener,
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
@@ -62,7 +62,8 @@ pub async fn ask(calls: &mpsc::Sender<Call>, request: Request) -> Result<Value, 
 }
 
 /// Binds the admin socket (mode 0600, parent directory created with mode 0700) and serves it
-/// until the returned task is aborted. Refuses to take over the socket of a running agent.
+/// until the returned task is aborted. Refuses to take over the socket of a running agent, or
+/// a path that holds anything but a socket ([`claim`](super::socket_path::claim)).
 pub async fn serve(path: &Path, calls: mpsc::Sender<Call>) -> anyhow::Result<JoinHandle<()>> {
     if let Some(dir) = path.parent()
         && !dir.exists()
@@ -70,12 +71,7 @@ pub async fn serve(path: &Path, calls: mpsc::Sender<Call>) -> anyhow::Result<Joi
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            bail!("another agent is already serving {}; stop it first", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
-    }
+    super::socket_path::claim(path).await?;
     let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let handler = move |request| answer(calls.clone(), request);

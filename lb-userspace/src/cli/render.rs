@@ -77,6 +77,14 @@ fn status(s: StatusReport) -> String {
             .collect();
         let align = [Align::Left, Align::Left, Align::Left, Align::Left, Align::Right, Align::Right, Align::Right, Align::Right, Align::Right];
         out += &table_aligned(&["BACKEND", "STATE", "HEALTH", "ADMIN", "WEIGHT", "CONNS", "RATE", "FLOWS", "BYTES"], &align, &rows);
+        for b in v.backends.iter().filter(|b| b.probe_local_errors > 0) {
+            out += &format!(
+                "  {}: {} failed on the agent's side, not counted against it; latest probe: {}\n",
+                std::net::SocketAddr::new(b.address, b.port),
+                counted(b.probe_local_errors, "probe"),
+                b.last_probe.as_deref().unwrap_or("-")
+            );
+        }
     }
     out
 }
@@ -96,9 +104,10 @@ pub fn stats_report(s: &StatsReport, capacity: Option<u64>) -> String {
     let mut out = table_aligned(&["REASON", "PACKETS"], &[Align::Left, Align::Right], &rows);
     let h = &s.health;
     out += &format!(
-        "\nhealth: {}, {} failed, {}, {}\nprobe to swapped ring: last {}, max {}\nlast ring write: {}\n",
+        "\nhealth: {}, {} failed, {} failed on the agent's side, {}, {}\nprobe to swapped ring: last {}, max {}\nlast ring write: {}\n",
         counted(h.probes, "probe"),
         units::count(h.failures),
+        units::count(h.local_errors),
         counted(h.transitions, "transition"),
         counted(h.swaps, "ring swap"),
         units::millis_or_dash(h.last_probe_to_swap_ms),
@@ -229,6 +238,20 @@ BACKEND        STATE  HEALTH  ADMIN  WEIGHT  CONNS        RATE  FLOWS    BYTES
     }
 
     #[test]
+    fn status_shows_probes_that_failed_on_the_agents_side() {
+        let mut s = status_json(2, &[1, 1], 0);
+        s["vips"][0]["backends"][1]["probe_local_errors"] = json!(3);
+        s["vips"][0]["backends"][1]["last_probe"] = json!("agent could not probe: connect: network is unreachable");
+        s["vips"][0]["backends"][0]["last_probe"] = json!("HTTP 200");
+        let out = human(&Command::Status, &s);
+        assert!(
+            out.ends_with("  10.1.0.2:8080: 3 probes failed on the agent's side, not counted against it; latest probe: agent could not probe: connect: network is unreachable\n"),
+            "{out}"
+        );
+        assert!(!out.contains("10.1.0.1:8080: "), "{out}");
+    }
+
+    #[test]
     fn stats_with_units_and_capacity() {
         let stats = json!({"reasons": [["forward_to_backend", 1_023_370], ["drop_no_backend", 0]],
                            "health": {"probes": 1, "failures": 0, "transitions": 2, "swaps": 1,
@@ -241,7 +264,7 @@ BACKEND        STATE  HEALTH  ADMIN  WEIGHT  CONNS        RATE  FLOWS    BYTES
 forward_to_backend     1.0M
 drop_no_backend           0
 
-health: 1 probe, 0 failed, 2 transitions, 1 ring swap
+health: 1 probe, 0 failed, 0 failed on the agent's side, 2 transitions, 1 ring swap
 probe to swapped ring: last 9.5 ms, max 1.50 s
 last ring write: 0.25 ms
 connection table: 1 entry

@@ -45,6 +45,33 @@ fn good_file_has_defaults() {
     assert_eq!((v.backends[0].weight, v.backends[0].state), (1, AdminState::Up));
 }
 
+/// Health checks whose request could not be sent are refused where they are written: the
+/// probe would fail against every backend of the VIP.
+#[test]
+fn health_checks_that_cannot_be_sent_are_refused_with_file_line() {
+    let check = |lines: &str| with("    port: 80\n", &format!("    port: 80\n    health_check:\n      type: http\n{lines}"));
+    let cases = [
+        ("      path: /a b\n", "t.yaml:9: vips[0].health_check.path: \"/a b\": space at byte 2 of the path: percent-encode it as %20"),
+        ("      path: \"/health\\r\\nX-Injected: 1\"\n", "t.yaml:9: vips[0].health_check.path: \"/health\\r\\nX-Injected: 1\": control character '\\r' at byte 7 of the path: it cannot be sent in a request"),
+        ("      path: /gesundheit/ä\n", "t.yaml:9: vips[0].health_check.path: \"/gesundheit/ä\": non-ASCII character 'ä' at byte 12 of the path: percent-encode its UTF-8 bytes"),
+        ("      path: /100%\n", "t.yaml:9: vips[0].health_check.path: \"/100%\": '%' at byte 4 of the path starts no percent-encoded octet (such as %20)"),
+        ("      path: health\n", "t.yaml:9: vips[0].health_check.path: \"health\" must start with '/'"),
+        ("      host: health example\n", "t.yaml:9: vips[0].health_check.host: \"health example\": space at byte 6 of the host name: percent-encode it as %20"),
+        ("      path: /health\n      host: \"h\\nX: y\"\n", "t.yaml:10: vips[0].health_check.host: \"h\\nX: y\": control character '\\n' at byte 1 of the host name: it cannot be sent in a request"),
+        ("      host: bücher.example\n", "t.yaml:9: vips[0].health_check.host: \"bücher.example\": non-ASCII character 'ü' at byte 1 of the host name: write the name in its ASCII (xn--) form"),
+        ("      host: \"\"\n", "t.yaml:9: vips[0].health_check.host: the Host header cannot be empty: leave `host` out to send the backend's address"),
+    ];
+    for (lines, want) in cases {
+        assert_eq!(error(&check(lines)), want, "{lines:?}");
+    }
+    let fine = check("      path: /health?full=1&x=%20y\n      host: health.example:8080\n");
+    let h = parse("t.yaml", &fine).unwrap().vips[0].health_check.clone();
+    assert_eq!(
+        h.kind,
+        CheckKind::Http { method: HttpMethod::Get, path: "/health?full=1&x=%20y".into(), expect_status: vec![200], host: Some("health.example:8080".into()) }
+    );
+}
+
 #[test]
 fn bad_files_are_rejected_with_file_line_and_field() {
     let cases: Vec<(String, &str)> = vec![

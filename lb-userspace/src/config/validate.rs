@@ -12,6 +12,8 @@ use lb_common::{
     sizing::{Sizing, SizingError},
 };
 
+use crate::health::request;
+
 use super::{
     duration,
     endpoints::{ONE_VIP_PER_ENDPOINT, shared_endpoints},
@@ -336,8 +338,11 @@ fn health_check(c: &mut Checker, at: &str, h: &file::HealthCheck) -> HealthCheck
     let kind = match h.kind {
         file::CheckType::Http => {
             let path = h.path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.into());
-            if !path.starts_with('/') {
-                c.report(format!("{at}.path"), format!("{path:?} must start with '/'"));
+            if let Some(problem) = request::path_problem(&path) {
+                c.report(format!("{at}.path"), problem);
+            }
+            if let Some(problem) = h.host.as_deref().and_then(request::host_problem) {
+                c.report(format!("{at}.host"), problem);
             }
             let given = match &h.expect_status {
                 None => vec![file::Status(DEFAULT_HEALTH_STATUS.into())],

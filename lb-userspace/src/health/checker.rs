@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
+use super::lag::{self, LoopLag};
 use super::probe::{ProbeOutcome, ProbeSpec, probe};
 use super::state::{Health, HealthState};
 
@@ -19,9 +20,10 @@ const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// Probes the agent could not make, over all targets since the process started.
 static LOCAL_ERRORS: AtomicU64 = AtomicU64::new(0);
 
-/// Probes the agent could not make for a reason of its own (no descriptors, no memory, no
-/// local port), over all targets, removed ones included, since the process started. These
-/// count against no backend.
+/// Probes that failed for a reason of the agent's own (see [`super::probe::is_local`]: no
+/// route, a local firewall, no descriptors, memory or local port; or a timeout while the
+/// agent's loop lagged), over all targets, removed ones included, since the process started.
+/// These count against no backend.
 pub fn local_errors_total() -> u64 {
     LOCAL_ERRORS.load(Ordering::Relaxed)
 }
@@ -82,8 +84,9 @@ pub struct TargetStatus {
     pub probes: u64,
     /// Failed probes since the target was added.
     pub failures: u64,
-    /// Probes the agent could not make since the target was added (its own fault: no
-    /// descriptors, no memory); counted neither as probes nor as failures.
+    /// Probes that failed on the agent's side since the target was added (no route, a local
+    /// firewall, no descriptors or memory, a timeout while the agent lagged); counted neither
+    /// as probes nor as failures.
     pub local_errors: u64,
 }
 
@@ -108,6 +111,19 @@ impl Drop for Running {
 pub struct Checker {
     events: UnboundedSender<Transition>,
     targets: HashMap<u32, Running>,
+    lag: Arc<LoopLag>,
+    /// The loop-lag monitor, started with the first target.
+    monitor: Option<Monitor>,
+}
+
+/// The loop-lag monitor's task, stopped when dropped.
+#[derive(Debug)]
+struct Monitor(JoinHandle<()>);
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Checker {
@@ -116,6 +132,8 @@ impl Checker {
         Self {
             events,
             targets: HashMap::new(),
+            lag: Arc::default(),
+            monitor: None,
         }
     }
 
@@ -138,12 +156,16 @@ impl Checker {
             failures: 0,
             local_errors: 0,
         }));
+        if self.monitor.is_none() {
+            self.monitor = Some(Monitor(lag::spawn_monitor(self.lag.clone())));
+        }
         let task = tokio::spawn(run(
             target.clone(),
             generation,
             state,
             status.clone(),
             self.events.clone(),
+            self.lag.clone(),
         ));
         // Replacing the entry drops the old one, which aborts its task.
         self.targets.insert(target.id, Running { status, task });
@@ -179,11 +201,13 @@ async fn run(
     mut state: HealthState,
     status: Arc<Mutex<TargetStatus>>,
     events: UnboundedSender<Transition>,
+    lag: Arc<LoopLag>,
 ) {
     let mut local_streak = 0u32;
     loop {
         let started = Instant::now();
-        let outcome = probe(target.addr, &target.spec).await;
+        let mut outcome = probe(target.addr, &target.spec).await;
+        blame_lag(&mut outcome, target.spec.timeout, lag.since(started));
         let flip = judge(&target, &mut state, &status, &outcome, &mut local_streak);
         if let Some(health) = flip {
             tracing::info!(
@@ -209,6 +233,23 @@ async fn run(
         };
         let next = started + wait.max(MIN_INTERVAL);
         tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+    }
+}
+
+/// Makes a timed-out probe local when the agent ran late while it ran: its own timer fired
+/// late (its latency beyond `timeout`), or the loop was `seen` late ([`lag::starved`]).
+fn blame_lag(outcome: &mut ProbeOutcome, timeout: Duration, seen: Option<Duration>) {
+    if !outcome.timed_out || outcome.local {
+        return;
+    }
+    let own = outcome.latency.saturating_sub(timeout);
+    if let Some(late) = lag::starved(own, seen) {
+        outcome.local = true;
+        outcome.detail = format!(
+            "agent could not probe: {} while the agent's loop ran {} ms late",
+            outcome.detail,
+            late.as_millis()
+        );
     }
 }
 
@@ -261,7 +302,7 @@ fn observe(
     flip
 }
 
-/// Records a probe the agent could not make: the agent's fault, not the target's, so its
+/// Records a probe that failed on the agent's side: the agent's fault, not the target's, so its
 /// health and consecutive counts stay as they were. Logged as a warning once per streak.
 fn local_error(
     target: &Target,
@@ -280,10 +321,10 @@ fn local_error(
             backend = target.id,
             addr = %target.addr,
             detail = %outcome.detail,
-            "health probe not made: the agent is out of a local resource; the backend keeps its health"
+            "health probe failed on the agent's side (a local error, not the backend's): the backend keeps its health"
         );
     } else {
-        tracing::debug!(backend = target.id, addr = %target.addr, detail = %outcome.detail, "health probe not made");
+        tracing::debug!(backend = target.id, addr = %target.addr, detail = %outcome.detail, "health probe failed on the agent's side");
     }
     *streak = streak.saturating_add(1);
 }
@@ -482,6 +523,7 @@ mod tests {
         let outcome = |ok, local, detail: &str| ProbeOutcome {
             ok,
             local,
+            timed_out: false,
             detail: detail.to_owned(),
             latency: Duration::ZERO,
         };
@@ -523,6 +565,94 @@ mod tests {
             "a real failure still counts"
         );
         assert_eq!((streak, lock(&status).failures), (0, 1));
+    }
+
+    /// One probe (the interval is an hour) of a server that never answers, on a one-thread
+    /// runtime whose thread is blocked for `block` from 30 ms after the probe started (as
+    /// a starved agent or a synchronous call on its loop would be): the target's status after
+    /// that probe, and the transitions sent.
+    fn one_timeout(timeout: Duration, block: Option<Duration>) -> (TargetStatus, Vec<Transition>) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let server = silent_server().await;
+            let (tx, mut rx) = unbounded_channel();
+            let mut checker = Checker::new(tx);
+            let mut target = http_target(5, server.addr, Health::Up);
+            target.spec.timeout = timeout;
+            target.interval = Duration::from_secs(3600);
+            target.fall = 1;
+            checker.add(target, 1);
+            if let Some(block) = block {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    std::thread::sleep(block);
+                });
+            }
+            let done = |s: &TargetStatus| s.probes + s.local_errors >= 1;
+            let mut status = checker.snapshot()[0].clone();
+            for _ in 0..300 {
+                if done(&status) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                status = checker.snapshot()[0].clone();
+            }
+            assert!(done(&status), "no probe ended within 3 s: {status:?}");
+            let mut sent = Vec::new();
+            while let Ok(t) = rx.try_recv() {
+                sent.push(t);
+            }
+            (status, sent)
+        })
+    }
+
+    #[test]
+    fn a_timeout_while_the_loop_was_blocked_is_a_local_error() {
+        let block = Duration::from_millis(400);
+        // The probe's own timer fires 300 ms late.
+        let (s, sent) = one_timeout(Duration::from_millis(100), Some(block));
+        assert_eq!((s.health, s.probes, s.failures, s.local_errors), (Health::Up, 0, 0, 1), "{s:?}");
+        assert!(s.detail.starts_with("agent could not probe: timed out after 100ms while the agent's loop ran "), "{s:?}");
+        assert!(sent.is_empty(), "{sent:?}");
+        // The loop was blocked, then caught up before the probe's deadline: the monitor saw it.
+        let (s, sent) = one_timeout(Duration::from_millis(900), Some(block));
+        assert_eq!((s.health, s.probes, s.failures, s.local_errors), (Health::Up, 0, 0, 1), "{s:?}");
+        assert!(s.detail.starts_with("agent could not probe: timed out after 900ms while the agent's loop ran "), "{s:?}");
+        assert!(sent.is_empty(), "{sent:?}");
+    }
+
+    #[test]
+    fn a_timeout_of_a_loop_on_time_is_the_backends() {
+        let (s, sent) = one_timeout(Duration::from_millis(100), None);
+        assert_eq!((s.health, s.probes, s.failures, s.local_errors), (Health::Down, 1, 1, 0), "{s:?}");
+        assert_eq!(s.detail, "timed out after 100ms");
+        assert_eq!(sent.iter().map(|t| t.health).collect::<Vec<_>>(), [Health::Down]);
+    }
+
+    #[test]
+    fn blame_lag_only_touches_timeouts() {
+        let outcome = |timed_out, latency| ProbeOutcome {
+            ok: false,
+            local: false,
+            timed_out,
+            detail: "x".to_owned(),
+            latency,
+        };
+        let timeout = Duration::from_millis(200);
+        let late = Some(Duration::from_millis(500));
+        let mut refused = outcome(false, Duration::from_millis(1));
+        blame_lag(&mut refused, timeout, late);
+        assert!(!refused.local, "a refusal stays the backend's whatever the lag");
+        let mut on_time = outcome(true, timeout + Duration::from_millis(2));
+        blame_lag(&mut on_time, timeout, None);
+        assert!(!on_time.local);
+        let mut seen_late = outcome(true, timeout);
+        blame_lag(&mut seen_late, timeout, late);
+        assert!(seen_late.local);
+        assert_eq!(seen_late.detail, "agent could not probe: x while the agent's loop ran 500 ms late");
+        let mut fired_late = outcome(true, timeout + lag::LOCAL_LAG);
+        blame_lag(&mut fired_late, timeout, None);
+        assert!(fired_late.local);
     }
 
     #[test]

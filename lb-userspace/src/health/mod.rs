@@ -4,11 +4,16 @@
 //!   probes and up after `rise` consecutive successful ones (HAProxy's `rise`/`fall`).
 //! - [`probe`](mod@probe): one bounded probe, a TCP connect or a minimal HTTP/1.1 request
 //!   whose status code is checked.
+//! - [`request`]: the probe's HTTP request, and the rules for its `path` and `host` that
+//!   `lb config check` applies too.
+//! - [`lag`]: how late the agent's loop runs; a probe timing out while it lagged is local.
 //! - [`checker`]: [`Checker`], one Tokio task per backend probing at its interval (or its
 //!   fast interval while a flip is in progress) and sending each flip as a [`Transition`].
 
 pub mod checker;
+pub mod lag;
 pub mod probe;
+pub mod request;
 pub mod state;
 
 #[cfg(test)]

@@ -1,16 +1,19 @@
 //! One health probe of one backend: a TCP connect or a minimal HTTP/1.1 request.
 //!
-//! A probe that fails on the agent's own side (no descriptors, no memory, no local port) says
-//! nothing about the backend: its outcome is marked [`ProbeOutcome::local`], and the checker
-//! counts it as the agent's fault instead of a backend failure.
+//! A probe that fails on the agent's own side says nothing about the backend: its outcome is
+//! marked [`ProbeOutcome::local`], and the checker counts it as the agent's fault instead of a
+//! backend failure. Which errors are local is decided by [`is_local`].
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::request::build_request;
 
 /// Longest status line accepted before the probe gives up on the response.
 const MAX_STATUS_LINE: usize = 1024;
@@ -47,37 +50,109 @@ pub struct ProbeSpec {
 pub struct ProbeOutcome {
     /// Whether the backend passed.
     pub ok: bool,
-    /// The probe could not be made for a reason of the agent's own (no descriptors, no
-    /// memory, no local port): `ok` is false, but the backend is not to blame.
+    /// The probe could not be made for a reason of the agent's own ([`is_local`]): `ok` is
+    /// false, but the backend is not to blame.
     pub local: bool,
+    /// The probe ran out of its time (`spec.timeout`); the checker decides whether the agent
+    /// ran too late for that to be the backend's fault.
+    pub timed_out: bool,
     /// Human-readable reason, such as `HTTP 200` or `connect: connection refused`.
     pub detail: String,
     /// Time from the start of the probe to its outcome.
     pub latency: Duration,
 }
 
+/// Where an I/O error of a probe was raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// By the `connect(2)` call itself: this host's stack refused before any packet was sent
+    /// (no route, an `unreachable`, `prohibit` or `blackhole` route, no local port).
+    ConnectCall,
+    /// Once packets were on their way: the outcome of a connect in progress (an ICMP error
+    /// from the path, a failed neighbour resolution of the backend, a reset), or a send or
+    /// receive.
+    Network,
+}
+
+/// A connect that failed, and where.
+#[derive(Debug)]
+pub struct ConnectError {
+    /// The error.
+    pub error: io::Error,
+    /// Raised by the call or by the network.
+    pub origin: Origin,
+}
+
+/// Whether an I/O error comes from the agent's own side rather than the backend's:
+/// - out of descriptors (EMFILE, ENFILE), memory or buffers (ENOMEM, ENOBUFS), or local ports
+///   (EADDRNOTAVAIL), wherever raised;
+/// - EPERM wherever raised: only this host's firewall (a netfilter drop in its output path)
+///   raises it, no ICMP error maps to it;
+/// - raised by the connect call itself, before any packet left: no route (ENETUNREACH), an
+///   `unreachable` route (EHOSTUNREACH), a `prohibit` route (EACCES), a `blackhole` route
+///   (EINVAL).
+///
+/// The same ENETUNREACH, EHOSTUNREACH and EACCES raised by the network (an ICMP error from a
+/// router or the backend, or no neighbour answer from a backend on a connected subnet, which
+/// reads as EHOSTUNREACH about 3 s later) count against the backend: it cannot be reached
+/// from here, as a client's connection through this host could not.
+pub fn is_local(e: &io::Error, origin: Origin) -> bool {
+    if e.kind() == io::ErrorKind::OutOfMemory {
+        return true;
+    }
+    let Some(errno) = e.raw_os_error() else {
+        return false;
+    };
+    match errno {
+        libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS | libc::EADDRNOTAVAIL | libc::EPERM => true,
+        libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES | libc::EINVAL => origin == Origin::ConnectCall,
+        _ => false,
+    }
+}
+
 /// Probes `target` once; never takes much longer than `spec.timeout`.
 pub async fn probe(target: SocketAddr, spec: &ProbeSpec) -> ProbeOutcome {
-    probe_with(target, spec, TcpStream::connect).await
+    probe_with(target, spec, connect).await
+}
+
+/// Opens a TCP connection to `target`, telling an error of the connect call (nothing sent)
+/// from one of the connection attempt.
+pub async fn connect(target: SocketAddr) -> Result<TcpStream, ConnectError> {
+    let call = |error| ConnectError { error, origin: Origin::ConnectCall };
+    let socket = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP)).map_err(call)?;
+    socket.set_nonblocking(true).map_err(call)?;
+    match socket.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(call(e)),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket)).map_err(call)?;
+    let network = |error| ConnectError { error, origin: Origin::Network };
+    stream.writable().await.map_err(network)?;
+    match stream.take_error().map_err(network)? {
+        Some(e) => Err(network(e)),
+        None => Ok(stream),
+    }
 }
 
 /// [`probe`] with the connect step given, so that tests can make it fail.
 async fn probe_with<C, F, S>(target: SocketAddr, spec: &ProbeSpec, connect: C) -> ProbeOutcome
 where
     C: FnOnce(SocketAddr) -> F,
-    F: Future<Output = io::Result<S>>,
+    F: Future<Output = Result<S, ConnectError>>,
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
     let result = tokio::time::timeout(spec.timeout, run(target, &spec.kind, connect)).await;
-    let (ok, local, detail) = match result {
-        Ok(Ok(detail)) => (true, false, detail),
-        Ok(Err(f)) => (false, f.local, f.detail),
-        Err(_) => (false, false, format!("timed out after {:?}", spec.timeout)),
+    let (ok, local, timed_out, detail) = match result {
+        Ok(Ok(detail)) => (true, false, false, detail),
+        Ok(Err(f)) => (false, f.local, false, f.detail),
+        Err(_) => (false, false, true, format!("timed out after {:?}", spec.timeout)),
     };
     ProbeOutcome {
         ok,
         local,
+        timed_out,
         detail,
         latency: start.elapsed(),
     }
@@ -101,8 +176,8 @@ impl From<String> for Failure {
 }
 
 /// A failed I/O step (`connect`, `send`, `receive`), local if the error is.
-fn io_failure(step: &str, e: &io::Error) -> Failure {
-    let local = is_local(e);
+fn io_failure(step: &str, e: &io::Error, origin: Origin) -> Failure {
+    let local = is_local(e, origin);
     let detail = if local {
         format!("agent could not probe: {step}: {}", describe(e))
     } else {
@@ -111,28 +186,17 @@ fn io_failure(step: &str, e: &io::Error) -> Failure {
     Failure { detail, local }
 }
 
-/// Whether an I/O error comes from the agent's own side: out of descriptors (EMFILE,
-/// ENFILE), of memory or buffers (ENOMEM, ENOBUFS), or of local ports (EADDRNOTAVAIL).
-pub fn is_local(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::OutOfMemory
-        || matches!(
-            e.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS | libc::EADDRNOTAVAIL)
-        )
-}
-
 /// Runs the probe without a time limit: `Ok(detail)` if healthy, `Err` if not.
 async fn run<C, F, S>(target: SocketAddr, kind: &ProbeKind, connect: C) -> Result<String, Failure>
 where
     C: FnOnce(SocketAddr) -> F,
-    F: Future<Output = io::Result<S>>,
+    F: Future<Output = Result<S, ConnectError>>,
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let connected = |r: Result<S, ConnectError>| r.map_err(|e| io_failure("connect", &e.error, e.origin));
     match kind {
         ProbeKind::Tcp => {
-            connect(target)
-                .await
-                .map_err(|e| io_failure("connect", &e))?;
+            connected(connect(target).await)?;
             Ok("TCP connect".to_owned())
         }
         ProbeKind::Http {
@@ -141,14 +205,17 @@ where
             host,
             expect_status,
         } => {
-            let request = build_request(target, method, path, host.as_deref())?;
-            let mut stream = connect(target)
-                .await
-                .map_err(|e| io_failure("connect", &e))?;
+            // A request that cannot be written is this agent's configuration's fault (`lb
+            // config check` refuses it), never the backend's.
+            let request = build_request(target, method, path, host.as_deref()).map_err(|detail| Failure {
+                detail: format!("agent could not probe: {detail}"),
+                local: true,
+            })?;
+            let mut stream = connected(connect(target).await)?;
             stream
                 .write_all(request.as_bytes())
                 .await
-                .map_err(|e| io_failure("send", &e))?;
+                .map_err(|e| io_failure("send", &e, Origin::Network))?;
             let line = read_status_line(&mut stream).await?;
             let status = parse_status_line(&line)?;
             if expect_status.contains(&status) {
@@ -157,44 +224,6 @@ where
                 Err(format!("HTTP {status} (expected {})", list(expect_status)).into())
             }
         }
-    }
-}
-
-fn build_request(
-    target: SocketAddr,
-    method: &str,
-    path: &str,
-    host: Option<&str>,
-) -> Result<String, String> {
-    let host = match host {
-        Some(h) => h.to_owned(),
-        None => default_host(target),
-    };
-    let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
-    if !valid(method) {
-        return Err(format!("invalid HTTP method {method:?}"));
-    }
-    if !valid(path) {
-        return Err(format!("invalid HTTP path {path:?}"));
-    }
-    if !valid(&host) {
-        return Err(format!("invalid Host header {host:?}"));
-    }
-    Ok(format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-health\r\nConnection: close\r\n\r\n"
-    ))
-}
-
-/// The target's address as a `Host` value: IPv6 in brackets, the port unless it is 80.
-fn default_host(target: SocketAddr) -> String {
-    let ip = match target {
-        SocketAddr::V4(a) => a.ip().to_string(),
-        SocketAddr::V6(a) => format!("[{}]", a.ip()),
-    };
-    if target.port() == 80 {
-        ip
-    } else {
-        format!("{ip}:{}", target.port())
     }
 }
 
@@ -216,7 +245,7 @@ async fn read_status_line<S: AsyncRead + Unpin>(stream: &mut S) -> Result<String
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| io_failure("receive", &e))?;
+            .map_err(|e| io_failure("receive", &e, Origin::Network))?;
         if n == 0 {
             let detail = if buf.is_empty() {
                 "connection closed before a status line"
@@ -425,6 +454,7 @@ mod tests {
         let elapsed = start.elapsed();
         assert!(!out.ok);
         assert_eq!(out.detail, "timed out after 300ms");
+        assert!(out.timed_out && !out.local, "{out:?}");
         assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
         assert!(elapsed < Duration::from_millis(800), "{elapsed:?}");
         assert!(out.latency >= Duration::from_millis(300), "{out:?}");
@@ -523,65 +553,64 @@ mod tests {
         }
     }
 
-    #[test]
-    fn default_host_header() {
-        assert_eq!(default_host("10.0.0.1:80".parse().unwrap()), "10.0.0.1");
-        assert_eq!(
-            default_host("10.0.0.1:8080".parse().unwrap()),
-            "10.0.0.1:8080"
-        );
-        assert_eq!(default_host("[fd00::1]:80".parse().unwrap()), "[fd00::1]");
-        assert_eq!(
-            default_host("[fd00::1]:8080".parse().unwrap()),
-            "[fd00::1]:8080"
-        );
+    /// Fails a connect with `errno`, raised by `origin`.
+    fn failing(errno: i32, origin: Origin) -> impl FnOnce(SocketAddr) -> std::future::Ready<Result<TcpStream, ConnectError>> {
+        move |_| std::future::ready(Err(ConnectError { error: io::Error::from_raw_os_error(errno), origin }))
     }
 
     #[test]
-    fn request_rejects_header_injection() {
-        let target = "10.0.0.1:80".parse().unwrap();
-        assert!(build_request(target, "GET", "/health\r\nX: y", None).is_err());
-        assert!(build_request(target, "GET", "/a b", None).is_err());
-        assert!(build_request(target, "GET", "/", Some("h\r\nX: y")).is_err());
-        assert!(build_request(target, "", "/", None).is_err());
-        assert_eq!(
-            build_request(target, "GET", "/health", None).unwrap(),
-            "GET /health HTTP/1.1\r\nHost: 10.0.0.1\r\nUser-Agent: lb-health\r\nConnection: close\r\n\r\n"
-        );
+    fn local_error_classification() {
+        use Origin::{ConnectCall, Network};
+        let local = |errno, origin| is_local(&io::Error::from_raw_os_error(errno), origin);
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::ENOBUFS, libc::EADDRNOTAVAIL, libc::EPERM] {
+            assert!(local(errno, ConnectCall) && local(errno, Network), "{errno} is local wherever raised");
+        }
+        for errno in [libc::ENETUNREACH, libc::EHOSTUNREACH, libc::EACCES, libc::EINVAL] {
+            assert!(local(errno, ConnectCall), "{errno} from the connect call: this host's routes");
+            assert!(!local(errno, Network), "{errno} from the network: the backend cannot be reached");
+        }
+        for errno in [libc::ECONNREFUSED, libc::ECONNRESET, libc::ETIMEDOUT, libc::EPIPE] {
+            assert!(!local(errno, ConnectCall) && !local(errno, Network), "{errno} is the backend's");
+        }
+        assert!(is_local(&io::Error::from(io::ErrorKind::OutOfMemory), Network));
+        assert!(!is_local(&io::Error::other("no errno"), ConnectCall));
     }
 
     #[tokio::test]
     async fn local_errors_are_marked_as_the_agents() {
+        let target: SocketAddr = "10.0.0.1:80".parse().unwrap();
         for errno in [
             libc::EMFILE,
             libc::ENFILE,
             libc::ENOMEM,
             libc::ENOBUFS,
             libc::EADDRNOTAVAIL,
+            libc::EPERM,
+            libc::EACCES,
+            libc::ENETUNREACH,
+            libc::EHOSTUNREACH,
         ] {
             for spec in [http(&[200]), tcp()] {
-                let connect =
-                    |_| async move { Err::<TcpStream, _>(io::Error::from_raw_os_error(errno)) };
-                let out = probe_with("10.0.0.1:80".parse().unwrap(), &spec, connect).await;
-                assert!(!out.ok && out.local, "{errno}: {out:?}");
+                let out = probe_with(target, &spec, failing(errno, Origin::ConnectCall)).await;
+                assert!(!out.ok && out.local && !out.timed_out, "{errno}: {out:?}");
                 assert!(
                     out.detail.starts_with("agent could not probe: connect: "),
                     "{out:?}"
                 );
             }
         }
-        let connect = |_| async { Err::<TcpStream, _>(io::Error::from_raw_os_error(libc::EMFILE)) };
-        let out = probe_with("10.0.0.1:80".parse().unwrap(), &tcp(), connect).await;
+        let out = probe_with(target, &tcp(), failing(libc::EMFILE, Origin::ConnectCall)).await;
         assert_eq!(
             out.detail,
             "agent could not probe: connect: too many open files"
         );
-        let refused =
-            |_| async { Err::<TcpStream, _>(io::Error::from_raw_os_error(libc::ECONNREFUSED)) };
-        let out = probe_with("10.0.0.1:80".parse().unwrap(), &tcp(), refused).await;
+        let out = probe_with(target, &tcp(), failing(libc::ENETUNREACH, Origin::ConnectCall)).await;
+        assert_eq!(out.detail, "agent could not probe: connect: network is unreachable");
+        let out = probe_with(target, &tcp(), failing(libc::ECONNREFUSED, Origin::ConnectCall)).await;
         assert!(!out.ok && !out.local, "a refusal is the backend's: {out:?}");
-        assert!(is_local(&io::Error::from(io::ErrorKind::OutOfMemory)));
-        assert!(!is_local(&io::Error::from_raw_os_error(libc::ETIMEDOUT)));
+        let out = probe_with(target, &tcp(), failing(libc::EHOSTUNREACH, Origin::Network)).await;
+        assert!(!out.ok && !out.local, "no neighbour answer from the backend is the backend's: {out:?}");
+        assert_eq!(out.detail, "connect: no route to host");
     }
 
     const EMFILE_CHILD: &str = "LB_PROBE_EMFILE_CHILD";
