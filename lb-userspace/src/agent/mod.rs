@@ -134,6 +134,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     agent.apply(changes).context("installing the configuration")?;
     agent.attach(opts.mode)?;
     agent.announce();
+    agent.dp.maps.heartbeat()?;
 
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let api = server::serve(&agent.config.global.admin_socket, calls_tx.clone()).await?;
@@ -417,6 +418,9 @@ impl Agent {
             tracing::error!(error = %e, "writing next hops failed");
         }
         self.announce();
+        if let Err(e) = self.dp.maps.heartbeat() {
+            tracing::error!(error = %format!("{e:#}"), "writing the heartbeat failed: lb check will not answer from the data path");
+        }
         self.rates.sample(&self.runtime, &self.dp.maps);
     }
 

@@ -111,10 +111,12 @@ fn backend_status(agent: &Agent, b: &BackendRuntime, active: &HashMap<u32, u64>)
     }
 }
 
-fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>) -> VipStatus {
+fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>, attached: Result<(), &str>) -> VipStatus {
     let announcement = agent.announcer.decision(v.config.address);
+    let serving = super::announce::serving(v, attached);
     VipStatus {
-        serving: agent.announcer.serving(v.config.address),
+        serving: serving.announce,
+        serving_reason: serving.reason,
         announced: announcement.announce,
         announce_reason: announcement.reason,
         name: v.config.name.clone(),
@@ -131,12 +133,13 @@ fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>) -> VipS
 /// `lb status`.
 pub fn status(agent: &Agent) -> StatusReport {
     let active = &agent.tables.live;
+    let attached = agent.self_check();
     StatusReport {
         config_file: agent.config_path.display().to_string(),
         interfaces: agent.interfaces.iter().map(|(i, m)| (i.clone(), m.to_string())).collect(),
         uptime_seconds: agent.started.elapsed().as_secs(),
         data_path: agent.data_path.clone(),
-        vips: agent.runtime.vips.iter().map(|v| vip_status(agent, v, active)).collect(),
+        vips: agent.runtime.vips.iter().map(|v| vip_status(agent, v, active, attached.as_ref().map(|_| ()).map_err(String::as_str))).collect(),
     }
 }
 
