@@ -68,7 +68,8 @@ fn signal(agent: &Agent, sig: i32) {
 /// of its own) fails; an unknown name fails. With the agent frozen (SIGSTOP: it accepts, never
 /// answers), killed (SIGKILL) or stopped (SIGTERM), the data path answers the same, with the
 /// heartbeat's age, until the grace period after the last heartbeat; a restart loop polled
-/// every 100 ms never fails; a missing link or a removed data path fails.
+/// every 100 ms never fails, nor does a restart that applies an edited file; a missing link or
+/// a removed data path fails.
 #[test]
 fn lb_check_answers_per_vip_from_the_agent_or_else_from_the_pinned_data_path_within_the_grace_period() {
     let (lab, mut agent) =
@@ -140,6 +141,21 @@ fn lb_check_answers_per_vip_from_the_agent_or_else_from_the_pinned_data_path_wit
     assert!(failed.is_empty(), "lb check failed during the restart: {failed:?}");
     assert!(away.iter().all(|(_, s, _)| s == "data_path"), "{away:?}");
     assert_eq!(back.last().map(|(_, s, _)| s.as_str()), Some("agent"));
+
+    // A restart that applies an edited file: while the agent is away, a VIP only the file has
+    // (not in the maps yet) is listed but not counted; dead, removed from the file, is not asked.
+    agent.stop(libc::SIGTERM);
+    let edited = LabConfig::new()
+        .vip(Vip::tcp("web", "10.0.0.10", 80).backends(&["10.0.11.2:8080", "10.0.12.2:8080", "10.0.13.2:8080"]))
+        .vip(Vip::tcp("new", "10.0.0.10", 82).backends(&["10.0.12.2:9998"]))
+        .render();
+    agent.rewrite_config(&edited).expect("rewriting the configuration");
+    let (code, r) = report(&lab, &agent, &[]);
+    assert_eq!((code, source(&r)), (Some(0), "data_path"), "{r:#}");
+    assert_eq!(r["vips"].as_array().map(Vec::len), Some(1), "only web: {r:#}");
+    let note = format!("not in its maps, not counted (added to {} since the agent last ran?): new", agent.config.display());
+    assert!(r["detail"].as_str().unwrap().ends_with(&note), "{r:#}");
+    agent.spawn().expect("restart with the edited file");
 
     // Stopped for good: the data path answers until the grace period after the last heartbeat.
     agent.stop(libc::SIGTERM);

@@ -113,7 +113,12 @@ fn heartbeat_words(heartbeat: Heartbeat) -> (String, Result<(), String>) {
 /// The verdicts from the pinned data path at `pin_dir` when the agent did not answer
 /// (`agent_error` says how). `configured` names the configuration's VIPs in the order their
 /// keys were read into `pinned` (`Err`: the data path could not be read at all); `names` are
-/// the VIPs asked about, all configured ones if empty; `config` is the file's name.
+/// the VIPs asked about; `config` is the file's name.
+///
+/// With no names, the VIPs asked about are those of the file that the maps hold, as the agent
+/// answers for the VIPs it runs: a VIP added to the file since the agent last ran is not in the
+/// maps until the agent starts again, and a restart must not fail the check. It is listed, not
+/// counted. A VIP named but not in the maps fails.
 pub fn from_data_path(
     pinned: &Result<PinnedServing, String>,
     pin_dir: &str,
@@ -137,6 +142,12 @@ pub fn from_data_path(
         Heartbeat::Never | Heartbeat::Ahead => None,
     };
     let attached = if pinned.unattached.is_empty() { Ok(()) } else { Err(pinned.unattached.join("; ")) };
+    let in_maps = |name: &String| configured.iter().position(|c| c == name).and_then(|i| pinned.vips.get(i).copied().flatten()).is_some();
+    let (selected, not_counted): (Vec<&String>, Vec<&String>) = if names.is_empty() {
+        selected.into_iter().partition(|name| in_maps(name))
+    } else {
+        (selected, Vec::new())
+    };
     let verdicts = selected
         .iter()
         .map(|name| {
@@ -153,7 +164,12 @@ pub fn from_data_path(
             VipVerdict { name: (*name).clone(), serving, reason }
         })
         .collect();
-    Report::new(Source::DataPath, format!("{head}; {words}"), age, verdicts)
+    let mut detail = format!("{head}; {words}");
+    if !not_counted.is_empty() {
+        let list: Vec<&str> = not_counted.iter().map(|n| n.as_str()).collect();
+        detail += &format!("; not in its maps, not counted (added to {config} since the agent last ran?): {}", list.join(", "));
+    }
+    Report::new(Source::DataPath, detail, age, verdicts)
 }
 
 #[cfg(test)]
@@ -204,9 +220,15 @@ mod tests {
             ]
         );
         let all = from_data_path(&fresh, "d", "e", &configured, &[], "lb.yaml");
-        assert!(!all.ok);
-        assert_eq!(all.vips[2].reason, "not in the data path's maps");
-        assert_eq!(all.vips[3].reason, "no backend takes new flows");
+        assert!(!all.ok, "empty has no backend taking new flows");
+        assert_eq!(all.vips.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["web", "dns", "empty"]);
+        assert_eq!(all.vips[2].reason, "no backend takes new flows");
+        assert!(all.detail.ends_with("; not in its maps, not counted (added to lb.yaml since the agent last ran?): gone"), "{}", all.detail);
+        let named = from_data_path(&fresh, "d", "e", &configured, &names(&["gone"]), "lb.yaml");
+        assert_eq!((named.ok, named.vips[0].reason.as_str()), (false, "not in the data path's maps"));
+        let only_new = pinned(Heartbeat::Fresh { age_ms: 1 }, &[], vec![None]);
+        let only_new = from_data_path(&only_new, "d", "e", &names(&["new"]), &[], "lb.yaml");
+        assert!(!only_new.ok && only_new.vips.is_empty(), "no VIP of the file in the maps: nothing served");
         let unknown = from_data_path(&fresh, "d", "e", &configured, &names(&["nope"]), "lb.yaml");
         assert_eq!((unknown.ok, unknown.vips[0].reason.as_str()), (false, "no such VIP in lb.yaml"));
     }
