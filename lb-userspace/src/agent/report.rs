@@ -115,7 +115,7 @@ fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>, attache
     let announcement = agent.announcer.decision(v.config.address);
     let serving = super::announce::serving(v, attached);
     VipStatus {
-        serving: serving.announce,
+        serving: serving.serving,
         serving_reason: serving.reason,
         announced: announcement.announce,
         announce_reason: announcement.reason,
