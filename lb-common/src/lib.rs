@@ -17,4 +17,5 @@ pub mod maglev;
 pub mod maps;
 pub mod martian;
 pub mod schedule;
+pub mod serving;
 pub mod sizing;

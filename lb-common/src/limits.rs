@@ -122,6 +122,16 @@ pub const HOST_RETRY_FIRST_MS: u64 = 500;
 /// pace too, in case it goes away.
 pub const HOST_RETRY_MAX_MS: u64 = 30_000;
 
+/// How long `lb check` trusts a pinned data path whose agent is away (restarting, upgraded,
+/// stopped or stuck), from the agent's last heartbeat (`lb_common::maps::META_HEARTBEAT`): the
+/// program, rings and backend states go on serving, but nothing checks the backends' health
+/// meanwhile. An agent restart takes about a second.
+pub const CHECK_GRACE_MS: u64 = 10_000;
+
+/// How long `lb check` waits for the agent's answer before it reads the pinned data path
+/// instead: well within keepalived's usual script timeout of 1 s.
+pub const CHECK_AGENT_TIMEOUT_MS: u64 = 400;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,11 +95,20 @@ pub const META_HASH_SEED: u32 = 2;
 pub const META_PROGRAM_HASH: u32 = 3;
 /// `META` index: when that program was loaded (seconds since the Unix epoch).
 pub const META_PROGRAM_LOADED_AT: u32 = 4;
+/// `META` index: the agent's heartbeat, the `CLOCK_MONOTONIC` time in milliseconds at which an
+/// agent last refreshed this data path (every second while it runs; 0: never, as a data path an
+/// older build made). `lb check` answers from the pinned maps while the agent is away only
+/// while the heartbeat is younger than [`crate::limits::CHECK_GRACE_MS`]. Taking this spare
+/// slot is no layout change: an agent that does not write it leaves it 0, and older builds
+/// never read it.
+pub const META_HEARTBEAT: u32 = 5;
+const _: () = assert!(META_HEARTBEAT < META_SLOTS);
 
 /// Version of the layout of the pinned maps: their set, names, types, keys, values and the
 /// meaning of their entries. Bump it with any such change: an agent adopts pinned maps only
 /// of its own layout version (`lb_common::maps::MAP_META`). Adding a counter at the end of
-/// [`crate::counters::Reason`] is not a layout change (`REASONS` has [`REASON_SLOTS`] entries).
+/// [`crate::counters::Reason`] is not a layout change (`REASONS` has [`REASON_SLOTS`] entries),
+/// nor is a new `META` entry in a spare slot that reads 0 until written ([`META_HEARTBEAT`]).
 pub const LAYOUT_VERSION: u64 = 6;
 
 /// Entries of `REASONS`: room for counters added by later builds without a layout change.

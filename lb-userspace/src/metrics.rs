@@ -226,6 +226,7 @@ mod tests {
                 scheduler: "maglev".into(),
                 ring_backends: 1,
                 serving: true,
+                serving_reason: "1 backend takes new flows".into(),
                 announced: true,
                 announce_reason: "announced: 1 backend takes new flows".into(),
                 traffic: TrafficStatus { packets: 10, bytes: 1000, new_flows: 2, dropped: 0, packets_per_second: 0.0 },

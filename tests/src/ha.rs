@@ -23,7 +23,7 @@
 //! the router's `rf` (10.0.0.1, fd00::1) and every node's `rt` (10.0.0.<k+1>, fd00::<k+1>)
 //! share a bridge (`br1` in the segment namespace); the agents run with
 //! `global.vip_addresses: external` and no announcement table, and a second keepalived per node
-//! (`examples/ha/keepalived-vips.conf`, its track script `lb check`) puts the VIPs on the VRRP
+//! (`examples/ha/keepalived-vips.conf`, its track script `lb check --config`) puts the VIPs on the VRRP
 //! master's `rt`, which the router reaches on link. The backends' side is the same.
 //!
 //! Names are unique per run (`lbh-<pid>-<n>-...`); dropping the [`HaLab`] kills every daemon,
@@ -471,7 +471,7 @@ impl HaLab {
     /// bridge (`br1` in the segment namespace); no BGP. Every agent runs
     /// [`vrrp_node_config`]; each node runs a second keepalived from
     /// `examples/ha/keepalived-vips.conf` (node 1 has the highest priority, the track script
-    /// runs `lb --socket <its agent's socket> check`), with `arp_ignore=1`, `arp_announce=2`.
+    /// runs `lb check --config <its agent's configuration>`), with `arp_ignore=1`, `arp_announce=2`.
     /// The backends' gateway is as in [`HaLab::create`]. Waits (bounded) until every agent
     /// serves, node 1 holds the VIPs and the gateway, and both VIPs answer.
     pub fn create_vrrp(nodes: usize, backends: usize, backend_bin: &Path) -> anyhow::Result<HaLab> {
@@ -715,10 +715,21 @@ impl HaLab {
         std::env::temp_dir().join(format!("{}-agent", self.nodes[i].ns)).join("lb.sock")
     }
 
+    /// The configuration file of node `i`'s agent (where [`Agent::start_in`] writes it).
+    pub fn agent_config(&self, i: usize) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-agent", self.nodes[i].ns)).join("lb.yaml")
+    }
+
+    /// What node `i`'s keepalived for the VIPs ([`Topology::Vrrp`]) logged so far.
+    pub fn keepalived_vips_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].dir.join("keepalived-vips.log")).unwrap_or_default()
+    }
+
     /// Starts node `i`'s keepalived for the VIPs ([`Topology::Vrrp`]): node 1 has the highest
-    /// priority; the track script runs `lb --socket <socket> check` against its agent.
+    /// priority; the track script runs `lb check --config <configuration>` for its agent (the
+    /// agent answers, or its pinned data path while the agent restarts).
     pub fn start_keepalived_vips(&mut self, i: usize) -> anyhow::Result<()> {
-        let check = format!("{} --socket {} check", crate::agent::lb_binary().display(), self.agent_socket(i).display());
+        let check = format!("{} check --config {}", crate::agent::lb_binary().display(), self.agent_config(i).display());
         let n = &self.nodes[i];
         let conf = fill(KEEPALIVED_VIPS, &[
             ("NODE", n.name.clone()),

@@ -350,7 +350,7 @@ fn the_vip_is_announced_only_while_a_backend_takes_flows() {
     }
     agent.wait_status(Duration::from_secs(5), |s| announced(s).0).expect("announced again");
     agent.wait_status(Duration::from_secs(5), |s| all_in_state(s, "web", "up")).expect("every backend back");
-    assert_eq!(ok(&agent, &["check"]), "web: serving (announced: 3 backends take new flows)\n");
+    assert_eq!(ok(&agent, &["check"]), format!("answered by the agent at {}\nweb: serving (3 backends take new flows)\n", agent.socket.display()));
     assert_eq!(announced_routes(&lab), "10.0.0.10 dev lo proto 250 scope link");
     eprintln!("announcement: withdrawn {withdrawn_after:?} after the last backend was killed (fall 2 × fast_interval 100 ms)");
     let out = agent.teardown();
@@ -371,7 +371,7 @@ fn external_vip_addresses_are_left_to_their_owner() {
     let yaml = config(1).replace("  metrics_address: 127.0.0.1:9100\n", "  vip_addresses: external\n");
     let (lab, agent) = lab_with_agent(&yaml);
     assert_eq!(vip_address_lines(&lab), "", "the agent added no address");
-    assert_eq!(ok(&agent, &["check"]), "web: serving (announcement off (global.announce_table unset))\n");
+    assert_eq!(ok(&agent, &["check"]), format!("answered by the agent at {}\nweb: serving (3 backends take new flows)\n", agent.socket.display()));
     let add = lb_tests::agent::in_netns(&lab.lb_ns, &["ip", "addr", "add", "10.0.0.10/32", "dev", "lbc"]).status().expect("ip");
     assert!(add.success());
     let out = agent.teardown();

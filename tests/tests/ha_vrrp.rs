@@ -62,8 +62,9 @@ fn reason(lab: &HaLab, i: usize, name: &str) -> Option<u64> {
 /// Cases 1 and 3: the master crashes (kill -9 of its keepalived processes and agent, its
 /// client-facing and backend-side links down): the backup takes the VIPs within 2 s, ≥ 99 %
 /// of the established connections survive, no new connection fails after the move. Then the
-/// master comes back: the example configuration preempts (no `nopreempt`), so once its agent
-/// serves again (`lb check`, rise 2) it takes the VIPs back; no established connection breaks.
+/// master comes back: the example configuration preempts (no `nopreempt`), so once it serves
+/// again (`lb check`, rise 2: its agent, or its pinned data path while the agent starts, the
+/// crash being within the grace period) it takes the VIPs back; no established connection breaks.
 #[test]
 fn the_masters_crash_moves_the_vips_within_two_seconds_and_its_return_preempts_without_breaking_flows() {
     let _turn = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -197,4 +198,70 @@ fn the_masters_failing_health_checks_move_the_vips_by_the_track_script_and_their
     assert_eq!(r.broken(), 0, "established connections broken by the preemption: {:?}", r.errors(5));
     assert_eq!(r.moved(), 0, "no connection moved to another backend");
     assert_eq!(r.failed_after(t1), 0, "failed new connections during the preemption: {:?}", r.errors(5));
+}
+
+/// keepalived's log lines that say a VRRP instance or the track script changed state.
+fn transitions(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("Entering") || l.contains("lb_serves") || l.contains("priority"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Case 4 (issue 17, item 8): the master's agent restarts (SIGTERM, 2.5 s away, started again:
+/// it adopts its pinned data path) while the track script runs `lb check --config` every second
+/// under load. The data path goes on forwarding and `lb check` answers from it while the agent is
+/// away, so the track script never fails: the VIPs stay on node 1 (checked every 20 ms), the
+/// router's neighbour entries stay at node 1, neither keepalived logs a transition, and no
+/// established or new connection fails. With `lb --socket S check` (main's form: the agent
+/// only), the script fails twice in a row (fall 2) and node 2 takes the VIPs.
+#[test]
+fn a_restart_of_the_masters_agent_moves_no_vip() {
+    let _turn = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = lab();
+    let logs_before: Vec<Vec<String>> = (0..2).map(|i| transitions(&lab.keepalived_vips_log(i))).collect();
+
+    let load = start_load(&lab);
+    thread::sleep(Duration::from_millis(1500));
+    let t0 = Instant::now();
+    lab.nodes[0].agent.as_mut().expect("node 1's agent").stop(libc::SIGTERM);
+    let watch = |lab: &HaLab, until: Instant, seen: &mut Vec<(Duration, Vec<usize>, Option<usize>)>| {
+        while Instant::now() < until {
+            let holders = lab.vip_holders();
+            let neighbour = lab.router_neighbour(IpAddr::V4(VIP4));
+            if holders != [1] || neighbour != Some(1) {
+                seen.push((t0.elapsed(), holders, neighbour));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut moves = Vec::new();
+    watch(&lab, t0 + Duration::from_millis(2500), &mut moves);
+    let restart = Instant::now();
+    lab.start_agent(0).expect("node 1's agent restarted");
+    let restarted = restart.elapsed();
+    // Long enough for the track script to have failed twice (interval 1 s, fall 2) and the
+    // backup to take over (3.5 adverts), had `lb check` failed during the restart.
+    watch(&lab, Instant::now() + Duration::from_secs(4), &mut moves);
+    let r = load.finish();
+    let logs_after: Vec<Vec<String>> = (0..2).map(|i| transitions(&lab.keepalived_vips_log(i))).collect();
+    eprintln!(
+        "[agent restart] node 1's agent away {} (SIGTERM to answering again after {} of start); VIP holder or router neighbour \
+         other than node 1 seen {} times; keepalived transitions: node 1 {}, node 2 {}",
+        ms(restart - t0 + restarted),
+        ms(restarted),
+        moves.len(),
+        logs_after[0].len() - logs_before[0].len(),
+        logs_after[1].len() - logs_before[1].len()
+    );
+    r.print("agent restart", t0, t0, 2);
+    assert!(moves.is_empty(), "the VIPs left node 1: {:?}\n{}", &moves[..moves.len().min(5)], lab.logs());
+    for i in 0..2 {
+        assert_eq!(logs_after[i][logs_before[i].len()..], [] as [String; 0], "node {}'s keepalived changed state\n{}", i + 1, lab.logs());
+    }
+    assert_eq!(lab.vip_holders(), [1]);
+    assert_eq!(r.on_node(1), r.sessions.len(), "every long-lived connection ran through node 1");
+    assert_eq!(r.broken(), 0, "established connections broken by the restart: {:?}", r.errors(5));
+    assert_eq!(r.moved(), 0, "no connection moved to another backend");
+    assert_eq!(r.failed_after(t0), 0, "failed new connections during the restart: {:?}", r.errors(5));
 }

@@ -12,7 +12,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use super::state::VipRuntime;
-use lb_common::maps::BackendState;
+use lb_common::serving::backends_taking_new_flows;
 
 /// Whether an address is announced, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,13 +23,37 @@ pub struct Decision {
     pub reason: String,
 }
 
+/// The backends of `v` that take new flows ([`lb_common::serving`]).
+pub fn taking_new_flows(v: &VipRuntime) -> u32 {
+    backends_taking_new_flows(v.backends.iter().map(|b| (b.effective(), b.weight)))
+}
+
+/// Whether this node serves a VIP, and why: what `lb check` reports for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Serving {
+    /// Served.
+    pub serving: bool,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Whether this node serves VIP `v`: its program runs on every interface (`attached`, else why
+/// not) and one of its own backends takes new flows.
+pub fn serving(v: &VipRuntime, attached: Result<(), &str>) -> Serving {
+    match (attached, taking_new_flows(v)) {
+        (Err(why), _) => Serving { serving: false, reason: why.to_owned() },
+        (Ok(()), 0) => Serving { serving: false, reason: "no backend takes new flows".into() },
+        (Ok(()), 1) => Serving { serving: true, reason: "1 backend takes new flows".into() },
+        (Ok(()), n) => Serving { serving: true, reason: format!("{n} backends take new flows") },
+    }
+}
+
 /// The decision for each VIP address: `vips` as the runtime holds them, `attached` whether the
 /// self-check found the program on every interface (else why not).
 pub fn decide<'a>(vips: impl IntoIterator<Item = &'a VipRuntime>, attached: Result<(), &str>) -> BTreeMap<IpAddr, Decision> {
-    let mut up: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    let mut up: BTreeMap<IpAddr, u32> = BTreeMap::new();
     for v in vips {
-        let n = v.backends.iter().filter(|b| b.effective() == BackendState::Up && b.weight > 0).count();
-        *up.entry(v.config.address).or_insert(0) += n;
+        *up.entry(v.config.address).or_insert(0) += taking_new_flows(v);
     }
     up.into_iter()
         .map(|(addr, n)| {
@@ -88,12 +112,6 @@ impl Announcer {
     pub fn table(&self) -> Option<u32> {
         self.table
     }
-
-    /// Whether this node should serve `addr` (the decision, announced or not): what
-    /// `lb check` reports to a VRRP track script.
-    pub fn serving(&self, addr: IpAddr) -> bool {
-        self.current.get(&addr).is_some_and(|d| d.announce)
-    }
 }
 
 #[cfg(test)]
@@ -151,13 +169,26 @@ vips:
     }
 
     #[test]
+    fn a_vip_is_served_by_its_own_backends_not_by_those_of_its_address() {
+        let mut rt = runtime();
+        let said = |rt: &Runtime, name: &str| serving(rt.vip(name).unwrap(), Ok(()));
+        assert_eq!(said(&rt, "dns"), Serving { serving: true, reason: "1 backend takes new flows".into() });
+        assert_eq!(said(&rt, "web").reason, "no backend takes new flows", "checked backends start down");
+        let b = rt.vip("web").unwrap().backends[0].clone();
+        rt.set_health(b.id, b.generation, Health::Up, &mut Default::default());
+        assert!(decide(&rt.vips, Ok(()))[&"10.0.0.1".parse().unwrap()].announce, "the address is announced for web");
+        assert!(said(&rt, "web").serving);
+        // web-tls shares web's address, but its only backend has weight 0.
+        assert_eq!(said(&rt, "web-tls"), Serving { serving: false, reason: "no backend takes new flows".into() });
+        assert_eq!(serving(rt.vip("dns").unwrap(), Err("no pinned link on eth0")).reason, "no pinned link on eth0");
+    }
+
+    #[test]
     fn off_without_a_table() {
         let mut a = Announcer::new(None);
         a.apply(decide(&runtime().vips, Ok(())));
         let dns = "2001:db8::53".parse().unwrap();
         let d = a.decision(dns);
         assert!(!d.announce && d.reason.contains("announce_table unset"));
-        assert!(a.serving(dns), "the decision stands for lb check");
-        assert!(!a.serving("10.0.0.1".parse().unwrap()));
     }
 }

@@ -170,6 +170,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     agent.apply(changes).context("installing the configuration")?;
     agent.attach(opts.mode)?;
     agent.announce();
+    agent.dp.maps.heartbeat()?;
 
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let api = server::serve(&agent.config.global.admin_socket, calls_tx.clone()).await?;
@@ -461,6 +462,9 @@ impl Agent {
             self.on_health(batch);
         }
         self.announce();
+        if let Err(e) = self.dp.maps.heartbeat() {
+            tracing::error!(error = %format!("{e:#}"), "writing the heartbeat failed: lb check will not answer from the data path");
+        }
         self.rates.sample(&self.runtime, &self.dp.maps);
     }
 

@@ -114,10 +114,12 @@ fn backend_status(agent: &Agent, b: &BackendRuntime, active: &HashMap<u32, u64>,
     }
 }
 
-fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>, probes: &HashMap<u32, TargetStatus>) -> VipStatus {
+fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>, probes: &HashMap<u32, TargetStatus>, attached: Result<(), &str>) -> VipStatus {
     let announcement = agent.announcer.decision(v.config.address);
+    let serving = super::announce::serving(v, attached);
     VipStatus {
-        serving: agent.announcer.serving(v.config.address),
+        serving: serving.serving,
+        serving_reason: serving.reason,
         announced: announcement.announce,
         announce_reason: announcement.reason,
         name: v.config.name.clone(),
@@ -135,12 +137,13 @@ fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>, probes:
 pub fn status(agent: &Agent) -> StatusReport {
     let active = &agent.tables.live;
     let probes: HashMap<u32, TargetStatus> = agent.checker.snapshot().into_iter().map(|t| (t.id, t)).collect();
+    let attached = agent.self_check();
     StatusReport {
         config_file: agent.config_path.display().to_string(),
         interfaces: agent.interfaces.iter().map(|(i, m)| (i.clone(), m.to_string())).collect(),
         uptime_seconds: agent.started.elapsed().as_secs(),
         data_path: agent.data_path.clone(),
-        vips: agent.runtime.vips.iter().map(|v| vip_status(agent, v, active, &probes)).collect(),
+        vips: agent.runtime.vips.iter().map(|v| vip_status(agent, v, active, &probes, attached.as_ref().map(|_| ()).map_err(String::as_str))).collect(),
         host: agent.host.report(),
     }
 }

@@ -617,7 +617,7 @@ impl Runtime {
     ) -> Result<(), OpError> {
         let v = self.vip(vip)?;
         let target = v.backend(endpoint).ok_or_else(|| OpError::NoSuchBackend { vip: vip.to_owned(), endpoint })?;
-        let takes = |b: &BackendRuntime| b.effective() == BackendState::Up && b.weight > 0;
+        let takes = |b: &BackendRuntime| lb_common::serving::takes_new_flows(b.effective(), b.weight);
         let before = v.backends.iter().filter(|b| takes(b)).count();
         let after = v.backends.iter().filter(|b| b.id != target.id && takes(b)).count() + change(target).is_some_and(|b| takes(&b)) as usize;
         if before > 0 && after == 0 && !force {

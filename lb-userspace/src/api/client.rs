@@ -31,18 +31,25 @@ fn unreachable(socket: &Path, e: &std::io::Error) -> String {
 /// A client of the agent at a socket path.
 pub struct Client {
     socket: PathBuf,
+    timeout: Duration,
 }
 
 impl Client {
     /// A client for the agent listening on `socket`.
     pub fn new(socket: &Path) -> Self {
-        Client { socket: socket.to_owned() }
+        Client::with_timeout(socket, Duration::from_secs(30))
+    }
+
+    /// A client that gives up on an answer after `timeout` ([`ClientError::Unreachable`]).
+    pub fn with_timeout(socket: &Path, timeout: Duration) -> Self {
+        Client { socket: socket.to_owned(), timeout }
     }
 
     fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<Value, ClientError> {
         let unreachable = |e| ClientError::Unreachable(self.socket.clone(), e);
         let mut stream = UnixStream::connect(&self.socket).map_err(unreachable)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(unreachable)?;
+        stream.set_read_timeout(Some(self.timeout)).map_err(unreachable)?;
+        stream.set_write_timeout(Some(self.timeout)).map_err(unreachable)?;
         let (status, body) = exchange(&mut stream, method, path, body).map_err(unreachable)?;
         if status == 200 {
             return serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()));

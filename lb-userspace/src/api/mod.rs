@@ -157,10 +157,13 @@ pub struct VipStatus {
     pub scheduler: String,
     /// Backends in the live ring.
     pub ring_backends: u32,
-    /// Whether this node should serve the VIP: its program runs on every interface and a
-    /// backend takes new flows (`lb check`).
+    /// Whether this node serves the VIP: its program runs on every interface and one of the
+    /// VIP's own backends takes new flows (`lb check`).
     #[serde(default)]
     pub serving: bool,
+    /// Why (or why not), in words.
+    #[serde(default)]
+    pub serving_reason: String,
     /// Whether this node announces the VIP's address (`global.announce_table`).
     pub announced: bool,
     /// Why (or why not), in words.

@@ -1,6 +1,7 @@
 //! The `lb` command line: the agent (`lb run`) and the verbs that manage it through the admin
 //! socket. Exit codes: 0 done, 1 refused or invalid, 2 usage error, 3 agent unreachable.
 
+mod check;
 mod render;
 mod table;
 pub mod top;
@@ -121,11 +122,18 @@ pub enum Command {
     /// Re-read the configuration file and apply the difference (same as SIGHUP).
     Reload,
     /// Exit 0 if this node serves every VIP named (all VIPs if none): its program runs on every
-    /// interface and each VIP has a backend taking new flows; 1 if not, 3 if the agent does not
-    /// answer. For a VRRP track script (keepalived `vrrp_script`).
+    /// interface and each VIP has a backend of its own taking new flows; 1 if not. The agent
+    /// answers; with --config, the pinned data path answers while the agent does not (it
+    /// restarts, is upgraded or takes more than 400 ms), for 10 s after the agent's last
+    /// heartbeat. Without --config, exit 3 if the agent does not answer. Prints what answered.
+    /// For a VRRP track script (keepalived `vrrp_script`): `lb check --config FILE`.
     Check {
         /// VIP names.
         vips: Vec<String>,
+        /// The agent's configuration file: its admin socket (unless --socket), and its instance,
+        /// interfaces and VIPs to read the pinned data path with while the agent does not answer.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Remove the data path: detach the program, unpin its maps (every tracked connection is
     /// dropped), remove the VIP addresses and stop the agent if it runs. Stopping the agent
@@ -307,16 +315,7 @@ pub fn execute(cli: &Cli) -> ExitCode {
             other => other.map(Some),
         },
         Command::Teardown { config } => return teardown(config),
-        Command::Check { vips } => {
-            return match client.get("/v1/status") {
-                Ok(status) => {
-                    let (ok, lines) = check(&status, vips);
-                    lines.iter().for_each(|l| println!("{l}"));
-                    if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_REFUSED) }
-                }
-                Err(e) => failed(e),
-            };
-        }
+        Command::Check { vips, config } => return check::run(cli.socket.as_deref(), config.as_deref(), vips, cli.json),
         Command::Backend(b) => {
             let request = match b {
                 BackendCommand::Add { vip, backend, weight } => Request::BackendAdd { vip: vip.clone(), backend: *backend, weight: *weight },
@@ -378,29 +377,6 @@ fn failed(e: ClientError) -> ExitCode {
         ClientError::Unreachable(..) => ExitCode::from(EXIT_UNREACHABLE),
         _ => ExitCode::from(EXIT_REFUSED),
     }
-}
-
-/// `lb check`: whether every VIP of `names` (all if empty) is served, and a line per VIP.
-fn check(status: &Value, names: &[String]) -> (bool, Vec<String>) {
-    let vips: Vec<&Value> = status["vips"].as_array().map(|v| v.iter().collect()).unwrap_or_default();
-    let mut ok = !vips.is_empty() || !names.is_empty();
-    let mut lines = Vec::new();
-    if vips.is_empty() && names.is_empty() {
-        lines.push("no VIP configured".to_owned());
-    }
-    for name in names {
-        if !vips.iter().any(|v| v["name"] == name.as_str()) {
-            ok = false;
-            lines.push(format!("{name}: no such VIP"));
-        }
-    }
-    for v in vips.iter().filter(|v| names.is_empty() || names.iter().any(|n| v["name"] == n.as_str())) {
-        let serving = v["serving"].as_bool().unwrap_or(false);
-        ok &= serving;
-        let reason = v["announce_reason"].as_str().unwrap_or("");
-        lines.push(format!("{}: {} ({reason})", v["name"].as_str().unwrap_or("?"), if serving { "serving" } else { "NOT serving" }));
-    }
-    (ok, lines)
 }
 
 /// What a reload changed, in words.
@@ -501,6 +477,7 @@ mod tests {
             &["lb", "run", "--config", "x.yaml", "--xdp-mode", "generic"],
             &["lb", "teardown", "--config", "x.yaml"],
             &["lb", "check", "web", "dns"],
+            &["lb", "check", "--config", "x.yaml", "web"],
             &["lb", "backend", "remove", "web", "10.1.0.1:80", "--force"],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -511,15 +488,13 @@ mod tests {
     }
 
     #[test]
-    fn check_passes_only_when_every_named_vip_is_served() {
-        let status = serde_json::json!({ "vips": [
-            { "name": "web", "serving": true, "announce_reason": "announced: 2 backends take new flows" },
-            { "name": "dns", "serving": false, "announce_reason": "withdrawn: no backend takes new flows" },
-        ]});
-        assert_eq!(check(&status, &["web".into()]), (true, vec!["web: serving (announced: 2 backends take new flows)".to_owned()]));
-        assert!(!check(&status, &[]).0, "dns is not served");
-        assert_eq!(check(&status, &["nope".into()]), (false, vec!["nope: no such VIP".to_owned()]));
-        assert!(!check(&serde_json::json!({ "vips": [] }), &[]).0, "no VIP: nothing served");
+    fn lb_check_states_the_timeout_and_grace_period_it_uses() {
+        use clap::CommandFactory as _;
+        let cli = Cli::command();
+        let about = cli.find_subcommand("check").and_then(|c| c.get_about()).map(|a| a.to_string()).unwrap_or_default();
+        let (timeout, grace) = (lb_common::limits::CHECK_AGENT_TIMEOUT_MS, lb_common::limits::CHECK_GRACE_MS);
+        assert!(about.contains(&format!("takes more than {timeout} ms")), "{about}");
+        assert!(about.contains(&format!("for {} s after the agent's last heartbeat", grace / 1000)), "{about}");
     }
 
     #[test]

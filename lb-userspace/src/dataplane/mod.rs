@@ -1,7 +1,9 @@
 //! The data path as the agent sees it: the embedded XDP program, loaded with the sizes of the
 //! configuration, and typed access to its maps.
 
+pub mod heartbeat;
 mod maps;
+pub mod pinned_serving;
 pub mod pins;
 mod ring_memory;
 mod service;
