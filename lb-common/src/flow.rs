@@ -44,8 +44,9 @@ pub struct Flow {
     pub idle_secs: u16,
     /// `FLOW_*` state.
     pub state: u8,
-    /// Always zero.
-    pub pad: u8,
+    /// The CPU that inserted the entry (its index mod 256): the connection table keeps one LRU
+    /// list per CPU, and the entry lives in this CPU's ([`crate::limits::MIN_CONNS_PER_CPU`]).
+    pub cpu: u8,
 }
 
 /// A new deadline and state for an entry, to be written back by the data path.
@@ -59,9 +60,10 @@ pub struct FlowUpdate {
 
 impl Flow {
     /// An entry for a new flow assigned to backend `backend_id` (generation `generation`) of
-    /// VIP `vip_id`: TCP flows are open, UDP flows idle out after `udp_idle_secs`.
+    /// VIP `vip_id`, inserted by CPU `cpu`: TCP flows are open, UDP flows idle out after
+    /// `udp_idle_secs`.
     #[inline(always)]
-    pub fn new(backend_id: u32, generation: u32, vip_id: u32, udp: bool, udp_idle_secs: u16, now: u32) -> Flow {
+    pub fn new(backend_id: u32, generation: u32, vip_id: u32, udp: bool, udp_idle_secs: u16, now: u32, cpu: u32) -> Flow {
         let (state, idle_secs, deadline) =
             if udp { (FLOW_IDLE, udp_idle_secs, now.saturating_add(udp_idle_secs as u32)) } else { (FLOW_OPEN, 0, 0) };
         Flow {
@@ -71,7 +73,7 @@ impl Flow {
             deadline,
             idle_secs,
             state,
-            pad: 0,
+            cpu: cpu as u8,
         }
     }
 
@@ -122,10 +124,10 @@ mod tests {
 
     #[test]
     fn new_tcp_flows_are_open_without_deadline_and_udp_flows_idle() {
-        let tcp = Flow::new(7, 0x1_0003, 2, false, 30, NOW);
-        assert_eq!((tcp.state, tcp.deadline, tcp.backend_gen, tcp.vip_id), (FLOW_OPEN, 0, 3, 2));
+        let tcp = Flow::new(7, 0x1_0003, 2, false, 30, NOW, 257);
+        assert_eq!((tcp.state, tcp.deadline, tcp.backend_gen, tcp.vip_id, tcp.cpu), (FLOW_OPEN, 0, 3, 2, 1));
         assert!(!tcp.expired(u32::MAX));
-        let udp = Flow::new(7, 1, 2, true, 30, NOW);
+        let udp = Flow::new(7, 1, 2, true, 30, NOW, 0);
         assert_eq!((udp.state, udp.deadline, udp.idle_secs), (FLOW_IDLE, NOW + 30, 30));
         assert!(!udp.expired(NOW + 30));
         assert!(udp.expired(NOW + 31));
@@ -133,7 +135,7 @@ mod tests {
 
     #[test]
     fn open_tcp_flow_is_written_only_on_fin_or_rst() {
-        let open = Flow::new(1, 1, 1, false, 0, NOW);
+        let open = Flow::new(1, 1, 1, false, 0, NOW, 0);
         assert!(!open.needs_clock(TCP_ACK));
         assert_eq!(open.after_packet(TCP_ACK, NOW), None);
         assert!(open.needs_clock(TCP_ACK | TCP_FIN));
@@ -149,7 +151,7 @@ mod tests {
 
     #[test]
     fn closing_flow_idles_out_and_reset_flow_lingers_without_extension() {
-        let mut f = Flow::new(1, 1, 1, false, 0, NOW);
+        let mut f = Flow::new(1, 1, 1, false, 0, NOW, 0);
         let u = f.after_packet(TCP_FIN | TCP_ACK, NOW).unwrap();
         (f.state, f.deadline) = (u.state, u.deadline);
         // Within the same second nothing is written; later packets push the deadline on.
@@ -165,7 +167,7 @@ mod tests {
 
     #[test]
     fn udp_deadline_moves_at_most_once_a_second() {
-        let f = Flow::new(1, 1, 1, true, 30, NOW);
+        let f = Flow::new(1, 1, 1, true, 30, NOW, 0);
         assert_eq!(f.after_packet(0, NOW), None);
         assert_eq!(f.after_packet(0, NOW + 1), None);
         assert_eq!(f.after_packet(0, NOW + 2), Some(FlowUpdate { state: FLOW_IDLE, deadline: NOW + 32 }));

@@ -27,6 +27,11 @@ pub const RINGS_PER_VIP: u32 = 2;
 
 /// Default capacity of the connection table (entries, one per flow).
 pub const DEFAULT_CONN_CAPACITY: u32 = 262_144;
+/// The connection table keeps one LRU list per CPU (`BPF_F_NO_COMMON_LRU`): a CPU evicts
+/// from its own share, `conn_capacity / possible CPUs` entries, when that share is full, however
+/// empty the others are. The agent raises `conn_capacity` so that no CPU's share is below this
+/// many entries ([`crate::sizing::Sizing::with_cpu_floor`]).
+pub const MIN_CONNS_PER_CPU: u32 = 4096;
 /// Upper bound on the connection table capacity accepted at load time.
 pub const MAX_CONN_CAPACITY: u32 = 16 * 1024 * 1024;
 

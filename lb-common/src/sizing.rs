@@ -13,7 +13,8 @@ pub struct Sizing {
     pub backend_capacity: u32,
     /// Slots of each Maglev ring (prime).
     pub ring_size: u32,
-    /// Connection table entries (one per flow).
+    /// Connection table entries (one per flow), all CPUs together: each CPU's share is
+    /// `conn_capacity / possible CPUs` ([`MIN_CONNS_PER_CPU`]).
     pub conn_capacity: u32,
     /// Half-open table entries (round-robin and least-conn SYNs).
     pub half_open_capacity: u32,
@@ -103,6 +104,20 @@ impl Sizing {
     }
 
     /// Entries of the `RING` map.
+    /// These sizes with the connection table raised, if needed, so that each of `cpus`
+    /// possible CPUs gets at least [`MIN_CONNS_PER_CPU`] entries (within
+    /// [`MAX_CONN_CAPACITY`]); the second value says whether it was raised.
+    pub fn with_cpu_floor(&self, cpus: u32) -> (Sizing, bool) {
+        let floor = cpus.max(1).saturating_mul(MIN_CONNS_PER_CPU).min(MAX_CONN_CAPACITY);
+        let raised = self.conn_capacity < floor;
+        (Sizing { conn_capacity: self.conn_capacity.max(floor), ..self.clone() }, raised)
+    }
+
+    /// Each CPU's share of the connection table with `cpus` possible CPUs.
+    pub fn conns_per_cpu(&self, cpus: u32) -> u32 {
+        self.conn_capacity / cpus.max(1)
+    }
+
     pub fn ring_map_entries(&self) -> u32 {
         ring_map_entries(self.vip_capacity, self.ring_size)
     }
@@ -111,6 +126,19 @@ impl Sizing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_connection_table_is_raised_so_that_no_cpu_share_is_below_the_floor() {
+        let s = Sizing { conn_capacity: 65_536, ..Sizing::default() };
+        assert_eq!(s.with_cpu_floor(2), (s.clone(), false), "two CPUs: 32,768 each");
+        let (raised, was) = s.with_cpu_floor(64);
+        assert!(was);
+        assert_eq!(raised.conn_capacity, 64 * MIN_CONNS_PER_CPU);
+        assert_eq!(raised.conns_per_cpu(64), MIN_CONNS_PER_CPU);
+        assert_eq!(s.conns_per_cpu(64), 1024, "what 64 CPUs would have had each");
+        assert_eq!(s.with_cpu_floor(100_000).0.conn_capacity, MAX_CONN_CAPACITY, "never above the maximum");
+        assert_eq!(s.with_cpu_floor(0).0.conn_capacity, 65_536);
+    }
 
     #[test]
     fn default_is_valid() {

@@ -159,7 +159,9 @@ fn pick(pkt: &Packet, vip: &VipMeta, tracked: &Tracked) -> Result<u32, Reason> {
     let (id, backend) = choose(vip, &pkt.key, hash)?;
     let udp = pkt.key.proto == PROTO_UDP;
     let now = if udp { conntrack::now() } else { 0 };
-    let flow = Flow::new(id, backend.generation, vip.id, udp, vip.udp_idle_secs, now);
+    // SAFETY: a helper call without arguments.
+    let cpu = unsafe { aya_ebpf::helpers::generated::bpf_get_smp_processor_id() };
+    let flow = Flow::new(id, backend.generation, vip.id, udp, vip.udp_idle_secs, now, cpu);
     if syn {
         match *tracked {
             // A reused 5-tuple: its old entry must not catch the new connection's next packet.

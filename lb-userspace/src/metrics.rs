@@ -97,6 +97,13 @@ pub fn render(status: &StatusReport, stats: &StatsReport) -> String {
     for v in &status.vips {
         let _ = writeln!(o, "lb_vip_announced{{vip=\"{}\"}} {}", escape(&v.name), v.announced as u8);
     }
+    let t = &status.connection_table;
+    family(&mut o, "lb_connection_table_cpu_entries", "gauge", "Connection table entries each CPU created; a CPU evicts from its own share (lb_connection_table_cpu_capacity) when it is full.");
+    for (cpu, n) in t.per_cpu.iter().enumerate() {
+        let _ = writeln!(o, "lb_connection_table_cpu_entries{{cpu=\"{cpu}\"}} {n}");
+    }
+    family(&mut o, "lb_connection_table_cpu_capacity", "gauge", "Each CPU's share of the connection table.");
+    let _ = writeln!(o, "lb_connection_table_cpu_capacity {}", t.per_cpu_capacity);
     let d = &status.data_path;
     family(&mut o, "lb_build_info", "gauge", "The agent's version and the program running in the data path (always 1).");
     let _ = writeln!(
@@ -218,6 +225,7 @@ mod tests {
             uptime_seconds: 1,
             data_path: Default::default(),
             host: Default::default(),
+            connection_table: crate::api::ConnTableStatus { entries: 5, capacity: 16, per_cpu_capacity: 8, per_cpu: vec![3, 2] },
             vips: vec![VipStatus {
                 name: "web".into(),
                 address: "10.0.0.1".parse().unwrap(),

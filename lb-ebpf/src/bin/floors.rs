@@ -158,7 +158,7 @@ mod programs {
                 family: FAMILY_V4,
                 pad: [0; 2],
             };
-            let flow = Flow { backend_id: 1, backend_gen: 1, vip_id: 1, deadline: 0, idle_secs: 0, state: 0, pad: 0 };
+            let flow = Flow { backend_id: 1, backend_gen: 1, vip_id: 1, deadline: 0, idle_secs: 0, state: 0, cpu: 0 };
             if conns.insert(&key, &flow, 0).is_err() {
                 return xdp_action::XDP_ABORTED;
             }

@@ -75,6 +75,8 @@ struct Agent {
     _netlink: Netlink,
     interfaces: Vec<(String, String)>,
     started: Instant,
+    /// Possible CPUs: each has its own share of the connection table.
+    cpus: u32,
     health: HealthStats,
     rates: report::Rates,
 }
@@ -104,7 +106,19 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         Some(path) => std::borrow::Cow::Owned(std::fs::read(path).with_context(|| format!("reading the XDP object {}", path.display()))?),
         None => std::borrow::Cow::Borrowed(crate::dataplane::PROGRAM),
     };
-    let (mut dp, adopted) = Dataplane::open(&config.sizing(), &pins, logger, &object)?;
+    // The connection table keeps one LRU list per possible CPU: no CPU's share below the floor.
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("counting the possible CPUs ({what}): {e}"))? as u32;
+    let (sizing, raised) = config.sizing().with_cpu_floor(cpus);
+    if raised {
+        tracing::warn!(
+            configured = config.global.conn_capacity,
+            used = sizing.conn_capacity,
+            cpus,
+            per_cpu = lb_common::limits::MIN_CONNS_PER_CPU,
+            "global.conn_capacity raised: each CPU evicts from its own share of the connection table, and no share may be below the floor"
+        );
+    }
+    let (mut dp, adopted) = Dataplane::open(&sizing, &pins, logger, &object)?;
     if adopted {
         tracing::info!(pin_dir = %pins.dir().display(), "adopting the pinned data path: its connection table, rings, backends and counters carry on");
     } else {
@@ -162,6 +176,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         _netlink: netlink,
         interfaces: Vec::new(),
         started: Instant::now(),
+        cpus,
         health: HealthStats::default(),
         rates: report::Rates::default(),
         config,

@@ -145,6 +145,19 @@ pub fn status(agent: &Agent) -> StatusReport {
         data_path: agent.data_path.clone(),
         vips: agent.runtime.vips.iter().map(|v| vip_status(agent, v, active, &probes, attached.as_ref().map(|_| ()).map_err(String::as_str))).collect(),
         host: agent.host.report(),
+        connection_table: connection_table(agent),
+    }
+}
+
+fn connection_table(agent: &Agent) -> crate::api::ConnTableStatus {
+    let sizing = agent.dp.sizing();
+    let mut per_cpu = agent.tables.per_cpu.clone();
+    per_cpu.resize(per_cpu.len().max(agent.cpus as usize), 0);
+    crate::api::ConnTableStatus {
+        entries: agent.tables.entries,
+        capacity: u64::from(sizing.conn_capacity),
+        per_cpu_capacity: u64::from(sizing.conns_per_cpu(agent.cpus)),
+        per_cpu,
     }
 }
 

@@ -190,6 +190,23 @@ pub struct StatusReport {
     /// What the agent added to the host (VIP addresses, announcement routes).
     #[serde(default)]
     pub host: HostStatus,
+    /// The connection table's fill, in all and per CPU.
+    #[serde(default)]
+    pub connection_table: ConnTableStatus,
+}
+
+/// The connection table in `lb status`: one LRU list per CPU, each CPU evicting from its own
+/// share when that share is full.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnTableStatus {
+    /// Entries, all CPUs together (last count).
+    pub entries: u64,
+    /// Entries it holds at most.
+    pub capacity: u64,
+    /// Each CPU's share of `capacity`.
+    pub per_cpu_capacity: u64,
+    /// Entries each CPU created (its LRU list's fill), by CPU index.
+    pub per_cpu: Vec<u64>,
 }
 
 /// What the agent owns on the host, in `lb status`.

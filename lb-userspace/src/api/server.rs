@@ -160,6 +160,7 @@ mod tests {
                             data_path: Default::default(),
                             vips: vec![],
                             host: Default::default(),
+                            connection_table: Default::default(),
                         }),
                         _ => serde_json::to_value(StatsReport {
                             reasons: vec![],

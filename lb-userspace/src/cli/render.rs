@@ -41,6 +41,7 @@ fn status(s: StatusReport) -> String {
         d.layout
     );
     out += &host(&s.host);
+    out += &connection_table_cpus(&s.connection_table);
     for v in &s.vips {
         // What the data path's ring holds, and what of it takes new flows (state up and a
         // weight): a ring of weight-0 backends takes none.
@@ -150,6 +151,23 @@ fn explain(e: ExplainReport) -> String {
     out
 }
 
+/// The connection table's fill per CPU (each CPU evicts from its own share); nothing before
+/// the first count.
+fn connection_table_cpus(t: &crate::api::ConnTableStatus) -> String {
+    if t.capacity == 0 || t.per_cpu.is_empty() {
+        return String::new();
+    }
+    let share = t.per_cpu_capacity.max(1) as f64;
+    let cpus: Vec<String> = t.per_cpu.iter().enumerate().map(|(i, n)| format!("cpu{i} {} ({})", units::count(*n), units::percent(*n as f64 / share))).collect();
+    format!(
+        "connection table {} of {}, {} per CPU: {}\n",
+        units::count(t.entries),
+        units::count(t.capacity),
+        units::count(t.per_cpu_capacity),
+        cpus.join(", ")
+    )
+}
+
 /// What the agent owns on the host, a line per kind; nothing when it owns and wants nothing.
 fn host(h: &crate::api::HostStatus) -> String {
     let mut out = String::new();
@@ -216,6 +234,15 @@ BACKEND        STATE  HEALTH  ADMIN  WEIGHT  CONNS        RATE  FLOWS    BYTES
         let mut v6 = status_json(1, &[1], 0);
         v6["vips"][0]["address"] = json!("fd00::10");
         assert!(human(&Command::Status, &v6).contains("\nVIP web [fd00::10]:80/tcp  scheduler"));
+    }
+
+    #[test]
+    fn status_shows_each_cpus_share_of_the_connection_table() {
+        let mut s = status_json(1, &[1], 0);
+        s["connection_table"] = json!({"entries": 70_000, "capacity": 262_144, "per_cpu_capacity": 131_072, "per_cpu": [65_536, 4_464]});
+        let out = human(&Command::Status, &s);
+        assert!(out.contains("layout 3\nconnection table 70.0k of 262.1k, 131.1k per CPU: cpu0 65.5k (50.0%), cpu1 4.5k (3.4%)\n"), "{out}");
+        assert!(!human(&Command::Status, &status_json(1, &[1], 0)).contains("connection table"), "no line before the first count");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use aya::{
 };
 use lb_common::maps::{
     GLOBAL_HASH_SEED, GLOBAL_RING_SIZE, LAYOUT_VERSION, MAP_ACTIVE_CONNS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNS,
-    MAP_HALF_OPEN, MAP_REPLIES, MAP_RING, MAP_RR_CURSORS, MAP_VIP_ADDRS, MAP_VIP_LIVE, MAP_VIP_STATS, MAP_VIPS,
+    MAP_HALF_OPEN, MAP_REPLIES, MAP_TX_PORTS, MAP_RING, MAP_RR_CURSORS, MAP_VIP_ADDRS, MAP_VIP_LIVE, MAP_VIP_STATS, MAP_VIPS,
     META_HASH_SEED, META_LAYOUT, META_PROGRAM_HASH, META_PROGRAM_LOADED_AT, META_RING_SIZE, PINNED_MAPS, PROGRAM_NAME,
 };
 
@@ -79,6 +79,9 @@ fn sized_maps(sizing: &Sizing) -> [(&'static str, u32); 12] {
     ]
 }
 
+/// `BPF_F_RDONLY_PROG` (linux/bpf.h).
+const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+
 /// The shape of every pinned map of the program object `object` loaded at `sizing`.
 pub fn map_shapes(sizing: &Sizing, object: &[u8]) -> anyhow::Result<HashMap<&'static str, MapShape>> {
     let object = aya_obj::Object::parse(object).map_err(|e| anyhow!("parsing the XDP object: {e}"))?;
@@ -88,7 +91,10 @@ pub fn map_shapes(sizing: &Sizing, object: &[u8]) -> anyhow::Result<HashMap<&'st
         .map(|&name| {
             let map = object.maps.get(name).ok_or_else(|| anyhow!("the XDP object has no map {name}"))?;
             let max_entries = sized.iter().find(|(n, _)| *n == name).map_or(map.max_entries(), |(_, n)| *n);
-            Ok((name, MapShape { key_size: map.key_size(), value_size: map.value_size(), max_entries, flags: map.map_flags() }))
+            // The kernel makes every device map read-only to programs (dev_map_init_map), so
+            // the pinned map reports a flag its definition does not have.
+            let kernel_flags = if name == MAP_TX_PORTS { BPF_F_RDONLY_PROG } else { 0 };
+            Ok((name, MapShape { key_size: map.key_size(), value_size: map.value_size(), max_entries, flags: map.map_flags() | kernel_flags }))
         })
         .collect()
 }

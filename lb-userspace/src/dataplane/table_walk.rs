@@ -100,6 +100,9 @@ pub struct TableCounts {
     pub live: HashMap<u32, u64>,
     /// Entries in the connection table, live or not.
     pub entries: u64,
+    /// Entries in the connection table by the CPU that created them (whose LRU list holds
+    /// them), by CPU index.
+    pub per_cpu: Vec<u64>,
     /// Entries in the half-open table.
     pub half_open: u64,
     /// How long the count took.
@@ -112,12 +115,19 @@ pub fn count(conns: BorrowedFd<'_>, half_open: BorrowedFd<'_>) -> std::io::Resul
     let now = now_secs();
     let mut counts = TableCounts::default();
     let mut live = HashMap::new();
+    let mut per_cpu = Vec::new();
     counts.entries = walk(conns, |_, flow| {
+        let cpu = usize::from(flow.cpu);
+        if per_cpu.len() <= cpu {
+            per_cpu.resize(cpu + 1, 0);
+        }
+        per_cpu[cpu] += 1;
         if is_live(flow, now) {
             *live.entry(flow.backend_id).or_insert(0) += 1;
         }
     })? as u64;
     counts.live = live;
+    counts.per_cpu = per_cpu;
     counts.half_open = walk(half_open, |_, _| {})? as u64;
     counts.took = started.elapsed();
     Ok(counts)
