@@ -4,7 +4,7 @@
 //! with options are parsed as far as their addresses ([`Kind::Fragment`],
 //! [`Kind::Ipv4Options`]): the caller decides.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 use core::mem::{MaybeUninit, size_of};
 use lb_common::{
     counters::Reason,
@@ -64,7 +64,7 @@ pub struct Packet {
     pub inner_l3: usize,
     /// Addresses, ports, protocol and family as on the wire.
     pub key: FlowKey,
-    /// Frame length in bytes.
+    /// Frame length in bytes: every buffer of a multi-buffer frame, not only the first.
     pub len: u64,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
@@ -102,6 +102,13 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Reason> {
         return Err(Reason::PassTruncated);
     }
     Ok((start + offset) as *mut T)
+}
+
+/// The length of the whole frame: with XDP frags, `data..data_end` is only its first buffer.
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> u64 {
+    // SAFETY: a helper call on this program's context, which it only reads.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) }
 }
 
 /// The addresses, protocol, family and transport offset of an IP header at `l3`; whether it
@@ -218,7 +225,7 @@ pub fn parse<'a>(ctx: &XdpContext, out: &'a mut MaybeUninit<Packet>) -> Result<&
         l3 += VlanHdr::LEN;
     }
     let outer = ip(ctx, ether_type, l3)?;
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let len = frame_len(ctx);
     if let Some(kind) = outer.stop {
         // Only a fragment's first piece has ports (when its transport header is whole).
         let l4 = if kind == Kind::FirstFragment { ports(ctx, outer.proto, outer.l4).unwrap_or((0, 0, 0, 0)) } else { (0, 0, 0, 0) };

@@ -28,7 +28,12 @@ use crate::{
 };
 
 /// The XDP program attached to the load balancer's interfaces.
-#[xdp]
+///
+/// Declared frags-aware (`xdp.frags`, BPF_F_XDP_HAS_FRAGS), so that drivers take it at an MTU
+/// above a page (jumbo frames): the headers are read from the frame's first buffer, the only
+/// part `data..data_end` covers, and a larger packet is forwarded whole, its other buffers
+/// untouched.
+#[xdp(frags)]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let mut slot = core::mem::MaybeUninit::uninit();
     let pkt = match parse(&ctx, &mut slot) {
