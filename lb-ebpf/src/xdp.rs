@@ -32,8 +32,9 @@ use crate::{
 /// Declared frags-aware (`xdp.frags`, BPF_F_XDP_HAS_FRAGS), so that drivers take it at an MTU
 /// above a page (jumbo frames): the headers are read from the frame's first buffer, the only
 /// part `data..data_end` covers, and a larger packet is forwarded whole, its other buffers
-/// untouched.
-#[xdp(frags)]
+/// untouched. (The `single-buffer` feature builds it without frags, for the tests only.)
+#[cfg_attr(not(feature = "single-buffer"), xdp(frags))]
+#[cfg_attr(feature = "single-buffer", xdp)]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let mut slot = core::mem::MaybeUninit::uninit();
     let pkt = match parse(&ctx, &mut slot) {

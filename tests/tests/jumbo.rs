@@ -2,7 +2,9 @@
 //! (a veth takes an XDP program at an MTU above a page only if it handles multi-buffer frames),
 //! 1 MiB downloads over IPv4 and IPv6 through a VIP, and frames larger than 4 KiB on the
 //! backends' links: the replies crossed the data path whole, as multi-buffer frames. With
-//! `xdp_mode: auto` the agent takes driver mode at that MTU and logs why. Needs root.
+//! `xdp_mode: auto` the agent takes driver mode at that MTU and logs why. A build of the program
+//! without frags is refused there, with the interface, its MTU and the limit named, and the
+//! pinned program it could not replace keeps running. Needs root.
 
 use std::{
     io::{Read as _, Write as _},
@@ -20,8 +22,11 @@ use std::{
 use lb_tests::{
     agent::{Agent, all_in_state},
     lab_config::{LabConfig, Vip},
-    topology::{Lab, in_namespace},
+    topology::{Lab, http_get, in_namespace},
 };
+
+/// The program built without XDP frags (`tests/build.rs`).
+const SINGLE_BUFFER_PROGRAM: &str = concat!(env!("OUT_DIR"), "/lb-xdp-single-buffer");
 
 /// Every link's MTU.
 const MTU: u32 = 9000;
@@ -245,4 +250,38 @@ fn one_mib_downloads_over_ipv4_and_ipv6_with_every_link_at_mtu_9000_in_driver_mo
         .unwrap_or_else(|e| panic!("each VIP counts at least its download's bytes: {e:#}"));
     eprintln!("VIP bytes: web {}, web6 {}", vip_bytes(&status, "web"), vip_bytes(&status, "web6"));
     drop(agent);
+}
+
+#[test]
+fn a_program_without_frags_is_refused_at_mtu_9000_naming_the_mtu_and_the_limit() {
+    let (lab, mut agent) = jumbo_lab(|c| c);
+    agent.wait_status(Duration::from_secs(15), |s| all_in_state(s, "web", "up")).expect("every backend up");
+    let answered = |lab: &Lab| {
+        in_namespace(&lab.client_ns, || (0..10).filter(|_| http_get("10.0.0.10:80".parse().unwrap(), "/", Duration::from_secs(2)).is_ok()).count())
+            .expect("client namespace")
+    };
+
+    // Over the pinned links: the driver refuses the link update, the running program stays.
+    agent.stop(libc::SIGTERM);
+    let refused = agent.spawn_with(&["--program", SINGLE_BUFFER_PROGRAM]).expect_err("a program without frags at MTU 9000");
+    let message = without_colours(&format!("{refused:#}"));
+    assert!(
+        message.contains(
+            "replacing the program on the pinned link of lbc (the running one stays): attaching XDP to lbc in driver mode (MTU 9000, above 3506,"
+        ) && message.contains("`bpf_link_update` failed: Numerical result out of range"),
+        "{message}"
+    );
+    assert_eq!(answered(&lab), 10, "the pinned program still forwards");
+    agent.stop(libc::SIGTERM);
+
+    // Anew, with nothing pinned: the same account of the refusal.
+    assert!(agent.teardown().status.success(), "lb teardown");
+    let refused = agent.spawn_with(&["--program", SINGLE_BUFFER_PROGRAM]).expect_err("a program without frags at MTU 9000");
+    let message = without_colours(&format!("{refused:#}"));
+    assert!(
+        message.contains("attaching XDP to lbc in driver mode (MTU 9000, above 3506,")
+            && message.contains("lower the MTU to 3506 or less, or use xdp_mode: generic")
+            && message.contains("`bpf_link_create` failed: Numerical result out of range"),
+        "{message}"
+    );
 }
