@@ -64,7 +64,9 @@ pub struct Packet {
     pub inner_l3: usize,
     /// Addresses, ports, protocol and family as on the wire.
     pub key: FlowKey,
-    /// Frame length in bytes: every buffer of a multi-buffer frame, not only the first.
+    /// Frame length in bytes. [`parse`] stores the first buffer's (free to read); every path
+    /// that checks or counts it first stores the whole frame's ([`frame_len`]: with XDP frags
+    /// a frame can span several buffers), so that traffic for no VIP skips the helper call.
     pub len: u64,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
@@ -106,7 +108,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Reason> {
 
 /// The length of the whole frame: with XDP frags, `data..data_end` is only its first buffer.
 #[inline(always)]
-fn frame_len(ctx: &XdpContext) -> u64 {
+pub fn frame_len(ctx: &XdpContext) -> u64 {
     // SAFETY: a helper call on this program's context, which it only reads.
     unsafe { bpf_xdp_get_buff_len(ctx.ctx) }
 }
@@ -225,7 +227,7 @@ pub fn parse<'a>(ctx: &XdpContext, out: &'a mut MaybeUninit<Packet>) -> Result<&
         l3 += VlanHdr::LEN;
     }
     let outer = ip(ctx, ether_type, l3)?;
-    let len = frame_len(ctx);
+    let len = (ctx.data_end() - ctx.data()) as u64;
     if let Some(kind) = outer.stop {
         // Only a fragment's first piece has ports (when its transport header is whole).
         let l4 = if kind == Kind::FirstFragment { ports(ctx, outer.proto, outer.l4).unwrap_or((0, 0, 0, 0)) } else { (0, 0, 0, 0) };
