@@ -73,6 +73,23 @@ pub const CLIENT_HOP_TTL_SECS: u32 = 1;
 /// on them, whatever their interface indices.
 pub const EGRESS_CAPACITY: u32 = 1024;
 
+/// Bytes the kernel reserves before an XDP frame (`XDP_PACKET_HEADROOM`).
+pub const XDP_HEADROOM: u32 = 256;
+/// Bytes the kernel reserves after a one-buffer frame for its shared info
+/// (`SKB_DATA_ALIGN(sizeof(struct skb_shared_info))` on 64-bit hosts).
+pub const XDP_SHARED_INFO: u32 = 320;
+/// An Ethernet header, which the MTU does not count.
+pub const ETHERNET_HEADER: u32 = 14;
+
+/// The largest MTU at which a driver without multi-buffer XDP takes an XDP program, on pages of
+/// `page_size` bytes: a frame must then fit one page less [`XDP_HEADROOM`] and
+/// [`XDP_SHARED_INFO`] (veth's limit, 3,506 on 4 KiB pages; other drivers' lie within a few
+/// bytes of it). The load balancer's program is frags-aware, so only a driver without
+/// multi-buffer support holds it to this.
+pub const fn single_buffer_xdp_mtu(page_size: u32) -> u32 {
+    page_size.saturating_sub(XDP_HEADROOM + XDP_SHARED_INFO + ETHERNET_HEADER)
+}
+
 /// Words of the `SYN_SEEN` bitmap (one bit per flow-hash bucket): 262,144 bits, 32 KiB.
 pub const SYN_SEEN_WORDS: u32 = 4096;
 
@@ -159,5 +176,13 @@ mod tests {
         }
         let element = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
         assert_eq!([4, 5, 6, 7].map(|i| ring_id_in(element, i)), [0x1234, 0xFFFF, 0x0A0B, 1]);
+    }
+
+    #[test]
+    fn single_buffer_xdp_mtu_is_veths_limit() {
+        // veth: SKB_WITH_OVERHEAD(PAGE_SIZE - XDP_PACKET_HEADROOM) - ETH_HLEN.
+        assert_eq!(single_buffer_xdp_mtu(4096), 3506);
+        assert_eq!(single_buffer_xdp_mtu(65536), 64946);
+        assert_eq!(single_buffer_xdp_mtu(100), 0);
     }
 }

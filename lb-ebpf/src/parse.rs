@@ -4,7 +4,7 @@
 //! with options are parsed as far as their addresses ([`Kind::Fragment`],
 //! [`Kind::Ipv4Options`]): the caller decides.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 use core::mem::{MaybeUninit, size_of};
 use lb_common::{
     counters::Reason,
@@ -64,7 +64,9 @@ pub struct Packet {
     pub inner_l3: usize,
     /// Addresses, ports, protocol and family as on the wire.
     pub key: FlowKey,
-    /// Frame length in bytes.
+    /// Frame length in bytes. [`parse`] stores the first buffer's (free to read); every path
+    /// that checks or counts it first stores the whole frame's ([`frame_len`]: with XDP frags
+    /// a frame can span several buffers), so that traffic for no VIP skips the helper call.
     pub len: u64,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
@@ -102,6 +104,13 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Reason> {
         return Err(Reason::PassTruncated);
     }
     Ok((start + offset) as *mut T)
+}
+
+/// The length of the whole frame: with XDP frags, `data..data_end` is only its first buffer.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> u64 {
+    // SAFETY: a helper call on this program's context, which it only reads.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) }
 }
 
 /// The addresses, protocol, family and transport offset of an IP header at `l3`; whether it

@@ -22,13 +22,19 @@ use crate::{
     forward, icmp,
     maps::{BACKENDS, REPLIES, VIPS, hash_seed, is_vip_address, maybe_endpoint, vip_address, vip_is_live},
     nat::{self, Endpoint},
-    parse::{self, Kind, Packet, parse},
+    parse::{self, Kind, Packet, frame_len, parse},
     sanity,
     stats::{count, count_traffic},
 };
 
 /// The XDP program attached to the load balancer's interfaces.
-#[xdp]
+///
+/// Declared frags-aware (`xdp.frags`, BPF_F_XDP_HAS_FRAGS), so that drivers take it at an MTU
+/// above a page (jumbo frames): the headers are read from the frame's first buffer, the only
+/// part `data..data_end` covers, and a larger packet is forwarded whole, its other buffers
+/// untouched. (The `single-buffer` feature builds it without frags, for the tests only.)
+#[cfg_attr(not(feature = "single-buffer"), xdp(frags))]
+#[cfg_attr(feature = "single-buffer", xdp)]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let mut slot = core::mem::MaybeUninit::uninit();
     let pkt = match parse(&ctx, &mut slot) {
@@ -37,13 +43,17 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     };
     match pkt.kind {
         Kind::Transport => {}
-        Kind::Fragment | Kind::FirstFragment => return fragment(&ctx, pkt),
+        Kind::Fragment | Kind::FirstFragment => {
+            pkt.len = frame_len(&ctx);
+            return fragment(&ctx, pkt);
+        }
         Kind::Ipv4Options => return unbalanced(pkt, Reason::PassIpv4Options, Reason::DropIpv4Options),
         Kind::Icmp | Kind::IcmpError => return icmp_error(&ctx, pkt),
     }
     // The endpoint filter's clear bits let traffic for no VIP and from no backend (the host's
     // own) skip both hash lookups.
     if maybe_endpoint(&pkt.key.dst, pkt.key.dport, FILTER_VIP) {
+        pkt.len = frame_len(&ctx);
         if let Err(reason) = sanity::check(&ctx, pkt) {
             return verdict(xdp_action::XDP_DROP, reason);
         }
@@ -60,10 +70,11 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             return action;
         }
     }
-    if maybe_endpoint(&pkt.key.src, pkt.key.sport, FILTER_BACKEND)
-        && let Some(action) = to_client(&ctx, pkt)
-    {
-        return action;
+    if maybe_endpoint(&pkt.key.src, pkt.key.sport, FILTER_BACKEND) {
+        pkt.len = frame_len(&ctx);
+        if let Some(action) = to_client(&ctx, pkt) {
+            return action;
+        }
     }
     verdict(xdp_action::XDP_PASS, Reason::PassNotVip)
 }
@@ -307,6 +318,7 @@ fn icmp_error(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     if let Err(reason) = parse::quoted(ctx, pkt) {
         return verdict(xdp_action::XDP_PASS, reason);
     }
+    pkt.len = frame_len(ctx);
     // An error goes to the quoted packet's source: to a VIP about a reply the load balancer
     // sent (the error belongs to the client's flow), or to a client about a packet a backend
     // received. `quoted` took every error to the quoted source for the first; the endpoint

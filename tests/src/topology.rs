@@ -112,6 +112,22 @@ impl Lab {
         Lab::build(backends, backend_bin, Some(router_client_mtu))
     }
 
+    /// Creates the topology of [`Lab::create`] with both ends of every link at MTU `mtu` (jumbo
+    /// frames: the client's, the load balancer's and the backends' interfaces).
+    pub fn create_with_mtu(backends: usize, backend_bin: &Path, mtu: u32) -> anyhow::Result<Lab> {
+        let lab = Lab::build(backends, backend_bin, None)?;
+        let mtu = mtu.to_string();
+        let mut ends = vec![(lab.lb_ns.clone(), LB_CLIENT_IFACE.to_owned()), (lab.client_ns.clone(), "c0".to_owned())];
+        for b in &lab.backends {
+            ends.push((lab.lb_ns.clone(), b.lb_iface.clone()));
+            ends.push((b.ns.clone(), "eth0".to_owned()));
+        }
+        for (ns, iface) in ends {
+            lab.ns_run(&ns, &["ip", "link", "set", &iface, "mtu", &mtu])?;
+        }
+        Ok(lab)
+    }
+
     fn build(backends: usize, backend_bin: &Path, router_client_mtu: Option<u32>) -> anyhow::Result<Lab> {
         crate::orphans::sweep_orphans_once();
         let id = format!("{}-{}", std::process::id(), LABS.fetch_add(1, Ordering::Relaxed));

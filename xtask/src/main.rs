@@ -176,7 +176,7 @@ fn lint() -> anyhow::Result<()> {
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
     let mut child = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "--workspace", "--exclude", "lb-ebpf"])
+        .args(["test", "--no-fail-fast", "--workspace", "--exclude", "lb-ebpf"])
         .args(extra)
         .env("PATH", path_with_cargo_bin())
         .current_dir(root())

@@ -2,6 +2,7 @@
 //! configuration, and typed access to its maps.
 
 pub mod heartbeat;
+pub mod link_xdp;
 mod maps;
 pub mod pinned_serving;
 pub mod pins;
@@ -99,16 +100,15 @@ pub fn map_shapes(sizing: &Sizing, object: &[u8]) -> anyhow::Result<HashMap<&'st
         .collect()
 }
 
-/// The XDP mode of the program attached to `interface`, as `ip -d link` reports it.
+/// The XDP mode of the program attached to `interface`, as the kernel reports it (rtnetlink).
 pub fn attached_mode(interface: &str) -> Option<XdpMode> {
-    let out = std::process::Command::new("ip").args(["-j", "-d", "link", "show", "dev", interface]).output().ok()?;
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    // XDP_ATTACHED_DRV = 1, XDP_ATTACHED_SKB = 2 (linux/if_link.h).
-    match links.get(0)?.get("xdp")?.get("mode")?.as_u64()? {
-        1 => Some(XdpMode::Driver),
-        2 => Some(XdpMode::Generic),
-        _ => None,
-    }
+    link_xdp::query(interface).ok()?.attached
+}
+
+/// Whether `error`'s cause is the system error `errno`.
+fn caused_by_errno(error: &(dyn std::error::Error + 'static), errno: i32) -> bool {
+    std::iter::successors(Some(error), |e| e.source())
+        .any(|e| e.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(errno))
 }
 
 /// A short fingerprint of a program object (FNV-1a), shown by `lb status`.
@@ -229,34 +229,38 @@ impl Dataplane {
     }
 
     /// Attaches the program to `interface`. `Auto` tries driver mode and falls back to generic
-    /// mode (with a warning) when the driver has no XDP support. Returns the mode used. The
-    /// program stays attached as long as this `Dataplane` lives.
+    /// mode when the driver refuses, logging the mode it chose and why. A refusal names the
+    /// interface, its MTU and the limit a driver without multi-buffer XDP holds the program to
+    /// ([`link_xdp::Refusal`]). Returns the mode used. The program stays attached as long as
+    /// this `Dataplane` lives.
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> anyhow::Result<XdpMode> {
         self.attach_link(interface, mode).map(|(_, used)| used)
     }
 
     fn attach_link(&mut self, interface: &str, mode: XdpMode) -> anyhow::Result<(XdpLinkId, XdpMode)> {
+        let try_mode = |program: &mut Xdp, mode: XdpMode| {
+            let aya_mode = if mode == XdpMode::Driver { AyaXdpMode::Driver } else { AyaXdpMode::Skb };
+            program.attach(interface, aya_mode).map_err(|e| {
+                let refusal = link_xdp::Refusal::new(interface, mode, link_xdp::query(interface).ok());
+                anyhow::Error::new(e).context(refusal.to_string())
+            })
+        };
         let program = self.program_mut();
         match mode {
-            XdpMode::Driver | XdpMode::Generic => {
-                let xdp_mode = if mode == XdpMode::Driver { AyaXdpMode::Driver } else { AyaXdpMode::Skb };
-                let id = program
-                    .attach(interface, xdp_mode)
-                    .with_context(|| format!("attaching XDP to {interface} in {mode} mode"))?;
-                Ok((id, mode))
-            }
-            XdpMode::Auto => match program.attach(interface, AyaXdpMode::Driver) {
-                Ok(id) => Ok((id, XdpMode::Driver)),
-                Err(driver_err) => {
+            XdpMode::Driver | XdpMode::Generic => Ok((try_mode(program, mode)?, mode)),
+            XdpMode::Auto => match try_mode(program, XdpMode::Driver) {
+                Ok(id) => {
+                    let mtu = link_xdp::query(interface).ok().and_then(|s| s.mtu).map_or_else(|| "unknown".to_owned(), |m| m.to_string());
+                    tracing::info!(interface = %interface, %mtu, "auto: XDP in driver mode (the driver took the program at this MTU)");
+                    Ok((id, XdpMode::Driver))
+                }
+                Err(refused) => {
                     tracing::warn!(
-                        interface,
-                        error = %driver_err,
-                        "driver-mode XDP failed, using generic mode (slower)"
+                        interface = %interface,
+                        error = format!("{refused:#}"),
+                        "auto: the driver refused XDP in driver mode; using generic mode (slower: every packet becomes a socket buffer first)"
                     );
-                    let id = program
-                        .attach(interface, AyaXdpMode::Skb)
-                        .with_context(|| format!("attaching XDP to {interface} in generic mode"))?;
-                    Ok((id, XdpMode::Generic))
+                    Ok((try_mode(program, XdpMode::Generic)?, XdpMode::Generic))
                 }
             },
         }
@@ -275,9 +279,20 @@ impl Dataplane {
                     self.replaced.push(id);
                     return Ok(Attached::Replaced);
                 }
-                Err(e) => {
-                    tracing::warn!(interface, error = %e, "the pinned link is defunct (its interface was removed?); attaching anew");
+                // The kernel answers ENOLINK for a link whose interface is gone.
+                Err(e) if caused_by_errno(&e, libc::ENOLINK) => {
+                    tracing::warn!(interface = %interface, error = %e, "the pinned link is defunct (its interface was removed); attaching anew");
                     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                }
+                // Anything else (a driver refusing the program at the interface's MTU): the
+                // running program stays, and so does its link.
+                Err(e) => {
+                    let state = link_xdp::query(interface).ok();
+                    let mode = state.and_then(|s| s.attached).unwrap_or(mode);
+                    let refusal = link_xdp::Refusal::new(interface, mode, state);
+                    return Err(anyhow::Error::new(e)
+                        .context(refusal.to_string())
+                        .context(format!("replacing the program on the pinned link of {interface} (the running one stays)")));
                 }
             }
         }
