@@ -49,15 +49,34 @@ impl Resolver {
         }
     }
 
-    async fn lookup(&self, addr: IpAddr) -> Result<Option<NextHop>, rtnetlink::Error> {
+    /// The egress interface and gateway of the kernel's route to `addr` (`None`: no route).
+    pub async fn route_to(&self, addr: IpAddr) -> Result<Option<(Option<u32>, Option<IpAddr>)>, rtnetlink::Error> {
         let query = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(addr, if addr.is_ipv4() { 32 } else { 128 })
             .map_err(|e| rtnetlink::Error::InvalidNla(format!("{e:?}")))?
             .build();
-        let Some(route) = self.handle.route().get(query).execute().try_next().await? else {
+        match self.handle.route().get(query).execute().try_next().await {
+            Ok(route) => Ok(route.map(|r| route_target(&r.attributes))),
+            Err(e) if matches!(crate::netlink::errno(&e), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The name of interface `ifindex`.
+    pub async fn link_name(&self, ifindex: u32) -> Result<Option<String>, rtnetlink::Error> {
+        let link = self.handle.link().get().match_index(ifindex).execute().try_next().await?;
+        Ok(link.and_then(|l| {
+            l.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n),
+                _ => None,
+            })
+        }))
+    }
+
+    async fn lookup(&self, addr: IpAddr) -> Result<Option<NextHop>, rtnetlink::Error> {
+        let Some((oif, gateway)) = self.route_to(addr).await? else {
             return Ok(None);
         };
-        let (oif, gateway) = route_target(&route.attributes);
         let Some(ifindex) = oif else {
             return Ok(None);
         };

@@ -25,7 +25,7 @@ fn each_cpu_counts_the_flows_it_created_in_its_share_of_the_table() {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     assert!(cpus >= 2, "this test needs two CPUs, the machine has {cpus}");
     let config = LabConfig::new().vip(Vip::tcp("web", "10.0.0.10", 80).backends(&["10.0.11.2:8080", "10.0.12.2:8080"])).render();
-    let (lab, agent) = lab_with_agent(backend_bin(), 2, &config, "web").expect("lab");
+    let (lab, agent) = lab_with_agent(backend_bin(), 3, &config, "web").expect("lab");
     for cpu in [0, 1] {
         for _ in 0..REQUESTS {
             // A new connection each: a new entry, created on the CPU the client sends from

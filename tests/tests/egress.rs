@@ -3,12 +3,13 @@
 //! veth whose peer has no NAPI, as a management NIC or a bond would be) is still served. The
 //! data path rewrites the replies and hands them to the kernel, which forwards them, instead
 //! of redirecting them where they would be dropped unseen; each is counted as
-//! `pass_not_xdp_egress`. Real agent, real backends, driver-mode XDP on veths. Needs root.
+//! `pass_not_xdp_egress`. A backend behind such an interface is refused by `lb config check`
+//! and `lb reload`: its replies would never pass the program. Real agent, real backends, driver-mode XDP on veths. Needs root.
 
 use std::{process::Stdio, time::Duration};
 
 use lb_tests::{
-    agent::lab_with_agent,
+    agent::{in_netns, lab_with_agent, lb_binary},
     lab_config::{LabConfig, Vip},
     topology::in_ns,
 };
@@ -69,6 +70,25 @@ fn replies_routed_through_an_interface_without_the_program_go_through_the_kernel
     // The client's usual address is still answered by XDP alone.
     let out = in_ns(&client, &["curl", "-s", "-m", "3", "http://10.0.0.10/"]).output().expect("curl");
     assert!(out.status.success());
+
+    // A backend behind that interface: its replies would never reach the program to be
+    // translated, so `lb config check` (on this host) and `lb reload` refuse it.
+    let with_hidden_backend = LabConfig::new()
+        .vip(Vip::tcp("web", "10.0.0.10", 80).backends(&["10.0.11.2:8080", "10.0.12.2:8080", "10.0.13.2:8080"]))
+        .vip(Vip::tcp("mgmt", "10.0.0.30", 80).backends(&["10.0.9.2:8080"]))
+        .render();
+    agent.rewrite_config(&with_hidden_backend).unwrap();
+    let config = agent.config.display().to_string();
+    let check = in_netns(&lb, &[&lb_binary().display().to_string(), "config", "check", &config]).output().expect("lb config check");
+    let message = String::from_utf8_lossy(&check.stderr);
+    println!("lb config check: {}", message.trim());
+    assert!(!check.status.success(), "config check passed a backend behind lbm");
+    assert!(message.contains("VIP mgmt: backend 10.0.9.2:8080: its route leaves by lbm, which the XDP program does not run on"), "{message}");
+    let reload = agent.cli(&["reload"]);
+    let message = String::from_utf8_lossy(&reload.stderr);
+    assert!(!reload.status.success() && message.contains("its route leaves by lbm"), "reload: {message}");
+    let status = agent.json(&["status"]).unwrap();
+    assert_eq!(status["vips"].as_array().unwrap().len(), 1, "the refused reload changed the VIPs");
     std::thread::sleep(Duration::from_millis(100));
     drop(agent);
 }

@@ -71,8 +71,8 @@ struct Agent {
     unapplied_health: Vec<Transition>,
     /// The backends whose next hops the resolver task looks up.
     hop_targets: tokio::sync::watch::Sender<Vec<(u32, std::net::IpAddr)>>,
-    /// The agent's rtnetlink connection, shared by the host state and the resolver.
-    _netlink: Netlink,
+    /// The agent's rtnetlink connection, shared by the host state, the resolver and reload.
+    netlink: Netlink,
     interfaces: Vec<(String, String)>,
     started: Instant,
     /// Possible CPUs: each has its own share of the connection table.
@@ -131,20 +131,20 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     // The interfaces the program may send through: those it runs on, and the VLAN devices on
     // them (XDP sends through a VLAN device's parent and tags the frame). Any other next hop
     // is left to the kernel.
-    let mut ports = Vec::new();
+    let ports = crate::egress::ports(&netlink.handle(), &config).await?;
     for name in &config.global.interfaces {
-        let ifindex = crate::netlink::ifindex(&netlink.handle(), name)
-            .await
-            .with_context(|| format!("looking up interface {name}"))?
-            .ok_or_else(|| anyhow!("there is no interface {name} (global.interfaces)"))?;
-        dp.maps.add_port(ifindex)?;
-        ports.push(ifindex);
+        if let Some((&ifindex, _)) = ports.iter().find(|(_, n)| *n == name) {
+            dp.maps.add_port(ifindex)?;
+        }
     }
     for vlan in resolver.vlan_devices(&config.global.interfaces).await.context("listing the interfaces' VLAN devices")? {
         dp.maps.add_vlan_port(vlan.ifindex, vlan.parent, vlan.vlan_id)?;
-        ports.push(vlan.ifindex);
         tracing::info!(ifindex = vlan.ifindex, parent = vlan.parent, vlan = vlan.vlan_id, "VLAN device on an XDP interface");
     }
+    for problem in crate::egress::backends_behind_other_interfaces(&netlink.handle(), &config).await? {
+        tracing::warn!("{problem}");
+    }
+    let ports: Vec<u32> = ports.into_keys().collect();
     dp.maps.retain_ports(&ports)?;
     let (runtime, changes) = if adopted {
         Runtime::adopt(&config, &dp.maps.pinned_state()?)
@@ -173,7 +173,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         host,
         unapplied_health: Vec::new(),
         hop_targets,
-        _netlink: netlink,
+        netlink,
         interfaces: Vec::new(),
         started: Instant::now(),
         cpus,
@@ -531,6 +531,15 @@ impl Agent {
                 "changing {} needs a restart of the agent; nothing was changed",
                 diff.global_changed.join(", ")
             )));
+        }
+        let handle = self.netlink.handle();
+        // Route lookups are a few netlink round trips; the reload waits for them.
+        let problems = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(crate::egress::backends_behind_other_interfaces(&handle, &new))
+        })
+        .map_err(|e| ApiError::internal(format!("checking the backends' routes: {e:#}; nothing was changed")))?;
+        if !problems.is_empty() {
+            return Err(ApiError::refused(format!("nothing was changed:\n{}", problems.join("\n"))));
         }
         let (next, changes) = self.runtime.reconfigured(&new).map_err(ApiError::refused)?;
         self.switch_to(next, changes)

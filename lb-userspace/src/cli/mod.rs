@@ -281,7 +281,7 @@ pub fn execute(cli: &Cli) -> ExitCode {
             return match config::load(file) {
                 Ok(c) => {
                     println!("{}: valid ({} VIPs, {} backends)", file.display(), c.vips.len(), c.vips.iter().map(|v| v.backends.len()).sum::<usize>());
-                    ExitCode::SUCCESS
+                    check_routes(&c)
                 }
                 Err(e) => {
                     eprintln!("{e}");
@@ -366,6 +366,29 @@ pub fn execute(cli: &Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => failed(e),
+    }
+}
+
+/// `lb config check` on the load balancer's host: every backend's route must leave by an
+/// interface the program runs on. Elsewhere (the interfaces are not on this host) the check is
+/// skipped, and says so.
+fn check_routes(config: &config::Config) -> ExitCode {
+    let checked = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(async {
+            let netlink = crate::netlink::Netlink::open()?;
+            crate::egress::backends_behind_other_interfaces(&netlink.handle(), config).await
+        })
+    });
+    match checked {
+        Ok(problems) if problems.is_empty() => ExitCode::SUCCESS,
+        Ok(problems) => {
+            problems.iter().for_each(|p| eprintln!("{p}"));
+            ExitCode::from(EXIT_REFUSED)
+        }
+        Err(e) => {
+            println!("backend routes not checked: {e:#}");
+            ExitCode::SUCCESS
+        }
     }
 }
 
