@@ -11,6 +11,7 @@ pub mod egress;
 pub mod health;
 pub mod host;
 pub mod instance;
+pub mod links;
 pub mod metrics;
 pub mod neighbours;
 pub mod netlink;

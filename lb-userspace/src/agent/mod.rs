@@ -77,6 +77,10 @@ struct Agent {
     started: Instant,
     /// Possible CPUs: each has its own share of the connection table.
     cpus: u32,
+    /// The XDP mode the program was attached in (to attach it again).
+    mode: XdpMode,
+    /// The configured interfaces' current indices, as [`crate::links`] last reported them.
+    link_indices: crate::links::Indices,
     health: HealthStats,
     rates: report::Rates,
 }
@@ -177,6 +181,8 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         interfaces: Vec::new(),
         started: Instant::now(),
         cpus,
+        mode: XdpMode::Auto,
+        link_indices: crate::links::Indices::new(),
         health: HealthStats::default(),
         rates: report::Rates::default(),
         config,
@@ -185,6 +191,10 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     agent.apply(changes).context("installing the configuration")?;
     agent.attach(opts.mode)?;
     agent.announce();
+    // From now on, an interface that stops running the program gets it again.
+    let (links_tx, mut links_rx) = mpsc::unbounded_channel();
+    let following = crate::links::spawn(agent.netlink.handle(), agent.config.global.interfaces.clone(), REFRESH, links_tx)
+        .context("following link changes")?;
     agent.dp.maps.heartbeat()?;
 
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
@@ -229,6 +239,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
             }
             Some(counts) = counts_rx.recv() => agent.on_table_counts(counts),
             Some(hops) = hops_rx.recv() => agent.on_hops(hops),
+            Some(indices) = links_rx.recv() => agent.on_link_indices(indices),
             _ = tick.tick() => agent.refresh(),
             _ = hup.recv() => {
                 if let Err(e) = agent.reload() {
@@ -249,7 +260,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     drop(counts_rx);
     let _ = counter.join();
     api.abort();
-    for task in [metrics, ebpf_logs, Some(resolving)].into_iter().flatten() {
+    for task in [metrics, ebpf_logs, Some(resolving), Some(following)].into_iter().flatten() {
         task.abort();
     }
     let _ = std::fs::remove_file(&agent.config.global.admin_socket);
@@ -290,6 +301,7 @@ impl Agent {
     /// configured, and records what runs for `lb status`.
     fn attach(&mut self, mode: Option<XdpMode>) -> anyhow::Result<()> {
         let mode = mode.unwrap_or(self.config.global.xdp_mode);
+        self.mode = mode;
         for iface in self.config.global.interfaces.clone() {
             let used = match self.dp.attach_pinned(&iface, mode, &self.pins)? {
                 Attached::New(used) => {
@@ -318,6 +330,7 @@ impl Agent {
             program_id,
             program_tag: format!("{tag:016x}"),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            links_reattached: 0,
         };
         Ok(())
     }
@@ -387,8 +400,50 @@ impl Agent {
             if program != self.data_path.program_id {
                 return Err(format!("{iface} runs program {program}, not this agent's {}", self.data_path.program_id));
             }
+            match self.link_indices.get(iface) {
+                Some(None) => return Err(format!("interface {iface} is gone")),
+                Some(Some(now)) if now.xdp_program != Some(program) => {
+                    return Err(format!("interface {iface} (index {}) does not run the program: its link is defunct", now.index));
+                }
+                _ => {}
+            }
         }
         Ok(())
+    }
+
+    /// Takes the interfaces' current state ([`crate::links`]) and attaches the program again
+    /// to each interface that does not run it (re-created with another index, or its link went
+    /// defunct).
+    fn on_link_indices(&mut self, indices: crate::links::Indices) {
+        let before = std::mem::replace(&mut self.link_indices, indices);
+        for iface in self.config.global.interfaces.clone() {
+            let was = before.get(&iface).copied().flatten();
+            let Some(now) = self.link_indices.get(&iface).copied().flatten() else {
+                if was.is_some() {
+                    tracing::warn!(interface = %iface, "interface gone: the program is attached again when it comes back");
+                }
+                continue;
+            };
+            if now.xdp_program == Some(self.data_path.program_id) {
+                continue;
+            }
+            match self.dp.attach_pinned(&iface, self.mode, &self.pins) {
+                Ok(_) => {
+                    if let Err(e) = self.dp.maps.add_port(now.index) {
+                        tracing::error!(interface = %iface, error = %format!("{e:#}"), "registering the interface for redirects failed");
+                    }
+                    if let Some(old) = was.map(|w| w.index).filter(|&old| old != now.index) {
+                        let _ = self.dp.maps.remove_port(old);
+                    }
+                    self.data_path.links_reattached += 1;
+                    let program = self.data_path.program_id;
+                    self.link_indices.insert(iface.clone(), Some(crate::links::LinkNow { xdp_program: Some(program), ..now }));
+                    tracing::info!(interface = %iface, ifindex = now.index, was = ?was.map(|w| w.index), "XDP program attached again: the interface was re-created or its link went defunct");
+                }
+                Err(e) => tracing::error!(interface = %iface, error = %format!("{e:#}"), "attaching the program again failed; tried again at the next link change or refresh"),
+            }
+        }
+        self.announce();
     }
 
     /// Publishes the announcement decision of every VIP address.

@@ -255,6 +255,10 @@ pub struct DataPathStatus {
     pub program_tag: String,
     /// The `lb` version that loaded it.
     pub agent_version: String,
+    /// Times this agent attached the program again to an interface that was re-created or
+    /// whose link went defunct.
+    #[serde(default)]
+    pub links_reattached: u64,
 }
 
 /// Health-check and table-swap figures.

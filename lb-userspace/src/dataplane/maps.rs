@@ -386,6 +386,14 @@ impl Maps {
         Ok(())
     }
 
+    /// Stops sending through interface `ifindex` (removed from `EGRESS` first, `TX_PORTS`
+    /// after).
+    pub fn remove_port(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        removed(self.egress.remove(&ifindex))?;
+        removed(self.tx_ports.remove(ifindex))?;
+        Ok(())
+    }
+
     /// The egress interfaces: index, and how packets leave by it.
     pub fn ports(&self) -> Vec<(u32, Egress)> {
         self.egress.iter().filter_map(Result::ok).collect()

@@ -245,3 +245,4 @@ impl Pins {
         Ok(interfaces)
     }
 }
+
