@@ -36,6 +36,13 @@ pub const MAP_CLIENT_HOPS: &str = "CLIENT_HOPS";
 /// the client side's tag whatever tag it arrived with. A next hop through any other interface
 /// is handed to the kernel (`PassNotXdpEgress`).
 pub const MAP_EGRESS: &str = "EGRESS";
+/// `REDIRECT_DROPS`: per-CPU array of one counter, frames the kernel dropped after the program
+/// redirected them to one of its interfaces (the interface refused them: a veth peer without
+/// NAPI, a full TX ring), counted by [`DROP_COUNTERS`] from the `xdp` tracepoints. The XDP
+/// program itself cannot see these drops.
+pub const MAP_REDIRECT_DROPS: &str = "REDIRECT_DROPS";
+/// The tracepoint programs that count [`MAP_REDIRECT_DROPS`], with their tracepoints.
+pub const DROP_COUNTERS: [(&str, &str); 2] = [("lb_xdp_xmit", "xdp_devmap_xmit"), ("lb_xdp_redirect_err", "xdp_redirect_err")];
 /// `TX_PORTS`: device map (hash) of the interfaces the program runs on, through which it
 /// redirects (`bpf_redirect_map`).
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
@@ -120,7 +127,7 @@ pub const UPGRADE_PROBE_SLOT: u32 = REASON_SLOTS - 1;
 
 /// Every map a running data path keeps in bpffs (all but the program's private `.rodata`,
 /// `.bss` and log buffer), so that it outlives the agent.
-pub const PINNED_MAPS: [&str; 19] = [
+pub const PINNED_MAPS: [&str; 20] = [
     MAP_VIPS,
     MAP_BACKENDS,
     MAP_RING,
@@ -131,6 +138,7 @@ pub const PINNED_MAPS: [&str; 19] = [
     MAP_CLIENT_HOPS,
     MAP_EGRESS,
     MAP_TX_PORTS,
+    MAP_REDIRECT_DROPS,
     MAP_SYN_SEEN,
     MAP_REASONS,
     MAP_VIP_STATS,

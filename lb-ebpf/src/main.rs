@@ -32,6 +32,8 @@ mod sanity;
 mod stats;
 #[cfg(target_arch = "bpf")]
 mod xdp;
+#[cfg(target_arch = "bpf")]
+mod xmit;
 
 /// The crate only means something for the BPF target; on the host it is an empty binary
 /// so that workspace-wide commands still build.

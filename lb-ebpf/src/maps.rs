@@ -57,6 +57,10 @@ pub static CLIENT_HOPS: LruHashMap<VipKey, CachedHop> = LruHashMap::with_max_ent
 #[map]
 pub static EGRESS: HashMap<u32, Egress> = HashMap::with_max_entries(EGRESS_CAPACITY, 0);
 
+/// Frames the kernel dropped after a redirect (`lb_common::maps::MAP_REDIRECT_DROPS`).
+#[map]
+pub static REDIRECT_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// The interfaces the program runs on, for `bpf_redirect_map` (`lb_common::maps::MAP_TX_PORTS`).
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(EGRESS_CAPACITY, 0);

@@ -134,6 +134,12 @@ pub fn render(status: &StatusReport, stats: &StatsReport) -> String {
         ),
         ("lb_connection_table_entries", "gauge", "Entries in the connection table (one per flow), counted every second.", Some(stats.connection_entries as f64)),
         ("lb_connection_table_capacity", "gauge", "Entries the connection table holds at most.", Some(stats.connection_capacity as f64)),
+        (
+            "lb_redirect_dropped_total",
+            "counter",
+            "Frames the kernel dropped after the program redirected them to one of its interfaces (the target could not take them).",
+            Some(stats.redirect_drops as f64),
+        ),
     ] {
         if let Some(value) = value {
             family(&mut o, name, kind, help);
@@ -259,6 +265,7 @@ mod tests {
             health: HealthStats { probes: 5, last_probe_to_swap_ms: Some(12.5), ..HealthStats::default() },
             connection_entries: 4,
             connection_capacity: 16,
+            redirect_drops: 2,
         };
         let text = render(&status, &stats);
         for line in [
@@ -273,6 +280,9 @@ mod tests {
             "lb_health_last_probe_to_swap_seconds 0.0125",
             "lb_connection_table_entries 4",
             "lb_connection_table_capacity 16",
+            "lb_redirect_dropped_total 2",
+            "lb_connection_table_cpu_entries{cpu=\"1\"} 2",
+            "lb_connection_table_cpu_capacity 8",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

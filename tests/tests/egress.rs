@@ -92,3 +92,26 @@ fn replies_routed_through_an_interface_without_the_program_go_through_the_kernel
     std::thread::sleep(Duration::from_millis(100));
     drop(agent);
 }
+
+#[test]
+fn frames_a_redirect_target_cannot_take_are_counted() {
+    // A peer that cannot take redirected frames: b2's end of its link loses NAPI (GRO off, no
+    // XDP program). The data path redirects the flows it gives b2 to lbb2 all the same (it runs
+    // the program there), and the kernel refuses them after the program returned: only the
+    // `xdp` tracepoints see that, and the agent counts it.
+    lb_tests::harness::require_root();
+    let config = LabConfig::new().vip(Vip::tcp("web", "10.0.0.10", 80).backends(&["10.0.11.2:8080", "10.0.12.2:8080", "10.0.13.2:8080"])).render();
+    let (lab, agent) = lab_with_agent(backend_bin(), 3, &config, "web").expect("lab");
+    lab.ns_run(&lab.backends[1].ns, &["ethtool", "-K", "eth0", "gro", "off"]).unwrap();
+    let before = agent.json(&["stats"]).unwrap()["redirect_drops"].as_u64().expect("redirect_drops in lb stats");
+    let mut failed = 0;
+    for _ in 0..20 {
+        let out = in_ns(&lab.client_ns, &["curl", "-s", "-m", "1", "http://10.0.0.10/"]).stderr(Stdio::null()).output().expect("curl");
+        failed += usize::from(!out.status.success());
+    }
+    let drops = agent.json(&["stats"]).unwrap()["redirect_drops"].as_u64().unwrap() - before;
+    println!("{failed} of 20 requests failed; {drops} frames dropped after a redirect");
+    assert!(failed > 0, "no flow went to b2: the test shows nothing");
+    assert!(drops > 0, "the drops after the redirect were not counted");
+    drop(agent);
+}

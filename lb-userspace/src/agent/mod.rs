@@ -190,6 +190,9 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     // The maps first: a new program starts with them filled.
     agent.apply(changes).context("installing the configuration")?;
     agent.attach(opts.mode)?;
+    if let Err(e) = agent.dp.count_redirect_drops() {
+        tracing::warn!(error = %format!("{e:#}"), "frames the kernel drops after a redirect are not counted");
+    }
     agent.announce();
     // From now on, an interface that stops running the program gets it again.
     let (links_tx, mut links_rx) = mpsc::unbounded_channel();

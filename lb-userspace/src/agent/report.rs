@@ -175,6 +175,7 @@ pub fn stats(agent: &Agent) -> StatsReport {
         health,
         connection_entries: agent.tables.entries,
         connection_capacity: u64::from(agent.dp.sizing().conn_capacity),
+        redirect_drops: agent.dp.maps.redirect_drops().unwrap_or(0),
     }
 }
 

@@ -296,6 +296,10 @@ pub struct StatsReport {
     /// Entries the connection table holds at most (`global.conn_capacity`).
     #[serde(default)]
     pub connection_capacity: u64,
+    /// Frames the kernel dropped after the program redirected them to one of its interfaces
+    /// (the target could not take them).
+    #[serde(default)]
+    pub redirect_drops: u64,
 }
 
 /// `lb explain`.

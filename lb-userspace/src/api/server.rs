@@ -167,6 +167,7 @@ mod tests {
                             health: Default::default(),
                             connection_entries: 0,
                             connection_capacity: 16,
+                            redirect_drops: 0,
                         }),
                     };
                     let _ = call.reply.send(answer.map_err(ApiError::internal));

@@ -30,6 +30,7 @@ pub struct Maps {
     vip_addrs: HashMap<MapData, VipKey, VipAddress>,
     egress: HashMap<MapData, u32, Egress>,
     tx_ports: aya::maps::DevMapHash<MapData>,
+    redirect_drops: PerCpuArray<MapData, u64>,
     reasons: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, Traffic>,
     backend_stats: PerCpuArray<MapData, Traffic>,
@@ -121,6 +122,7 @@ impl Maps {
             vip_addrs: take(ebpf, MAP_VIP_ADDRS)?.try_into()?,
             egress: take(ebpf, MAP_EGRESS)?.try_into()?,
             tx_ports: take(ebpf, MAP_TX_PORTS)?.try_into()?,
+            redirect_drops: take(ebpf, MAP_REDIRECT_DROPS)?.try_into()?,
             reasons: take(ebpf, MAP_REASONS)?.try_into()?,
             vip_stats: take(ebpf, MAP_VIP_STATS)?.try_into()?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?.try_into()?,
@@ -492,6 +494,12 @@ impl Maps {
             *left -= 1;
         }
         Ok(())
+    }
+
+    /// Frames the kernel dropped after a redirect to one of the program's interfaces, summed
+    /// over CPUs.
+    pub fn redirect_drops(&self) -> anyhow::Result<u64> {
+        Ok(self.redirect_drops.get(&0, 0)?.iter().sum())
     }
 
     /// Traffic of VIP `id`, summed over CPUs.

@@ -31,7 +31,7 @@ use aya::{
 use lb_common::maps::{
     GLOBAL_HASH_SEED, GLOBAL_RING_SIZE, LAYOUT_VERSION, MAP_ACTIVE_CONNS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNS,
     MAP_HALF_OPEN, MAP_REPLIES, MAP_TX_PORTS, MAP_RING, MAP_RR_CURSORS, MAP_VIP_ADDRS, MAP_VIP_LIVE, MAP_VIP_STATS, MAP_VIPS,
-    META_HASH_SEED, META_LAYOUT, META_PROGRAM_HASH, META_PROGRAM_LOADED_AT, META_RING_SIZE, PINNED_MAPS, PROGRAM_NAME,
+    META_HASH_SEED, META_LAYOUT, META_PROGRAM_HASH, META_PROGRAM_LOADED_AT, META_RING_SIZE, PINNED_MAPS, PROGRAM_NAME, DROP_COUNTERS,
 };
 
 /// The XDP program object, built by `build.rs` from `lb-ebpf`.
@@ -201,6 +201,11 @@ impl Dataplane {
             .context("the object has no XDP program")?
             .try_into()?;
         program.load().context("loading the XDP program (verifier)")?;
+        for (name, _) in DROP_COUNTERS {
+            let counter: &mut aya::programs::TracePoint =
+                ebpf.program_mut(name).with_context(|| format!("the object has no program {name}"))?.try_into()?;
+            counter.load().with_context(|| format!("loading {name} (verifier)"))?;
+        }
         let maps = Maps::take(&mut ebpf, sizing)?;
         Ok(Dataplane {
             ebpf,
@@ -302,6 +307,18 @@ impl Dataplane {
         // The pin keeps the link; this descriptor may close.
         drop(fd.pin(&path).with_context(|| format!("pinning the XDP link at {}", path.display()))?);
         Ok(Attached::New(used))
+    }
+
+    /// Starts counting the frames the kernel drops after a redirect to one of the program's
+    /// interfaces (`REDIRECT_DROPS`), from the `xdp` tracepoints, for as long as this instance
+    /// lives.
+    pub fn count_redirect_drops(&mut self) -> anyhow::Result<()> {
+        for (name, event) in DROP_COUNTERS {
+            let counter: &mut aya::programs::TracePoint =
+                self.ebpf.program_mut(name).with_context(|| format!("the object has no program {name}"))?.try_into()?;
+            counter.attach("xdp", event).with_context(|| format!("attaching {name} to the xdp:{event} tracepoint (is tracefs mounted?)"))?;
+        }
+        Ok(())
     }
 
     /// Closes this instance's descriptors of the links it took over. After their pins are
