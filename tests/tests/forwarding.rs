@@ -46,6 +46,8 @@ const ID6: u32 = 11;
 /// The backend-side interface and the MAC it is created with.
 const DEV: &str = "d0";
 const DEV_MAC: Mac = [0x02, 0x1b, 0x00, 0x00, 0x00, 0xfe];
+/// The backend-side interface's index.
+const DEV_INDEX: u32 = 5000;
 /// The MAC of both backends in the neighbour table.
 const NEIGH_MAC: Mac = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x01];
 
@@ -87,6 +89,19 @@ fn services(hop4: NextHop, hop6: NextHop) -> Vec<Service> {
     v4.backends[0].backend.hop = hop4;
     v6.backends[0].backend.hop = hop6;
     vec![v4, v6]
+}
+
+/// The IPv4 backend's SYN-ACK to the client, as it reaches the load balancer.
+fn backend_reply() -> Frame {
+    Frame {
+        dst_mac: LB_MAC,
+        src_mac: backend_mac(ID4),
+        vlan: None,
+        src: BACKEND4,
+        dst: CLIENT4,
+        l4: tcp(PORT4, 40000, SYN_ACK),
+        payload: b"world!".to_vec(),
+    }
 }
 
 /// What one program instance did with a sequence of frames.
@@ -185,13 +200,15 @@ fn ip(ns: &Netns, args: &str) {
     ns.exec(&args);
 }
 
-/// Adds the veth pair `d0`/`d0p` (both up) and returns `d0`'s index.
+/// Adds the veth pair `d0`/`d0p` (both up) and returns `d0`'s index, [`DEV_INDEX`]: above
+/// 4,096, as on a long-running host, where the data path once recorded interfaces in an array.
 fn add_backend_link(ns: &Netns) -> u32 {
-    ip(ns, &format!("link add {DEV} address {} type veth peer name d0p", mac_str(DEV_MAC)));
+    ip(ns, &format!("link add {DEV} index {DEV_INDEX} address {} type veth peer name d0p", mac_str(DEV_MAC)));
     ip(ns, "link set d0p up");
     ip(ns, &format!("link set {DEV} up"));
     assert_eq!(ns.mac(DEV), DEV_MAC);
-    ns.ifindex(DEV)
+    assert_eq!(ns.ifindex(DEV), DEV_INDEX);
+    DEV_INDEX
 }
 
 /// `d0` on the backends' subnets (connected routes to both backends).
@@ -230,15 +247,7 @@ fn two_arm_backend_is_redirected_with_its_hops_macs() {
     assert_ne!(dev, 1, "the backend side must not be the ingress interface");
     add_client_side(&ns);
     let hop = |id| NextHop { ifindex: dev, dst_mac: backend_mac(id), src_mac: DEV_MAC };
-    let reply = Frame {
-        dst_mac: LB_MAC,
-        src_mac: backend_mac(ID4),
-        vlan: None,
-        src: BACKEND4,
-        dst: CLIENT4,
-        l4: tcp(PORT4, 40000, SYN_ACK),
-        payload: b"world!".to_vec(),
-    };
+    let reply = backend_reply();
     let frames = [syn4(), ack4(), reply.clone(), dgram6()];
     let outcome = run_in(&ns, services(hop(ID4), hop(ID6)), &frames);
     let r = &outcome.runs;
@@ -271,15 +280,7 @@ fn a_hop_through_an_interface_the_program_does_not_run_on_is_left_to_the_kernel(
     add_client_side(&ns);
     let cl0 = ns.ifindex(CLIENT_SIDE_DEV);
     let hop = |id| NextHop { ifindex: dev, dst_mac: backend_mac(id), src_mac: DEV_MAC };
-    let reply = Frame {
-        dst_mac: LB_MAC,
-        src_mac: backend_mac(ID4),
-        vlan: None,
-        src: BACKEND4,
-        dst: CLIENT4,
-        l4: tcp(PORT4, 40000, SYN_ACK),
-        payload: b"world!".to_vec(),
-    };
+    let reply = backend_reply();
     let frames = [syn4(), reply.clone(), dgram6()];
     let outcome = run_in_without(&ns, &[dev, cl0], services(hop(ID4), hop(ID6)), &frames);
     let r = &outcome.runs;
