@@ -149,3 +149,19 @@ impl Drop for Netns {
         }
     }
 }
+
+/// The indices of the interfaces of the calling thread's network namespace (after `setns`).
+pub fn thread_interface_indices() -> Vec<u32> {
+    let links = std::fs::read_to_string("/proc/thread-self/net/dev").expect("/proc/thread-self/net/dev");
+    links
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|name| {
+            let name = std::ffi::CString::new(name.trim()).expect("an interface name");
+            // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+            unsafe { libc::if_nametoindex(name.as_ptr()) }
+        })
+        .filter(|&i| i != 0)
+        .collect()
+}

@@ -127,7 +127,7 @@ fn run_in_without(ns: &Netns, foreign: &[u32], services: Vec<Service>, frames: &
     ns.run_in(move || {
         let mut lb = Lb::load(&test_sizing(0x5eed));
         // This thread is in the namespace, where the indices are resolved.
-        for ifindex in interface_indices().into_iter().filter(|i| !foreign.contains(i)) {
+        for ifindex in lb_tests::netns::thread_interface_indices().into_iter().filter(|i| !foreign.contains(i)) {
             lb.dp.maps.add_port(ifindex).expect("registering an interface");
         }
         for svc in &services {
@@ -141,22 +141,6 @@ fn run_in_without(ns: &Netns, foreign: &[u32], services: Vec<Service>, frames: &
             backends: [m.backend_traffic(ID4).unwrap(), m.backend_traffic(ID6).unwrap()],
         }
     })
-}
-
-/// The indices of the calling thread's namespace's interfaces.
-fn interface_indices() -> Vec<u32> {
-    let links = std::fs::read_to_string("/proc/thread-self/net/dev").expect("/proc/thread-self/net/dev");
-    links
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next())
-        .map(|name| {
-            let name = std::ffi::CString::new(name.trim()).unwrap();
-            // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-            unsafe { libc::if_nametoindex(name.as_ptr()) }
-        })
-        .filter(|&i| i != 0)
-        .collect()
 }
 
 /// Checks one run: verdict, exact bytes, checksums and the single counter it moved.

@@ -470,6 +470,10 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         let sizing = Sizing { conn_capacity, hash_seed: 42, ..Sizing::default() };
         let dp = Dataplane::load(&sizing).context("loading the data path (needs root)")?;
         let mut lb = Lb::from_dataplane(dp);
+        // This thread is in the client side's namespace: every interface there may be sent through.
+        for ifindex in crate::netns::thread_interface_indices() {
+            lb.dp.maps.add_port(ifindex)?;
+        }
         lb.dp.maps.apply_service(&tcp)?;
         lb.dp.maps.apply_service(&udp)?;
         Ok(lb)
