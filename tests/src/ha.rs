@@ -1242,6 +1242,7 @@ impl Drop for HaLab {
         }
         for n in &self.nodes {
             let _ = std::fs::remove_dir_all(Path::new(crate::topology::BPFFS_ROOT).join(&n.ns));
+            let _ = std::fs::remove_dir_all(Path::new(crate::topology::RUN_ROOT).join(&n.ns));
         }
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();

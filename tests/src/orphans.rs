@@ -1,13 +1,18 @@
-//! Namespaces that killed test processes left behind. Every namespace the tests make is named
-//! after the process that made it, and deleted when that process drops it; a process that
-//! is killed drops nothing. The first namespace or lab a test process makes therefore first
-//! removes those whose process is gone ([`sweep_orphans_once`]). Shared with `xtask` (its lab
-//! uses the same topology), so it depends on nothing else in the crate.
+//! Namespaces that killed test processes left behind, with the data paths pinned for them and
+//! their agents' runtime directories. Every namespace the tests make is named after the
+//! process that made it, and deleted when that process drops it; a process that is killed
+//! drops nothing. The first namespace or lab a test process makes therefore first removes
+//! those whose process is gone ([`sweep_orphans_once`]). Shared with `xtask` (its lab uses the
+//! same topology), so it depends on nothing else in the crate.
 
 use std::{process::Command, sync::Once};
 
 /// Where `ip netns` keeps its named namespaces.
 const NETNS_DIR: &str = "/var/run/netns";
+/// Where agents pin their data path and keep their runtime directory, per instance (the
+/// tests name an instance after its lab's namespace): `lb_userspace::dataplane::pins::BPFFS_ROOT`
+/// and `lb_userspace::instance::RUN_ROOT`.
+const INSTANCE_DIRS: [&str; 2] = ["/sys/fs/bpf/lb", "/run/lb"];
 /// Once per process.
 static SWEEP: Once = Once::new();
 
@@ -33,9 +38,9 @@ fn run(cmd: &mut Command) -> Result<String, String> {
 }
 
 /// Deletes the namespaces the tests made in processes that no longer run, after killing
-/// what still runs inside them (a lab's agents, backends, routing daemons); namespaces of
-/// live processes, this one's included, and names of any other form are left. Returns the
-/// names deleted.
+/// what still runs inside them (a lab's agents, backends, routing daemons), and the pinned
+/// data paths and runtime directories of instances named like them; those of live processes,
+/// this one's included, and names of any other form are left. Returns what was deleted.
 pub fn sweep_orphans() -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
         return Vec::new();
@@ -54,6 +59,22 @@ pub fn sweep_orphans() -> Vec<String> {
         match run(Command::new("ip").args(["netns", "del", &name])) {
             Ok(_) => deleted.push(name),
             Err(e) => eprintln!("removing the orphaned namespace {name}: {e}"),
+        }
+    }
+    // Pinned data paths and runtime directories of instances named after such namespaces
+    // (removing a link's pin detaches the program; its interface is gone anyway).
+    for root in INSTANCE_DIRS {
+        let Ok(entries) = std::fs::read_dir(root) else { continue };
+        for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
+            let Some(pid) = owner_pid(&name) else { continue };
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let path = std::path::Path::new(root).join(&name);
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => deleted.push(path.display().to_string()),
+                Err(e) => eprintln!("removing the orphaned {}: {e}", path.display()),
+            }
         }
     }
     deleted

@@ -320,6 +320,8 @@ impl Lab {
 /// Where agents pin their data path (`lb_userspace::dataplane::pins::BPFFS_ROOT`; the xtask
 /// that shares this module does not link the agent's crate).
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf/lb";
+/// Where agents keep their instance's runtime directory (`lb_userspace::instance::RUN_ROOT`).
+pub const RUN_ROOT: &str = "/run/lb";
 
 impl Lab {
     /// The bpffs directory of the data path of an agent in this lab (its instance is named
@@ -346,8 +348,10 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // A data path an agent left pinned (`Agent` removes its own; this covers a failure).
+        // A data path an agent left pinned, and its runtime directory (`Agent` removes its own
+        // through `lb teardown`; this covers a failure, or a lab dropped before its agent).
         let _ = std::fs::remove_dir_all(self.pin_dir());
+        let _ = std::fs::remove_dir_all(Path::new(RUN_ROOT).join(&self.lb_ns));
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }

@@ -63,11 +63,12 @@ fn addresses(lab: &Lab) -> String {
     String::from_utf8_lossy(&lab.ns_run(&lab.lb_ns, &["ip", "-o", "addr", "show", "dev", LB_CLIENT_IFACE]).expect("ip addr").stdout).into_owned()
 }
 
-/// The routes of [`TABLE`] (both families) in the load balancer's namespace.
+/// The routes of [`TABLE`] (both families) in the load balancer's namespace (none when the
+/// table was never made).
 fn routes(lab: &Lab) -> String {
     let mut out = String::new();
     for family in ["-4", "-6"] {
-        let o = lab.ns_run(&lab.lb_ns, &["ip", family, "route", "show", "table", TABLE]).expect("ip route");
+        let o = lb_tests::topology::in_ns(&lab.lb_ns, &["ip", family, "route", "show", "table", TABLE]).output().expect("ip route");
         out += &String::from_utf8_lossy(&o.stdout);
     }
     out
@@ -291,5 +292,33 @@ fn host_state_is_recorded_reconciled_after_a_restart_and_torn_down() {
     assert!(attached_programs(&lab).is_empty(), "XDP programs left attached: {:?}", attached_programs(&lab));
     assert!(!agent.pin_dir.exists(), "pins left behind");
     assert!(!runtime_dir.exists(), "the runtime directory was left behind");
+    drop(agent);
+}
+
+#[test]
+fn a_first_start_that_fails_takes_back_what_it_added() {
+    // The admin socket's path holds a regular file: the agent refuses it after it has pinned
+    // the data path, attached the program and started adding the VIP addresses. A first start
+    // that fails leaves nothing behind.
+    lb_tests::harness::require_root();
+    let _turn = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::create(3, backend_bin()).expect("lab");
+    for k in 0..3 {
+        lab.start_backend(k).expect("backend");
+    }
+    let socket = std::env::temp_dir().join(format!("{}-not-a-socket", lab.lb_ns));
+    std::fs::write(&socket, "an operator's file").unwrap();
+    let yaml = config(true, false).replace("\"{socket}\"", &format!("\"{}\"", socket.display()));
+    let (agent, status) = lb_tests::agent::Agent::start_expecting_exit(&lab, &yaml, Duration::from_secs(20)).expect("the agent exits");
+    let log = agent.log();
+    assert!(!status.success(), "the agent started: {log}");
+    assert!(log.contains("removing what this failed first start added"), "{log}");
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "an operator's file", "the file at the socket path was touched");
+    assert!(!agent.pin_dir.exists(), "pins left behind");
+    assert!(!Path::new(RUN_ROOT).join(&lab.lb_ns).exists(), "the runtime directory was left behind");
+    assert!(!has_address(&lab, "10.0.0.10") && !has_address(&lab, "10.0.0.20"), "VIP addresses left behind: {}", addresses(&lab));
+    assert_eq!(routes(&lab).trim(), "", "routes left behind");
+    assert!(attached_programs(&lab).is_empty(), "XDP programs left attached: {:?}", attached_programs(&lab));
+    let _ = std::fs::remove_file(&socket);
     drop(agent);
 }

@@ -51,6 +51,15 @@ fn namespaces_of_killed_test_processes_are_swept_and_live_ones_kept() {
     let ha_orphan = Made::add(format!("lbh-{dead}-0-n1"));
     let own = Made::add(format!("lbt-live-{}-9999", std::process::id()));
     let foreign = Made::add(format!("lbt-{dead}"));
+    // A killed lab's agent left its pinned data path and its runtime directory behind.
+    let orphan_pins = std::path::Path::new("/sys/fs/bpf/lb").join(format!("lbt-{dead}-3-lb"));
+    let orphan_run = std::path::Path::new("/run/lb").join(format!("lbt-{dead}-3-lb"));
+    let live_run = std::path::Path::new("/run/lb").join(format!("lbt-{}-9999-lb", std::process::id()));
+    std::fs::create_dir_all(orphan_pins.join("maps")).expect("a bpffs directory");
+    for dir in [&orphan_run, &live_run] {
+        std::fs::create_dir_all(dir).expect("a runtime directory");
+        std::fs::write(dir.join("agent.lock"), "{}").expect("a lock file");
+    }
     // What a killed lab leaves running in its namespaces (an agent, a backend): killed too.
     let mut left = Running(Command::new("ip").args(["netns", "exec", &ha_orphan.0, "sleep", "60"]).spawn().expect("spawn sleep"));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -66,6 +75,9 @@ fn namespaces_of_killed_test_processes_are_swept_and_live_ones_kept() {
         assert!(!gone.exists(), "{} is gone", gone.0);
     }
     assert!(own.exists(), "a live process's namespace is kept");
+    assert!(!orphan_pins.exists() && !orphan_run.exists(), "the orphaned instance's pins or runtime directory are left: {deleted:?}");
+    assert!(live_run.exists(), "a live process's runtime directory is kept");
+    std::fs::remove_dir_all(&live_run).expect("removing the live runtime directory");
     assert!(foreign.exists(), "a name of no test's form is not touched");
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {

@@ -102,6 +102,42 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
     let mut lock = instance.try_lock()?;
     lock.record_holder(&config.global.admin_socket)?;
     let pins = Pins::of_instance(&config.global.instance);
+    // No data path pinned and nothing recorded: whatever this start adds is its own.
+    let first_start = pins.is_empty() && !instance.host_record().exists();
+    let result = run_locked(config, opts, &instance, &pins).await;
+    match result {
+        Ok(RunEnd::TornDown) => lock.remove_dir(),
+        Ok(RunEnd::Stopped) => Ok(()),
+        // A first start that fails takes back what it added (addresses and routes, the program,
+        // the pins, the runtime directory): nothing is left half set up. A failed restart
+        // leaves the running data path alone.
+        Err(e) if first_start => {
+            tracing::error!("{e:#}");
+            tracing::info!("removing what this failed first start added");
+            if let Err(undo) = crate::host::teardown_recorded(&instance.host_record()).await {
+                tracing::error!(error = %format!("{undo:#}"), "removing the addresses and routes this start added failed");
+            }
+            if let Err(undo) = pins.remove() {
+                tracing::error!(error = %format!("{undo:#}"), "removing the data path this start pinned failed");
+            }
+            let _ = lock.remove_dir();
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// How [`run_locked`] ended.
+enum RunEnd {
+    /// Stopped by a signal: the data path and the host state stay.
+    Stopped,
+    /// `lb teardown`: everything is removed but the runtime directory.
+    TornDown,
+}
+
+/// [`run`] once the instance's lock is held.
+async fn run_locked(config: Config, opts: Options, instance: &InstanceDir, pins: &Pins) -> anyhow::Result<RunEnd> {
+    let pins = pins.clone();
     let netlink = Netlink::open().context("opening a netlink socket")?;
     let resolver = Resolver::new(netlink.handle());
     // The program's own debug logs (rare events) only when the agent logs at debug level.
@@ -267,10 +303,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         task.abort();
     }
     let _ = std::fs::remove_file(&agent.config.global.admin_socket);
-    if torn_down {
-        lock.remove_dir()?;
-    }
-    Ok(())
+    Ok(if torn_down { RunEnd::TornDown } else { RunEnd::Stopped })
 }
 
 /// What [`teardown`] removed.
