@@ -261,9 +261,11 @@ impl Lab {
             .collect()
     }
 
-    /// Starts backend `k`'s server (HTTP on 8080, UDP echo on 5353) and waits until it
-    /// answers locally (at most 5 s).
+    /// Starts backend `k`'s server (HTTP on 8080, UDP echo on 5353), stopping the one it
+    /// runs already, and waits until it answers locally (at most 5 s).
     pub fn start_backend(&mut self, k: usize) -> anyhow::Result<()> {
+        // A server already running there is stopped first, not leaked.
+        self.kill_backend(k);
         let b = &self.backends[k];
         let bin = self.backend_bin.to_string_lossy().into_owned();
         let child = in_ns(&b.ns, &[&bin, &b.name, "[::]:8080", "[::]:5353"])

@@ -151,8 +151,7 @@ impl Load {
 fn a_second_agent_of_the_instance_exits_at_once_and_changes_nothing() {
     lb_tests::harness::require_root();
     let _turn = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (mut lab, agent) = lab_with_agent(backend_bin(), 3, &config(true, false), "web").expect("lab");
-    lab.start_backend(2).expect("b3");
+    let (lab, agent) = lab_with_agent(backend_bin(), 3, &config(true, false), "web").expect("lab");
     agent.wait_status(Duration::from_secs(15), |s| all_in_state(s, "other", "up")).expect("other up");
     let before = agent.json(&["status"]).expect("status");
     let vips: Vec<SocketAddr> = vec!["10.0.0.10:80".parse().unwrap(), "10.0.0.20:80".parse().unwrap()];
