@@ -17,7 +17,7 @@ use aya::{
     maps::{Array, MapData, MapInfo},
     programs::links::PinnedLink,
 };
-use lb_common::maps::{LAYOUT_VERSION, MAP_META, MAP_VIP_ADDRS, VipAddress, VipKey, META_HASH_SEED, META_LAYOUT, META_RING_SIZE, META_SLOTS, PINNED_MAPS};
+use lb_common::maps::{LAYOUT_VERSION, MAP_META, META_HASH_SEED, META_LAYOUT, META_RING_SIZE, META_SLOTS, PINNED_MAPS};
 
 use super::Sizing;
 
@@ -202,17 +202,6 @@ impl Pins {
             *slot = array.get(&(i as u32), 0)?;
         }
         Ok(out)
-    }
-
-    /// The VIP addresses (`VIP_ADDRS` keys) the pinned maps hold; empty when none are pinned.
-    pub fn vip_addresses(&self) -> Vec<std::net::IpAddr> {
-        let Ok(map) = MapData::from_pin(self.map(MAP_VIP_ADDRS)) else {
-            return Vec::new();
-        };
-        let Ok(addrs) = aya::maps::HashMap::<MapData, VipKey, VipAddress>::try_from(aya::maps::Map::HashMap(map)) else {
-            return Vec::new();
-        };
-        addrs.keys().flatten().map(|k| lb_common::maps::ip_of(&k.addr, k.family)).collect()
     }
 
     /// Removes the data path: unpins every link (which detaches the program from its
