@@ -112,8 +112,7 @@ pub async fn run(config: Config, opts: Options) -> anyhow::Result<()> {
         // the pins, the runtime directory): nothing is left half set up. A failed restart
         // leaves the running data path alone.
         Err(e) if first_start => {
-            tracing::error!("{e:#}");
-            tracing::info!("removing what this failed first start added");
+            tracing::info!(error = %format!("{e:#}"), "removing what this failed first start added");
             if let Err(undo) = crate::host::teardown_recorded(&instance.host_record()).await {
                 tracing::error!(error = %format!("{undo:#}"), "removing the addresses and routes this start added failed");
             }
