@@ -111,6 +111,22 @@ fn caused_by_errno(error: &(dyn std::error::Error + 'static), errno: i32) -> boo
         .any(|e| e.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(errno))
 }
 
+/// Times a program load is tried while the kernel answers EAGAIN.
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// Runs `load` again while the kernel answers EAGAIN: the verifier gives up with EAGAIN when a
+/// signal is pending for the loading thread, and the load succeeds when tried again (libbpf
+/// retries the same way).
+fn load_retrying(mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>) -> Result<(), aya::programs::ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(e) if attempt < LOAD_ATTEMPTS && caused_by_errno(&e, libc::EAGAIN) => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
 /// A short fingerprint of a program object (FNV-1a), shown by `lb status`.
 pub fn program_hash(object: &[u8]) -> u64 {
     object.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
@@ -200,11 +216,11 @@ impl Dataplane {
             .program_mut(PROGRAM_NAME)
             .context("the object has no XDP program")?
             .try_into()?;
-        program.load().context("loading the XDP program (verifier)")?;
+        load_retrying(|| program.load()).context("loading the XDP program (verifier)")?;
         for (name, _) in DROP_COUNTERS {
             let counter: &mut aya::programs::TracePoint =
                 ebpf.program_mut(name).with_context(|| format!("the object has no program {name}"))?.try_into()?;
-            counter.load().with_context(|| format!("loading {name} (verifier)"))?;
+            load_retrying(|| counter.load()).with_context(|| format!("loading {name} (verifier)"))?;
         }
         let maps = Maps::take(&mut ebpf, sizing)?;
         Ok(Dataplane {
