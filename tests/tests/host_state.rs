@@ -58,6 +58,15 @@ fn config(with_other: bool, six: bool) -> String {
     c.render()
 }
 
+/// The lab with its three backends' servers running, and no agent yet.
+fn lab_with_servers() -> Lab {
+    let mut lab = Lab::create(3, backend_bin()).expect("lab");
+    for k in 0..3 {
+        lab.start_backend(k).expect("backend");
+    }
+    lab
+}
+
 /// `ip -o addr show dev lbc` in the load balancer's namespace.
 fn addresses(lab: &Lab) -> String {
     String::from_utf8_lossy(&lab.ns_run(&lab.lb_ns, &["ip", "-o", "addr", "show", "dev", LB_CLIENT_IFACE]).expect("ip addr").stdout).into_owned()
@@ -213,10 +222,7 @@ fn a_second_agent_of_the_instance_exits_at_once_and_changes_nothing() {
 fn host_state_is_recorded_reconciled_after_a_restart_and_torn_down() {
     lb_tests::harness::require_root();
     let _turn = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::create(3, backend_bin()).expect("lab");
-    for k in 0..3 {
-        lab.start_backend(k).expect("backend");
-    }
+    let lab = lab_with_servers();
     // An operator's address on the interface, the same as VIP web's: not the agent's.
     lab.ns_run(&lab.lb_ns, &["ip", "addr", "add", "10.0.0.10/32", "dev", LB_CLIENT_IFACE]).unwrap();
     // IPv6 is off on the interface: adding VIP six's address fails until it is back on.
@@ -301,10 +307,7 @@ fn a_first_start_that_fails_takes_back_what_it_added() {
     // that fails leaves nothing behind.
     lb_tests::harness::require_root();
     let _turn = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::create(3, backend_bin()).expect("lab");
-    for k in 0..3 {
-        lab.start_backend(k).expect("backend");
-    }
+    let lab = lab_with_servers();
     let socket = std::env::temp_dir().join(format!("{}-not-a-socket", lab.lb_ns));
     std::fs::write(&socket, "an operator's file").unwrap();
     let yaml = config(true, false).replace("\"{socket}\"", &format!("\"{}\"", socket.display()));
