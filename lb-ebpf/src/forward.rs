@@ -52,6 +52,17 @@ pub fn send(
     emit(ctx, &resolved)
 }
 
+/// Sends `pkt` towards `hop` when the agent resolved it, else hands it to the kernel
+/// (`PassToKernelRoute`), which routes it: [`send`] without its FIB lookup, for the ICMP path,
+/// whose call chain has no room left for the lookup's 96 bytes of stack.
+#[inline(always)]
+pub fn send_resolved(ctx: &XdpContext, hop: &NextHop) -> Result<u32, Reason> {
+    if !hop.is_resolved() {
+        return Err(Reason::PassToKernelRoute);
+    }
+    emit(ctx, hop)
+}
+
 /// Where a packet from `src` to a client at `dst` goes, by the kernel's FIB (routes and
 /// neighbours: state that is the same for every flow and, with the same network
 /// configuration, on every node). `Ok(None)`: rewrite it and let the kernel forward it (no

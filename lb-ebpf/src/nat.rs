@@ -105,7 +105,7 @@ fn rewrite_address(ctx: &XdpContext, pkt: &Packet, which: Endpoint, addr: &Addr)
 /// The first `N` (at most 8) 16-bit words of `addr`, as loaded from memory: one load per
 /// word where LLVM reads a bare `[u8; 16]` a byte at a time.
 #[inline(always)]
-fn words<const N: usize>(addr: &Addr) -> [u16; N] {
+pub fn words<const N: usize>(addr: &Addr) -> [u16; N] {
     const { assert!(N <= 8) };
     // SAFETY: within the 16 bytes of `addr`. Every address the data path rewrites from or to
     // is a field at an even offset of a struct aligned to at least 4 (`FlowKey`, `Backend`,

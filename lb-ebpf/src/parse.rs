@@ -78,6 +78,9 @@ pub struct Packet {
     /// a packet the load balancer sent, towards a VIP), rather than the outer source being the
     /// quoted destination (an error a backend sends about a packet it received).
     pub icmp_to_sender: bool,
+    /// For an ICMP packet: whether its outer source is martian or a VIP address (set by the
+    /// ICMP path while `key` holds the outer addresses; [`quoted`] keeps it). False otherwise.
+    pub icmp_martian_source: bool,
 }
 
 impl Packet {
@@ -231,13 +234,13 @@ pub fn parse<'a>(ctx: &XdpContext, out: &'a mut MaybeUninit<Packet>) -> Result<&
     if let Some(kind) = outer.stop {
         // Only a fragment's first piece has ports (when its transport header is whole).
         let l4 = if kind == Kind::FirstFragment { ports(ctx, outer.proto, outer.l4).unwrap_or((0, 0, 0, 0)) } else { (0, 0, 0, 0) };
-        return Ok(out.write(packet(l3, outer.l4, 0, &outer, l4, len, kind, false)));
+        return Ok(out.write(packet(l3, outer.l4, 0, &outer, l4, len, kind, false, false)));
     }
     if outer.proto == PROTO_ICMP || outer.proto == PROTO_ICMPV6 {
-        return Ok(out.write(packet(l3, outer.l4, 0, &outer, (0, 0, 0, 0), len, Kind::Icmp, false)));
+        return Ok(out.write(packet(l3, outer.l4, 0, &outer, (0, 0, 0, 0), len, Kind::Icmp, false, false)));
     }
     let l4 = ports(ctx, outer.proto, outer.l4)?;
-    Ok(out.write(packet(l3, outer.l4, 0, &outer, l4, len, Kind::Transport, false)))
+    Ok(out.write(packet(l3, outer.l4, 0, &outer, l4, len, Kind::Transport, false, false)))
 }
 
 /// Turns the [`Kind::Icmp`] packet `icmp` into a [`Kind::IcmpError`] packet, if it is an ICMP
@@ -275,13 +278,13 @@ pub fn quoted(ctx: &XdpContext, icmp: &mut Packet) -> Result<(), Reason> {
     if icmp.key.dst == addr_from_words(inner.src) {
         // The quote went VIP → client: the flow is its reverse.
         let flow = Ip { src: inner.dst, dst: inner.src, ..inner };
-        *icmp = packet(icmp.l3, inner.l4, inner_l3, &flow, (dport, sport, 0, 0), icmp.len, Kind::IcmpError, true);
+        *icmp = packet(icmp.l3, inner.l4, inner_l3, &flow, (dport, sport, 0, 0), icmp.len, Kind::IcmpError, true, icmp.icmp_martian_source);
         return Ok(());
     }
     if icmp.key.src != addr_from_words(inner.dst) {
         return Err(Reason::PassNotTcpUdp);
     }
-    *icmp = packet(icmp.l3, inner.l4, inner_l3, &inner, (sport, dport, 0, 0), icmp.len, Kind::IcmpError, false);
+    *icmp = packet(icmp.l3, inner.l4, inner_l3, &inner, (sport, dport, 0, 0), icmp.len, Kind::IcmpError, false, icmp.icmp_martian_source);
     Ok(())
 }
 
@@ -296,6 +299,7 @@ fn packet(
     len: u64,
     kind: Kind,
     icmp_to_sender: bool,
+    icmp_martian_source: bool,
 ) -> Packet {
     Packet {
         l3,
@@ -315,6 +319,7 @@ fn packet(
         tcp_doff,
         kind,
         icmp_to_sender,
+        icmp_martian_source,
     }
 }
 

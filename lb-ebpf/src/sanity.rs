@@ -1,6 +1,9 @@
 //! Sanity before state: a packet the data path would rewrite and send on (for a VIP, from a
-//! backend) must have a correct IPv4 header checksum, IP lengths that fit the frame and a TCP
-//! data offset of at least five words; a new flow must not come from a martian source.
+//! backend, an ICMP error of a VIP's flow) must have a correct IPv4 header checksum, IP
+//! lengths that fit the frame and hold its headers (for an ICMP error: the quoted IP header
+//! and the first 8 bytes of the quoted transport header) and a TCP data offset of at least
+//! five words; a new flow and an ICMP error must not come from a martian source (for ICMP
+//! errors, see `xdp::icmp_error`).
 //! Anything else is dropped and counted, before it reaches a backend or creates an entry.
 
 use aya_ebpf::programs::XdpContext;
@@ -26,6 +29,9 @@ const IPV6_PAYLOAD_LEN: usize = 4;
 const TCP_MIN_LEN: usize = 20;
 /// Size of a UDP header.
 const UDP_LEN: usize = 8;
+/// Bytes of the quoted transport header an ICMP error carries at least (RFC 792, RFC 4443):
+/// the ports and, for TCP, the sequence number.
+pub const QUOTED_TRANSPORT_MIN: usize = 8;
 
 /// Checks the IP header (and for TCP/UDP the transport header) of `pkt`.
 ///
@@ -33,7 +39,7 @@ const UDP_LEN: usize = 8;
 /// behind a 14- or 18-byte Ethernet header): it runs for every packet of every flow.
 #[inline(always)]
 pub fn check(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
-    let ip_end = if pkt.key.family == FAMILY_V4 {
+    if pkt.key.family == FAMILY_V4 {
         let h = ptr_at::<[u16; IPV4_WORDS * 2]>(ctx, pkt.l3)?;
         // SAFETY: bounds checked by `ptr_at`; the header is 2-byte aligned (see above).
         let h = unsafe { &*h };
@@ -47,14 +53,17 @@ pub fn check(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
         if lb_common::csum::fold32(sum) != 0xFFFF {
             return Err(Reason::DropBadChecksum);
         }
-        pkt.l3 + u16::from_be(h[IPV4_TOT_LEN / 2]) as usize
-    } else {
-        pkt.l3 + Ipv6Hdr::LEN + be16(ctx, pkt.l3 + IPV6_PAYLOAD_LEN)? as usize
-    };
+    }
+    let ip_end = ip_end(ctx, pkt)?;
     if ip_end > pkt.len as usize {
         return Err(Reason::DropBadLength);
     }
+    // The IP length must hold the IP header (a fragment's `l4` is where it ends; an ICMP
+    // error's is the quoted transport header, see `icmp_error`), and TCP or UDP's header.
     if pkt.kind != Kind::Transport {
+        if ip_end < pkt.l4 {
+            return Err(Reason::DropBadLength);
+        }
         return Ok(());
     }
     let l4_len = if pkt.is_tcp() {
@@ -72,11 +81,32 @@ pub fn check(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
     Ok(())
 }
 
+/// Where the IP packet of `pkt` ends, by its IP length field: bytes after it (Ethernet
+/// padding, junk) are not the packet's.
+#[inline(always)]
+pub fn ip_end(ctx: &XdpContext, pkt: &Packet) -> Result<usize, Reason> {
+    if pkt.key.family == FAMILY_V4 {
+        return Ok(pkt.l3 + be16(ctx, pkt.l3 + IPV4_TOT_LEN)? as usize);
+    }
+    Ok(pkt.l3 + Ipv6Hdr::LEN + be16(ctx, pkt.l3 + IPV6_PAYLOAD_LEN)? as usize)
+}
+
 /// Whether a new flow's source may be a client: not martian, not a VIP address.
 #[inline(always)]
 pub fn client_source_ok(key: &FlowKey) -> Result<(), Reason> {
     if is_martian(&key.src, key.family) || is_vip_address(key, true) {
         return Err(Reason::DropMartian);
+    }
+    Ok(())
+}
+
+/// [`check`] for an ICMP error about a VIP's flow, whose IP length must also hold the quote up
+/// to its first transport bytes.
+#[inline(always)]
+pub fn icmp_error(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
+    check(ctx, pkt)?;
+    if ip_end(ctx, pkt)? < pkt.l4 + QUOTED_TRANSPORT_MIN {
+        return Err(Reason::DropBadLength);
     }
     Ok(())
 }

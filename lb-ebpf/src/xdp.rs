@@ -313,8 +313,15 @@ fn fragment(ctx: &XdpContext, pkt: &Packet) -> u32 {
 
 /// An ICMP or ICMPv6 packet: an error quoting a VIP flow's packet follows its flow (see
 /// `icmp`); anything else passes.
+///
+/// An error about a VIP's flow is dropped as martian when its outer source is martian or a VIP
+/// address (no host sends errors from those; a forged one would reach a backend or a client in
+/// the VIP's name), as a new flow from such a source is. The source is judged here, while
+/// `pkt.key` still holds the outer addresses, and only acted on once the error is known to be
+/// about a VIP's flow: other ICMP traffic from such a source passes as before.
 #[inline(never)]
 fn icmp_error(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
+    pkt.icmp_martian_source = is_martian(&pkt.key.src, pkt.key.family) || is_vip_address(&pkt.key, true);
     if let Err(reason) = parse::quoted(ctx, pkt) {
         return verdict(xdp_action::XDP_PASS, reason);
     }
@@ -336,21 +343,37 @@ fn icmp_error(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     icmp_to_client(ctx, pkt)
 }
 
-/// A backend's error about a client's packet: to the client, from the VIP.
+/// The checks of an ICMP error about a VIP's flow before it is rewritten: `sanity::icmp_error`
+/// (lengths), its source (`pkt.icmp_martian_source`) and, for one towards a client, the
+/// client's address (the quoted source).
+#[inline(always)]
+fn icmp_sane(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
+    sanity::icmp_error(ctx, pkt)?;
+    if pkt.icmp_martian_source || (!pkt.icmp_to_sender && is_martian(&pkt.key.src, pkt.key.family)) {
+        return Err(Reason::DropMartian);
+    }
+    Ok(())
+}
+
+/// An error from the backend side about a client's packet: to the client, from the VIP. Its
+/// outer source is the backend, or a router on the way to it; either is replaced by the VIP.
 #[inline(never)]
 fn icmp_to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let q = &pkt.key;
     let Some(target) = reply_target(&q.dst, q.dport, q.proto, q.family) else {
         return verdict(xdp_action::XDP_PASS, Reason::PassNotTcpUdp);
     };
-    if let Err(reason) = sanity::check(ctx, pkt) {
+    if let Err(reason) = icmp_sane(ctx, pkt) {
         return verdict(xdp_action::XDP_DROP, reason);
     }
     let hop = match forward::towards_client(ctx, pkt, &target.vip.addr, &q.src) {
         Ok(hop) => hop,
         Err(reason) => return verdict(xdp_action::XDP_PASS, reason),
     };
-    if let Err(reason) = icmp::rewrite(ctx, pkt, &target.vip.addr, target.vip.port) {
+    // Read here rather than kept from `icmp_sane`: held across the FIB lookup, LLVM spilled a
+    // pointer into a 32-bit stack slot, which the verifier refuses.
+    let rewritten = sanity::ip_end(ctx, pkt).and_then(|end| icmp::rewrite(ctx, pkt, end, &target.vip.addr, target.vip.port));
+    if let Err(reason) = rewritten {
         return verdict(xdp_action::XDP_PASS, reason);
     }
     count_traffic(target.vip_id, target.backend_id, pkt.len, false);
@@ -361,7 +384,8 @@ fn icmp_to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
 }
 
 /// An error about a packet the load balancer sent for a VIP's flow: to that flow's backend
-/// (its entry, or for a flow without one the ring's choice; nothing is inserted).
+/// (its entry, or for a flow without one the ring's choice; nothing is inserted). Through the
+/// backend's resolved next hop, or else by the kernel's routing (no FIB lookup here).
 #[inline(never)]
 fn icmp_to_backend(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let q = &pkt.key;
@@ -371,7 +395,7 @@ fn icmp_to_backend(ctx: &XdpContext, pkt: &Packet) -> u32 {
     };
     // SAFETY: as in `to_vip`.
     let vip = &unsafe { *vip };
-    if let Err(reason) = sanity::check(ctx, pkt) {
+    if let Err(reason) = icmp_sane(ctx, pkt) {
         return verdict(xdp_action::XDP_DROP, reason);
     }
     let flow = &pkt.key;
@@ -382,11 +406,12 @@ fn icmp_to_backend(ctx: &XdpContext, pkt: &Packet) -> u32 {
             Err(reason) => return verdict(xdp_action::XDP_DROP, reason),
         },
     };
-    if let Err(reason) = icmp::rewrite(ctx, pkt, &backend.addr, backend.port) {
+    let rewritten = sanity::ip_end(ctx, pkt).and_then(|end| icmp::rewrite(ctx, pkt, end, &backend.addr, backend.port));
+    if let Err(reason) = rewritten {
         return verdict(xdp_action::XDP_PASS, reason);
     }
     count_traffic(vip.id, id, pkt.len, false);
-    match forward::send(ctx, pkt, &backend.hop, &flow.dst, &backend.addr) {
+    match forward::send_resolved(ctx, &backend.hop) {
         Ok(action) => verdict(action, Reason::IcmpToBackend),
         Err(reason) => verdict(xdp_action::XDP_PASS, reason),
     }
