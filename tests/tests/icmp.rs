@@ -492,3 +492,243 @@ fn checksum_checker_catches_every_wrong_checksum() {
     let cut = error_from_client_side(ROUTER6, VIP6, 1, 4, [0; 4], quote(&sent6, Some(40 + 4))).bytes();
     assert_eq!(verify_icmp_checksums(&cut), Ok(Checked { quoted_ip_header: false, quoted_transport: false }));
 }
+
+// Issue 18: the five ICMP defects a mutation fuzzer found, each with its own fixture. Every
+// expected frame is built from scratch and every checksum checked independently.
+
+/// The issue's lab addresses (VIP, client, the flow's backend, another backend that acts as a
+/// router on the backend side), the standard fixtures' and a third set.
+fn address_sets() -> Vec<(IpAddr, IpAddr, IpAddr, IpAddr)> {
+    let a = |s: &str| -> IpAddr { s.parse().unwrap() };
+    vec![
+        (a("10.77.0.10"), a("10.77.1.2"), a("10.77.12.2"), a("10.77.11.2")),
+        (a("10.77.0.10"), a("10.77.1.2"), a("10.77.11.2"), a("10.77.12.2")),
+        (VIP4, CLIENT4, v4(2), v4(3)),
+        (a("203.0.113.7"), a("198.51.100.77"), a("172.16.254.3"), a("172.16.0.1")),
+        (VIP6, CLIENT6, v6(2), v6(3)),
+        (a("2001:db8:77::10"), a("2001:db8:77:1::2"), a("fd00:77:12::2"), a("fd00:77:11::2")),
+    ]
+}
+
+/// Makes the client side's FIB reach `client` through `cl0` ([`CLIENT_MAC`]), as for the
+/// standard clients.
+fn route_client(lb: &Lb, client: IpAddr) {
+    let ns = lb.netns().expect("own namespace");
+    let (family, prefix) = if client.is_ipv4() { ("-4", "/32") } else { ("-6", "/128") };
+    let dst = format!("{client}{prefix}");
+    ns.exec(&["ip", family, "route", "replace", &dst, "dev", CLIENT_SIDE_DEV]);
+    ns.exec(&["ip", family, "neigh", "replace", &client.to_string(), "lladdr", "02:c1:00:00:00:01", "dev", CLIENT_SIDE_DEV, "nud", "permanent"]);
+}
+
+/// A one-backend TCP service `vip`:80 → `backend`:8080, with its client routed.
+fn lab_service(vip: IpAddr, client: IpAddr, backend: IpAddr) -> (Service, Lb) {
+    let svc = service(1, vip, 80, PROTO_TCP, 1, &[(backend, 8080, 1)]);
+    let lb = setup(&[&svc]);
+    route_client(&lb, client);
+    (svc, lb)
+}
+
+#[test]
+fn errors_from_the_backend_side_leave_with_every_checksum_right_for_many_address_pairs() {
+    // Defects 1 and 2: a backend's error about a client's packet, sent from the backend
+    // itself or from a router on the backend side (another address than the quoted
+    // destination), leaves from the VIP with the outer IPv4 header checksum, the ICMP(v6)
+    // checksum and every quoted checksum right. Before the fix, an error from another address
+    // than the quoted destination left with the outer IPv4 header checksum off by the
+    // difference of the two addresses (0x100 for 10.77.11.2 against 10.77.12.2: the issue's
+    // 0x661f for 0x651f), and ICMPv6 with a wrong checksum.
+    for (vip, client, backend, router) in address_sets() {
+        let (_svc, lb) = lab_service(vip, client, backend);
+        let first = from_client(client, vip, tcp(40000, 80, ACK));
+        let received = with_destination(&first, backend, 8080);
+        let (icmp_type, code, rest) = if vip.is_ipv4() { (3, 4, next_hop_mtu(1400)) } else { (2, 0, mtu32(1400)) };
+        for from in [backend, router] {
+            for quote_len in [None, Some(if vip.is_ipv4() { 28 } else { 48 })] {
+                let err = IcmpFrame {
+                    dst_mac: LB_MAC,
+                    src_mac: backend_mac(1),
+                    src: from,
+                    dst: client,
+                    icmp_type,
+                    code,
+                    rest,
+                    body: quote(&received, quote_len),
+                };
+                let what = format!("{vip} client {client} backend {backend} error from {from}, quote {quote_len:?}");
+                let expected = to_client(&err, &first, quote_len);
+                expect_sent(&lb, &err, XDP_REDIRECT, &expected, Reason::IcmpToClient, quote_len.is_none(), &what);
+                if vip.is_ipv4() {
+                    let want = expected.bytes();
+                    assert_eq!(checksum(0, &want[14..34]), 0, "{what}: expected frame built wrong");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn errors_to_a_vip_from_any_router_reach_the_backend_with_every_checksum_right() {
+    // The other direction over the same address sets: an error to the VIP about its reply,
+    // from a router on the client side, reaches the flow's backend.
+    for (vip, client, backend, router) in address_sets() {
+        let (svc, lb) = lab_service(vip, client, backend);
+        let sent = ip_packet(vip, client, tcp(80, 40000, ACK), &payload(24));
+        let (icmp_type, code, rest) = if vip.is_ipv4() { (3, 4, next_hop_mtu(1280)) } else { (2, 0, mtu32(1280)) };
+        for quote_len in [None, Some(if vip.is_ipv4() { 28 } else { 48 })] {
+            let err = error_from_client_side(router, vip, icmp_type, code, rest, quote(&sent, quote_len));
+            let expected = to_backend(&err, &sent, quote_len, &svc, 1);
+            let what = format!("{vip} error from {router} about its reply to {client}, quote {quote_len:?}");
+            expect_sent(&lb, &err, XDP_TX, &expected, Reason::IcmpToBackend, quote_len.is_none(), &what);
+        }
+    }
+}
+
+/// `frame` (an untagged IPv4 frame) with its outer total length set to `len` and its header
+/// checksum recomputed, so that only the length is wrong.
+fn with_ipv4_total_length(frame: &[u8], len: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[16..18].copy_from_slice(&len.to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(0, &f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+fn icmp_errors_whose_lengths_do_not_hold_the_quote_are_dropped() {
+    // Defect 3: ICMPv4 errors to a VIP with an outer total length of 0 or 19 (below its own
+    // header) were sent on to a backend; so were lengths that end inside the quote. Dropped
+    // as `drop_bad_length`, as TCP and UDP with such lengths are; no entry is created.
+    let svc4 = pool4(PROTO_TCP);
+    let svc6 = pool6(PROTO_TCP);
+    let lb = setup(&[&svc4, &svc6]);
+    let sent4 = ip_packet(VIP4, CLIENT4, tcp(80, 40000, ACK), &payload(16));
+    let err4 = error_from_client_side(ROUTER4, VIP4, 3, 4, next_hop_mtu(1280), quote(&sent4, None)).bytes();
+    // Below the header, inside the ICMP header, inside the quoted IP header, inside the
+    // quoted transport's first 8 bytes.
+    for len in [0u16, 19, 20, 27, 28 + 19, 28 + 20 + 7] {
+        let bad = with_ipv4_total_length(&err4, len);
+        let run = lb.run(&bad);
+        assert_eq!((run.action, run.counted.clone()), (XDP_DROP, vec![(Reason::DropBadLength, 1)]), "IPv4 total length {len}");
+    }
+    // The shortest length that holds the quote's first 8 transport bytes is accepted (the
+    // rest of the frame is then padding, left alone).
+    let ok = with_ipv4_total_length(&err4, 20 + 8 + 20 + 8);
+    assert_eq!(lb.run(&ok).action, XDP_TX, "IPv4 total length 56");
+    // IPv6: payload lengths that end inside the ICMPv6 header, the quoted header or the
+    // quote's first 8 transport bytes.
+    let sent6 = ip_packet(VIP6, CLIENT6, tcp(443, 50000, ACK), &payload(16));
+    let err6 = error_from_client_side(ROUTER6, VIP6, 2, 0, mtu32(1280), quote(&sent6, None)).bytes();
+    for len in [0u16, 7, 8 + 39, 8 + 40 + 7] {
+        let mut bad = err6.clone();
+        bad[18..20].copy_from_slice(&len.to_be_bytes());
+        let run = lb.run(&bad);
+        assert_eq!((run.action, run.counted.clone()), (XDP_DROP, vec![(Reason::DropBadLength, 1)]), "IPv6 payload length {len}");
+    }
+    // From a backend, towards a client: the same rule.
+    let (bip, bport) = backend_endpoint(&svc4, 1);
+    let first = from_client(CLIENT4, VIP4, tcp(40001, 80, ACK));
+    let back = IcmpFrame { dst_mac: LB_MAC, src_mac: backend_mac(1), src: bip, dst: CLIENT4, icmp_type: 3, code: 4, rest: next_hop_mtu(1400), body: quote(&with_destination(&first, bip, bport), None) };
+    for len in [0u16, 19, 28 + 19] {
+        let run = lb.run(&with_ipv4_total_length(&back.bytes(), len));
+        assert_eq!((run.action, run.counted.clone()), (XDP_DROP, vec![(Reason::DropBadLength, 1)]), "backend's error, total length {len}");
+    }
+    assert_eq!(lb.dp.maps.conn_count(), 0, "nothing tracked");
+}
+
+#[test]
+fn icmp_errors_from_martian_sources_or_a_vip_are_dropped() {
+    // Defect 4: ICMP errors from ::1, ::, ff02::1, 224.0.0.1, 255.255.255.255 or a VIP itself
+    // were sent on. Dropped as `drop_martian`, as new TCP and UDP flows from them are.
+    let svc4 = pool4(PROTO_TCP);
+    let svc6 = pool6(PROTO_TCP);
+    let lb = setup(&[&svc4, &svc6]);
+    let a = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let sent4 = ip_packet(VIP4, CLIENT4, tcp(80, 40000, ACK), &payload(16));
+    for src in [a("0.0.0.0"), a("127.0.0.1"), a("224.0.0.1"), a("239.1.2.3"), a("255.255.255.255"), a("240.0.0.1"), VIP4] {
+        let err = error_from_client_side(src, VIP4, 3, 4, next_hop_mtu(1280), quote(&sent4, None));
+        let run = lb.run(&err.bytes());
+        assert_eq!((run.action, run.counted.clone()), (XDP_DROP, vec![(Reason::DropMartian, 1)]), "error to VIP4 from {src}");
+    }
+    let sent6 = ip_packet(VIP6, CLIENT6, tcp(443, 50000, ACK), &payload(16));
+    for src in [a("::"), a("::1"), a("ff02::1"), a("ff05::1:3"), VIP6] {
+        let err = error_from_client_side(src, VIP6, 2, 0, mtu32(1280), quote(&sent6, None));
+        let run = lb.run(&err.bytes());
+        assert_eq!((run.action, run.counted.clone()), (XDP_DROP, vec![(Reason::DropMartian, 1)]), "error to VIP6 from {src}");
+    }
+    // From the backend side: a martian or VIP outer source, or a martian client (the quoted
+    // packet's source, the error's destination).
+    for (family_v6, src, client) in [
+        (false, a("127.0.0.1"), CLIENT4),
+        (false, a("255.255.255.255"), CLIENT4),
+        (false, VIP4, CLIENT4),
+        (false, backend_endpoint(&svc4, 1).0, a("224.0.0.1")),
+        (false, backend_endpoint(&svc4, 1).0, a("127.0.0.2")),
+        (true, a("::1"), CLIENT6),
+        (true, VIP6, CLIENT6),
+        (true, backend_endpoint(&svc6, 11).0, a("ff02::1")),
+    ] {
+        let (svc, id, vip, vport) = if family_v6 { (&svc6, 11, VIP6, 443) } else { (&svc4, 1, VIP4, 80) };
+        let (bip, bport) = backend_endpoint(svc, id);
+        let first = from_client(client, vip, tcp(40002, vport, ACK));
+        let (icmp_type, code, rest) = if family_v6 { (2, 0, mtu32(1400)) } else { (3, 4, next_hop_mtu(1400)) };
+        let err = IcmpFrame { dst_mac: LB_MAC, src_mac: backend_mac(id), src, dst: client, icmp_type, code, rest, body: quote(&with_destination(&first, bip, bport), None) };
+        let run = lb.run(&err.bytes());
+        assert_eq!((run.action, run.counted.clone()), (XDP_DROP, vec![(Reason::DropMartian, 1)]), "backend side error from {src} to {client}");
+    }
+    // ICMP that is no error of a VIP's flow still passes from such sources (echo requests).
+    let echo = error_from_client_side(a("0.0.0.0"), VIP4, 8, 0, [0, 1, 0, 1], b"ping".to_vec());
+    expect_passed(&lb, &echo.bytes(), Reason::PassNotTcpUdp, "echo request from 0.0.0.0");
+    assert_eq!(lb.dp.maps.conn_count(), 0, "nothing tracked");
+}
+
+#[test]
+fn an_error_quoting_8_bytes_of_tcp_before_trailing_bytes_leaves_those_bytes_alone() {
+    // Defect 5: an error that quotes only 8 bytes of TCP, in a frame with bytes after its IP
+    // packet (Ethernet padding to 60 bytes cannot apply here, so junk and zero padding): the
+    // rewrite changed the "quoted TCP checksum" in the trailing bytes and folded that into
+    // the ICMP checksum. Now the trailing bytes are untouched and the ICMP checksum, over the
+    // IP packet only, is right. Both directions, both families.
+    let svc4 = pool4(PROTO_TCP);
+    let svc6 = pool6(PROTO_TCP);
+    let lb = setup(&[&svc4, &svc6]);
+    for trailer in [vec![0u8; 12], (0..30).map(|i| (i * 37 + 11) as u8).collect::<Vec<u8>>()] {
+        for v6 in [false, true] {
+            let (svc, vip, vport, client, router, quoted) = if v6 {
+                (&svc6, VIP6, 443, CLIENT6, ROUTER6, 40 + 8)
+            } else {
+                (&svc4, VIP4, 80, CLIENT4, ROUTER4, 20 + 8)
+            };
+            let (icmp_type, code, rest) = if v6 { (2, 0, mtu32(1280)) } else { (3, 4, next_hop_mtu(1280)) };
+            // To the VIP, about its reply: to the ring's backend (no entry).
+            let sent = ip_packet(vip, client, tcp(vport, 41000, ACK), &payload(100));
+            let key = flow_key(&from_client(client, vip, tcp(41000, vport, SYN)));
+            let id = lb.ring_choice(svc, &key);
+            let err = error_from_client_side(router, vip, icmp_type, code, rest, quote(&sent, Some(quoted)));
+            let expected = to_backend(&err, &sent, Some(quoted), svc, id);
+            expect_sent_with_trailer(&lb, &err, &trailer, XDP_TX, &expected, Reason::IcmpToBackend, &format!("to VIP, v6 {v6}, trailer {}", trailer.len()));
+            // From the backend, about the client's packet: to the client.
+            let (bip, bport) = backend_endpoint(svc, id);
+            let first = from_client(client, vip, tcp(41000, vport, ACK));
+            let back = IcmpFrame { dst_mac: LB_MAC, src_mac: backend_mac(id), src: bip, dst: client, icmp_type, code, rest, body: quote(&with_destination(&first, bip, bport), Some(quoted)) };
+            let expected = to_client(&back, &first, Some(quoted));
+            expect_sent_with_trailer(&lb, &back, &trailer, XDP_REDIRECT, &expected, Reason::IcmpToClient, &format!("from backend, v6 {v6}, trailer {}", trailer.len()));
+        }
+    }
+}
+
+/// [`expect_sent`] for `input` followed by `trailer` (bytes after its IP packet): the output
+/// is `expected` followed by the same trailer, and its checksums are right over the IP
+/// packet alone.
+fn expect_sent_with_trailer(lb: &Lb, input: &IcmpFrame, trailer: &[u8], action: u32, expected: &IcmpFrame, reason: Reason, what: &str) {
+    let mut frame = input.bytes();
+    let ip_frame_len = frame.len();
+    frame.extend_from_slice(trailer);
+    let run = lb.run(&frame);
+    assert_eq!(run.action, action, "{what}: verdict (counted {:?})", run.counted);
+    let mut want = expected.bytes();
+    want.extend_from_slice(trailer);
+    assert_frame_eq(&run.out, &want, what);
+    verify_icmp_checksums(&run.out[..ip_frame_len]).unwrap_or_else(|e| panic!("{what}: {e} wrong in the output"));
+    assert_eq!(run.counted, vec![(reason, 1)], "{what}: counters");
+}
