@@ -84,12 +84,37 @@ fn command(rng: &mut ChaCha8Rng) -> Value {
                 "name: {vip}\naddress: {}\nport: {port}\nhealth_check:\n  type: none\nbackends:\n  - address: 10.0.12.2\n    port: 8081\n",
                 ["10.0.0.20", "10.0.0.10", "fd00::20", "224.0.0.1"][rng.gen_range(0..4)]
             );
-            json!({"op": "vip-add", "yaml": yaml})
+            json!({"op": "vip-add", "yaml": mutate_yaml(rng, yaml)})
         }
         8 => json!({"op": "vip-remove", "name": (["fz", "nope", "", "web"][rng.gen_range(0..4)])}),
         9 => json!({"op": "explain", "src": "10.77.0.2:40000", "dst": (["10.0.0.10:80", "10.0.0.99:80", "[fd00::10]:80"][rng.gen_range(0..3)]), "protocol": (["tcp", "udp", "icmp", ""][rng.gen_range(0..4)])}),
         _ => json!({"op": "reload"}),
     }
+}
+
+/// The YAML of a VIP, mutated half the time: a line deleted or duplicated, a value replaced,
+/// an unknown key, a tab.
+fn mutate_yaml(rng: &mut ChaCha8Rng, yaml: String) -> String {
+    let mut lines: Vec<String> = yaml.lines().map(str::to_owned).collect();
+    if rng.gen_bool(0.5) {
+        return yaml;
+    }
+    let i = rng.gen_range(0..lines.len());
+    match rng.gen_range(0..5) {
+        0 => {
+            lines.remove(i);
+        }
+        1 => lines.insert(i, lines[i].clone()),
+        2 => {
+            if let Some(at) = lines[i].find(": ") {
+                lines[i].truncate(at + 2);
+                lines[i].push_str(["", "-1", "99999", "x", "[]", "{a: 1}", "*a", "0", "4294967296"][rng.gen_range(0..9)]);
+            }
+        }
+        3 => lines.insert(i, "colour: red".to_owned()),
+        _ => lines[i].insert(0, '\t'),
+    }
+    lines.join("\n")
 }
 
 const EDGE_JSON: &[&str] = &[
@@ -305,6 +330,17 @@ fn response_problem(request: &[u8], answer: &[u8]) -> Result<u16, String> {
     };
     if !says_what(&reason) {
         return Err(format!("the refusal does not say what is wrong: {reason:?}"));
+    }
+    if let Some(Ok(Request::VipAdd { yaml })) = server_body(request).map(serde_json::from_slice::<Request>) {
+        let lines = yaml.lines().count();
+        // Each error names a line of the YAML sent, or a field of the VIP.
+        for e in reason.lines().skip(1) {
+            let place = e.strip_prefix("vip-add:").ok_or_else(|| format!("a vip-add error {e:?} without its place"))?;
+            let line = place.split(':').next().and_then(|l| l.parse::<usize>().ok());
+            if line.is_some_and(|l| l == 0 || l > lines + 1) || (line.is_none() && place.starts_with(" vips[")) {
+                return Err(format!("a vip-add error names no line or field of the {lines} lines sent: {e:?}"));
+            }
+        }
     }
     Ok(status)
 }
