@@ -96,6 +96,7 @@ fn from_serde(file: &str, source: &str, e: &serde_yaml::Error) -> ConfigError {
 fn second_document(text: &str) -> Option<usize> {
     let mut first_indent = None;
     for (i, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
         let marker = line == "---" || line.starts_with("--- ") || line == "...";
         if marker && first_indent.is_some() {
             return Some(i + 1);

@@ -357,6 +357,11 @@ fn fuzzer_found_errors_name_their_line_and_what_is_wrong() {
             "t.yaml:3: deserializing from YAML containing more than one document is not supported: the file holds a second YAML document (after `---` or `...`, or where a line is indented less than the first key, or a byte order mark): keep one, its top-level keys at the same indentation".into(),
         ),
         (
+            // Found with seed 0x7, case 76: line ends of `\r\r\n`.
+            format!("---\n{GOOD}---\n{GOOD}").replace('\n', "\r\r\n"),
+            "t.yaml:13: deserializing from YAML containing more than one document is not supported: the file holds a second YAML document (after `---` or `...`, or where a line is indented less than the first key, or a byte order mark): keep one, its top-level keys at the same indentation".into(),
+        ),
+        (
             GOOD.replacen("global:", " global:", 1),
             "t.yaml:3: deserializing from YAML containing more than one document is not supported: the file holds a second YAML document (after `---` or `...`, or where a line is indented less than the first key, or a byte order mark): keep one, its top-level keys at the same indentation".into(),
         ),
