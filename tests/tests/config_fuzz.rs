@@ -447,6 +447,22 @@ fn mutated_configuration_files_never_panic_and_every_error_names_what_is_wrong()
     assert!(ran > 0);
 }
 
+/// Whether `rest` (an error line after `FILE:`) goes on with a line number or a field path,
+/// then a reason of three words or more: `12: reason`, `12: vips[0].port: reason`,
+/// ` vips[0].port: reason`.
+fn placed(rest: &str) -> bool {
+    let (has_line, rest) = match rest.split_once(':') {
+        Some((line, after)) if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) => (true, after),
+        _ => (false, rest),
+    };
+    let reason = match rest.trim_start().split_once(": ") {
+        Some((field, reason)) if !field.is_empty() && !field.contains(' ') => reason,
+        _ if has_line && rest.starts_with(' ') => rest,
+        _ => return false,
+    };
+    reason.split_whitespace().count() >= 3
+}
+
 /// The stream of the CLI cases (other indices than the in-process run's).
 const CLI_STREAM: u64 = 1 << 40;
 
@@ -480,7 +496,7 @@ fn mutated_configuration_files_through_lb_config_check() {
                 // Every line names the file, then a line or a field, then the reason.
                 stderr
                     .lines()
-                    .find(|l| !l.starts_with(&format!("{name}:")) || l.len() <= name.len() + 3)
+                    .find(|l| !l.strip_prefix(&format!("{name}:")).is_some_and(placed))
                     .map(|l| format!("an error line does not start with the file and a place: {l:?}\n{stderr}"))
                     .or_else(|| stderr.trim().is_empty().then(|| "refused with nothing on stderr".to_owned()))
             }
