@@ -218,11 +218,47 @@ pub fn parse_vip(running: &Config, yaml: &str) -> Result<Vip, ApiError> {
         doc.push('\n');
     }
     doc.push_str("vips:\n");
+    // The VIP's first line is this line of `doc`.
+    let first = doc.lines().count() + 1;
     for (i, line) in yaml.lines().enumerate() {
         doc.push_str(if i == 0 { "  - " } else { "    " });
         doc.push_str(line);
         doc.push('\n');
     }
-    let parsed = config::parse("vip-add", &doc).map_err(|e| ApiError::bad_request(format!("invalid VIP:\n{e}")))?;
+    let parsed = config::parse("vip-add", &doc).map_err(|e| ApiError::bad_request(format!("invalid VIP:\n{}", in_vip_yaml(e, first))))?;
     parsed.vips.into_iter().next().ok_or_else(|| ApiError::bad_request("no VIP given"))
+}
+
+/// The errors of the document [`parse_vip`] builds, told in the VIP's own YAML: its lines
+/// (the VIP's first line is line `first` of the document) and its fields (`port`, not
+/// `vips[0].port`).
+fn in_vip_yaml(mut errors: config::ConfigErrors, first: usize) -> config::ConfigErrors {
+    for e in &mut errors.0 {
+        e.line = e.line.and_then(|l| l.checked_sub(first - 1)).filter(|&l| l > 0);
+        e.field = match e.field.strip_prefix("vips[0]") {
+            Some(rest) => rest.trim_start_matches('.').to_owned(),
+            None => e.field.clone(),
+        };
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the admin API fuzzer: the errors of `vip-add` named lines of a document the
+    /// agent builds around the VIP (its global settings first), not of the YAML sent.
+    #[test]
+    fn vip_add_errors_name_lines_and_fields_of_the_yaml_sent() {
+        let running = config::parse("t.yaml", "global:\n  interfaces: [eth0]\nvips: []\n").unwrap();
+        let yaml = "name: fz\naddress: 10.0.0.20\nport: 99999\nbackends:\n  - address: 10.0.12.2\n    port: 8081\n";
+        let e = parse_vip(&running, yaml).unwrap_err();
+        assert_eq!((e.status, e.message.as_str()), (400, "invalid VIP:\nvip-add:3: port: 99999 is not a port: use 1-65535"));
+        let e = parse_vip(&running, &yaml.replace("    port: 8081", "    colour: red")).unwrap_err();
+        assert_eq!(
+            e.message,
+            "invalid VIP:\nvip-add:6: backends[0]: unknown field `colour`, expected one of `address`, `port`, `weight`, `state`"
+        );
+    }
 }

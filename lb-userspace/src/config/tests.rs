@@ -332,3 +332,87 @@ fn udp_idle_timeout_is_whole_seconds_for_udp_vips_only() {
         assert_eq!(error(&text), want);
     }
 }
+
+/// Found by the configuration fuzzer (`tests/tests/config_fuzz.rs`, seed 0x1bc0f16f22, case
+/// 13): with a byte order mark, serde_yaml read a file of several keys as several documents
+/// and refused a valid file with "more than one document".
+#[test]
+fn a_byte_order_mark_is_ignored() {
+    assert_eq!(parse("t.yaml", &format!("\u{feff}{GOOD}")), parse("t.yaml", GOOD));
+    assert_eq!(parse("t.yaml", &format!("\u{feff}{}", GOOD.replace('\n', "\r\n"))), parse("t.yaml", GOOD));
+}
+
+/// Errors the configuration fuzzer found without a line, or with a Rust type name, or
+/// reprinting a whole value: each now names its line (or field) and says what is wrong.
+#[test]
+fn fuzzer_found_errors_name_their_line_and_what_is_wrong() {
+    let long = "x".repeat(5000);
+    let cases: Vec<(String, String)> = vec![
+        (
+            format!("{GOOD}---\n{GOOD}"),
+            "t.yaml:12: deserializing from YAML containing more than one document is not supported: the file holds a second YAML document (after `---` or `...`, or where a line is indented less than the first key, or a byte order mark): keep one, its top-level keys at the same indentation".into(),
+        ),
+        (
+            format!("%YAML 1.2\n---\n\u{feff}{GOOD}"),
+            "t.yaml:3: deserializing from YAML containing more than one document is not supported: the file holds a second YAML document (after `---` or `...`, or where a line is indented less than the first key, or a byte order mark): keep one, its top-level keys at the same indentation".into(),
+        ),
+        (
+            // Found with seed 0x7, case 76: line ends of `\r\r\n`.
+            format!("---\n{GOOD}---\n{GOOD}").replace('\n', "\r\r\n"),
+            "t.yaml:13: deserializing from YAML containing more than one document is not supported: the file holds a second YAML document (after `---` or `...`, or where a line is indented less than the first key, or a byte order mark): keep one, its top-level keys at the same indentation".into(),
+        ),
+        (
+            GOOD.replacen("global:", " global:", 1),
+            "t.yaml:3: deserializing from YAML containing more than one document is not supported: the file holds a second YAML document (after `---` or `...`, or where a line is indented less than the first key, or a byte order mark): keep one, its top-level keys at the same indentation".into(),
+        ),
+        (
+            with("    port: 80\n", "    port: 80\n    protocol: *proto\n"),
+            "t.yaml:7: unknown anchor: an alias (`*name`) refers to no anchor (`&name`) written before it".into(),
+        ),
+        ("global: [eth0]\nvips: []\n".into(), "t.yaml:1: global: invalid type: sequence, expected the mapping of the `global` settings (`key: value` lines)".into()),
+        (
+            with("    backends:\n", "    health_check: tcp\n    backends:\n"),
+            "t.yaml:7: vips[0].health_check: invalid type: string \"tcp\", expected the mapping of a health check (`type:`, `path:`, ...)".into(),
+        ),
+        (
+            with("      - address: 10.1.0.2\n        port: 8080\n", "      - 10.1.0.2:8080\n"),
+            "t.yaml:10: vips[0].backends[1]: invalid type: string \"10.1.0.2:8080\", expected the mapping of one backend (`address:`, `port:`, ...)".into(),
+        ),
+        (
+            with("  - name: web\n", &format!("  - name: {long}\n")),
+            format!("t.yaml:4: vips[0].name: \"{}…\" must be 1-63 letters, digits, '_', '.' or '-'", &long[..40]),
+        ),
+        (
+            with("    port: 80\n", &format!("    port: 80\n    protocol: {long}\n")),
+            format!("t.yaml:7: vips[0].protocol: unknown variant `{}…`, expected `tcp` or `udp`", &long[..40]),
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(error(&text), want);
+    }
+}
+
+/// A file that is not UTF-8 is refused with the line of its first bad byte.
+#[test]
+fn a_file_that_is_not_utf8_is_refused_with_its_line() {
+    let dir = std::env::temp_dir().join(format!("lb-config-utf8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.yaml");
+    let mut bytes = GOOD.as_bytes().to_vec();
+    let at = GOOD.find("web").unwrap() + 1;
+    bytes.insert(at, 0xff);
+    std::fs::write(&path, &bytes).unwrap();
+    let got = load(&path).expect_err("not UTF-8").to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(got, format!("{}:4: byte 0xff is not UTF-8 (byte 12 of the line): save the file as UTF-8", path.display()));
+}
+
+/// Found by the configuration fuzzer (seed 0x1bc0f16f22, case 27246): a backtick inside a
+/// long value ended the quote early and the error reprinted the rest of the value.
+#[test]
+fn an_error_never_reprints_a_long_value() {
+    let long = "x".repeat(100_000);
+    let got = error(&with("    port: 80\n", &format!("    port: 80\n    protocol: a`{long}\n")));
+    assert!(got.starts_with("t.yaml:7: vips[0].protocol: unknown variant `a`"), "{got}");
+    assert!(got.chars().count() < 500, "{} characters", got.chars().count());
+}
