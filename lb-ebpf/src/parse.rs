@@ -109,6 +109,17 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Reason> {
     Ok((start + offset) as *mut T)
 }
 
+/// Whether the IPv4 header of `pkt` has options (IHL above 5; [`parse`] stops a fragment's
+/// parse before it looks). A header it cannot read counts as one with options.
+#[inline(always)]
+pub fn has_ipv4_options(ctx: &XdpContext, pkt: &Packet) -> bool {
+    match ptr_at::<u8>(ctx, pkt.l3) {
+        // SAFETY: bounds checked by `ptr_at`.
+        Ok(vihl) => (unsafe { *vihl } & 0x0F) != 5,
+        Err(_) => true,
+    }
+}
+
 /// The length of the whole frame: with XDP frags, `data..data_end` is only its first buffer.
 #[inline(always)]
 pub fn frame_len(ctx: &XdpContext) -> u64 {

@@ -59,7 +59,8 @@ pub fn check(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
         return Err(Reason::DropBadLength);
     }
     // The IP length must hold the IP header (a fragment's `l4` is where it ends; an ICMP
-    // error's is the quoted transport header, see `icmp_error`), and TCP or UDP's header.
+    // error's is the quoted transport header, see `icmp_error`), and TCP or UDP's header (for
+    // a first fragment see `first_fragment`).
     if pkt.kind != Kind::Transport {
         if ip_end < pkt.l4 {
             return Err(Reason::DropBadLength);
@@ -76,6 +77,19 @@ pub fn check(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
         UDP_LEN
     };
     if ip_end < pkt.l4 + l4_len {
+        return Err(Reason::DropBadLength);
+    }
+    Ok(())
+}
+
+/// [`check`] for a first fragment, whose IP length must also hold its TCP or UDP header: its
+/// port and transport checksum are rewritten (RFC 1858: a first fragment too small for its
+/// transport header is an attack, not a datagram).
+#[inline(always)]
+pub fn first_fragment(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
+    check(ctx, pkt)?;
+    let header = if pkt.is_tcp() { TCP_MIN_LEN } else { UDP_LEN };
+    if ip_end(ctx, pkt)? < pkt.l4 + header {
         return Err(Reason::DropBadLength);
     }
     Ok(())
