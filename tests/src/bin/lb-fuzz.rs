@@ -29,7 +29,7 @@ const USAGE: &str = "usage: lb-fuzz [--frames N] [--seed S] [--seconds T] [--kee
 
 /// The workspace root (results and failures are written under its `fuzz/`).
 fn root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the test crate lives in the workspace").to_owned()
 }
 
 struct Args {
