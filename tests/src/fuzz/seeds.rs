@@ -8,7 +8,7 @@ use lb_common::maps::{PROTO_TCP, PROTO_UDP};
 use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
 
-use super::model::{ESTABLISHED_PORTS, FRAG_VIP, ISSUE18_CLIENT, ISSUE18_VIP, Model, ROUTER4, ROUTER6};
+use super::{wire, model::{ESTABLISHED_PORTS, FRAG_VIP, ISSUE18_CLIENT, ISSUE18_VIP, Model, ROUTER4, ROUTER6}};
 use crate::{
     harness::{ACK, CLIENT_MAC, CLIENT4, CLIENT6, LB_MAC, SYN, SYN_ACK, VIP4, VIP6, backend_mac, from_client, tcp, udp},
     icmp_frames::{IcmpFrame, mtu32, next_hop_mtu, quote},
@@ -119,8 +119,24 @@ fn fragment(datagram: &[u8], first_len: usize, first: bool) -> Vec<u8> {
     f
 }
 
-/// Seed frame of kind `kind` (an index of [`KINDS`]).
+/// Seed frame of kind `kind` (an index of [`KINDS`]); half of the IPv4 ones get a random
+/// identification and TTL (their header checksum recomputed), so that checksum updates meet
+/// many header sums.
 pub fn build(model: &Model, kind: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
+    let mut f = path_frame(model, kind, rng);
+    if below(rng, 2) == 0
+        && let Some(ip) = wire::outer(&f).filter(|ip| ip.v4 && ip.l3 + 20 <= f.len())
+    {
+        let ident = rng.next_u32() as u16;
+        f[ip.l3 + 4..ip.l3 + 6].copy_from_slice(&ident.to_be_bytes());
+        f[ip.l3 + 8] = 1 + below(rng, 255) as u8;
+        wire::fix_ipv4_checksum(&mut f, ip.l3);
+    }
+    f
+}
+
+/// The frame of seed kind `kind`, as its builder makes it.
+fn path_frame(model: &Model, kind: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
     let tcp_svcs = services_of(model, PROTO_TCP);
     let udp_svcs = services_of(model, PROTO_UDP);
     match KINDS[kind] {
