@@ -230,8 +230,8 @@ pub fn ports(b: &[u8], l4: usize) -> Option<(u16, u16)> {
 
 /// The one's-complement sum a quoted TCP/UDP checksum must keep: pseudo-header (with the
 /// length the quoted IP header gives) plus every quoted segment byte up to `limit`. `None`
-/// when the checksum field is not quoted, the segment's length is unknown, or it is an IPv4
-/// UDP zero checksum.
+/// when the checksum field is not quoted, the segment's length is unknown, or it is a zero
+/// UDP checksum.
 pub fn quoted_transport_sum(b: &[u8], q: &Ip, limit: usize) -> Option<u32> {
     let at = match q.proto {
         TCP => 16,
@@ -243,7 +243,9 @@ pub fn quoted_transport_sum(b: &[u8], q: &Ip, limit: usize) -> Option<u32> {
     if q.hdr_len < 20 || end < l4 + at + 2 || q.end < l4 + at + 2 {
         return None;
     }
-    if q.proto == UDP && q.v4 && be16(b, l4 + at) == 0 {
+    // A zero UDP checksum is "none" in IPv4 and invalid in IPv6: not right either way, so
+    // nothing is required of it.
+    if q.proto == UDP && be16(b, l4 + at) == 0 {
         return None;
     }
     let quoted = &b[l4..end.min(q.end)];
