@@ -183,7 +183,7 @@ pub fn apply(model: &Model, m: usize, f: &mut Vec<u8>, rng: &mut ChaCha8Rng) -> 
         "quoted_field" => {
             let Some(q) = ip.and_then(|ip| ip.quoted(f)) else { return false };
             match below(rng, 5) {
-                0 if q.v4 => set16(f, q.l3 + 2, pick(rng, &[0, 19, 20, 0xffff, (q.end - q.l3) as u16 + 1])),
+                0 if q.v4 => set16(f, q.l3 + 2, pick(rng, &[0, 19, 20, 0xffff, ((q.end - q.l3) as u16).wrapping_add(1)])),
                 0 => set16(f, q.l3 + 4, pick(rng, &[0, 7, 0xffff])),
                 1 => f[q.l3 + if q.v4 { 9 } else { 6 }] = pick(rng, &[TCP, UDP, 1, 58, 0]),
                 2 => {
