@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod bench;
 pub mod fixture;
+pub mod fuzz;
 pub mod ha;
 pub mod harness;
 pub mod icmp_frames;

@@ -26,7 +26,7 @@ mod orphans;
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
 mod topology;
 
-const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...] | lab [--keep | --ha [--nodes N]] | bench [--unpublishable] [lb-bench args...]>";
+const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...] | lab [--keep | --ha [--nodes N]] | bench [--unpublishable] [lb-bench args...] | fuzz [--frames N] [--seed S] [--seconds T] [--keep N] [--index I | --replay FILE]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             .and_then(|()| build_bins())
             .and_then(|()| test(&args[1..])),
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => setup().and_then(|()| fuzz(&args[1..])),
         Some("lab") if args.iter().any(|a| a == "--ha") => match ha_nodes(&args[1..]) {
             Ok(nodes) => setup().and_then(|()| build_bins()).and_then(|()| ha_lab::run(&root(), nodes)),
             Err(e) => Err(e),
@@ -147,6 +148,14 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         cmd.env_remove("LB_BENCH_UNPUBLISHABLE");
     }
     run(&mut cmd)
+}
+
+/// The data path's mutation fuzzer (`lb-fuzz`, release build): a campaign of `--frames N`
+/// frames of seed `--seed S`, or the replay of one frame (`--index I`) or pcap file
+/// (`--replay FILE`). Needs root. Writes `fuzz/results/<seed>-<frames>.json`.
+fn fuzz(args: &[String]) -> anyhow::Result<()> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo).args(["run", "--quiet", "--release", "-p", "lb-tests", "--bin", "lb-fuzz", "--"]).args(args))
 }
 
 /// Every test: host unit tests and the kernel fixtures (needs root). Ends with one line
