@@ -158,8 +158,6 @@ fn fuzz(args: &[String]) -> anyhow::Result<()> {
     run(Command::new(&cargo).args(["run", "--quiet", "--release", "-p", "lb-tests", "--bin", "lb-fuzz", "--"]).args(args))
 }
 
-/// Every test: host unit tests and the kernel fixtures (needs root). Ends with one line
-/// totalling every test binary's result.
 /// Clippy with warnings denied, on the host crates (every target) and on the eBPF crate for
 /// the BPF target (nightly, as its build): the full `cargo xtask test` fails on a warning.
 fn lint() -> anyhow::Result<()> {
@@ -183,6 +181,8 @@ fn lint() -> anyhow::Result<()> {
     .context("clippy on the eBPF crate")
 }
 
+/// Every test: host unit tests and the kernel fixtures (needs root). Ends with one line
+/// totalling every test binary's result.
 fn test(extra: &[String]) -> anyhow::Result<()> {
     let mut child = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["test", "--no-fail-fast", "--workspace", "--exclude", "lb-ebpf"])

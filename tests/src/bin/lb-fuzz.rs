@@ -122,6 +122,8 @@ fn run() -> anyhow::Result<bool> {
         print_run(run.action, &run.out, &violations);
         return Ok(violations.is_empty());
     }
+    // The code measured is the code at the start: the tree may change while a long campaign runs.
+    let (commit, clean) = git_state();
     let opts = Options {
         seed: args.seed,
         frames: args.frames,
@@ -149,7 +151,6 @@ fn run() -> anyhow::Result<bool> {
     for p in &report.pcaps {
         println!("written {}", p.display());
     }
-    let (commit, clean) = git_state();
     let result = serde_json::json!({
         "seed": args.seed,
         "frames": report.frames,
