@@ -247,7 +247,10 @@ pub fn parse<'a>(ctx: &XdpContext, out: &'a mut MaybeUninit<Packet>) -> Result<&
         let l4 = if kind == Kind::FirstFragment { ports(ctx, outer.proto, outer.l4).unwrap_or((0, 0, 0, 0)) } else { (0, 0, 0, 0) };
         return Ok(out.write(packet(l3, outer.l4, 0, &outer, l4, len, kind, false, false)));
     }
-    if outer.proto == PROTO_ICMP || outer.proto == PROTO_ICMPV6 {
+    // ICMP of the header's own family only: IPv4 with protocol 58 is not ICMPv6 (nor IPv6
+    // with next header 1 ICMP), and is passed as any protocol the data path does not know.
+    let icmp = if outer.family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 };
+    if outer.proto == icmp {
         return Ok(out.write(packet(l3, outer.l4, 0, &outer, (0, 0, 0, 0), len, Kind::Icmp, false, false)));
     }
     let l4 = ports(ctx, outer.proto, outer.l4)?;

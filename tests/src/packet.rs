@@ -201,3 +201,21 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The untagged IPv4 frame `datagram` cut into two fragments: the first with `first_len`
+/// bytes of the transport segment (a multiple of 8), the second with the rest; their IPv4
+/// header checksums computed from scratch.
+pub fn ipv4_fragments(datagram: &[u8], first_len: usize) -> (Vec<u8>, Vec<u8>) {
+    let piece = |payload: &[u8], frags: u16| {
+        let mut f = datagram[..34].to_vec();
+        f.extend_from_slice(payload);
+        f[16..18].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        f[20..22].copy_from_slice(&frags.to_be_bytes());
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = checksum(0, &f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    let seg = &datagram[34..];
+    (piece(&seg[..first_len], 0x2000), piece(&seg[first_len..], (first_len / 8) as u16))
+}

@@ -680,23 +680,6 @@ fn reply_hop_follows_a_neighbour_change_within_its_ttl() {
     assert!(took <= limit + std::time::Duration::from_millis(200), "took {took:?}");
 }
 
-/// The IPv4 frame `datagram` cut into two fragments: the first with `first_len` bytes of the
-/// transport segment (a multiple of 8), the second with the rest; their IPv4 header checksums
-/// computed from scratch.
-fn fragments(datagram: &[u8], first_len: usize) -> (Vec<u8>, Vec<u8>) {
-    let piece = |payload: &[u8], frags: u16| {
-        let mut f = datagram[..34].to_vec();
-        f.extend_from_slice(payload);
-        f[16..18].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
-        f[20..22].copy_from_slice(&frags.to_be_bytes());
-        f[24..26].copy_from_slice(&[0, 0]);
-        let c = checksum(0, &f[14..34]);
-        f[24..26].copy_from_slice(&c.to_be_bytes());
-        f
-    };
-    let seg = &datagram[34..];
-    (piece(&seg[..first_len], 0x2000), piece(&seg[first_len..], (first_len / 8) as u16))
-}
 
 #[test]
 fn fragments_of_a_source_affinity_vip_follow_their_client() {
@@ -709,9 +692,9 @@ fn fragments_of_a_source_affinity_vip_follow_their_client() {
     dgram.payload = (0..100u8).collect();
     let chosen = lb.ring_choice(&svc, &flow_key(&dgram));
     let (bip, bport) = backend_endpoint(&svc, chosen);
-    let (first, later) = fragments(&dgram.bytes(), 64);
+    let (first, later) = ipv4_fragments(&dgram.bytes(), 64);
     let want = to_endpoint(&dgram, bip, bport, backend_mac(chosen), LB_MAC).bytes();
-    let (want_first, want_later) = fragments(&want, 64);
+    let (want_first, want_later) = ipv4_fragments(&want, 64);
     for (what, input, expected) in [("first", &first, &want_first), ("later", &later, &want_later)] {
         let run = lb.run(input);
         assert_eq!(run.action, XDP_TX, "{what} fragment");

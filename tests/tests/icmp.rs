@@ -18,7 +18,7 @@ use lb_common::{counters::Reason, maps::*};
 use lb_tests::{
     fixture::*,
     harness::*,
-    icmp_frames::{Checked, IcmpFrame, mtu32, next_hop_mtu, quote, verify_icmp_checksums},
+    icmp_frames::{Checked, IcmpFrame, PROTO_ICMP, PROTO_ICMPV6, mtu32, next_hop_mtu, quote, verify_icmp_checksums},
     packet::*,
 };
 use lb_userspace::dataplane::Service;
@@ -731,4 +731,25 @@ fn expect_sent_with_trailer(lb: &Lb, input: &IcmpFrame, trailer: &[u8], action: 
     assert_frame_eq(&run.out, &want, what);
     verify_icmp_checksums(&run.out[..ip_frame_len]).unwrap_or_else(|e| panic!("{what}: {e} wrong in the output"));
     assert_eq!(run.counted, vec![(reason, 1)], "{what}: counters");
+}
+
+#[test]
+fn icmp_of_the_other_family_is_no_icmp() {
+    // Found by the fuzzer (seed 18, frame 872526): an IPv4 header with protocol 58 (ICMPv6)
+    // carrying what reads as an ICMPv4 error about a VIP's reply was rewritten and sent to a
+    // backend. IPv4's ICMP is protocol 1 and IPv6's next header 58: anything else passes.
+    let svc4 = pool4(PROTO_TCP);
+    let svc6 = pool6(PROTO_TCP);
+    let lb = setup(&[&svc4, &svc6]);
+    let sent4 = ip_packet(VIP4, CLIENT4, tcp(80, 40000, ACK), &payload(16));
+    let mut err4 = error_from_client_side(ROUTER4, VIP4, 3, 4, next_hop_mtu(1280), quote(&sent4, None)).bytes();
+    err4[14 + 9] = PROTO_ICMPV6;
+    err4[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(0, &err4[14..34]);
+    err4[24..26].copy_from_slice(&c.to_be_bytes());
+    expect_passed(&lb, &err4, Reason::PassNotTcpUdp, "IPv4 with protocol 58");
+    let sent6 = ip_packet(VIP6, CLIENT6, tcp(443, 50000, ACK), &payload(16));
+    let mut err6 = error_from_client_side(ROUTER6, VIP6, 1, 4, [0; 4], quote(&sent6, None)).bytes();
+    err6[14 + 6] = PROTO_ICMP;
+    expect_passed(&lb, &err6, Reason::PassNotTcpUdp, "IPv6 with next header 1");
 }

@@ -12,7 +12,7 @@ use super::{wire, model::{ESTABLISHED_PORTS, FRAG_VIP, ISSUE18_CLIENT, ISSUE18_V
 use crate::{
     harness::{ACK, CLIENT_MAC, CLIENT4, CLIENT6, LB_MAC, SYN, SYN_ACK, VIP4, VIP6, backend_mac, from_client, tcp, udp},
     icmp_frames::{IcmpFrame, mtu32, next_hop_mtu, quote},
-    packet::{Frame, L4, checksum},
+    packet::{Frame, L4, ipv4_fragments},
 };
 
 /// The seed kinds, one per path of the data path (the index is the kind).
@@ -104,20 +104,6 @@ fn error(src: IpAddr, dst: IpAddr, quoted: &Frame, cut: Option<usize>, rng: &mut
     IcmpFrame { dst_mac: LB_MAC, src_mac: CLIENT_MAC, src, dst, icmp_type, code, rest, body: quote(quoted, cut) }
 }
 
-/// The IPv4 frame `datagram` (untagged) cut at `first_len` bytes of its segment (a multiple
-/// of 8): the first fragment (`first`) or the later one, IPv4 header checksum from scratch.
-fn fragment(datagram: &[u8], first_len: usize, first: bool) -> Vec<u8> {
-    let seg = &datagram[34..];
-    let (payload, frags) = if first { (&seg[..first_len], 0x2000u16) } else { (&seg[first_len..], (first_len / 8) as u16) };
-    let mut f = datagram[..34].to_vec();
-    f.extend_from_slice(payload);
-    f[16..18].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
-    f[20..22].copy_from_slice(&frags.to_be_bytes());
-    f[24..26].copy_from_slice(&[0, 0]);
-    let c = checksum(0, &f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f
-}
 
 /// Seed frame of kind `kind` (an index of [`KINDS`]); half of the IPv4 ones get a random
 /// identification and TTL (their header checksum recomputed), so that checksum updates meet
@@ -219,7 +205,10 @@ fn path_frame(model: &Model, kind: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
         "fragment_first" | "fragment_later" => {
             let mut dgram = from_client(CLIENT4, FRAG_VIP, udp(client_port(rng, false), 53));
             dgram.payload = vec![0xa5; 64 + below(rng, 200)];
-            fragment(&dgram.bytes(), 8 * (1 + below(rng, 8)), KINDS[kind] == "fragment_first")
+            {
+                let (first, later) = ipv4_fragments(&dgram.bytes(), 8 * (1 + below(rng, 8)));
+                if KINDS[kind] == "fragment_first" { first } else { later }
+            }
         }
         "no_vip" => {
             let dst = pick(
