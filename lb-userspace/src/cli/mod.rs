@@ -143,8 +143,9 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// On a backend host (not the load balancer): prepare it for direct server return. Adds
-    /// each VIP as a /32 or /128 on lo; `direct` sets arp_ignore=1 and arp_announce=2 (all and
+    /// On a backend host (not the load balancer): prepare it for direct server return.
+    ///
+    /// Adds each VIP as a /32 or /128 on lo; `direct` sets arp_ignore=1 and arp_announce=2 (all and
     /// the interface) so the host neither answers ARP for the VIPs nor announces them;
     /// `tunnel`/`gue` set rp_filter loose (2) where it is strict and print the path MTU and TCP
     /// MSS the outer headers leave. Prints every change and records it, with the value it
