@@ -212,11 +212,15 @@ fn tunnel_and_gue_loosen_strict_rp_filter_print_the_mtu_advice_and_undo() {
     pair.backend.sysctl("net.ipv4.conf.all.rp_filter", "1");
     pair.backend.sysctl("net.ipv4.conf.b0.rp_filter", "1");
     pair.backend.exec(&["ip", "link", "set", "b0", "mtu", "1400"]);
+    pair.backend.exec(&["ip", "route", "add", "default", "via", CLIENT4, "dev", "b0"]);
     for (mode, figures) in [
         ("tunnel", ["(20 bytes): path MTU 1380, clamp TCP MSS to 1340 (IPv4 clients) / 1320", "(40 bytes): path MTU 1360, clamp TCP MSS to 1320 (IPv4 clients) / 1300"]),
         ("gue", ["(28 bytes): path MTU 1372, clamp TCP MSS to 1332 (IPv4 clients) / 1312", "(48 bytes): path MTU 1352, clamp TCP MSS to 1312 (IPv4 clients) / 1292"]),
     ] {
-        let first = pair.lb_ok(&["--mode", mode, "--vip", VIP4, "--vip", VIP6, "--interface", "b0"]);
+        // gue finds the interface by the default route.
+        let interface: &[&str] = if mode == "tunnel" { &["--interface", "b0"] } else { &[] };
+        let first = pair.lb_ok(&[&["--mode", mode, "--vip", VIP4, "--vip", VIP6], interface].concat());
+        assert!(first.contains(&format!("backend set-up for {mode} mode on b0, VIPs 10.0.0.10, 2001:db8::10\n")), "{first}");
         assert!(first.contains("  set net.ipv4.conf.all.rp_filter from 1 to 2\n") && first.contains("  set net.ipv4.conf.b0.rp_filter from 1 to 2\n"), "{first}");
         assert!(first.contains("MTU: b0 has MTU 1400"), "{first}");
         for f in figures {
@@ -226,7 +230,7 @@ fn tunnel_and_gue_loosen_strict_rp_filter_print_the_mtu_advice_and_undo() {
         assert_eq!((pair.sysctl("net.ipv4.conf.all.rp_filter"), pair.sysctl("net.ipv4.conf.b0.rp_filter")), (2, 2));
         assert!(pair.lo().contains("inet 10.0.0.10/32"));
 
-        let second = pair.lb_ok(&["--mode", mode, "--vip", VIP4, "--vip", VIP6, "--interface", "b0"]);
+        let second = pair.lb_ok(&[&["--mode", mode, "--vip", VIP4, "--vip", VIP6], interface].concat());
         assert!(second.contains("nothing to change"), "{second}");
         let other = pair.lb(&["--mode", "direct", "--vip", VIP4, "--interface", "b0"]);
         assert_eq!(other.status.code(), Some(1));

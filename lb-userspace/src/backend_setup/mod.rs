@@ -199,11 +199,11 @@ struct Host {
 impl Host {
     /// The interface of the default route (IPv4 first, then IPv6).
     async fn default_interface(&self) -> anyhow::Result<String> {
-        for version in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
-            let query = match version {
-                rtnetlink::IpVersion::V4 => rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-                rtnetlink::IpVersion::V6 => rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-            };
+        let queries = [
+            rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ];
+        for query in queries {
             let routes: Vec<_> = self.handle.route().get(query).execute().try_collect().await.context("listing routes")?;
             let oif = routes
                 .iter()
