@@ -10,6 +10,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use lb_common::limits::{IPV4_HEADER, IPV6_HEADER, TCP_HEADER, UDP_HEADER};
+
 use super::state::{SetSysctl, State};
 use crate::sysctls::rules::{Family, Key};
 
@@ -263,14 +265,18 @@ pub struct MtuAdvice {
 pub fn mtu_advice(mode: Mode, link_mtu: u32) -> Vec<MtuAdvice> {
     let outers: &[(&'static str, u32)] = match mode {
         Mode::Direct => &[],
-        Mode::Tunnel => &[("IPv4 outer header (IPIP)", 20), ("IPv6 outer header", 40)],
-        Mode::Gue => &[("IPv4 + UDP outer headers (GUE)", 28), ("IPv6 + UDP outer headers (GUE)", 48)],
+        Mode::Tunnel => &[("IPv4 outer header (IPIP)", IPV4_HEADER), ("IPv6 outer header", IPV6_HEADER)],
+        Mode::Gue => &[
+            ("IPv4 + UDP outer headers (GUE)", IPV4_HEADER + UDP_HEADER),
+            ("IPv6 + UDP outer headers (GUE)", IPV6_HEADER + UDP_HEADER),
+        ],
     };
     outers
         .iter()
         .map(|&(outer, overhead)| {
             let path_mtu = link_mtu.saturating_sub(overhead);
-            MtuAdvice { outer, overhead, path_mtu, mss_v4: path_mtu.saturating_sub(40), mss_v6: path_mtu.saturating_sub(60) }
+            let mss = |ip_header: u32| path_mtu.saturating_sub(ip_header + TCP_HEADER);
+            MtuAdvice { outer, overhead, path_mtu, mss_v4: mss(IPV4_HEADER), mss_v6: mss(IPV6_HEADER) }
         })
         .collect()
 }
