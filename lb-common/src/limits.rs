@@ -80,6 +80,14 @@ pub const XDP_HEADROOM: u32 = 256;
 pub const XDP_SHARED_INFO: u32 = 320;
 /// An Ethernet header, which the MTU does not count.
 pub const ETHERNET_HEADER: u32 = 14;
+/// An IPv4 header without options (an IPIP outer header).
+pub const IPV4_HEADER: u32 = 20;
+/// An IPv6 header without extension headers (an IPv6 outer header).
+pub const IPV6_HEADER: u32 = 40;
+/// A UDP header (GUE's outer header on top of the IP one).
+pub const UDP_HEADER: u32 = 8;
+/// A TCP header without options: the MSS is the path MTU less it and the IP header.
+pub const TCP_HEADER: u32 = 20;
 
 /// The largest MTU at which a driver without multi-buffer XDP takes an XDP program, on pages of
 /// `page_size` bytes: a frame must then fit one page less [`XDP_HEADROOM`] and

@@ -143,6 +143,38 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// On a backend host (not the load balancer): prepare it for direct server return.
+    ///
+    /// Adds each VIP as a /32 or /128 on lo; `direct` sets arp_ignore=1 and arp_announce=2 (all and
+    /// the interface) so the host neither answers ARP for the VIPs nor announces them;
+    /// `tunnel`/`gue` set rp_filter loose (2) where it is strict and print the path MTU and TCP
+    /// MSS the outer headers leave. Prints every change and records it, with the value it
+    /// replaced, in the state file; a second run changes nothing; --undo puts back exactly what
+    /// was changed (an address that was on lo before is never removed). Decapsulation is not
+    /// attached by this version.
+    BackendSetup {
+        /// How the load balancer sends this backend the VIPs' packets.
+        #[arg(long, value_enum, required_unless_present_any = ["undo", "status"])]
+        mode: Option<crate::backend_setup::plan::Mode>,
+        /// A VIP this backend serves (IPv4 or IPv6); repeat for more.
+        #[arg(long = "vip", value_name = "ADDRESS", required_unless_present_any = ["undo", "status"])]
+        vips: Vec<std::net::IpAddr>,
+        /// The interface the load balancer's packets arrive on [default: the default route's].
+        #[arg(long, value_name = "IF")]
+        interface: Option<String>,
+        /// Print the changes without making them.
+        #[arg(long, conflicts_with = "status")]
+        dry_run: bool,
+        /// Put back what the state file records, and remove it.
+        #[arg(long, conflicts_with_all = ["mode", "vips", "interface", "status"])]
+        undo: bool,
+        /// Show what the state file records and whether it is still in place.
+        #[arg(long, conflicts_with_all = ["mode", "vips", "interface"])]
+        status: bool,
+        /// The state file.
+        #[arg(long, value_name = "FILE", env = "LB_BACKEND_SETUP_STATE", default_value = crate::backend_setup::state::DEFAULT_STATE_FILE)]
+        state: PathBuf,
+    },
 }
 
 /// `lb backend ...`
@@ -315,6 +347,24 @@ pub fn execute(cli: &Cli) -> ExitCode {
             other => other.map(Some),
         },
         Command::Teardown { config } => return teardown(config),
+        Command::BackendSetup { mode, vips, interface, dry_run, undo, status, state } => {
+            use crate::backend_setup::Action;
+            let action = match (mode, undo, status) {
+                (_, true, _) => Action::Undo { dry_run: *dry_run },
+                (_, _, true) => Action::Status,
+                (Some(mode), ..) => {
+                    Action::Setup { mode: *mode, vips: vips.iter().copied().collect(), interface: interface.clone(), dry_run: *dry_run }
+                }
+                (None, ..) => unreachable!("clap requires --mode without --undo or --status"),
+            };
+            return match crate::backend_setup::run(&action, state) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(EXIT_REFUSED)
+                }
+            };
+        }
         Command::Check { vips, config } => return check::run(cli.socket.as_deref(), config.as_deref(), vips, cli.json),
         Command::Backend(b) => {
             let request = match b {
@@ -502,10 +552,23 @@ mod tests {
             &["lb", "check", "web", "dns"],
             &["lb", "check", "--config", "x.yaml", "web"],
             &["lb", "backend", "remove", "web", "10.1.0.1:80", "--force"],
+            &["lb", "backend-setup", "--mode", "gue", "--vip", "10.0.0.10", "--vip", "2001:db8::10", "--interface", "eth0"],
+            &["lb", "backend-setup", "--mode", "direct", "--vip", "10.0.0.10", "--dry-run"],
+            &["lb", "backend-setup", "--undo", "--state", "/tmp/x.json"],
+            &["lb", "backend-setup", "--status"],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
         assert!(Cli::try_parse_from(["lb", "backend", "drain", "web", "not-an-address"]).is_err());
+        for args in [
+            &["lb", "backend-setup", "--vip", "10.0.0.10"][..],
+            &["lb", "backend-setup", "--mode", "direct"],
+            &["lb", "backend-setup", "--mode", "nat", "--vip", "10.0.0.10"],
+            &["lb", "backend-setup", "--undo", "--mode", "direct"],
+            &["lb", "backend-setup", "--status", "--dry-run"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} is refused");
+        }
         let icmp = Cli::try_parse_from(["lb", "explain", "192.0.2.1:1234", "10.0.0.1:80", "icmp"]).unwrap_err();
         assert_eq!(icmp.exit_code(), 2, "a usage error");
     }
