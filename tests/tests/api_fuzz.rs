@@ -33,6 +33,7 @@ use std::{
 use lb_common::limits::MAX_WEIGHT;
 use lb_tests::{
     agent::{Agent, all_in_state, lab_with_agent},
+    fuzz::cases::Cases,
     lab_config::{LabConfig, Vip},
     topology::{Lab, http_get, in_namespace},
 };
@@ -46,14 +47,6 @@ const DEFAULT_CASES: u64 = 3_000;
 /// The run stops (and says so) after this long, whatever the count.
 const TIME_LIMIT: Duration = Duration::from_secs(120);
 
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    let v = v.trim();
-    match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => v.parse().ok(),
-    }
-}
 
 fn config() -> String {
     LabConfig::new().vip(Vip::tcp("web", "10.0.0.10", 80).backends(&["10.0.11.2:8080", "10.0.12.2:8080", "10.0.13.2:8080"])).render()
@@ -430,23 +423,16 @@ fn fail(seed: u64, index: u64, request: &[u8], answer: &[u8], problem: &str, age
 fn mutated_admin_requests_never_crash_the_agent_and_every_refusal_says_why() {
     let (lab, agent): (Lab, Agent) =
         lab_with_agent(env!("CARGO_BIN_EXE_lb-test-backend").as_ref(), 3, &config(), "web").expect("a lab whose backends pass their checks");
-    let seed = env_u64("LB_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
-    let only = env_u64("LB_FUZZ_CASE");
-    let count = env_u64("LB_FUZZ_CASES").unwrap_or(DEFAULT_CASES);
+    let cases = Cases::from_env(DEFAULT_SEED, DEFAULT_CASES);
+    let Cases { seed, only, count, survey } = cases;
     let client = Client::new(&agent.socket);
     let config_now = || pools(&client.get("/v1/status").expect("GET /v1/status"));
     let file = config_now();
     let started = Instant::now();
     let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
     let mut ran = 0u64;
-    // `LB_FUZZ_SURVEY=1`: every failure printed instead of stopping at the first.
-    let survey = std::env::var_os("LB_FUZZ_SURVEY").is_some();
     let mut failures = 0u64;
-    let indices: Box<dyn Iterator<Item = u64>> = match only {
-        Some(i) => Box::new(std::iter::once(i)),
-        None => Box::new(0..count),
-    };
-    for index in indices {
+    for index in cases.indices() {
         if started.elapsed() > TIME_LIMIT {
             eprintln!("api fuzz: stopped at the time limit ({TIME_LIMIT:?}) after {ran} of {count} requests");
             break;

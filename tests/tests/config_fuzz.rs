@@ -18,6 +18,7 @@ use std::{
 
 use lb_tests::{
     agent::lb_binary,
+    fuzz::cases::Cases,
     lab_config::{LabConfig, Vip},
 };
 use lb_userspace::config::{self, Config, ConfigError, ConfigErrors};
@@ -35,14 +36,6 @@ const TIME_LIMIT: Duration = Duration::from_secs(60);
 /// Longest error message accepted: an error never reprints a file.
 const MAX_MESSAGE: usize = 600;
 
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    let v = v.trim();
-    match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => v.parse().ok(),
-    }
-}
 
 /// The valid files mutations start from.
 fn seeds() -> Vec<String> {
@@ -382,21 +375,14 @@ fn fail(seed: u64, index: u64, text: &[u8], problem: &str) -> ! {
 #[test]
 fn mutated_configuration_files_never_panic_and_every_error_names_what_is_wrong() {
     let seeds = seeds();
-    let seed = env_u64("LB_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
-    let only = env_u64("LB_FUZZ_CASE");
-    let count = env_u64("LB_FUZZ_CASES").unwrap_or(DEFAULT_CASES);
+    let cases = Cases::from_env(DEFAULT_SEED, DEFAULT_CASES);
+    let Cases { seed, only, count, survey } = cases;
     let dir = TempDir::new("config-fuzz");
     let started = Instant::now();
     let (mut accepted, mut rejected, mut ran) = (0u64, 0u64, 0u64);
-    // `LB_FUZZ_SURVEY=1`: every kind of failure counted instead of stopping at the first.
-    let survey = std::env::var_os("LB_FUZZ_SURVEY").is_some();
     let mut found = std::collections::HashMap::<String, (u64, u64)>::new();
     let mut slowest = Vec::new();
-    let indices: Box<dyn Iterator<Item = u64>> = match only {
-        Some(i) => Box::new(std::iter::once(i)),
-        None => Box::new(0..count),
-    };
-    for index in indices {
+    for index in cases.indices() {
         if started.elapsed() > TIME_LIMIT {
             eprintln!("config fuzz: stopped at the time limit ({TIME_LIMIT:?}) after {ran} of {count} cases");
             break;
@@ -469,7 +455,7 @@ const CLI_STREAM: u64 = 1 << 40;
 #[test]
 fn mutated_configuration_files_through_lb_config_check() {
     let seeds = seeds();
-    let seed = env_u64("LB_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
+    let seed = Cases::from_env(DEFAULT_SEED, CLI_CASES).seed;
     let dir = TempDir::new("config-fuzz-cli");
     let lb = lb_binary();
     let started = Instant::now();
