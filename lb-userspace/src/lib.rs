@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod decap;
 pub mod egress;
 pub mod health;
 pub mod host;
