@@ -155,6 +155,11 @@ pub enum DecapAttached {
 /// VIPs or port) without a gap.
 pub fn attach(interface: &str, addrs: &[IpAddr], vips: &[IpAddr], gue_port: u16) -> anyhow::Result<DecapAttached> {
     let mut decap = DecapProgram::load(addrs, vips, gue_port)?;
+    let name = std::ffi::CString::new(interface).with_context(|| format!("interface name {interface:?}"))?;
+    // SAFETY: a valid NUL-terminated name.
+    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+        bail!("no interface {interface} in this network namespace");
+    }
     let dir = pin_dir(interface);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating {} (is the BPF filesystem mounted at /sys/fs/bpf?)", dir.display()))?;
@@ -171,6 +176,17 @@ pub fn attach(interface: &str, addrs: &[IpAddr], vips: &[IpAddr], gue_port: u16)
             Err(e) => return Err(anyhow::Error::new(e).context(format!("replacing the decapsulation program on {interface} (the running one stays)"))),
         }
     }
+    let attached = attach_new(&mut decap, interface, &dir, &link_path);
+    if attached.is_err() {
+        // Nothing was attached: no pins stay behind.
+        let _ = detach(interface);
+    }
+    attached.map(DecapAttached::New)
+}
+
+/// Attaches `decap` to `interface` on a new link (driver mode, else generic) pinned at
+/// `link_path`, its maps pinned in `dir`; the mode used.
+fn attach_new(decap: &mut DecapProgram, interface: &str, dir: &Path, link_path: &Path) -> anyhow::Result<XdpMode> {
     let program = decap.program_mut();
     let (id, mode) = match program.attach(interface, aya::programs::XdpMode::Driver) {
         Ok(id) => (id, XdpMode::Driver),
@@ -186,10 +202,10 @@ pub fn attach(interface: &str, addrs: &[IpAddr], vips: &[IpAddr], gue_port: u16)
         },
     };
     let link = FdLink::try_from(program.take_link(id)?).context("XDP was attached without a bpf_link (kernel older than 5.9?)")?;
-    decap.pin_maps(&dir)?;
+    decap.pin_maps(dir)?;
     // The pin keeps the link; this descriptor may close.
-    drop(link.pin(&link_path).with_context(|| format!("pinning the XDP link at {}", link_path.display()))?);
-    Ok(DecapAttached::New(mode))
+    drop(link.pin(link_path).with_context(|| format!("pinning the XDP link at {}", link_path.display()))?);
+    Ok(mode)
 }
 
 /// Detaches the decapsulation program from `interface` and removes its pins (the link's pin

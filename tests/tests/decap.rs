@@ -20,7 +20,10 @@ use lb_tests::{
     packet::{Frame, checksum, verify_checksums},
     packet_socket::PacketSocket,
 };
-use lb_userspace::decap::{self, DecapAttached, DecapProgram};
+use lb_userspace::{
+    config::XdpMode,
+    decap::{self, DecapAttached, DecapProgram},
+};
 
 /// The load balancer's outer source addresses.
 const LB4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
@@ -247,15 +250,17 @@ fn backend_ns(dev: &'static str, peer: &'static str) -> Netns {
 #[test]
 fn an_attached_program_delivers_encapsulated_packets_to_the_vip_and_detach_leaves_nothing() {
     require_root();
-    // Interface names unique per process: the pins live in the one bpffs of the host.
-    let dev: &'static str = Box::leak(format!("dxb{}", std::process::id() % 100_000).into_boxed_str());
-    let peer: &'static str = Box::leak(format!("dxp{}", std::process::id() % 100_000).into_boxed_str());
+    // Interface names unique per process (the pins live in the one bpffs of the host; a killed
+    // process's are swept by `lb_tests::orphans`).
+    let dev: &'static str = Box::leak(format!("dxb{}", std::process::id()).into_boxed_str());
+    let peer: &'static str = Box::leak(format!("dxp{}", std::process::id()).into_boxed_str());
     let ns = backend_ns(dev, peer);
     let backend_mac = ns.mac(dev);
     ns.run_in(move || {
         let _guard = Detach(dev);
         let attached = decap::attach(dev, &[END4, END6], &[VIP4, VIP6], GUE).expect("attach");
-        assert!(matches!(attached, DecapAttached::New(_)), "{attached:?}");
+        // veth takes XDP in driver mode.
+        assert_eq!(attached, DecapAttached::New(XdpMode::Driver));
         let dir = decap::pin_dir(dev);
         assert!(dir.join("link").exists() && dir.join("DECAP_STATS").exists(), "pins in {}", dir.display());
         assert!(lb_userspace::dataplane::link_xdp::query(dev).expect("link state").attached.is_some(), "program on the link");
@@ -306,5 +311,24 @@ fn an_attached_program_delivers_encapsulated_packets_to_the_vip_and_detach_leave
         assert!(!std::path::Path::new(decap::DECAP_PIN_ROOT).exists() || std::fs::read_dir(decap::DECAP_PIN_ROOT).unwrap().next().is_some(), "an empty pin root left behind");
         assert_eq!(decap::status(dev).expect("status"), None);
         assert!(!decap::detach(dev).expect("detach again"), "nothing to detach");
+    });
+}
+
+#[test]
+fn attach_refusals_name_the_problem_and_leave_nothing() {
+    require_root();
+    let ns = Netns::new("decap-err");
+    ns.run_in(|| {
+        let missing = "dxnone0";
+        let e = format!("{:#}", decap::attach(missing, &[END4], &[VIP4], GUE).unwrap_err());
+        assert!(e.contains("no interface dxnone0"), "{e}");
+        assert!(!decap::pin_dir(missing).exists(), "pins left for a refused attach");
+        let e = format!("{:#}", decap::attach("lo", &[END4], &[], GUE).unwrap_err());
+        assert_eq!(e, "no VIP: the program would decapsulate nothing");
+        let e = format!("{:#}", decap::attach("lo", &[], &[VIP4], GUE).unwrap_err());
+        assert_eq!(e, "no tunnel endpoint address: the program would decapsulate nothing");
+        let e = format!("{:#}", decap::attach("lo", &[END4], &[VIP4], 0).unwrap_err());
+        assert_eq!(e, "GUE port 0 is no UDP port");
+        assert!(!decap::pin_dir("lo").exists(), "pins left for a refused attach");
     });
 }
