@@ -32,7 +32,7 @@ mod program {
     use lb_common::{
         encap::{
             Carrier, DEFAULT_GUE_PORT, DecapAddr, DecapReason, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, UDP_HLEN, carrier,
-            inner_ether_type, outer_len,
+            inner_ether_type, inner_min_len, outer_len,
         },
         limits::{DECAP_ADDR_CAPACITY, DECAP_REASON_SLOTS, DECAP_VIP_CAPACITY},
     };
@@ -136,10 +136,9 @@ mod program {
         {
             return Err(DecapReason::Malformed);
         }
+        // An IPv4 header length below five words is no header.
+        inner_min_len(first).ok_or(DecapReason::Malformed)?;
         let vip = if ether_type == ETH_P_IPV4 {
-            if first & 0x0F < 5 {
-                return Err(DecapReason::Malformed);
-            }
             let ip = ptr_at::<Ipv4Hdr>(ctx, inner)?;
             // SAFETY: bounds checked by `ptr_at`.
             DecapAddr::v4(unsafe { (*ip).dst_addr })
