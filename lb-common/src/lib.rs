@@ -9,6 +9,7 @@
 extern crate std;
 
 pub mod counters;
+pub mod encap;
 pub mod csum;
 pub mod flow;
 pub mod hash;

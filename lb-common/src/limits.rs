@@ -162,6 +162,15 @@ pub const CHECK_GRACE_MS: u64 = 10_000;
 /// instead: well within keepalived's usual script timeout of 1 s.
 pub const CHECK_AGENT_TIMEOUT_MS: u64 = 400;
 
+/// Capacity of the decapsulation program's `DECAP_ADDRS` (the backend's own tunnel endpoint
+/// addresses).
+pub const DECAP_ADDR_CAPACITY: u32 = 64;
+/// Capacity of the decapsulation program's `DECAP_VIPS` (the VIP addresses a backend serves).
+pub const DECAP_VIP_CAPACITY: u32 = MAX_VIP_CAPACITY;
+/// Slots of the decapsulation program's `DECAP_STATS` (one per `encap::DecapReason`, with room
+/// for later ones).
+pub const DECAP_REASON_SLOTS: u32 = 16;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,3 +203,4 @@ mod tests {
         assert_eq!(single_buffer_xdp_mtu(100), 0);
     }
 }
+

@@ -8,6 +8,7 @@ pub mod backend_setup;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod decap;
 pub mod egress;
 pub mod health;
 pub mod host;

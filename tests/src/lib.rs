@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod encap;
 pub mod fixture;
 pub mod fuzz;
 pub mod ha;
@@ -13,6 +14,7 @@ pub mod lab_config;
 pub mod netns;
 pub mod orphans;
 pub mod packet;
+pub mod packet_socket;
 pub mod prometheus;
 pub mod prometheus_server;
 pub mod topology;

@@ -13,6 +13,9 @@ const NETNS_DIR: &str = "/var/run/netns";
 /// tests name an instance after its lab's namespace): `lb_userspace::dataplane::pins::BPFFS_ROOT`
 /// and `lb_userspace::instance::RUN_ROOT`.
 const INSTANCE_DIRS: [&str; 2] = ["/sys/fs/bpf/lb", "/run/lb"];
+/// Where the backend decapsulation program is pinned per interface
+/// (`lb_userspace::decap::DECAP_PIN_ROOT`); the tests name their interfaces `dxb<pid>`.
+const DECAP_DIR: &str = "/sys/fs/bpf/lb-decap";
 /// Once per process.
 static SWEEP: Once = Once::new();
 
@@ -71,6 +74,20 @@ pub fn sweep_orphans() -> Vec<String> {
                 continue;
             }
             let path = std::path::Path::new(root).join(&name);
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => deleted.push(path.display().to_string()),
+                Err(e) => eprintln!("removing the orphaned {}: {e}", path.display()),
+            }
+        }
+    }
+    // Decapsulation programs pinned for the interfaces of such processes.
+    if let Ok(entries) = std::fs::read_dir(DECAP_DIR) {
+        for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
+            let Some(pid) = name.strip_prefix("dxb").and_then(|p| p.parse::<u32>().ok()) else { continue };
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let path = std::path::Path::new(DECAP_DIR).join(&name);
             match std::fs::remove_dir_all(&path) {
                 Ok(()) => deleted.push(path.display().to_string()),
                 Err(e) => eprintln!("removing the orphaned {}: {e}", path.display()),

@@ -53,7 +53,7 @@ fn addr_bytes(a: IpAddr) -> Vec<u8> {
 }
 
 /// The pseudo-header sum for the L4 checksum.
-fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
+pub fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
     sum_words(&addr_bytes(src)) + sum_words(&addr_bytes(dst)) + proto as u32 + len as u32
 }
 

@@ -106,7 +106,7 @@ pub fn attached_mode(interface: &str) -> Option<XdpMode> {
 }
 
 /// Whether `error`'s cause is the system error `errno`.
-fn caused_by_errno(error: &(dyn std::error::Error + 'static), errno: i32) -> bool {
+pub(crate) fn caused_by_errno(error: &(dyn std::error::Error + 'static), errno: i32) -> bool {
     std::iter::successors(Some(error), |e| e.source())
         .any(|e| e.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(errno))
 }
@@ -117,7 +117,7 @@ const LOAD_ATTEMPTS: u32 = 5;
 /// Runs `load` again while the kernel answers EAGAIN: the verifier gives up with EAGAIN when a
 /// signal is pending for the loading thread, and the load succeeds when tried again (libbpf
 /// retries the same way).
-fn load_retrying(mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>) -> Result<(), aya::programs::ProgramError> {
+pub(crate) fn load_retrying(mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>) -> Result<(), aya::programs::ProgramError> {
     let mut attempt = 1;
     loop {
         match load() {
