@@ -226,7 +226,8 @@ fn tunnel_and_gue_loosen_strict_rp_filter_print_the_mtu_advice_and_undo() {
         for f in figures {
             assert!(first.contains(f), "{f:?} in {first}");
         }
-        assert!(first.contains("decapsulation: not attached by this version of lb"), "{first}");
+        assert!(first.contains("  attached the decapsulation program on b0 (tunnel endpoints "), "{first}");
+        assert!(std::path::Path::new("/sys/fs/bpf/lb-decap/b0/link").exists(), "the program's link is pinned");
         assert_eq!((pair.sysctl("net.ipv4.conf.all.rp_filter"), pair.sysctl("net.ipv4.conf.b0.rp_filter")), (2, 2));
         assert!(pair.lo().contains("inet 10.0.0.10/32"));
 
@@ -235,12 +236,15 @@ fn tunnel_and_gue_loosen_strict_rp_filter_print_the_mtu_advice_and_undo() {
         let other = pair.lb(&["--mode", "direct", "--vip", VIP4, "--interface", "b0"]);
         assert_eq!(other.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&other.stderr).contains(&format!("set up for mode {mode} on b0")), "another mode is refused");
-        assert!(pair.lb_ok(&["--status"]).contains("decapsulation: not attached"));
+        let status = pair.lb_ok(&["--status"]);
+        assert!(status.contains("  decapsulation on b0: attached by lb; decapsulated "), "{status}");
         pair.serves_over_tcp(VIP4, 8081);
         pair.serves_over_tcp(VIP6, 8081);
 
         let undo = pair.lb_ok(&["--undo"]);
         assert!(undo.contains("  set net.ipv4.conf.b0.rp_filter from 2 to 1\n"), "{undo}");
+        assert!(undo.contains("  detached the decapsulation program on b0\n"), "{undo}");
+        assert!(!std::path::Path::new("/sys/fs/bpf/lb-decap/b0").exists(), "nothing of the program is left");
         assert_eq!((pair.sysctl("net.ipv4.conf.all.rp_filter"), pair.sysctl("net.ipv4.conf.b0.rp_filter")), (1, 1));
         assert!(!pair.lo().contains(VIP4) && !pair.lo().contains(VIP6));
     }

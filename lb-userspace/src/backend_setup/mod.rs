@@ -4,8 +4,9 @@
 //! Each change is printed, recorded with the value it replaced in the state file
 //! ([`state`]) before it is made, and put back by `--undo`; a second run changes nothing.
 //!
-//! Decapsulation (`tunnel`, `gue`) is not attached by this version: [`decapsulation`] is
-//! where it is attached once the backend's decapsulation program exists.
+//! For `tunnel` and `gue` it also attaches the backend's decapsulation program
+//! ([`crate::decap`]) to the interface, with the interface's own addresses as the tunnel
+//! endpoints and the VIPs as the inner destinations it may deliver; `--undo` detaches it.
 
 pub mod plan;
 pub mod state;
@@ -71,15 +72,29 @@ pub fn run(action: &Action, state_file: &Path) -> anyhow::Result<()> {
     })
 }
 
-/// Where decapsulation of `tunnel` and `gue` packets is attached (the backend's decapsulation
-/// program is not part of this version); returns the line that says so.
-fn decapsulation(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Direct => "decapsulation: none needed (direct mode sends plain frames)",
-        Mode::Tunnel | Mode::Gue => {
-            "decapsulation: not attached by this version of lb; the outer headers must be removed by a kernel tunnel device (ipip, ip6tnl, fou) until lb's decapsulation program is attached here"
-        }
+/// Attaches the decapsulation program for `mode` (none for `direct`) to `interface`, for
+/// `vips` and the interface's own addresses. A program attached by an earlier run is replaced
+/// atomically (every frame meets the old or the new one), with the VIPs of this run.
+async fn attach_decapsulation(host: &Host, mode: Mode, interface: &str, vips: &BTreeSet<IpAddr>, dry_run: bool) -> anyhow::Result<()> {
+    if mode == Mode::Direct {
+        println!("decapsulation: none needed (direct mode sends plain frames)");
+        return Ok(());
     }
+    let endpoints = host.addresses(interface).await?;
+    if endpoints.is_empty() {
+        bail!("{interface} has no address: the load balancer's tunnel packets are addressed to one of the backend's addresses on it");
+    }
+    let shown: Vec<String> = endpoints.iter().map(IpAddr::to_string).collect();
+    let port = lb_common::encap::DEFAULT_GUE_PORT;
+    let what = format!("the decapsulation program on {interface} (tunnel endpoints {}, GUE port {port})", shown.join(", "));
+    if dry_run {
+        println!("  would attach {what}");
+        return Ok(());
+    }
+    let vips: Vec<IpAddr> = vips.iter().copied().collect();
+    let attached = crate::decap::attach(interface, &endpoints, &vips, port).with_context(|| format!("attaching {what}"))?;
+    println!("  attached {what}: {attached:?}");
+    Ok(())
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {
@@ -115,12 +130,20 @@ async fn setup(host: &Host, state_file: &Path, mode: Mode, vips: &BTreeSet<IpAdd
     let list: Vec<String> = vips.iter().map(IpAddr::to_string).collect();
     println!("backend set-up for {mode} mode on {interface}, VIPs {}{}", list.join(", "), if dry_run { " (dry run: nothing is changed)" } else { "" });
     print_plan(&plan, dry_run, "this host is set up already");
+    let mut state = recorded.unwrap_or_else(|| State::new(mode, &interface));
     if !dry_run && !plan.changes.is_empty() {
-        let mut state = recorded.unwrap_or_else(|| State::new(mode, &interface));
         host.apply(&plan.changes, &mut state, state_file, false).await?;
+    }
+    // Attached (again: it replaces itself atomically) on every run, so that a second run
+    // also repairs a detached program; recorded before it is attached, as every change.
+    if mode != Mode::Direct && !dry_run {
+        state.decapsulation = true;
+        state.save(state_file)?;
+    }
+    attach_decapsulation(host, mode, &interface, vips, dry_run).await?;
+    if !dry_run && (!plan.changes.is_empty() || state.decapsulation) {
         println!("recorded in {} (lb backend-setup --undo puts it back)", state_file.display());
     }
-    println!("{}", decapsulation(mode));
     let advice = plan::mtu_advice(mode, host.mtu(&interface).await?);
     if let Some(first) = advice.first() {
         let link_mtu = first.path_mtu + first.overhead;
@@ -149,7 +172,14 @@ async fn undo(host: &Host, state_file: &Path, dry_run: bool) -> anyhow::Result<(
     println!("undoing the {} set-up on {}{}", state.mode, state.interface, if dry_run { " (dry run: nothing is changed)" } else { "" });
     print_plan(&plan, dry_run, "nothing to put back");
     if dry_run {
+        if state.decapsulation {
+            println!("  would detach the decapsulation program on {}", state.interface);
+        }
         return Ok(());
+    }
+    if state.decapsulation {
+        let detached = crate::decap::detach(&state.interface).with_context(|| format!("detaching the decapsulation program from {}", state.interface))?;
+        println!("  {} the decapsulation program on {}", if detached { "detached" } else { "found no" }, state.interface);
     }
     host.apply(&plan.changes, &mut state, state_file, true).await?;
     std::fs::remove_file(state_file).with_context(|| format!("removing {}", state_file.display()))?;
@@ -173,7 +203,16 @@ async fn status(host: &Host, state_file: &Path) -> anyhow::Result<()> {
         let now = current.sysctls.get(&s.key.path).map_or("absent".to_owned(), i64::to_string);
         println!("  {}: set to {} (was {}), now {now}", s.key.name, s.set, s.previous);
     }
-    println!("{}", decapsulation(state.mode));
+    if state.decapsulation {
+        match crate::decap::status(&state.interface)? {
+            Some(counters) => {
+                let counts: Vec<String> =
+                    lb_common::encap::DecapReason::ALL.iter().map(|r| format!("{} {}", r.name(), counters.get(*r))).collect();
+                println!("  decapsulation on {}: attached by lb; {}", state.interface, counts.join(", "));
+            }
+            None => println!("  decapsulation on {}: attached by lb, MISSING", state.interface),
+        }
+    }
     Ok(())
 }
 
@@ -244,6 +283,25 @@ impl Host {
     fn write_sysctl(&self, key: &Setting, value: i64) -> anyhow::Result<()> {
         let file = self.proc_sys.join(&key.path);
         std::fs::write(&file, format!("{value}\n")).with_context(|| format!("setting {} to {value} (writing {})", key.name, file.display()))
+    }
+
+    /// The addresses on `interface`.
+    async fn addresses(&self, interface: &str) -> anyhow::Result<Vec<IpAddr>> {
+        let index = self.rtnl.ifindex(interface).await.with_context(|| format!("looking up {interface}"))?;
+        let messages: Vec<_> =
+            self.handle.address().get().set_link_index_filter(index).execute().try_collect().await.with_context(|| format!("listing the addresses on {interface}"))?;
+        let mut addresses: Vec<IpAddr> = messages
+            .iter()
+            .filter(|m| m.header.index == index)
+            .flat_map(|m| m.attributes.iter())
+            .filter_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        Ok(addresses)
     }
 
     /// The addresses on `lo` and the values of `keys`.

@@ -40,12 +40,15 @@ pub struct State {
     pub addresses: BTreeSet<IpAddr>,
     /// The settings it changed, in the order changed.
     pub sysctls: Vec<SetSysctl>,
+    /// Whether it attached the decapsulation program to `interface` (`tunnel`, `gue`).
+    #[serde(default)]
+    pub decapsulation: bool,
 }
 
 impl State {
     /// Nothing done yet, for `mode` on `interface`.
     pub fn new(mode: Mode, interface: &str) -> State {
-        State { version: STATE_VERSION, mode, interface: interface.to_owned(), addresses: BTreeSet::new(), sysctls: Vec::new() }
+        State { version: STATE_VERSION, mode, interface: interface.to_owned(), addresses: BTreeSet::new(), sysctls: Vec::new(), decapsulation: false }
     }
 
     /// Records that `key` was changed from `previous` to `set`; a setting already recorded
