@@ -81,15 +81,10 @@ fn assert_frame_eq(got: &[u8], want: &[u8], what: &str) {
 /// `reason`, and every checksum of the output right (`whole`: the quoted TCP/UDP segment is
 /// whole, so its checksum is checked on its own too).
 fn expect_sent(lb: &Lb, input: &IcmpFrame, action: u32, expected: &IcmpFrame, reason: Reason, whole: bool, what: &str) {
-    let frame = input.bytes();
     // The builder itself: the input's own checksums are right.
-    verify_icmp_checksums(&frame).unwrap_or_else(|e| panic!("{what}: input built wrong: {e}"));
-    let run = lb.run(&frame);
-    assert_eq!(run.action, action, "{what}: verdict (counted {:?})", run.counted);
-    assert_frame_eq(&run.out, &expected.bytes(), what);
-    let checked = verify_icmp_checksums(&run.out).unwrap_or_else(|e| panic!("{what}: {e} wrong in the output"));
+    verify_icmp_checksums(&input.bytes()).unwrap_or_else(|e| panic!("{what}: input built wrong: {e}"));
+    let checked = expect_sent_with_trailer(lb, input, &[], action, expected, reason, what);
     assert_eq!(checked, Checked { quoted_ip_header: expected.is_v4(), quoted_transport: whole }, "{what}: checksums checked");
-    assert_eq!(run.counted, vec![(reason, 1)], "{what}: counters");
 }
 
 /// Runs `frame` and expects it passed to the kernel unchanged, counted once under `reason`.
@@ -717,10 +712,10 @@ fn an_error_quoting_8_bytes_of_tcp_before_trailing_bytes_leaves_those_bytes_alon
     }
 }
 
-/// [`expect_sent`] for `input` followed by `trailer` (bytes after its IP packet): the output
-/// is `expected` followed by the same trailer, and its checksums are right over the IP
-/// packet alone.
-fn expect_sent_with_trailer(lb: &Lb, input: &IcmpFrame, trailer: &[u8], action: u32, expected: &IcmpFrame, reason: Reason, what: &str) {
+/// Runs `input` followed by `trailer` (bytes after its IP packet) and expects `expected`'s
+/// exact bytes followed by the same trailer, with `action`, counted once under `reason`, and
+/// every checksum of the output right over its IP packet alone; returns what was checked.
+fn expect_sent_with_trailer(lb: &Lb, input: &IcmpFrame, trailer: &[u8], action: u32, expected: &IcmpFrame, reason: Reason, what: &str) -> Checked {
     let mut frame = input.bytes();
     let ip_frame_len = frame.len();
     frame.extend_from_slice(trailer);
@@ -729,8 +724,9 @@ fn expect_sent_with_trailer(lb: &Lb, input: &IcmpFrame, trailer: &[u8], action: 
     let mut want = expected.bytes();
     want.extend_from_slice(trailer);
     assert_frame_eq(&run.out, &want, what);
-    verify_icmp_checksums(&run.out[..ip_frame_len]).unwrap_or_else(|e| panic!("{what}: {e} wrong in the output"));
+    let checked = verify_icmp_checksums(&run.out[..ip_frame_len]).unwrap_or_else(|e| panic!("{what}: {e} wrong in the output"));
     assert_eq!(run.counted, vec![(reason, 1)], "{what}: counters");
+    checked
 }
 
 #[test]
