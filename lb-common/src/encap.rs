@@ -1,6 +1,6 @@
-//! The encapsulations of direct server return, defined once: the load balancer wraps a
-//! client's packet in them (a later step) and the backend's decapsulation program
-//! (`lb-ebpf/src/bin/decap.rs`) strips them.
+//! The forwarding modes of direct server return and their encapsulations, defined once: the
+//! load balancer wraps a client's packet in them (`lb-ebpf/src/encap.rs`) and the backend's
+//! decapsulation program (`lb-ebpf/src/bin/decap.rs`) strips them.
 //!
 //! - IPv4-in-IPv4: outer IPv4, protocol [`IPPROTO_IPIP`], inner IPv4;
 //! - IPv6-in-IPv6: outer IPv6, next header [`IPPROTO_IPV6`], inner IPv6;
@@ -47,6 +47,130 @@ pub const fn outer_len(outer_v6: bool, gue: bool) -> usize {
 
 /// The most outer header bytes an encapsulation adds (GUE over IPv6).
 pub const MAX_OUTER_LEN: usize = outer_len(true, true);
+
+/// `Backend::forwarding`: destination NAT, replies back through the load balancer.
+pub const FORWARD_NAT: u8 = 0;
+/// `Backend::forwarding`: direct server return on one L2 segment, the packet unchanged but
+/// for its destination MAC (the backend's).
+pub const FORWARD_DIRECT: u8 = 1;
+/// `Backend::forwarding`: direct server return in an IP tunnel (IPv4-in-IPv4, IPv6-in-IPv6,
+/// IPv4-in-IPv6: the outer family is the backend address's).
+pub const FORWARD_TUNNEL: u8 = 2;
+/// `Backend::forwarding`: direct server return in GUE (the tunnel inside UDP).
+pub const FORWARD_GUE: u8 = 3;
+
+/// Whether `forwarding` is one of the direct server return modes: the backend answers the
+/// client itself, so its packets need no reply translation.
+pub const fn is_dsr(forwarding: u8) -> bool {
+    forwarding != FORWARD_NAT
+}
+
+/// Whether `forwarding` puts an outer header in front of the packet.
+pub const fn is_encapsulated(forwarding: u8) -> bool {
+    forwarding == FORWARD_TUNNEL || forwarding == FORWARD_GUE
+}
+
+/// [`Tunnel::flags`]: clamp the MSS option of a client's SYN so that the encapsulated
+/// segments fit [`Tunnel::mtu`].
+pub const TUNNEL_FLAG_MSS_CLAMP: u8 = 1;
+
+/// How a backend in a tunnel or GUE mode is reached: the outer header's source, the GUE
+/// port, and the MTU the encapsulated packet must fit. Part of the backend's `BACKENDS`
+/// value, written by the agent from its route to the backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tunnel {
+    /// Outer source: the node's address on the egress interface, or the base of a prefix
+    /// whose last [`Tunnel::src_host_bits`] bits come from the flow hash. Same family as the
+    /// backend; all zero while unknown (the packet is then dropped, `DropNoTunnelHop`).
+    pub src: crate::maps::Addr,
+    /// GUE destination port (host order).
+    pub gue_port: u16,
+    /// Bits of the outer source taken from the flow hash (0: the address as it is).
+    pub src_host_bits: u8,
+    /// `TUNNEL_FLAG_*` bits.
+    pub flags: u8,
+    /// MTU of the egress interface towards the backend (0: not checked).
+    pub mtu: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
+/// The outer source of a flow with hash `hash`: `base` with its last `host_bits` bits (at
+/// most [`crate::limits::MAX_TUNNEL_SOURCE_HOST_BITS`]) replaced by the hash's low bits.
+#[inline(always)]
+pub fn outer_source(base: &crate::maps::Addr, family: u8, host_bits: u8, hash: u32) -> crate::maps::Addr {
+    let mut a = *base;
+    let bits = if host_bits > crate::limits::MAX_TUNNEL_SOURCE_HOST_BITS { crate::limits::MAX_TUNNEL_SOURCE_HOST_BITS } else { host_bits };
+    if bits == 0 {
+        return a;
+    }
+    let mask = (1u32 << bits) - 1;
+    let last = if family == crate::maps::FAMILY_V4 { 3 } else { 15 };
+    let low = u16::from_be_bytes([a[last - 1], a[last]]) as u32;
+    let word = ((low & !mask) | (hash & mask)) as u16;
+    [a[last - 1], a[last]] = word.to_be_bytes();
+    a
+}
+
+/// The outer UDP source port of a GUE packet with flow hash `hash`: from the hash, so that a
+/// backend's NIC spreads the flows over its queues (RSS), in the dynamic range 49152-65535.
+#[inline(always)]
+pub const fn gue_source_port(hash: u32) -> u16 {
+    0xC000 | ((hash ^ (hash >> 16)) as u16 & 0x3FFF)
+}
+
+/// The Internet checksum of `header` (whose checksum field is zero).
+#[inline(always)]
+pub fn header_checksum<const N: usize>(header: &[u8; N]) -> u16 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u16::from_be_bytes([header[i], header[i + 1]]) as u32;
+        i += 2;
+    }
+    !crate::csum::fold32(sum)
+}
+
+/// The outer IPv4 header: no options, DF set, identification 0 (an atomic datagram, RFC
+/// 6864), `tos` and `ttl` copied from the inner header, and its checksum.
+#[inline(always)]
+pub fn ipv4_outer_header(src: &[u8; 4], dst: &[u8; 4], total_len: u16, tos: u8, ttl: u8, proto: u8) -> [u8; IPV4_HLEN] {
+    let len = total_len.to_be_bytes();
+    let mut h = [
+        0x45, tos, len[0], len[1], 0, 0, 0x40, 0, ttl, proto, 0, 0, src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2],
+        dst[3],
+    ];
+    let check = header_checksum(&h).to_be_bytes();
+    h[10] = check[0];
+    h[11] = check[1];
+    h
+}
+
+/// The first 8 bytes of the outer IPv6 header: version, traffic class `tclass` (copied from
+/// the inner header), flow label 0, payload length, next header and hop limit (copied).
+/// The addresses follow.
+#[inline(always)]
+pub const fn ipv6_outer_fixed(tclass: u8, payload_len: u16, next: u8, hop_limit: u8) -> [u8; 8] {
+    let len = payload_len.to_be_bytes();
+    [0x60 | (tclass >> 4), tclass << 4, 0, 0, len[0], len[1], next, hop_limit]
+}
+
+/// The MTU a client may use towards a backend behind an egress MTU of `mtu` and `outer`
+/// bytes of outer headers: what an ICMP "fragmentation needed" or "packet too big" says,
+/// never below the family's minimum (576 for IPv4 as the data path reports it, 1280 for
+/// IPv6, whose hosts take no less).
+pub const fn inner_mtu(mtu: u16, outer: usize, inner_v6: bool) -> u16 {
+    let room = mtu.saturating_sub(outer as u16);
+    let floor = if inner_v6 { 1280 } else { 576 };
+    if room < floor { floor } else { room }
+}
+
+/// The largest TCP MSS for segments of inner family `inner_v6` that fit `inner_mtu`
+/// (IP and TCP headers without options).
+pub const fn clamped_mss(inner_mtu: u16, inner_v6: bool) -> u16 {
+    inner_mtu.saturating_sub(if inner_v6 { IPV6_HLEN as u16 } else { IPV4_HLEN as u16 } + 20)
+}
 
 /// Name of the decapsulation program in its object.
 pub const DECAP_PROGRAM_NAME: &str = "lb_decap";
@@ -250,6 +374,60 @@ mod tests {
             assert!(DecapReason::ALL[..i].iter().all(|o| o.name() != r.name()));
         }
         assert!(DecapReason::ALL.len() as u32 <= crate::limits::DECAP_REASON_SLOTS);
+    }
+
+    #[test]
+    fn the_outer_source_takes_the_host_bits_from_the_hash() {
+        let v4 = crate::maps::v4_addr([10, 9, 8, 0]);
+        assert_eq!(outer_source(&v4, crate::maps::FAMILY_V4, 0, 0xffff_ffff), v4);
+        assert_eq!(outer_source(&v4, crate::maps::FAMILY_V4, 4, 0x1234_5675)[..4], [10, 9, 8, 5]);
+        assert_eq!(outer_source(&v4, crate::maps::FAMILY_V4, 12, 0xabc)[..4], [10, 9, 10, 0xbc]);
+        // More bits than the limit are cut to the limit.
+        assert_eq!(outer_source(&v4, crate::maps::FAMILY_V4, 40, 0xffff_ffff)[..4], [10, 9, 0xff, 0xff]);
+        let mut v6 = [0u8; 16];
+        v6[0] = 0xfd;
+        v6[15] = 0x80;
+        let got = outer_source(&v6, crate::maps::FAMILY_V6, 7, 0x23);
+        assert_eq!((got[0], got[14], got[15]), (0xfd, 0, 0xa3));
+    }
+
+    #[test]
+    fn gue_source_ports_are_dynamic_and_follow_the_hash() {
+        assert_eq!(gue_source_port(0), 0xC000);
+        assert_eq!(gue_source_port(0x0000_3fff), 0xffff);
+        assert_ne!(gue_source_port(1), gue_source_port(2));
+        assert!((0..10_000u32).all(|h| gue_source_port(h.wrapping_mul(0x9e37_79b9)) >= 49152));
+    }
+
+    #[test]
+    fn the_outer_ipv4_header_carries_df_the_copied_fields_and_a_valid_checksum() {
+        let h = ipv4_outer_header(&[10, 0, 11, 1], &[10, 0, 11, 2], 80, 0xb8, 63, IPPROTO_IPIP);
+        // By hand: 45b8 + 0050 + 0000 + 4000 + 3f04 + 0a00 + 0b01 + 0a00 + 0b02 = 0xef0f, whose
+        // complement is 0x10f0.
+        assert_eq!(h, [0x45, 0xb8, 0, 80, 0, 0, 0x40, 0, 63, 4, 0x10, 0xf0, 10, 0, 11, 1, 10, 0, 11, 2]);
+        assert_eq!(header_checksum(&h), 0, "a header with its checksum sums to 0xffff");
+    }
+
+    #[test]
+    fn the_outer_ipv6_header_copies_the_traffic_class() {
+        assert_eq!(ipv6_outer_fixed(0xb9, 60, IPPROTO_IPV6, 64), [0x6b, 0x90, 0, 0, 0, 60, 41, 64]);
+    }
+
+    #[test]
+    fn the_mtu_reported_leaves_room_for_the_outer_headers() {
+        assert_eq!(inner_mtu(1500, outer_len(false, false), false), 1480);
+        assert_eq!(inner_mtu(1500, outer_len(true, true), true), 1452);
+        assert_eq!(inner_mtu(1300, outer_len(true, false), true), 1280, "never below IPv6's minimum");
+        assert_eq!(inner_mtu(9000, outer_len(false, true), false), 8972);
+        assert_eq!(clamped_mss(1480, false), 1440);
+        assert_eq!(clamped_mss(1452, true), 1392);
+    }
+
+    #[test]
+    fn a_tunnel_has_no_padding() {
+        assert_eq!(core::mem::size_of::<Tunnel>(), 24);
+        assert!(is_dsr(FORWARD_DIRECT) && is_dsr(FORWARD_GUE) && !is_dsr(FORWARD_NAT));
+        assert!(is_encapsulated(FORWARD_TUNNEL) && !is_encapsulated(FORWARD_DIRECT));
     }
 
     #[test]

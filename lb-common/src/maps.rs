@@ -116,7 +116,7 @@ const _: () = assert!(META_HEARTBEAT < META_SLOTS);
 /// of its own layout version (`lb_common::maps::MAP_META`). Adding a counter at the end of
 /// [`crate::counters::Reason`] is not a layout change (`REASONS` has [`REASON_SLOTS`] entries),
 /// nor is a new `META` entry in a spare slot that reads 0 until written ([`META_HEARTBEAT`]).
-pub const LAYOUT_VERSION: u64 = 6;
+pub const LAYOUT_VERSION: u64 = 7;
 
 /// Entries of `REASONS`: room for counters added by later builds without a layout change.
 pub const REASON_SLOTS: u32 = 64;
@@ -336,7 +336,18 @@ pub struct Backend {
     pub generation: u32,
     /// How to reach it.
     pub hop: NextHop,
+    /// How its VIP's packets reach it: `crate::encap::FORWARD_*` (NAT: 0).
+    pub forwarding: u8,
+    /// Always zero.
+    pub pad: u8,
+    /// Its VIP's id (read back by an agent adopting the maps; a NAT backend's `REPLIES` entry
+    /// names it too, a direct server return backend has none).
+    pub vip_id: u16,
+    /// The outer header's parameters in a tunnel or GUE mode (all zero otherwise).
+    pub tunnel: crate::encap::Tunnel,
 }
+
+const _: () = assert!(crate::limits::MAX_VIP_CAPACITY <= u16::MAX as u32 + 1, "Backend::vip_id is 16 bits");
 
 /// The 5-tuple of a packet as seen on the wire: the connection table's key.
 ///
@@ -540,7 +551,7 @@ mod tests {
         assert_eq!(size_of::<VipKey>(), 20);
         assert_eq!(size_of::<VipMeta>(), 20);
         assert_eq!(size_of::<NextHop>(), 16);
-        assert_eq!(size_of::<Backend>(), 40);
+        assert_eq!(size_of::<Backend>(), 68);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<Flow>(), 16);
         assert_eq!(size_of::<ReplyTarget>(), 28);

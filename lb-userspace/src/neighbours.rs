@@ -31,26 +31,30 @@ impl Resolver {
         Resolver { handle }
     }
 
-    /// The next hop towards `addr`: egress interface, its MAC and the neighbour's MAC (the
-    /// address itself or its gateway). `None` while the kernel has no usable neighbour entry
-    /// (any traffic to the address, a health probe, makes the kernel resolve it), or has no
-    /// route.
+    /// The next hop towards `addr` (egress interface, its MAC and the neighbour's MAC: the
+    /// address itself or its gateway) and what the route says of the path. The hop is `None`
+    /// while the kernel has no usable neighbour entry (any traffic to the address, a health
+    /// probe, makes the kernel resolve it); everything is `None` without a route.
     ///
     /// Asks the kernel for the route to `addr` (`RTM_GETROUTE`), the one neighbour entry of its
     /// gateway or of `addr` on the egress interface (`RTM_GETNEIGH` with a destination), and
-    /// that interface's MAC (`RTM_GETLINK`).
-    pub async fn resolve(&self, addr: IpAddr) -> Option<NextHop> {
+    /// that interface's MAC and MTU (`RTM_GETLINK`).
+    pub async fn resolve(&self, addr: IpAddr) -> Resolution {
         match self.lookup(addr).await {
-            Ok(hop) => hop,
+            Ok(found) => found,
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "next hop lookup failed");
-                None
+                Resolution::default()
             }
         }
     }
 
     /// The egress interface and gateway of the kernel's route to `addr` (`None`: no route).
     pub async fn route_to(&self, addr: IpAddr) -> Result<Option<(Option<u32>, Option<IpAddr>)>, rtnetlink::Error> {
+        Ok(self.route(addr).await?.map(|r| (r.oif, r.gateway)))
+    }
+
+    async fn route(&self, addr: IpAddr) -> Result<Option<RouteTarget>, rtnetlink::Error> {
         let query = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(addr, if addr.is_ipv4() { 32 } else { 128 })
             .map_err(|e| rtnetlink::Error::InvalidNla(format!("{e:?}")))?
@@ -73,19 +77,25 @@ impl Resolver {
         }))
     }
 
-    async fn lookup(&self, addr: IpAddr) -> Result<Option<NextHop>, rtnetlink::Error> {
-        let Some((oif, gateway)) = self.route_to(addr).await? else {
-            return Ok(None);
+    async fn lookup(&self, addr: IpAddr) -> Result<Resolution, rtnetlink::Error> {
+        let Some(route) = self.route(addr).await? else {
+            return Ok(Resolution::default());
         };
-        let Some(ifindex) = oif else {
-            return Ok(None);
-        };
-        let Some(dst_mac) = self.neighbour(ifindex, gateway.unwrap_or(addr)).await? else {
-            return Ok(None);
+        let Some(ifindex) = route.oif else {
+            return Ok(Resolution::default());
         };
         let link = self.handle.link().get().match_index(ifindex).execute().try_next().await?;
-        let src_mac = link.and_then(|l| link_mac(&l.attributes));
-        Ok(src_mac.map(|src_mac| NextHop { ifindex, dst_mac, src_mac }))
+        let src_mac = link.as_ref().and_then(|l| link_mac(&l.attributes));
+        let mtu = link.as_ref().and_then(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+        });
+        let path = PathInfo { source: route.source, mtu: mtu.unwrap_or(0) };
+        let dst_mac = self.neighbour(ifindex, route.gateway.unwrap_or(addr)).await?;
+        let hop = dst_mac.zip(src_mac).map(|(dst_mac, src_mac)| NextHop { ifindex, dst_mac, src_mac });
+        Ok(Resolution { hop, path })
     }
 
     /// The usable MAC of neighbour `addr` on `ifindex`, asked for as one entry (the crate's
@@ -119,19 +129,51 @@ impl Resolver {
     }
 }
 
-/// The egress interface and gateway of a route.
-fn route_target(attributes: &[RouteAttribute]) -> (Option<u32>, Option<IpAddr>) {
-    let mut oif = None;
-    let mut gateway = None;
+/// What a route lookup answered.
+#[derive(Clone, Copy, Debug, Default)]
+struct RouteTarget {
+    oif: Option<u32>,
+    gateway: Option<IpAddr>,
+    source: Option<IpAddr>,
+}
+
+/// The egress interface, gateway and preferred source of a route.
+fn route_target(attributes: &[RouteAttribute]) -> RouteTarget {
+    let mut t = RouteTarget::default();
+    let ip = |a: &RouteAddress| match a {
+        RouteAddress::Inet(g) => Some(IpAddr::V4(*g)),
+        RouteAddress::Inet6(g) => Some(IpAddr::V6(*g)),
+        _ => None,
+    };
     for a in attributes {
         match a {
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
-            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some(IpAddr::V6(*g)),
+            RouteAttribute::Oif(i) => t.oif = Some(*i),
+            RouteAttribute::Gateway(g) => t.gateway = ip(g),
+            RouteAttribute::PrefSource(s) => t.source = ip(s),
             _ => {}
         }
     }
-    (oif, gateway)
+    t
+}
+
+/// What the route to a backend says of the path beyond its next hop: what an outer header
+/// needs in the tunnel modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathInfo {
+    /// The source address the kernel picks towards the backend (the node's address on the
+    /// egress interface).
+    pub source: Option<IpAddr>,
+    /// The egress interface's MTU (0: unknown).
+    pub mtu: u32,
+}
+
+/// A backend address's next hop, once its neighbour is known, and its path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resolution {
+    /// Egress interface and MACs.
+    pub hop: Option<NextHop>,
+    /// Source and MTU.
+    pub path: PathInfo,
 }
 
 /// A link's 6-byte MAC.
@@ -158,12 +200,12 @@ fn usable_mac(n: &NeighbourMessage) -> Option<[u8; 6]> {
 }
 
 /// Resolves the next hop of every backend address `wanted` holds, every `every`, and sends
-/// what it found to `found` as (backend id, address, next hop): the agent writes it to the
+/// what it found to `found` as (backend id, address, resolution): the agent writes it to the
 /// maps. Runs until `found` is closed.
 pub fn spawn(
     resolver: Resolver,
     mut wanted: watch::Receiver<Vec<(u32, IpAddr)>>,
-    found: mpsc::UnboundedSender<Vec<(u32, IpAddr, NextHop)>>,
+    found: mpsc::UnboundedSender<Vec<(u32, IpAddr, Resolution)>>,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -177,8 +219,9 @@ pub fn spawn(
             let backends = wanted.borrow_and_update().clone();
             let mut hops = Vec::with_capacity(backends.len());
             for (id, addr) in backends {
-                if let Some(hop) = resolver.resolve(addr).await {
-                    hops.push((id, addr, hop));
+                let resolution = resolver.resolve(addr).await;
+                if resolution.hop.is_some() || resolution.path.source.is_some() {
+                    hops.push((id, addr, resolution));
                 }
             }
             if found.send(hops).is_err() {

@@ -575,12 +575,15 @@ impl Agent {
 
     /// Writes the next hops the resolver found ([`neighbours::spawn`]) for backends that still
     /// have the address it looked up (a slot may have been reused meanwhile).
-    fn on_hops(&mut self, hops: Vec<(u32, std::net::IpAddr, lb_common::maps::NextHop)>) {
+    fn on_hops(&mut self, hops: Vec<(u32, std::net::IpAddr, neighbours::Resolution)>) {
         let mut next = self.runtime.clone();
         let mut changes = Changes::default();
-        for (id, addr, hop) in hops {
+        for (id, addr, found) in hops {
             if next.backend_by_id(id).is_some_and(|(_, b)| b.address == addr) {
-                next.set_hop(id, hop, &mut changes);
+                if let Some(hop) = found.hop {
+                    next.set_hop(id, hop, &mut changes);
+                }
+                next.set_path(id, found.path, &mut changes);
             }
         }
         if changes.vips.is_empty() {

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use lb_common::{
+    encap::{TUNNEL_FLAG_MSS_CLAMP, Tunnel},
     maps::{
         Backend, BackendState, FAMILY_V4, FAMILY_V6, NextHop, VIP_FLAG_HASH_SRC_ONLY,
         VIP_FLAG_LEAST_CONN, VIP_FLAG_ROUND_ROBIN, VipKey, addr_of,
@@ -12,6 +13,7 @@ use lb_common::{
 };
 
 use crate::{
+    neighbours::PathInfo,
     config::{
         AdminState, BackendConfig, BackendEndpoint, CheckKind, Config, ONE_VIP_PER_ENDPOINT, Protocol, Scheduler, Vip, port_problem,
         shared_endpoints, weight_problem,
@@ -39,6 +41,8 @@ pub struct BackendRuntime {
     pub generation: u32,
     /// Next hop, once resolved.
     pub hop: NextHop,
+    /// Source and MTU of the route to it, once resolved (outer headers of the tunnel modes).
+    pub path: PathInfo,
 }
 
 impl BackendRuntime {
@@ -72,6 +76,13 @@ pub struct VipRuntime {
 
 fn family(a: IpAddr) -> u8 {
     if a.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }
+}
+
+/// The path an adopted backend's pinned value records: its outer source when that was the
+/// route's (no source prefix), and its MTU. The resolver refreshes both within a second.
+fn adopted_path(b: &Backend) -> PathInfo {
+    let source = (b.tunnel.src != [0; 16] && b.tunnel.src_host_bits == 0).then(|| lb_common::maps::ip_of(&b.tunnel.src, b.family));
+    PathInfo { source, mtu: b.tunnel.mtu.into() }
 }
 
 /// The data path key of a configured VIP.
@@ -124,9 +135,36 @@ impl VipRuntime {
                         state: b.effective() as u8,
                         generation: b.generation,
                         hop: b.hop,
+                        forwarding: self.config.forwarding.code(),
+                        pad: 0,
+                        vip_id: self.id as u16,
+                        tunnel: self.tunnel(b),
                     },
                 })
                 .collect(),
+        }
+    }
+
+    /// The outer header's parameters for backend `b` in the tunnel and GUE modes (all zero in
+    /// the others): the configured source prefix, else the route's source (zero until resolved:
+    /// the data path then drops, counted, rather than send an outer header without a source).
+    pub fn tunnel(&self, b: &BackendRuntime) -> Tunnel {
+        if !self.config.forwarding.is_encapsulated() {
+            return Tunnel::default();
+        }
+        let dsr = &self.config.dsr;
+        let (src, src_host_bits) = match (dsr.tunnel_source, b.path.source) {
+            (Some((prefix, len)), _) => (addr_of(prefix), (if prefix.is_ipv4() { 32 } else { 128 } - len as u32) as u8),
+            (None, Some(source)) if source.is_ipv4() == b.address.is_ipv4() => (addr_of(source), 0),
+            _ => ([0; 16], 0),
+        };
+        Tunnel {
+            src,
+            gue_port: dsr.gue_port,
+            src_host_bits,
+            flags: if dsr.mss_clamp { TUNNEL_FLAG_MSS_CLAMP } else { 0 },
+            mtu: b.path.mtu.min(u16::MAX.into()) as u16,
+            pad: 0,
         }
     }
 
@@ -393,6 +431,7 @@ impl Runtime {
                     health: adopted_health(p.backend.state, checked),
                     generation: p.backend.generation,
                     hop: p.backend.hop,
+                    path: adopted_path(&p.backend),
                 },
                 None => self.new_backend(vip, b)?,
             };
@@ -458,6 +497,7 @@ impl Runtime {
             health: if checked { Health::Down } else { Health::Up },
             generation,
             hop: NextHop::default(),
+            path: PathInfo::default(),
         })
     }
 
@@ -654,6 +694,11 @@ impl Runtime {
     /// Records the next hop of backend slot `id`.
     pub fn set_hop(&mut self, id: u32, hop: NextHop, changes: &mut Changes) {
         self.update_backend(id, changes, |b| std::mem::replace(&mut b.hop, hop) != hop);
+    }
+
+    /// Records the path (source, MTU) of the route to backend slot `id`.
+    pub fn set_path(&mut self, id: u32, path: PathInfo, changes: &mut Changes) {
+        self.update_backend(id, changes, |b| std::mem::replace(&mut b.path, path) != path);
     }
 
     /// Moves to a new configuration, all or nothing: see [`Runtime::reconfigured`]. A refused

@@ -124,20 +124,65 @@ pub enum VipAddressOwner {
     External,
 }
 
-/// `global.forwarding`.
+/// `global.forwarding` (the default of every VIP) and `vips[].forwarding`: how a VIP's packets
+/// reach its backends.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
 pub enum Forwarding {
     /// Destination NAT; replies come back through the load balancer.
     #[default]
     Nat,
+    /// Direct server return in an IP tunnel (IPIP, IPv6-in-IPv6, IPv4-in-IPv6).
+    Tunnel,
+    /// Direct server return in GUE (the tunnel inside UDP).
+    Gue,
+    /// Direct server return on one L2 segment (the backend's MAC).
+    Direct,
     /// A mode this build does not have (as written in the file); validation refuses it.
     Unsupported(String),
 }
 
+impl Forwarding {
+    /// The modes, as written in the file.
+    pub const NAMES: [&str; 4] = ["nat", "tunnel", "gue", "direct"];
+
+    /// The data path's code (`lb_common::encap::FORWARD_*`).
+    pub fn code(&self) -> u8 {
+        use lb_common::encap::{FORWARD_DIRECT, FORWARD_GUE, FORWARD_NAT, FORWARD_TUNNEL};
+        match self {
+            Forwarding::Nat | Forwarding::Unsupported(_) => FORWARD_NAT,
+            Forwarding::Tunnel => FORWARD_TUNNEL,
+            Forwarding::Gue => FORWARD_GUE,
+            Forwarding::Direct => FORWARD_DIRECT,
+        }
+    }
+
+    /// Whether backends answer clients directly (a direct server return mode).
+    pub fn is_dsr(&self) -> bool {
+        matches!(self, Forwarding::Tunnel | Forwarding::Gue | Forwarding::Direct)
+    }
+
+    /// Whether packets get an outer header.
+    pub fn is_encapsulated(&self) -> bool {
+        matches!(self, Forwarding::Tunnel | Forwarding::Gue)
+    }
+}
+
+impl fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from(self.clone()))
+    }
+}
+
 impl From<String> for Forwarding {
     fn from(s: String) -> Self {
-        if s == "nat" { Forwarding::Nat } else { Forwarding::Unsupported(s) }
+        match s.as_str() {
+            "nat" => Forwarding::Nat,
+            "tunnel" => Forwarding::Tunnel,
+            "gue" => Forwarding::Gue,
+            "direct" => Forwarding::Direct,
+            _ => Forwarding::Unsupported(s),
+        }
     }
 }
 
@@ -145,8 +190,29 @@ impl From<Forwarding> for String {
     fn from(f: Forwarding) -> Self {
         match f {
             Forwarding::Nat => "nat".into(),
+            Forwarding::Tunnel => "tunnel".into(),
+            Forwarding::Gue => "gue".into(),
+            Forwarding::Direct => "direct".into(),
             Forwarding::Unsupported(s) => s,
         }
+    }
+}
+
+/// A VIP's options for the direct server return modes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DsrOptions {
+    /// `tunnel_source`: a prefix whose addresses are the outer sources, one per flow by its
+    /// hash (`None`: the node's address on the egress interface).
+    pub tunnel_source: Option<(IpAddr, u8)>,
+    /// `gue_port`: the GUE destination port.
+    pub gue_port: u16,
+    /// `mss_clamp`: clamp the MSS of clients' SYNs to fit the tunnel MTU.
+    pub mss_clamp: bool,
+}
+
+impl Default for DsrOptions {
+    fn default() -> Self {
+        DsrOptions { tunnel_source: None, gue_port: lb_common::encap::DEFAULT_GUE_PORT, mss_clamp: false }
     }
 }
 
@@ -179,6 +245,10 @@ pub struct Vip {
     pub udp_idle_timeout: Duration,
     /// How backends are checked.
     pub health_check: HealthCheck,
+    /// How packets reach the backends.
+    pub forwarding: Forwarding,
+    /// Options of the direct server return modes.
+    pub dsr: DsrOptions,
     /// The pool.
     pub backends: Vec<BackendConfig>,
 }
@@ -241,6 +311,20 @@ pub struct HealthCheck {
     pub rise: u32,
     /// Consecutive failures that take a backend down.
     pub fall: u32,
+    /// Where probes go.
+    pub target: ProbeTarget,
+}
+
+/// `health_check.target`: where a probe goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeTarget {
+    /// To the backend's own address (NAT VIPs; for a DSR VIP, a plain probe that does not
+    /// show whether the backend serves the VIP).
+    Address,
+    /// To the VIP on the backend, the way the VIP's packets reach it (tunnel, GUE or its MAC):
+    /// a backend that is up but does not serve the VIP fails. The default of DSR VIPs.
+    Vip,
 }
 
 /// `health_check.type` and its options.
@@ -379,6 +463,14 @@ pub mod file {
         pub source_affinity: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub udp_idle_timeout: Option<Dur>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub forwarding: Option<Forwarding>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub tunnel_source: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub gue_port: Option<Port>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub mss_clamp: Option<bool>,
         #[serde(default)]
         pub health_check: HealthCheck,
         #[serde(default)]
@@ -529,6 +621,8 @@ pub mod file {
         pub rise: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub fall: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub target: Option<ProbeTarget>,
     }
 
     /// A `backends:` entry; the port defaults to the VIP's.
@@ -572,6 +666,7 @@ impl Config {
                         timeout: dur(h.timeout),
                         rise: Some(h.rise),
                         fall: Some(h.fall),
+                        target: Some(h.target),
                         ..file::HealthCheck::default()
                     };
                     match &h.kind {
@@ -593,6 +688,10 @@ impl Config {
                         scheduler: v.scheduler,
                         source_affinity: v.source_affinity,
                         udp_idle_timeout: if v.protocol == Protocol::Udp { dur(v.udp_idle_timeout) } else { None },
+                        forwarding: Some(v.forwarding.clone()),
+                        tunnel_source: v.dsr.tunnel_source.map(|(a, len)| format!("{a}/{len}")),
+                        gue_port: (v.forwarding == Forwarding::Gue).then_some(file::Port(v.dsr.gue_port.into())),
+                        mss_clamp: v.forwarding.is_encapsulated().then_some(v.dsr.mss_clamp),
                         health_check: check,
                         backends: v
                             .backends

@@ -76,7 +76,7 @@ fn health_checks_that_cannot_be_sent_are_refused_with_file_line() {
 fn bad_files_are_rejected_with_file_line_and_field() {
     let cases: Vec<(String, &str)> = vec![
         (format!("{GOOD}extra: 1\n"), "t.yaml:12: unknown field `extra`, expected `global` or `vips`"),
-        (with("    port: 80\n", "    port: 80\n    colour: red\n"), "t.yaml:7: vips[0]: unknown field `colour`, expected one of `name`, `address`, `port`, `protocol`, `scheduler`, `source_affinity`, `udp_idle_timeout`, `health_check`, `backends`"),
+        (with("    port: 80\n", "    port: 80\n    colour: red\n"), "t.yaml:7: vips[0]: unknown field `colour`, expected one of `name`, `address`, `port`, `protocol`, `scheduler`, `source_affinity`, `udp_idle_timeout`, `forwarding`, `tunnel_source`, `gue_port`, `mss_clamp`, `health_check`, `backends`"),
         (with("        port: 8080\n      - address: 10.1.0.2", "        prot: 8080\n      - address: 10.1.0.2"), "t.yaml:9: vips[0].backends[0]: unknown field `prot`, expected one of `address`, `port`, `weight`, `state`"),
         (with("address: 10.0.0.1", "address: 10.0.0.300"), "t.yaml:5: vips[0].address: invalid IP address syntax: write an IPv4 or IPv6 address such as 10.0.0.1 or 2001:db8::1"),
         (with("    port: 80", "    port: 0"), "t.yaml:6: vips[0].port: 0 is not a port: use 1-65535"),
@@ -87,7 +87,7 @@ fn bad_files_are_rejected_with_file_line_and_field() {
         (format!("{GOOD}  - name: web2\n    address: 10.0.0.1\n    port: 80\n"), "t.yaml:13: vips[1].address: 10.0.0.1:80/tcp is already vips[0] (\"web\")"),
         (format!("{GOOD}  - name: web\n    address: 10.0.0.2\n    port: 80\n"), "t.yaml:12: vips[1].name: \"web\" is already the name of vips[0]"),
         (with("10.1.0.2", "10.1.0.1"), "t.yaml:10: vips[0].backends[1].address: 10.1.0.1:8080 is listed twice (also backends[0])"),
-        (with("10.1.0.2", "2001:db8::2"), "t.yaml:10: vips[0].backends[1].address: 2001:db8::2 is IPv6 but the VIP 10.0.0.1 is IPv4"),
+        (with("10.1.0.2", "2001:db8::2"), "t.yaml:10: vips[0].backends[1].address: 2001:db8::2 is IPv6 but the VIP 10.0.0.1 is IPv4 (an IPv4 VIP reaches IPv6 backends in the tunnel and gue modes only)"),
         (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  ring_size: 65536\n"), "t.yaml:3: global.ring_size: ring size 65536 must be a prime between 7 and 1048573: use 65537"),
         (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  ring_size: 101\n"), "t.yaml:8: vips[0].backends: VIP \"web\" has 2 backends, which need a ring of at least 200 slots (100 per backend) but global.ring_size is 101: set global.ring_size to a prime such as 211"),
         (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  vip_capacity: 1\n")
@@ -99,7 +99,7 @@ fn bad_files_are_rejected_with_file_line_and_field() {
         (with("    port: 80\n", "    port: 80\n    health_check:\n      expect_status: [200, 700]\n"), "t.yaml:8: vips[0].health_check.expect_status: 700 is not an HTTP status (100-599)"),
         (with("    port: 80\n", "    port: 80\n    health_check:\n      path: health\n"), "t.yaml:8: vips[0].health_check.path: \"health\" must start with '/'"),
         (with("    port: 80\n", "    port: 80\n    health_check:\n      type: tcp\n      path: /health\n"), "t.yaml:9: vips[0].health_check.path: only used by type http"),
-        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  forwarding: dsr\n"), "t.yaml:3: global.forwarding: \"dsr\" is not supported yet: use \"nat\" (direct server return comes in a later release)"),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  forwarding: dsr\n"), "t.yaml:3: global.forwarding: \"dsr\" names no single mode: direct server return is \"tunnel\" (IPIP), \"gue\" (IPIP in UDP) or \"direct\" (L2)"),
         (with("  interfaces: [eth0]", "  interfaces: []"), "t.yaml:2: global.interfaces: at least one interface is required"),
         (with("  interfaces: [eth0]", "  interfaces: [eth0, \"bad/name\"]"), "t.yaml:2: global.interfaces[1]: \"bad/name\" is not a valid interface name: use 1-15 characters without '/', ':' or spaces (see `ip link`)"),
         (with("    port: 80", "\tport: 80"), "t.yaml:6: found a tab character that violates indentation at line 6 column 1, while scanning a plain scalar: indent with spaces, YAML does not allow tabs"),
@@ -118,7 +118,7 @@ fn bad_files_are_rejected_with_file_line_and_field() {
         (with("  interfaces: [eth0]", "  interfaces: [eth0:1]"), "t.yaml:2: global.interfaces[0]: \"eth0:1\" is not a valid interface name: use 1-15 characters without '/', ':' or spaces (see `ip link`)"),
         (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  xdp_mode: offload\n"), "t.yaml:3: global.xdp_mode: unknown variant `offload`, expected one of `auto`, `driver`, `generic`"),
         (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  instance: ../other\n"), "t.yaml:3: global.instance: \"../other\" is not a valid instance name: use 1-64 letters, digits, '-' or '_' (it names a directory in bpffs)"),
-        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  forwarding: tunnel\n"), "t.yaml:3: global.forwarding: \"tunnel\" is not a forwarding mode: use \"nat\""),
+        (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  forwarding: ipvs\n"), "t.yaml:3: global.forwarding: \"ipvs\" is not a forwarding mode: use one of nat, tunnel, gue, direct"),
         (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  metrics_address: localhost:9100\n"), "t.yaml:3: global.metrics_address: invalid socket address syntax: write IP:PORT such as 127.0.0.1:9100 or [::1]:9100"),
         (with("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  conn_capacity: 1\n"), "t.yaml:3: global.conn_capacity: connection table capacity 1 must be between 2 and 16777216"),
         (with("    address: 10.0.0.1\n", ""), "t.yaml:4: vips[0]: missing field `address`"),
@@ -415,4 +415,61 @@ fn an_error_never_reprints_a_long_value() {
     let got = error(&with("    port: 80\n", &format!("    port: 80\n    protocol: a`{long}\n")));
     assert!(got.starts_with("t.yaml:7: vips[0].protocol: unknown variant `a`"), "{got}");
     assert!(got.chars().count() < 500, "{} characters", got.chars().count());
+}
+
+/// A TCP VIP on port 80 in mode `forwarding` with `extra` VIP lines and backends `backends`
+/// (address lines, port 80).
+fn dsr_file(forwarding: &str, extra: &str, backends: &[&str]) -> String {
+    let mut text = format!("global:\n  interfaces: [eth0]\nvips:\n  - name: web\n    address: 10.0.0.1\n    port: 80\n    forwarding: {forwarding}\n{extra}    backends:\n");
+    for b in backends {
+        text.push_str(&format!("      - address: {b}\n"));
+    }
+    text
+}
+
+#[test]
+fn direct_server_return_vips_are_checked_for_what_their_mode_cannot_do() {
+    let tcp = "    health_check:\n      type: tcp\n";
+    let cases: Vec<(String, &str)> = vec![
+        (dsr_file("tunnel", "", &["10.1.0.1"]), "t.yaml:1: vips[0].health_check.type: a probe through the VIP (the default of direct server return VIPs) is a TCP handshake with the VIP on the backend: use type tcp, or target address for HTTP probes to the backend's own address (which do not show whether it serves the VIP)"),
+        (dsr_file("gue", &format!("{tcp}      port: 8080\n"), &["10.1.0.1"]), "t.yaml:1: vips[0].health_check.port: a probe through the VIP goes to the VIP's port: leave port out, or use target address"),
+        (dsr_file("nat", "    health_check:\n      type: tcp\n      target: vip\n", &["10.1.0.1"]), "t.yaml:1: vips[0].health_check.target: vip applies to direct server return VIPs (tunnel, gue, direct): a NAT VIP's backends are probed at their address"),
+        (dsr_file("direct", tcp, &["10.1.0.1"]).replace("10.1.0.1\n", "10.1.0.1\n        port: 8080\n"), "t.yaml:1: vips[0].backends[0].port: 8080 differs from the VIP's port 80: in direct mode the backend serves the VIP itself, so no port is translated"),
+        (dsr_file("direct", tcp, &["2001:db8::1"]), "t.yaml:1: vips[0].backends[0].address: 2001:db8::1 is IPv6 but the VIP 10.0.0.1 is IPv4 (an IPv4 VIP reaches IPv6 backends in the tunnel and gue modes only)"),
+        (dsr_file("nat", "    tunnel_source: 10.9.0.0/28\n", &["10.1.0.1"]), "t.yaml:1: vips[0].tunnel_source: applies to the tunnel and gue modes only (this VIP's is nat)"),
+        (dsr_file("tunnel", &format!("    tunnel_source: 10.0.0.0/8\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].tunnel_source: 10.0.0.0/8 has 24 host bits; at most 16 are used: write a prefix of at least /16"),
+        (dsr_file("tunnel", &format!("    tunnel_source: 10.9.0.1/28\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].tunnel_source: 10.9.0.1/28 has bits set beyond its length /28: write the prefix's first address"),
+        (dsr_file("tunnel", &format!("    tunnel_source: 10.9.0/28\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].tunnel_source: \"10.9.0/28\" is not a prefix such as 192.0.2.0/28 or 2001:db8::/120"),
+        (dsr_file("gue", &format!("    tunnel_source: 10.9.0.0/28\n{tcp}"), &["2001:db8::1"]), "t.yaml:1: vips[0].tunnel_source: 10.9.0.0/28 is not of the family of backend 2001:db8::1 (outer headers are of the backend's family)"),
+        (dsr_file("tunnel", &format!("    gue_port: 7000\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].gue_port: applies to the gue mode only (this VIP's is tunnel)"),
+        (dsr_file("direct", &format!("    mss_clamp: true\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].mss_clamp: applies to the tunnel and gue modes only (this VIP's is direct)"),
+        (dsr_file("bridge", tcp, &["10.1.0.1"]), "t.yaml:1: vips[0].forwarding: \"bridge\" is not a forwarding mode: use one of nat, tunnel, gue, direct"),
+    ];
+    for (text, want) in &cases {
+        let got = error(text);
+        // Problems found after parsing carry the line of the document's start.
+        let got = got.split_once(": ").map(|(_, rest)| format!("t.yaml:1: {rest}")).unwrap_or(got);
+        assert_eq!(got, *want, "for the file\n{text}");
+    }
+}
+
+#[test]
+fn direct_server_return_vips_take_their_mode_options_and_default_to_probes_through_the_vip() {
+    let text = dsr_file("gue", "    tunnel_source: 2001:db8:5::/120\n    gue_port: 7000\n    mss_clamp: true\n    health_check:\n      type: tcp\n", &["2001:db8::1", "2001:db8::2"]);
+    let config = parse("t.yaml", &text).unwrap();
+    let v = &config.vips[0];
+    assert_eq!(v.forwarding, Forwarding::Gue);
+    assert_eq!(v.dsr, DsrOptions { tunnel_source: Some(("2001:db8:5::".parse().unwrap(), 120)), gue_port: 7000, mss_clamp: true });
+    assert_eq!(v.health_check.target, ProbeTarget::Vip);
+    assert_eq!(v.backends[0].port, 80);
+    // The written form reads back the same.
+    let again = parse("t.yaml", &serde_yaml::to_string(&config).unwrap()).unwrap();
+    assert_eq!(again, config);
+    // The global mode is every VIP's default; a VIP's own mode wins.
+    let global = GOOD.replace("  interfaces: [eth0]\n", "  interfaces: [eth0]\n  forwarding: direct\n").replace("port: 8080", "port: 80");
+    let global = global.replace("    port: 80\n    backends:", "    port: 80\n    health_check:\n      type: http\n      target: address\n    backends:");
+    let c = parse("t.yaml", &global).unwrap();
+    assert_eq!((c.vips[0].forwarding.clone(), c.vips[0].health_check.target), (Forwarding::Direct, ProbeTarget::Address));
+    let nat = parse("t.yaml", GOOD).unwrap();
+    assert_eq!((nat.vips[0].forwarding.clone(), nat.vips[0].health_check.target, nat.vips[0].dsr.gue_port), (Forwarding::Nat, ProbeTarget::Address, 6080));
 }

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use lb_common::{
     limits::{
-        DEFAULT_UDP_IDLE_SECS, MAX_BACKEND_CAPACITY, MAX_RING_SIZE, MAX_UDP_IDLE_SECS, MAX_WEIGHT, MIN_RING_SIZE,
+        DEFAULT_UDP_IDLE_SECS, MAX_BACKEND_CAPACITY, MAX_RING_SIZE, MAX_TUNNEL_SOURCE_HOST_BITS, MAX_UDP_IDLE_SECS, MAX_WEIGHT, MIN_RING_SIZE,
         RING_SLOTS_PER_BACKEND,
     },
     maglev::is_prime,
@@ -134,8 +134,13 @@ pub fn validate(doc: &file::Document) -> Result<Config, Vec<Problem>> {
                 format!("{}/{} is already vips[{j}] ({:?})", key.0, v.protocol, doc.vips[j].name),
             );
         }
-        let health_check = health_check(&mut c, &format!("{at}.health_check"), &v.health_check);
-        let backends = backends(&mut c, &at, v, vip_port);
+        let forwarding = v.forwarding.clone().unwrap_or_else(|| global.forwarding.clone());
+        if let Some(f) = &v.forwarding {
+            forwarding_mode(&mut c, &format!("{at}.forwarding"), f);
+        }
+        let dsr = dsr_options(&mut c, &at, v, &forwarding);
+        let health_check = health_check(&mut c, &format!("{at}.health_check"), &v.health_check, &forwarding);
+        let backends = backends(&mut c, &at, v, vip_port, &forwarding);
         let needed = backends.len() as u64 * RING_SLOTS_PER_BACKEND as u64;
         if sizes.ring_size && needed > global.ring_size as u64 {
             let advice = match next_prime(needed) {
@@ -161,6 +166,8 @@ pub fn validate(doc: &file::Document) -> Result<Config, Vec<Problem>> {
             source_affinity: v.source_affinity,
             udp_idle_timeout: udp_idle_timeout(&mut c, &at, v),
             health_check,
+            forwarding,
+            dsr,
             backends,
         });
     }
@@ -230,13 +237,86 @@ fn global(c: &mut Checker, g: &file::Global) -> (Global, SizesOk) {
             format!("table {table} is reserved (0 unspec, 253 default, 254 main, 255 local): use a table of its own such as 100"),
         );
     }
-    match &g.forwarding {
-        Forwarding::Nat => {}
-        Forwarding::Unsupported(mode) if mode == "dsr" => c.report("global.forwarding", "\"dsr\" is not supported yet: use \"nat\" (direct server return comes in a later release)"),
-        Forwarding::Unsupported(other) => c.report("global.forwarding", format!("{other:?} is not a forwarding mode: use \"nat\"")),
-    }
+    forwarding_mode(c, "global.forwarding", &g.forwarding);
     let sizes = sizes(c, g);
     (g.clone(), sizes)
+}
+
+/// Refuses a forwarding mode this build does not have.
+fn forwarding_mode(c: &mut Checker, path: &str, f: &Forwarding) {
+    match f {
+        Forwarding::Unsupported(mode) if mode == "dsr" => {
+            c.report(path, "\"dsr\" names no single mode: direct server return is \"tunnel\" (IPIP), \"gue\" (IPIP in UDP) or \"direct\" (L2)")
+        }
+        Forwarding::Unsupported(other) => c.report(path, format!("{other:?} is not a forwarding mode: use one of {}", Forwarding::NAMES.join(", "))),
+        _ => {}
+    }
+}
+
+/// The direct server return options of VIP `v`, each refused where its mode has no use for it.
+fn dsr_options(c: &mut Checker, at: &str, v: &file::Vip, forwarding: &Forwarding) -> DsrOptions {
+    let mut dsr = DsrOptions::default();
+    if let Some(prefix) = &v.tunnel_source {
+        let path = format!("{at}.tunnel_source");
+        if !forwarding.is_encapsulated() {
+            c.report(&path, format!("applies to the tunnel and gue modes only (this VIP's is {forwarding})"));
+        } else {
+            match parse_prefix(prefix) {
+                Err(e) => c.report(&path, e),
+                Ok((addr, len)) => {
+                    let host_bits = if addr.is_ipv4() { 32 } else { 128 } - len as u32;
+                    if host_bits > MAX_TUNNEL_SOURCE_HOST_BITS as u32 {
+                        c.report(&path, format!("{prefix} has {host_bits} host bits; at most {MAX_TUNNEL_SOURCE_HOST_BITS} are used: write a prefix of at least /{}", if addr.is_ipv4() { 32 } else { 128 } - MAX_TUNNEL_SOURCE_HOST_BITS as u32));
+                    } else if let Some(b) = v.backends.iter().find(|b| b.address.is_ipv4() != addr.is_ipv4()) {
+                        c.report(&path, format!("{prefix} is not of the family of backend {} (outer headers are of the backend's family)", b.address));
+                    } else {
+                        dsr.tunnel_source = Some((addr, len));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(p) = v.gue_port {
+        let path = format!("{at}.gue_port");
+        if *forwarding != Forwarding::Gue {
+            c.report(&path, format!("applies to the gue mode only (this VIP's is {forwarding})"));
+        } else {
+            dsr.gue_port = port(c, path, p.0);
+        }
+    }
+    if let Some(clamp) = v.mss_clamp {
+        let path = format!("{at}.mss_clamp");
+        if !forwarding.is_encapsulated() {
+            c.report(&path, format!("applies to the tunnel and gue modes only (this VIP's is {forwarding})"));
+        } else if clamp && v.protocol != Protocol::Tcp {
+            c.report(&path, "applies to TCP VIPs only");
+        } else {
+            dsr.mss_clamp = clamp;
+        }
+    }
+    dsr
+}
+
+/// Parses `address/length` with the address's bits beyond the length zero.
+fn parse_prefix(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let bad = || format!("{s:?} is not a prefix such as 192.0.2.0/28 or 2001:db8::/120");
+    let (addr, len) = s.split_once('/').ok_or_else(bad)?;
+    let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    let bits = if addr.is_ipv4() { 32 } else { 128 };
+    if len > bits {
+        return Err(bad());
+    }
+    let value = match addr {
+        std::net::IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+        std::net::IpAddr::V6(a) => u128::from(a),
+    };
+    // The address sits in the top bits of `value`: what is left after shifting the prefix out
+    // are its host bits.
+    if value.checked_shl(len.into()).unwrap_or(0) != 0 {
+        return Err(format!("{s} has bits set beyond its length /{len}: write the prefix's first address"));
+    }
+    Ok((addr, len))
 }
 
 /// Whether `name` can name an instance directory: 1-64 of `[A-Za-z0-9_-]`.
@@ -314,7 +394,7 @@ fn udp_idle_timeout(c: &mut Checker, at: &str, v: &file::Vip) -> Duration {
     d
 }
 
-fn health_check(c: &mut Checker, at: &str, h: &file::HealthCheck) -> HealthCheck {
+fn health_check(c: &mut Checker, at: &str, h: &file::HealthCheck, forwarding: &Forwarding) -> HealthCheck {
     let interval = duration_field(c, format!("{at}.interval"), &h.interval, DEFAULT_INTERVAL);
     let fast_interval = duration_field(c, format!("{at}.fast_interval"), &h.fast_interval, DEFAULT_FAST_INTERVAL.min(interval));
     let timeout = duration_field(c, format!("{at}.timeout"), &h.timeout, DEFAULT_TIMEOUT.min(interval));
@@ -375,10 +455,28 @@ fn health_check(c: &mut Checker, at: &str, h: &file::HealthCheck) -> HealthCheck
             if other == file::CheckType::Tcp { CheckKind::Tcp } else { CheckKind::None }
         }
     };
-    HealthCheck { kind, port: probe_port, interval, fast_interval, timeout, rise, fall }
+    let target = match h.target {
+        Some(ProbeTarget::Vip) if !forwarding.is_dsr() => {
+            c.report(format!("{at}.target"), "vip applies to direct server return VIPs (tunnel, gue, direct): a NAT VIP's backends are probed at their address");
+            ProbeTarget::Address
+        }
+        Some(t) => t,
+        None if forwarding.is_dsr() => ProbeTarget::Vip,
+        None => ProbeTarget::Address,
+    };
+    if target == ProbeTarget::Vip && matches!(kind, CheckKind::Http { .. }) {
+        c.report(
+            format!("{at}.type"),
+            "a probe through the VIP (the default of direct server return VIPs) is a TCP handshake with the VIP on the backend: use type tcp, or target address for HTTP probes to the backend's own address (which do not show whether it serves the VIP)",
+        );
+    }
+    if target == ProbeTarget::Vip && probe_port.is_some() {
+        c.report(format!("{at}.port"), "a probe through the VIP goes to the VIP's port: leave port out, or use target address");
+    }
+    HealthCheck { kind, port: probe_port, interval, fast_interval, timeout, rise, fall, target }
 }
 
-fn backends(c: &mut Checker, at: &str, v: &file::Vip, vip_port: u16) -> Vec<BackendConfig> {
+fn backends(c: &mut Checker, at: &str, v: &file::Vip, vip_port: u16, forwarding: &Forwarding) -> Vec<BackendConfig> {
     let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
     let mut out = Vec::new();
     for (j, b) in v.backends.iter().enumerate() {
@@ -390,11 +488,20 @@ fn backends(c: &mut Checker, at: &str, v: &file::Vip, vip_port: u16) -> Vec<Back
         if let Some(problem) = weight_problem(b.weight) {
             c.report(format!("{bat}.weight"), problem);
         }
-        if b.address.is_ipv4() != v.address.is_ipv4() {
+        // An IPv4 VIP may have IPv6 backends in the tunnel modes (IPv4-in-IPv6).
+        let four_in_six = forwarding.is_encapsulated() && v.address.is_ipv4() && b.address.is_ipv6();
+        if b.address.is_ipv4() != v.address.is_ipv4() && !four_in_six {
             let fam = |ip: std::net::IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+            let tunnel = if v.address.is_ipv4() { " (an IPv4 VIP reaches IPv6 backends in the tunnel and gue modes only)" } else { "" };
             c.report(
                 format!("{bat}.address"),
-                format!("{} is {} but the VIP {} is {}", b.address, fam(b.address), v.address, fam(v.address)),
+                format!("{} is {} but the VIP {} is {}{tunnel}", b.address, fam(b.address), v.address, fam(v.address)),
+            );
+        }
+        if forwarding.is_dsr() && port != vip_port && vip_port != 0 {
+            c.report(
+                format!("{bat}.port"),
+                format!("{port} differs from the VIP's port {vip_port}: in {forwarding} mode the backend serves the VIP itself, so no port is translated"),
             );
         }
         let endpoint = SocketAddr::new(b.address, port);

@@ -167,7 +167,11 @@ impl Maps {
         for id in 1..self.backends.len() {
             let backend = self.backends.get(&id, 0)?;
             if backend.state != BackendState::Unused as u8 {
-                let vip_id = self.reply_keys.get(&id).map(|(_, target)| target.vip_id);
+                let vip_id = match self.reply_keys.get(&id) {
+                    Some((_, target)) => Some(target.vip_id),
+                    None if lb_common::encap::is_dsr(backend.forwarding) => Some(backend.vip_id.into()),
+                    None => None,
+                };
                 backends.push(PinnedBackend { id, vip_id, backend });
             }
         }
@@ -345,7 +349,8 @@ impl Maps {
         Ok(())
     }
 
-    fn forget_replies(&mut self, id: u32) -> anyhow::Result<()> {
+    /// Stops the translation of backend slot `id`'s replies.
+    pub fn forget_replies(&mut self, id: u32) -> anyhow::Result<()> {
         if let Some((key, _)) = self.reply_keys.remove(&id) {
             self.reply_owners.remove(&key);
             removed(self.replies.remove(&key))?;

@@ -70,7 +70,13 @@ impl Maps {
     /// down by its flows at once), then the new ring in the spare half, then the VIP entry.
     pub fn apply_service(&mut self, svc: &Service) -> anyhow::Result<VipMeta> {
         for b in &svc.backends {
-            self.set_replies(b.id, &b.backend, &svc.key, svc.id)?;
+            // A direct server return backend answers clients itself: its packets are never
+            // translated.
+            if lb_common::encap::is_dsr(b.backend.forwarding) {
+                self.forget_replies(b.id)?;
+            } else {
+                self.set_replies(b.id, &b.backend, &svc.key, svc.id)?;
+            }
             self.set_backend(b.id, &b.backend)?;
         }
         let ring = svc.ring(self.ring_size(), self.hash_seed());
