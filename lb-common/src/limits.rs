@@ -171,6 +171,18 @@ pub const DECAP_VIP_CAPACITY: u32 = MAX_VIP_CAPACITY;
 /// for later ones).
 pub const DECAP_REASON_SLOTS: u32 = 16;
 
+/// Most bits of a tunnel's outer source taken from the flow hash (`tunnel_source` prefixes
+/// of up to 65,536 addresses).
+pub const MAX_TUNNEL_SOURCE_HOST_BITS: u8 = 16;
+/// ICMP "fragmentation needed" / "packet too big" errors the data path sends per CPU and
+/// second, for packets that would exceed the tunnel MTU once encapsulated; the rest are
+/// dropped (counted).
+pub const TOO_BIG_PER_CPU_PER_SEC: u64 = 100;
+/// Bytes of the client's packet an ICMP "fragmentation needed" or "packet too big" quotes
+/// after the quoted IP header: the transport header's first 8 bytes (ports, TCP sequence),
+/// what the client's stack needs to find the connection (RFC 792; Linux reads no more).
+pub const TOO_BIG_QUOTE: u32 = 8;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,14 +217,3 @@ mod tests {
 }
 
 
-/// Most bits of a tunnel's outer source taken from the flow hash (`tunnel_source` prefixes
-/// of up to 65,536 addresses).
-pub const MAX_TUNNEL_SOURCE_HOST_BITS: u8 = 16;
-/// ICMP "fragmentation needed" / "packet too big" errors the data path sends per CPU and
-/// second, for packets that would exceed the tunnel MTU once encapsulated; the rest are
-/// dropped (counted).
-pub const TOO_BIG_PER_CPU_PER_SEC: u64 = 100;
-/// Bytes of the client's packet an ICMP "fragmentation needed" or "packet too big" quotes
-/// after the quoted IP header: the transport header's first 8 bytes (ports, TCP sequence),
-/// what the client's stack needs to find the connection (RFC 792; Linux reads no more).
-pub const TOO_BIG_QUOTE: u32 = 8;
