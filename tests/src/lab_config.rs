@@ -70,12 +70,34 @@ pub struct Vip {
     address: String,
     port: u16,
     backends: Vec<(String, Option<u32>)>,
+    forwarding: Option<String>,
+    tcp_probe_target: Option<String>,
+    options: Vec<String>,
 }
 
 impl Vip {
     /// VIP `name` on TCP `address:port`, with no backend yet.
     pub fn tcp(name: &str, address: &str, port: u16) -> Vip {
-        Vip { name: name.to_owned(), address: address.to_owned(), port, backends: Vec::new() }
+        Vip { name: name.to_owned(), address: address.to_owned(), port, backends: Vec::new(), forwarding: None, tcp_probe_target: None, options: Vec::new() }
+    }
+
+    /// Sets the VIP's `forwarding` mode (`nat`, `tunnel`, `gue`, `direct`).
+    pub fn forwarding(mut self, mode: &str) -> Vip {
+        self.forwarding = Some(mode.to_owned());
+        self
+    }
+
+    /// Adds a line to the VIP's entry (after `forwarding`), such as `"mss_clamp: true"`.
+    pub fn option(mut self, line: &str) -> Vip {
+        self.options.push(line.to_owned());
+        self
+    }
+
+    /// Makes the health check a TCP handshake (same timings) with `target: vip` (through the
+    /// VIP, as clients reach it) or `target: address` (the backend's own address).
+    pub fn tcp_check(mut self, target: &str) -> Vip {
+        self.tcp_probe_target = Some(target.to_owned());
+        self
     }
 
     /// Adds backends (`"10.0.11.2:8080"`) with the default weight, after those added before.
@@ -92,10 +114,20 @@ impl Vip {
 
     fn render(&self, yaml: &mut String) {
         let Vip { name, address, port, .. } = self;
-        let _ = write!(
-            yaml,
-            "  - name: {name}\n    address: {address}\n    port: {port}\n    protocol: tcp\n    health_check:\n      type: http\n      path: /health\n      interval: 200ms\n      fast_interval: 100ms\n      timeout: 150ms\n      rise: 2\n      fall: 2\n    backends:\n"
-        );
+        let _ = write!(yaml, "  - name: {name}\n    address: {address}\n    port: {port}\n    protocol: tcp\n");
+        if let Some(mode) = &self.forwarding {
+            let _ = writeln!(yaml, "    forwarding: {mode}");
+        }
+        for line in &self.options {
+            let _ = writeln!(yaml, "    {line}");
+        }
+        match &self.tcp_probe_target {
+            Some(target) => {
+                let _ = write!(yaml, "    health_check:\n      type: tcp\n      target: {target}\n");
+            }
+            None => yaml.push_str("    health_check:\n      type: http\n      path: /health\n"),
+        }
+        yaml.push_str("      interval: 200ms\n      fast_interval: 100ms\n      timeout: 150ms\n      rise: 2\n      fall: 2\n    backends:\n");
         for (endpoint, weight) in &self.backends {
             let (ip, port) = endpoint.rsplit_once(':').unwrap_or_else(|| panic!("backend {endpoint:?} is not ADDRESS:PORT"));
             let _ = write!(yaml, "      - address: {ip}\n        port: {port}\n");

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod dsr;
 pub mod encap;
 pub mod fixture;
 pub mod fuzz;

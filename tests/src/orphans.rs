@@ -14,7 +14,8 @@ const NETNS_DIR: &str = "/var/run/netns";
 /// and `lb_userspace::instance::RUN_ROOT`.
 const INSTANCE_DIRS: [&str; 2] = ["/sys/fs/bpf/lb", "/run/lb"];
 /// Where the backend decapsulation program is pinned per interface
-/// (`lb_userspace::decap::DECAP_PIN_ROOT`); the tests name their interfaces `dxb<pid>`.
+/// (`lb_userspace::decap::DECAP_PIN_ROOT`); the tests name their interfaces `dxb<pid>`, or
+/// `dxb<pid>x<lab>b<k>` (the DSR lab's backends).
 const DECAP_DIR: &str = "/sys/fs/bpf/lb-decap";
 /// Once per process.
 static SWEEP: Once = Once::new();
@@ -83,7 +84,8 @@ pub fn sweep_orphans() -> Vec<String> {
     // Decapsulation programs pinned for the interfaces of such processes.
     if let Ok(entries) = std::fs::read_dir(DECAP_DIR) {
         for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
-            let Some(pid) = name.strip_prefix("dxb").and_then(|p| p.parse::<u32>().ok()) else { continue };
+            let pid = name.strip_prefix("dxb").and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok());
+            let Some(pid) = pid else { continue };
             if std::path::Path::new(&format!("/proc/{pid}")).exists() {
                 continue;
             }

@@ -73,4 +73,21 @@ impl PacketSocket {
         }
         None
     }
+
+    /// Passes every frame the interface receives (not those it sends) to `seen`, until `done()`
+    /// holds (checked at least every 100 ms) or `limit` has passed.
+    pub fn each_received(&self, limit: Duration, done: impl Fn() -> bool, mut seen: impl FnMut(&[u8])) {
+        let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline && !done() {
+            // SAFETY: an all-zero sockaddr_ll is valid; recvfrom writes at most the sizes passed.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: `buf` and `from` are valid for the sizes passed.
+            let n = unsafe { libc::recvfrom(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0, (&raw mut from).cast(), &mut len) };
+            if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
+                seen(&buf[..n as usize]);
+            }
+        }
+    }
 }

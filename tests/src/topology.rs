@@ -23,6 +23,24 @@
 //! ```
 //! The router forwards both families and routes everything else through the load balancer,
 //! which routes the client's subnet (10.0.2.0/24, fd00:2::/64) through the router.
+//!
+//! [`Lab::create_dsr`] is the lab for direct server return: as with a router, and every
+//! backend also linked to the router (`rb<k>` – `eth1`), its default route through it, so that
+//! it answers clients from the VIP directly, never through the load balancer. The load balancer
+//! still reaches each backend over its own link (`lbb<k>`: the L2 segment of `direct` mode, the
+//! tunnels' path), whose backend end is named `dxb<pid>x<n>b<k>` (unique on the host: the
+//! decapsulation program `lb backend-setup` attaches there is pinned by interface name).
+//!
+//! ```text
+//!  client ns              router ns                                   load balancer ns
+//!  c0 10.0.2.2  ──────  rc 10.0.2.1          rl 10.0.1.2  ──────────  lbc 10.0.1.1
+//!                        rb<k> 10.0.2<k>.1                            lbb<k> 10.0.1<k>.1
+//!                            fd00:2<k>::1                                    fd00:1<k>::1
+//!                              │                                               │
+//!                        eth1 10.0.2<k>.2 (default route)  backend ns  dxb… 10.0.1<k>.2
+//!                             fd00:2<k>::2                                   fd00:1<k>::2
+//! ```
+//! [`Lab::backend_setup`] runs `lb backend-setup` on a backend (undone when the lab is dropped).
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -60,6 +78,8 @@ pub struct BackendHost {
     pub v6: Ipv6Addr,
     /// The load balancer's interface towards it.
     pub lb_iface: String,
+    /// Its interface towards the load balancer (`eth0`; unique on the host in a DSR lab).
+    pub iface: String,
     server: Option<Child>,
 }
 
@@ -75,6 +95,11 @@ pub struct Lab {
     pub lb_ns: String,
     /// The backends.
     pub backends: Vec<BackendHost>,
+    /// The TCP port backend servers listen on ([`Lab::start_backend`]): 8080, or the VIP's port
+    /// in a lab made by [`Lab::create_dsr`].
+    pub backend_port: u16,
+    /// Backends set up by [`Lab::backend_setup`]: namespace and state file (undone on drop).
+    setups: Vec<(String, PathBuf)>,
     namespaces: Vec<String>,
     processes: Vec<Child>,
     backend_bin: PathBuf,
@@ -101,7 +126,15 @@ impl Lab {
     /// Creates the topology with `backends` backend hosts. `backend_bin` is the
     /// `lb-test-backend` server binary.
     pub fn create(backends: usize, backend_bin: &Path) -> anyhow::Result<Lab> {
-        Lab::build(backends, backend_bin, None)
+        Lab::build(backends, backend_bin, None, None)
+    }
+
+    /// Creates the direct server return topology (see the module documentation): a router
+    /// (MTU 1500 towards the client) and every backend linked to it, answering through it.
+    /// Backend servers listen on `vip_port` ([`Lab::start_backend`]); set each backend up with
+    /// [`Lab::backend_setup`].
+    pub fn create_dsr(backends: usize, backend_bin: &Path, vip_port: u16) -> anyhow::Result<Lab> {
+        Lab::build(backends, backend_bin, Some(1500), Some(vip_port))
     }
 
     /// Creates the topology with a router namespace between the client and the load balancer
@@ -109,18 +142,18 @@ impl Lab {
     /// `router_client_mtu`; the client's end (`c0`) keeps 1500, so the client announces the
     /// larger MSS and packets towards it must shrink at the router (path MTU discovery).
     pub fn create_with_router(backends: usize, backend_bin: &Path, router_client_mtu: u32) -> anyhow::Result<Lab> {
-        Lab::build(backends, backend_bin, Some(router_client_mtu))
+        Lab::build(backends, backend_bin, Some(router_client_mtu), None)
     }
 
     /// Creates the topology of [`Lab::create`] with both ends of every link at MTU `mtu` (jumbo
     /// frames: the client's, the load balancer's and the backends' interfaces).
     pub fn create_with_mtu(backends: usize, backend_bin: &Path, mtu: u32) -> anyhow::Result<Lab> {
-        let lab = Lab::build(backends, backend_bin, None)?;
+        let lab = Lab::build(backends, backend_bin, None, None)?;
         let mtu = mtu.to_string();
         let mut ends = vec![(lab.lb_ns.clone(), LB_CLIENT_IFACE.to_owned()), (lab.client_ns.clone(), "c0".to_owned())];
         for b in &lab.backends {
             ends.push((lab.lb_ns.clone(), b.lb_iface.clone()));
-            ends.push((b.ns.clone(), "eth0".to_owned()));
+            ends.push((b.ns.clone(), b.iface.clone()));
         }
         for (ns, iface) in ends {
             lab.ns_run(&ns, &["ip", "link", "set", &iface, "mtu", &mtu])?;
@@ -128,14 +161,18 @@ impl Lab {
         Ok(lab)
     }
 
-    fn build(backends: usize, backend_bin: &Path, router_client_mtu: Option<u32>) -> anyhow::Result<Lab> {
+    /// With `dsr_port`, the DSR topology (which needs `router_client_mtu`).
+    fn build(backends: usize, backend_bin: &Path, router_client_mtu: Option<u32>, dsr_port: Option<u16>) -> anyhow::Result<Lab> {
         crate::orphans::sweep_orphans_once();
-        let id = format!("{}-{}", std::process::id(), LABS.fetch_add(1, Ordering::Relaxed));
+        let n = LABS.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", std::process::id());
         let mut lab = Lab {
             client_ns: format!("lbt-{id}-c"),
             router_ns: router_client_mtu.map(|_| format!("lbt-{id}-r")),
             lb_ns: format!("lbt-{id}-lb"),
             backends: Vec::new(),
+            backend_port: dsr_port.unwrap_or(8080),
+            setups: Vec::new(),
             namespaces: Vec::new(),
             processes: Vec::new(),
             backend_bin: backend_bin.to_owned(),
@@ -160,23 +197,30 @@ impl Lab {
             lab.add_ns(&ns)?;
             let net = 10 + k;
             let lb_iface = format!("lbb{k}");
+            let iface = if dsr_port.is_some() { format!("dxb{}x{n}b{k}", std::process::id()) } else { "eth0".to_owned() };
             lab.link(
                 &lb_iface,
                 &ns,
-                "eth0",
+                &iface,
                 &format!("10.0.{net}.1/24"),
                 &format!("fd00:{net}::1/64"),
                 &format!("10.0.{net}.2/24"),
                 &format!("fd00:{net}::2/64"),
             )?;
-            lab.ns_run(&ns, &["ip", "route", "add", "default", "via", &format!("10.0.{net}.1")])?;
-            lab.ns_run(&ns, &["ip", "-6", "route", "add", "default", "via", &format!("fd00:{net}::1")])?;
+            match (&lab.router_ns, dsr_port) {
+                (Some(router), Some(_)) => lab.link_backend_to_router(&router.clone(), &ns, k)?,
+                _ => {
+                    lab.ns_run(&ns, &["ip", "route", "add", "default", "via", &format!("10.0.{net}.1")])?;
+                    lab.ns_run(&ns, &["ip", "-6", "route", "add", "default", "via", &format!("fd00:{net}::1")])?;
+                }
+            }
             lab.backends.push(BackendHost {
                 name,
                 ns,
                 v4: Ipv4Addr::new(10, 0, net as u8, 2),
                 v6: format!("fd00:{net}::2").parse()?,
                 lb_iface,
+                iface,
                 server: None,
             });
         }
@@ -221,6 +265,61 @@ impl Lab {
         Ok(())
     }
 
+    /// DSR: backend `k`'s second link, `rb<k>` (router) – `eth1` (backend) on 10.0.2<k>.0/24
+    /// and fd00:2<k>::/64, and its default routes through the router. Reverse path filters off
+    /// on the router and the backend: replies from the VIP enter the router on `rb<k>` though
+    /// the router routes the VIP to the load balancer.
+    fn link_backend_to_router(&self, router: &str, backend: &str, k: usize) -> anyhow::Result<()> {
+        let net = 20 + k;
+        let rb = format!("rb{k}");
+        self.ns_run(router, &[
+            "ip", "link", "add", &rb, "numtxqueues", "2", "numrxqueues", "2", "type", "veth", "peer", "name", "eth1", "netns", backend,
+            "numtxqueues", "2", "numrxqueues", "2",
+        ])?;
+        self.ns_run(router, &["ip", "addr", "add", &format!("10.0.{net}.1/24"), "dev", &rb])?;
+        self.ns_run(router, &["ip", "addr", "add", &format!("fd00:{net}::1/64"), "dev", &rb, "nodad"])?;
+        self.ns_run(router, &["ip", "link", "set", &rb, "up"])?;
+        self.ns_run(backend, &["ip", "addr", "add", &format!("10.0.{net}.2/24"), "dev", "eth1"])?;
+        self.ns_run(backend, &["ip", "addr", "add", &format!("fd00:{net}::2/64"), "dev", "eth1", "nodad"])?;
+        self.ns_run(backend, &["ip", "link", "set", "eth1", "up"])?;
+        self.ns_run(backend, &["ip", "route", "add", "default", "via", &format!("10.0.{net}.1")])?;
+        self.ns_run(backend, &["ip", "-6", "route", "add", "default", "via", &format!("fd00:{net}::1")])?;
+        for ns in [router, backend] {
+            self.ns_run(ns, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])?;
+        }
+        self.ns_run(router, &["sysctl", "-qw", &format!("net.ipv4.conf.{rb}.rp_filter=0")])?;
+        Ok(())
+    }
+
+    /// Runs `lb backend-setup --mode MODE --vip VIP... --interface IF` on backend `k` (IF: its
+    /// interface towards the load balancer), with a state file of its own; the set-up is undone
+    /// when the lab is dropped. Returns what it printed.
+    pub fn backend_setup(&mut self, k: usize, mode: &str, vips: &[&str]) -> anyhow::Result<String> {
+        let b = &self.backends[k];
+        let state = std::env::temp_dir().join(format!("{}-backend-setup.json", b.ns));
+        let (lb, state_arg) = (crate::agent::lb_binary().display().to_string(), state.display().to_string());
+        let mut args = vec![lb.as_str(), "backend-setup", "--mode", mode, "--interface", &b.iface, "--state", &state_arg];
+        for vip in vips {
+            args.extend_from_slice(&["--vip", vip]);
+        }
+        let ns = b.ns.clone();
+        if !self.setups.iter().any(|(n, _)| *n == ns) {
+            self.setups.push((ns.clone(), state));
+        }
+        let out = run(&mut crate::agent::in_netns(&ns, &args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Undoes [`Lab::backend_setup`] on backend `k` (`lb backend-setup --undo`).
+    pub fn backend_undo(&mut self, k: usize) -> anyhow::Result<String> {
+        let ns = self.backends[k].ns.clone();
+        let Some(i) = self.setups.iter().position(|(n, _)| *n == ns) else {
+            bail!("backend {k} was not set up");
+        };
+        let (_, state) = self.setups.remove(i);
+        undo_setup(&ns, &state)
+    }
+
     fn add_ns(&mut self, ns: &str) -> anyhow::Result<()> {
         run(Command::new("ip").args(["netns", "add", ns]))?;
         self.namespaces.push(ns.to_owned());
@@ -261,14 +360,15 @@ impl Lab {
             .collect()
     }
 
-    /// Starts backend `k`'s server (HTTP on 8080, UDP echo on 5353), stopping the one it
-    /// runs already, and waits until it answers locally (at most 5 s).
+    /// Starts backend `k`'s server (HTTP on [`Lab::backend_port`], UDP echo on 5353), stopping
+    /// the one it runs already, and waits until it answers locally (at most 5 s).
     pub fn start_backend(&mut self, k: usize) -> anyhow::Result<()> {
         // A server already running there is stopped first, not leaked.
         self.kill_backend(k);
         let b = &self.backends[k];
         let bin = self.backend_bin.to_string_lossy().into_owned();
-        let child = in_ns(&b.ns, &[&bin, &b.name, "[::]:8080", "[::]:5353"])
+        let port = self.backend_port;
+        let child = in_ns(&b.ns, &[&bin, &b.name, &format!("[::]:{port}"), "[::]:5353"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -277,7 +377,7 @@ impl Lab {
         let b = &self.backends[k];
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let ok = in_ns(&b.ns, &["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080"])
+            let ok = in_ns(&b.ns, &["bash", "-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}")])
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
@@ -325,6 +425,17 @@ pub const BPFFS_ROOT: &str = "/sys/fs/bpf/lb";
 /// Where agents keep their instance's runtime directory (`lb_userspace::instance::RUN_ROOT`).
 pub const RUN_ROOT: &str = "/run/lb";
 
+/// Where `lb backend-setup` pins the decapsulation program, per interface
+/// (`lb_userspace::decap::DECAP_PIN_ROOT`).
+pub const DECAP_PIN_ROOT: &str = "/sys/fs/bpf/lb-decap";
+
+/// `lb backend-setup --undo` in namespace `ns` with state file `state` (which it removes).
+fn undo_setup(ns: &str, state: &Path) -> anyhow::Result<String> {
+    let (lb, state) = (crate::agent::lb_binary().display().to_string(), state.display().to_string());
+    let out = run(&mut crate::agent::in_netns(ns, &[&lb, "backend-setup", "--undo", "--state", &state]))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 impl Lab {
     /// The bpffs directory of the data path of an agent in this lab (its instance is named
     /// after the load balancer namespace).
@@ -354,6 +465,15 @@ impl Drop for Lab {
         // through `lb teardown`; this covers a failure, or a lab dropped before its agent).
         let _ = std::fs::remove_dir_all(self.pin_dir());
         let _ = std::fs::remove_dir_all(Path::new(RUN_ROOT).join(&self.lb_ns));
+        // Backend set-ups, then (should an undo fail) the decapsulation programs' pins.
+        for (ns, state) in std::mem::take(&mut self.setups) {
+            if let Err(e) = undo_setup(&ns, &state) {
+                eprintln!("undoing the backend set-up in {ns}: {e:#}");
+            }
+        }
+        for b in self.backends.iter().filter(|b| b.iface != "eth0") {
+            let _ = std::fs::remove_dir_all(Path::new(DECAP_PIN_ROOT).join(&b.iface));
+        }
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
