@@ -15,6 +15,10 @@ use crate::topology::{in_namespace, in_ns};
 
 /// The size of the download that shows the bypass: 10 MiB.
 pub const DOWNLOAD_BYTES: usize = 10 << 20;
+/// What the load balancer's interfaces may carry in either direction during the download:
+/// the client's requests and acknowledgements (encapsulated), a few percent of it, never its
+/// replies.
+pub const BYPASS_BOUND: u64 = 1 << 20;
 
 /// What one download received.
 #[derive(Debug)]

@@ -20,7 +20,7 @@ use std::{
 
 use lb_tests::{
     agent::{Agent, all_in_state},
-    dsr::{DOWNLOAD_BYTES, IfaceBytes, Snapshot, download},
+    dsr::{BYPASS_BOUND, DOWNLOAD_BYTES, IfaceBytes, Snapshot, download},
     lab_config::{LabConfig, Vip},
     packet_socket::PacketSocket,
     topology::{LB_CLIENT_IFACE, Lab, ROUTER_LB_IFACE, http_get, in_namespace, in_ns},
@@ -28,10 +28,6 @@ use lb_tests::{
 
 /// The VIPs' port, which the backends serve (DSR translates no port).
 const PORT: u16 = 80;
-/// What the load balancer's interfaces may carry during a 10 MiB download: the client's
-/// requests and acknowledgements (encapsulated), a few percent of the download, never its
-/// replies.
-const BYPASS_BOUND: u64 = 1 << 20;
 /// The health checks' target. `address` (the backend's own address) until the DSR probes
 /// through the VIP are merged; then `vip`.
 const PROBE_TARGET: &str = "address";

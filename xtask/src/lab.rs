@@ -1,7 +1,9 @@
 //! `cargo xtask lab`: the load balancer end to end on one host. Clients, the load balancer and
 //! three backends in network namespaces; the lesson's story told with live progress: spreading
 //! requests, a backend dying and the health check steering around it, its recovery, and a
-//! drain that keeps a long-lived connection.
+//! drain that keeps a long-lived connection. With `--dsr [--mode M]` the same story in direct
+//! server return (`crate::dsr_lab`), followed by the proof that the replies bypassed the load
+//! balancer.
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +21,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     agent::{Agent, backends},
+    dsr_lab,
     topology::{HttpSession, Lab, http_get, in_namespace},
 };
 
@@ -74,25 +77,36 @@ fn backend_field(agent: &Agent, endpoint: &str, field: &str) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// Runs the lab; with `keep`, leaves it running until Ctrl-C.
-pub fn run(root: &Path, keep: bool) -> anyhow::Result<()> {
+/// Runs the lab, in NAT mode or, with `dsr`, in that direct server return mode; with `keep`,
+/// leaves it running until Ctrl-C.
+pub fn run(root: &Path, keep: bool, dsr: Option<&str>) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     let bins = root.join("target/debug");
-    let yaml = std::fs::read_to_string(root.join(LAB_CONFIG)).context("reading the lab configuration")?;
     let mut summary: Vec<(String, String)> = Vec::new();
+    summary.push(("forwarding mode".into(), dsr.map_or_else(|| "nat".to_owned(), |m| format!("{m} (direct server return)"))));
 
-    step(1, "The set-up: a client, the load balancer and a pool of three servers");
-    let mut lab = Lab::create(3, &bins.join("lb-test-backend"))?;
-    for k in 0..3 {
-        lab.start_backend(k)?;
-    }
-    lab.start_server(2, "img3", 9090)?;
-    println!("   client {}  →  load balancer {} (XDP on {})  →  backends {}", lab.client_ns, lab.lb_ns, lab.lb_interfaces().join(", "),
-        lab.backends.iter().map(|b| format!("{} {}", b.name, b.v4)).collect::<Vec<_>>().join(", "));
-    let agent = Agent::start(&lab, &yaml.replace(SHIPPED_SOCKET, "{socket}"))?;
-    println!("   agent started with {LAB_CONFIG}; waiting for the health checks to pass");
+    let (mut lab, agent) = match dsr {
+        None => {
+            step(1, "The set-up: a client, the load balancer and a pool of three servers");
+            let yaml = std::fs::read_to_string(root.join(LAB_CONFIG)).context("reading the lab configuration")?;
+            let mut lab = Lab::create(3, &bins.join("lb-test-backend"))?;
+            for k in 0..3 {
+                lab.start_backend(k)?;
+            }
+            lab.start_server(2, "img3", 9090)?;
+            println!("   client {}  →  load balancer {} (XDP on {})  →  backends {}", lab.client_ns, lab.lb_ns, lab.lb_interfaces().join(", "),
+                lab.backends.iter().map(|b| format!("{} {}", b.name, b.v4)).collect::<Vec<_>>().join(", "));
+            let agent = Agent::start(&lab, &yaml.replace(SHIPPED_SOCKET, "{socket}"))?;
+            println!("   agent started with {LAB_CONFIG}; waiting for the health checks to pass");
+            (lab, agent)
+        }
+        Some(mode) => {
+            step(1, &format!("The set-up in direct server return, {mode} mode: a client behind a router, the load balancer, three servers answering through the router"));
+            dsr_lab::set_up(root, mode, &bins.join("lb-test-backend"), SHIPPED_SOCKET)?
+        }
+    };
     agent.wait_status(Duration::from_secs(15), |s| crate::agent::all_in_state(s, "web", "up"))?;
     print!("{}", String::from_utf8_lossy(&agent.cli(&["status"]).stdout));
 
@@ -105,7 +119,7 @@ pub fn run(root: &Path, keep: bool) -> anyhow::Result<()> {
     }
 
     step(3, "Health checks: server b2 dies; the load balancer steers around it");
-    let victim = format!("{}:8080", lab.backends[1].v4);
+    let victim = format!("{}:{}", lab.backends[1].v4, lab.backend_port);
     let running = Arc::new(AtomicBool::new(true));
     let load = {
         let running = running.clone();
@@ -177,7 +191,7 @@ pub fn run(root: &Path, keep: bool) -> anyhow::Result<()> {
     let session = HttpSession::open(&lab.client_ns, web(), Duration::from_secs(3))?;
     let (_, owner) = session.get("/")?;
     let owner_ip = lab.backends.iter().find(|b| b.name == owner).map(|b| b.v4).context("unknown backend")?;
-    let endpoint = format!("{owner_ip}:8080");
+    let endpoint = format!("{owner_ip}:{}", lab.backend_port);
     println!("   a keep-alive connection is served by {owner}; draining {endpoint}");
     let out = agent.cli(&["backend", "drain", "web", &endpoint]);
     anyhow::ensure!(out.status.success(), "drain failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -192,6 +206,12 @@ pub fn run(root: &Path, keep: bool) -> anyhow::Result<()> {
     println!("   the long-lived connection answered 20 more requests: {kept} from {owner}");
     summary.push(("drain".into(), format!("long-lived connection kept {kept}/20 on {owner}; new: {seen:?}")));
     let _ = agent.cli(&["backend", "undrain", "web", &endpoint]);
+
+    if let Some(mode) = dsr {
+        step(6, &format!("Direct server return ({mode}): the replies bypass the load balancer"));
+        let (lines, _) = dsr_lab::prove_bypass(root, &lab, &agent, mode)?;
+        summary.extend(lines);
+    }
 
     println!("\n\x1b[1m== Summary\x1b[0m");
     for (what, result) in &summary {

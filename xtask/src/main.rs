@@ -15,6 +15,9 @@ use anyhow::{Context as _, bail};
 #[path = "../../tests/src/agent.rs"]
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
 mod agent;
+#[path = "../../tests/src/dsr.rs"]
+mod dsr;
+mod dsr_lab;
 #[path = "../../tests/src/ha.rs"]
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
 mod ha;
@@ -26,7 +29,7 @@ mod orphans;
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
 mod topology;
 
-const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...] | lab [--keep | --ha [--nodes N]] | bench [--unpublishable] [lb-bench args...] | fuzz [--frames N] [--seed S] [--seconds T] [--keep N] [--index I | --replay FILE]>";
+const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...] | lab [--keep] [--dsr [--mode tunnel|gue|direct]] | lab --ha [--nodes N] | bench [--unpublishable] [lb-bench args...] | fuzz [--frames N] [--seed S] [--seconds T] [--keep N] [--index I | --replay FILE]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -42,7 +45,10 @@ fn main() -> ExitCode {
             Ok(nodes) => setup().and_then(|()| build_bins()).and_then(|()| ha_lab::run(&root(), nodes)),
             Err(e) => Err(e),
         },
-        Some("lab") => setup().and_then(|()| build_bins()).and_then(|()| lab::run(&root(), args.iter().any(|a| a == "--keep"))),
+        Some("lab") => match dsr_lab::mode_arg(&args[1..]) {
+            Ok(dsr) => setup().and_then(|()| build_bins()).and_then(|()| lab::run(&root(), args.iter().any(|a| a == "--keep"), dsr)),
+            Err(e) => Err(e),
+        },
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

@@ -306,6 +306,12 @@ fn shipped_examples_are_valid() {
     for (name, text) in [("lab.yaml", include_str!("../../../examples/lab.yaml")), ("edge.yaml", include_str!("../../../examples/edge.yaml"))] {
         parse(name, text).unwrap_or_else(|e| panic!("{e}"));
     }
+    // The DSR lab's, in every mode `cargo xtask lab --dsr` runs it in.
+    let dsr = include_str!("../../../examples/lab-dsr.yaml");
+    for mode in ["tunnel", "gue", "direct"] {
+        let config = parse("lab-dsr.yaml", &dsr.replace("forwarding: tunnel", &format!("forwarding: {mode}"))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.vips[0].forwarding.to_string(), mode);
+    }
 }
 
 #[test]
