@@ -26,6 +26,13 @@
 //! (`examples/ha/keepalived-vips.conf`, its track script `lb check --config`) puts the VIPs on the VRRP
 //! master's `rt`, which the router reaches on link. The backends' side is the same.
 //!
+//! [`HaLab::create_dsr`] is the BGP topology with direct server return VIPs: the router also
+//! has a port on the backends' segment (`rs`, 10.0.10.254, fd00:10::fe), which is the
+//! backends' default route, so that they answer clients from the VIPs straight to it; each
+//! backend is set up by `lb backend-setup` (its segment interface is then named
+//! `dxb<pid>h<n>b<j>`, unique on the host, as the decapsulation program is pinned by interface
+//! name). The VRRP gateway still runs, and carries no VIP traffic.
+//!
 //! Names are unique per run (`lbh-<pid>-<n>-...`); dropping the [`HaLab`] kills every daemon,
 //! removes each agent's pinned data path and deletes the namespaces, also when a test fails.
 //! Every wait is bounded in time.
@@ -81,6 +88,13 @@ const BIRD_NODE: &str = include_str!("../../examples/ha/bird-node.conf");
 const BIRD_ROUTER: &str = include_str!("../../examples/ha/bird-router.conf");
 const KEEPALIVED: &str = include_str!("../../examples/ha/keepalived.conf");
 const KEEPALIVED_VIPS: &str = include_str!("../../examples/ha/keepalived-vips.conf");
+
+/// The router's address on the backends' segment in [`HaLab::create_dsr`]: their default route.
+pub const ROUTER_SEGMENT4: &str = "10.0.10.254";
+/// The router's IPv6 address on the backends' segment in [`HaLab::create_dsr`].
+pub const ROUTER_SEGMENT6: &str = "fd00:10::fe";
+/// The router's interface on the backends' segment in [`HaLab::create_dsr`].
+pub const ROUTER_SEGMENT_IFACE: &str = "rs";
 
 /// The router's address on the shared client-side segment of the VRRP topology.
 pub const ROUTER_FRONT4: &str = "10.0.0.1";
@@ -321,6 +335,8 @@ pub struct HaBackend {
     pub v4: String,
     /// Its IPv6 address.
     pub v6: String,
+    /// Its interface on the segment (`eth0`; unique on the host with DSR).
+    pub iface: String,
     server: Option<Child>,
 }
 
@@ -426,6 +442,10 @@ pub struct HaLab {
     pub monitor: Option<RouteMonitor>,
     /// How the router reaches the VIPs.
     pub topology: Topology,
+    /// The VIPs' direct server return mode ([`HaLab::create_dsr`]), or `None` (NAT).
+    pub dsr: Option<String>,
+    /// Backends set up by `lb backend-setup`: namespace and state file (undone on drop).
+    setups: Vec<(String, PathBuf)>,
     router_bird: Option<Daemon>,
     namespaces: Vec<String>,
     dir: PathBuf,
@@ -451,6 +471,16 @@ pub fn node_config(backends: &[HaBackend]) -> String {
     )
 }
 
+/// The agent configuration of every node in [`HaLab::create_dsr`]: as [`node_config`], with
+/// the VIPs in direct server return `mode`, the backends on the VIPs' port and TCP health
+/// checks of the backends' own addresses.
+pub fn dsr_node_config(backends: &[HaBackend], mode: &str) -> String {
+    let check = "    health_check:\n      type: http\n      path: /health\n";
+    node_config(backends)
+        .replace("        port: 8080\n", &format!("        port: {VIP_PORT}\n"))
+        .replace(check, &format!("    forwarding: {mode}\n    health_check:\n      type: tcp\n      target: address\n"))
+}
+
 /// The agent configuration of every node in the VRRP topology: as [`node_config`], with
 /// `global.vip_addresses: external` (keepalived owns the VIP addresses) and no
 /// `announce_table`.
@@ -463,7 +493,14 @@ impl HaLab {
     /// daemon, and waits (bounded) until the router has a next hop per node for both VIPs, a
     /// node holds the gateway and both VIPs answer. `backend_bin` is `lb-test-backend`.
     pub fn create(nodes: usize, backends: usize, backend_bin: &Path) -> anyhow::Result<HaLab> {
-        HaLab::build(nodes, backends, backend_bin, Topology::Bgp)
+        HaLab::build(nodes, backends, backend_bin, Topology::Bgp, None)
+    }
+
+    /// As [`HaLab::create`], with the VIPs in direct server return `mode` (`tunnel`, `gue`,
+    /// `direct`): the backends set up for it by `lb backend-setup`, serving the VIPs' port,
+    /// their default route the router's port on their segment (see the module documentation).
+    pub fn create_dsr(nodes: usize, backends: usize, backend_bin: &Path, mode: &str) -> anyhow::Result<HaLab> {
+        HaLab::build(nodes, backends, backend_bin, Topology::Bgp, Some(mode))
     }
 
     /// The "VRRP for the VIPs themselves" variant: the nodes' client-facing interfaces `rt`
@@ -475,15 +512,16 @@ impl HaLab {
     /// The backends' gateway is as in [`HaLab::create`]. Waits (bounded) until every agent
     /// serves, node 1 holds the VIPs and the gateway, and both VIPs answer.
     pub fn create_vrrp(nodes: usize, backends: usize, backend_bin: &Path) -> anyhow::Result<HaLab> {
-        HaLab::build(nodes, backends, backend_bin, Topology::Vrrp)
+        HaLab::build(nodes, backends, backend_bin, Topology::Vrrp, None)
     }
 
-    fn build(nodes: usize, backends: usize, backend_bin: &Path, topology: Topology) -> anyhow::Result<HaLab> {
+    fn build(nodes: usize, backends: usize, backend_bin: &Path, topology: Topology, dsr: Option<&str>) -> anyhow::Result<HaLab> {
         check_tools()?;
         crate::orphans::sweep_orphans_once();
         anyhow::ensure!((2..=8).contains(&nodes), "2 to 8 nodes");
         anyhow::ensure!((1..=40).contains(&backends), "1 to 40 backends");
-        let id = format!("lbh-{}-{}", std::process::id(), LABS.fetch_add(1, Ordering::Relaxed));
+        let lab_number = LABS.fetch_add(1, Ordering::Relaxed);
+        let id = format!("lbh-{}-{lab_number}", std::process::id());
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&dir)?;
         let mut lab = HaLab {
@@ -495,6 +533,8 @@ impl HaLab {
             backends: Vec::new(),
             monitor: None,
             topology,
+            dsr: dsr.map(str::to_owned),
+            setups: Vec::new(),
             router_bird: None,
             namespaces: Vec::new(),
             dir,
@@ -517,6 +557,14 @@ impl HaLab {
         addr(&client, "c0", &format!("{CLIENT4}/24"), &format!("{CLIENT6}/64"))?;
         ns_run(&client, &["ip", "route", "add", "default", "via", "10.0.2.1"])?;
         ns_run(&client, &["ip", "-6", "route", "add", "default", "via", "fd00:2::1"])?;
+        if dsr.is_some() {
+            // Router ── the backends' segment: the backends' way back to the clients.
+            veth(&router, ROUTER_SEGMENT_IFACE, &segment, "sr")?;
+            ns_run(&segment, &["ip", "link", "set", "sr", "master", "br0"])?;
+            addr(&router, ROUTER_SEGMENT_IFACE, &format!("{ROUTER_SEGMENT4}/24"), &format!("{ROUTER_SEGMENT6}/64"))?;
+            // Replies from the VIPs enter on `rs` while the router routes the VIPs to the nodes.
+            ns_run(&router, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", &format!("net.ipv4.conf.{ROUTER_SEGMENT_IFACE}.rp_filter=0")])?;
+        }
         if topology == Topology::Vrrp {
             // Router ── the shared client-side segment (bridge br1).
             ns_run(&segment, &["ip", "link", "add", "br1", "type", "bridge", "mcast_snooping", "0"])?;
@@ -582,15 +630,22 @@ impl HaLab {
             let ns = format!("{id}-b{j}");
             lab.add_ns(&ns)?;
             let port = format!("sb{j}");
-            veth(&segment, &port, &ns, "eth0")?;
+            let iface = if dsr.is_some() { format!("dxb{}h{lab_number}b{j}", std::process::id()) } else { "eth0".to_owned() };
+            veth(&segment, &port, &ns, &iface)?;
             ns_run(&segment, &["ip", "link", "set", &port, "master", "br0"])?;
             let (v4, v6) = (format!("10.0.10.{}", 10 + j), format!("fd00:10::{}", 10 + j));
-            addr(&ns, "eth0", &format!("{v4}/24"), &format!("{v6}/64"))?;
-            ns_run(&ns, &["ip", "route", "add", "default", "via", GATEWAY4])?;
-            ns_run(&ns, &["ip", "-6", "route", "add", "default", "via", GATEWAY6])?;
-            lab.backends.push(HaBackend { name: format!("b{j}"), ns, v4, v6, server: None });
+            addr(&ns, &iface, &format!("{v4}/24"), &format!("{v6}/64"))?;
+            let (gw4, gw6) = if dsr.is_some() { (ROUTER_SEGMENT4, ROUTER_SEGMENT6) } else { (GATEWAY4, GATEWAY6) };
+            ns_run(&ns, &["ip", "route", "add", "default", "via", gw4])?;
+            ns_run(&ns, &["ip", "-6", "route", "add", "default", "via", gw6])?;
+            // Redirected frames (direct mode, tunnels) are received by a peer with GRO.
+            ns_run(&ns, &["ethtool", "-K", &iface, "gro", "on"])?;
+            lab.backends.push(HaBackend { name: format!("b{j}"), ns, v4, v6, iface, server: None });
         }
         for j in 0..backends {
+            if let Some(mode) = dsr {
+                lab.backend_setup(j, mode)?;
+            }
             lab.start_backend(j)?;
         }
 
@@ -624,10 +679,28 @@ impl HaLab {
         Ok(())
     }
 
+    /// `lb backend-setup --mode MODE --vip VIP4 --vip VIP6 --interface IF` on backend `j`,
+    /// with a state file of its own (undone when the lab is dropped).
+    fn backend_setup(&mut self, j: usize, mode: &str) -> anyhow::Result<()> {
+        let b = &self.backends[j];
+        let state = self.dir.join(format!("{}-backend-setup.json", b.name));
+        let (lb, state_arg, vip4, vip6) = (crate::agent::lb_binary().display().to_string(), state.display().to_string(), VIP4.to_string(), VIP6.to_string());
+        let ns = b.ns.clone();
+        self.setups.push((ns.clone(), state));
+        ns_run(&ns, &[&lb, "backend-setup", "--mode", mode, "--vip", &vip4, "--vip", &vip6, "--interface", &b.iface, "--state", &state_arg])?;
+        Ok(())
+    }
+
+    /// The TCP port the backends' servers listen on: the VIPs' with DSR, else 8080.
+    fn backend_port(&self) -> u16 {
+        if self.dsr.is_some() { VIP_PORT } else { 8080 }
+    }
+
     fn start_backend(&mut self, j: usize) -> anyhow::Result<()> {
+        let port = self.backend_port();
         let b = &self.backends[j];
         let bin = self.backend_bin.display().to_string();
-        let child = in_netns(&b.ns, &[&bin, &b.name, "[::]:8080"])
+        let child = in_netns(&b.ns, &[&bin, &b.name, &format!("[::]:{port}")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -637,7 +710,8 @@ impl HaLab {
         let b = &self.backends[j];
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let up = in_namespace(&b.ns, || TcpStream::connect_timeout(&"127.0.0.1:8080".parse().expect("address"), Duration::from_millis(200)).is_ok())?;
+            let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+            let up = in_namespace(&b.ns, move || TcpStream::connect_timeout(&local, Duration::from_millis(200)).is_ok())?;
             if up {
                 return Ok(());
             }
@@ -814,9 +888,10 @@ impl HaLab {
 
     /// Starts (or adopts the pinned data path with) node `i`'s agent.
     pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
-        let yaml = match self.topology {
-            Topology::Bgp => node_config(&self.backends),
-            Topology::Vrrp => vrrp_node_config(&self.backends),
+        let yaml = match (self.topology, &self.dsr) {
+            (Topology::Bgp, Some(mode)) => dsr_node_config(&self.backends, mode),
+            (Topology::Bgp, None) => node_config(&self.backends),
+            (Topology::Vrrp, _) => vrrp_node_config(&self.backends),
         };
         let n = &mut self.nodes[i];
         match n.agent.as_mut() {
@@ -1239,6 +1314,16 @@ impl Drop for HaLab {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+        }
+        // Backend set-ups, then (should an undo fail) the decapsulation programs' pins.
+        let lb = crate::agent::lb_binary().display().to_string();
+        for (ns, state) in std::mem::take(&mut self.setups) {
+            if let Err(e) = ns_run(&ns, &[&lb, "backend-setup", "--undo", "--state", &state.display().to_string()]) {
+                eprintln!("undoing the backend set-up in {ns}: {e:#}");
+            }
+        }
+        for b in self.backends.iter().filter(|b| b.iface != "eth0") {
+            let _ = std::fs::remove_dir_all(Path::new(crate::topology::DECAP_PIN_ROOT).join(&b.iface));
         }
         for n in &self.nodes {
             let _ = std::fs::remove_dir_all(Path::new(crate::topology::BPFFS_ROOT).join(&n.ns));
