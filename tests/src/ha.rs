@@ -1219,6 +1219,23 @@ impl HaLab {
         Ok(())
     }
 
+    /// Datagrams node `i`'s kernel forwarded so far (IPv4 `ForwDatagrams` plus IPv6
+    /// `Ip6OutForwDatagrams`): what its routing carried, such as the backends' packets to the
+    /// gateway it holds (the data path's own forwarding is not counted there).
+    pub fn kernel_forwarded(&self, i: usize) -> anyhow::Result<u64> {
+        let snmp = ns_run(&self.nodes[i].ns, &["cat", "/proc/net/snmp", "/proc/net/snmp6"])?;
+        let mut ip = snmp.lines().filter(|l| l.starts_with("Ip: "));
+        let v4 = match (ip.next(), ip.next()) {
+            (Some(names), Some(values)) => names.split_whitespace().zip(values.split_whitespace()).find(|(n, _)| *n == "ForwDatagrams").and_then(|(_, v)| v.parse::<u64>().ok()),
+            _ => None,
+        };
+        let v6 = snmp.lines().find_map(|l| l.strip_prefix("Ip6OutForwDatagrams")).and_then(|v| v.trim().parse::<u64>().ok());
+        match (v4, v6) {
+            (Some(a), Some(b)) => Ok(a + b),
+            _ => bail!("no forwarding counters in /proc/net/snmp and snmp6 of {}", self.nodes[i].ns),
+        }
+    }
+
     /// `forward_to_backend` packets of node `i`'s data path so far (`None` without an agent).
     pub fn forwarded(&self, i: usize) -> Option<u64> {
         let agent = self.nodes[i].agent.as_ref()?;

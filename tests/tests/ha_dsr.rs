@@ -22,25 +22,12 @@ fn backend_bin() -> &'static std::path::Path {
     env!("CARGO_BIN_EXE_lb-test-backend").as_ref()
 }
 
-/// Datagrams the kernel of namespace `ns` forwarded (IPv4 `ForwDatagrams` plus IPv6
-/// `Ip6OutForwDatagrams`): what a node holding the gateway routed for the backends.
-fn forwarded_datagrams(ns: &str) -> u64 {
-    let snmp = lb_tests::ha::ns_run(ns, &["cat", "/proc/net/snmp", "/proc/net/snmp6"]).expect("reading /proc/net/snmp");
-    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip: "));
-    let v4 = match (ip.next(), ip.next()) {
-        (Some(names), Some(values)) => names.split_whitespace().zip(values.split_whitespace()).find(|(n, _)| *n == "ForwDatagrams").and_then(|(_, v)| v.parse::<u64>().ok()),
-        _ => None,
-    };
-    let v6 = snmp.lines().find_map(|l| l.strip_prefix("Ip6OutForwDatagrams")).and_then(|v| v.trim().parse::<u64>().ok());
-    v4.expect("ForwDatagrams") + v6.unwrap_or_else(|| panic!("Ip6OutForwDatagrams in {snmp}"))
-}
-
 /// Over `window` of load: datagrams the gateway holder forwarded, bytes it received on its
 /// segment interface `bk`, and bytes the router received on `rs` (the backends' replies).
 fn gateway_over(lab: &HaLab, holder: usize, window: Duration) -> (u64, u64, u64) {
     let node = &lab.nodes[holder - 1].ns;
     let read = || {
-        (forwarded_datagrams(node), iface_bytes(node, "bk").expect("bk counters").rx, iface_bytes(&lab.router_ns, ROUTER_SEGMENT_IFACE).expect("rs counters").rx)
+        (lab.kernel_forwarded(holder - 1).expect("forwarded datagrams"), iface_bytes(node, "bk").expect("bk counters").rx, iface_bytes(&lab.router_ns, ROUTER_SEGMENT_IFACE).expect("rs counters").rx)
     };
     let before = read();
     thread::sleep(window);

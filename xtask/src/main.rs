@@ -29,7 +29,7 @@ mod orphans;
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
 mod topology;
 
-const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...] | lab [--keep] [--dsr [--mode tunnel|gue|direct]] | lab --ha [--nodes N] | bench [--unpublishable] [lb-bench args...] | fuzz [--frames N] [--seed S] [--seconds T] [--keep N] [--index I | --replay FILE]>";
+const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...] | lab [--keep] [--dsr [--mode tunnel|gue|direct]] | lab --ha [--nodes N] [--dsr [--mode M]] | bench [--unpublishable] [lb-bench args...] | fuzz [--frames N] [--seed S] [--seconds T] [--keep N] [--index I | --replay FILE]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -41,8 +41,8 @@ fn main() -> ExitCode {
             .and_then(|()| test(&args[1..])),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => setup().and_then(|()| fuzz(&args[1..])),
-        Some("lab") if args.iter().any(|a| a == "--ha") => match ha_nodes(&args[1..]) {
-            Ok(nodes) => setup().and_then(|()| build_bins()).and_then(|()| ha_lab::run(&root(), nodes)),
+        Some("lab") if args.iter().any(|a| a == "--ha") => match ha_nodes(&args[1..]).and_then(|n| Ok((n, dsr_lab::mode_arg(&args[1..])?))) {
+            Ok((nodes, dsr)) => setup().and_then(|()| build_bins()).and_then(|()| ha_lab::run(&root(), nodes, dsr)),
             Err(e) => Err(e),
         },
         Some("lab") => match dsr_lab::mode_arg(&args[1..]) {
