@@ -290,6 +290,7 @@ pub fn service(
                             dst_mac: backend_mac(bid),
                             src_mac: LB_MAC,
                         },
+                        ..Backend::default()
                     },
                 }
             })

@@ -280,6 +280,7 @@ impl Rig {
                         dst_mac: mac(&b.ns, "eth0")?,
                         src_mac: mac(&lb_ns, &b.lb_iface)?,
                     },
+                    ..Backend::default()
                 },
             });
         }

@@ -190,6 +190,7 @@ impl Rig {
                         dst_mac: mac_of(&b.ns, "eth0")?,
                         src_mac: mac_of(&lb_ns, &b.lb_iface)?,
                     },
+                    ..Backend::default()
                 },
             });
         }
