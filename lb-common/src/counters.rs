@@ -62,6 +62,19 @@ pub enum Reason {
     /// A backend's ICMP or ICMPv6 error about a client's packet, rewritten to the VIP and sent
     /// towards the client.
     IcmpToClient,
+    /// A packet for a direct server return backend without a path the program can use: no
+    /// next hop resolved yet (the agent resolves it within a second of the neighbour being
+    /// known), no tunnel source address yet, or a frame that could not grow: dropped (handed to
+    /// the kernel, it would be answered by this host, which holds the VIP).
+    DropDsrNoPath,
+    /// A packet that would exceed the tunnel MTU once encapsulated, answered with an ICMP
+    /// "fragmentation needed" or ICMPv6 "packet too big" carrying the MTU left for it (sent
+    /// back out of the interface it came in by).
+    IcmpTooBig,
+    /// A packet that would exceed the tunnel MTU once encapsulated and got no ICMP error: an
+    /// IPv4 packet without DF (XDP cannot fragment it), or over this CPU's budget of
+    /// [`crate::limits::TOO_BIG_PER_CPU_PER_SEC`] errors a second: dropped.
+    DropTooBig,
     /// Event, not a verdict: a connection-table insert failed (the packet is still forwarded).
     ConnInsertFailed,
     /// Event, not a verdict: a tracked flow's backend went down; the flow was given a new backend.
@@ -70,14 +83,17 @@ pub enum Reason {
     /// of this node (the entry was evicted or expired, or the flow moved here from another
     /// node). Maglev gives it the same backend while the backend set is unchanged.
     FlowResumedWithoutEntry,
+    /// Event, not a verdict: the MSS option of a client's SYN to a tunnel or GUE VIP with
+    /// `mss_clamp` was lowered to fit the tunnel MTU.
+    MssClamped,
 }
 
 impl Reason {
     /// Number of reasons (size of the `REASONS` map).
-    pub const COUNT: u32 = Reason::FlowResumedWithoutEntry as u32 + 1;
+    pub const COUNT: u32 = Reason::MssClamped as u32 + 1;
 
     /// How many of the last reasons are events counted beside a verdict, not verdicts.
-    pub const EVENTS: u32 = 3;
+    pub const EVENTS: u32 = 4;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Reason::COUNT as usize] = [
@@ -104,9 +120,13 @@ impl Reason {
         Reason::DropMartian,
         Reason::IcmpToBackend,
         Reason::IcmpToClient,
+        Reason::DropDsrNoPath,
+        Reason::IcmpTooBig,
+        Reason::DropTooBig,
         Reason::ConnInsertFailed,
         Reason::Rescheduled,
         Reason::FlowResumedWithoutEntry,
+        Reason::MssClamped,
     ];
 
     /// Stable snake_case name, used in metrics and the CLI.
@@ -138,6 +158,10 @@ impl Reason {
             Reason::ConnInsertFailed => "conn_insert_failed",
             Reason::Rescheduled => "rescheduled",
             Reason::FlowResumedWithoutEntry => "flow_resumed_without_entry",
+            Reason::DropDsrNoPath => "drop_dsr_no_path",
+            Reason::IcmpTooBig => "icmp_too_big",
+            Reason::DropTooBig => "drop_too_big",
+            Reason::MssClamped => "mss_clamped",
         }
     }
 
@@ -160,6 +184,7 @@ mod tests {
         assert_eq!(events.next(), Some(&Reason::ConnInsertFailed));
         assert_eq!(events.next(), Some(&Reason::Rescheduled));
         assert_eq!(events.next(), Some(&Reason::FlowResumedWithoutEntry));
+        assert_eq!(events.next(), Some(&Reason::MssClamped));
         assert_eq!(events.next(), None);
     }
 }

@@ -101,16 +101,22 @@ pub struct Tunnel {
 #[inline(always)]
 pub fn outer_source(base: &crate::maps::Addr, family: u8, host_bits: u8, hash: u32) -> crate::maps::Addr {
     let mut a = *base;
+    let last = if family == crate::maps::FAMILY_V4 { 3 } else { 15 };
+    let tail = source_tail(u16::from_be_bytes([a[last - 1], a[last]]), host_bits, hash);
+    [a[last - 1], a[last]] = tail.to_be_bytes();
+    a
+}
+
+/// The last 16 bits of an outer source whose base ends in `tail`: [`outer_source`] on the only
+/// bits it changes (the data path writes the base, then these).
+#[inline(always)]
+pub fn source_tail(tail: u16, host_bits: u8, hash: u32) -> u16 {
     let bits = if host_bits > crate::limits::MAX_TUNNEL_SOURCE_HOST_BITS { crate::limits::MAX_TUNNEL_SOURCE_HOST_BITS } else { host_bits };
     if bits == 0 {
-        return a;
+        return tail;
     }
-    let mask = (1u32 << bits) - 1;
-    let last = if family == crate::maps::FAMILY_V4 { 3 } else { 15 };
-    let low = u16::from_be_bytes([a[last - 1], a[last]]) as u32;
-    let word = ((low & !mask) | (hash & mask)) as u16;
-    [a[last - 1], a[last]] = word.to_be_bytes();
-    a
+    let mask = ((1u32 << bits) - 1) as u16;
+    (tail & !mask) | (hash as u16 & mask)
 }
 
 /// The outer UDP source port of a GUE packet with flow hash `hash`: from the hash, so that a
@@ -136,16 +142,23 @@ pub fn header_checksum<const N: usize>(header: &[u8; N]) -> u16 {
 /// 6864), `tos` and `ttl` copied from the inner header, and its checksum.
 #[inline(always)]
 pub fn ipv4_outer_header(src: &[u8; 4], dst: &[u8; 4], total_len: u16, tos: u8, ttl: u8, proto: u8) -> [u8; IPV4_HLEN] {
-    let len = total_len.to_be_bytes();
-    let mut h = [
-        0x45, tos, len[0], len[1], 0, 0, 0x40, 0, ttl, proto, 0, 0, src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2],
-        dst[3],
-    ];
+    let mut h = ipv4_outer_fields(src, dst, total_len, tos, ttl, proto);
     let check = header_checksum(&h).to_be_bytes();
     h[10] = check[0];
     h[11] = check[1];
     h
 }
+
+/// [`ipv4_outer_header`] with a zero checksum: the data path writes it into the packet and
+/// sums it there (a checksum of a copy on the stack would cost the stack it lacks).
+#[inline(always)]
+pub fn ipv4_outer_fields(src: &[u8; 4], dst: &[u8; 4], total_len: u16, tos: u8, ttl: u8, proto: u8) -> [u8; IPV4_HLEN] {
+    let len = total_len.to_be_bytes();
+    [0x45, tos, len[0], len[1], 0, 0, 0x40, 0, ttl, proto, 0, 0, src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3]]
+}
+
+/// Offset of the checksum in an IPv4 header.
+pub const IPV4_CHECK: usize = 10;
 
 /// The first 8 bytes of the outer IPv6 header: version, traffic class `tclass` (copied from
 /// the inner header), flow label 0, payload length, next header and hop limit (copied).

@@ -20,3 +20,4 @@ pub mod martian;
 pub mod schedule;
 pub mod serving;
 pub mod sizing;
+pub mod tcp_probe;

@@ -50,6 +50,10 @@ pub const MAP_TX_PORTS: &str = "TX_PORTS";
 /// hash bucket, set by a SYN of a Maglev VIP and cleared by the flow's next packet: a non-SYN
 /// TCP packet that finds no entry and no bit is a flow resumed without its entry.
 pub const MAP_SYN_SEEN: &str = "SYN_SEEN";
+/// `TOO_BIG`: per-CPU array of one `u64`, the ICMP "fragmentation needed" / "packet too big"
+/// budget of the current second: the second (coarse monotonic clock) in the high 32 bits, the
+/// errors sent in it in the low 32 ([`crate::limits::TOO_BIG_PER_CPU_PER_SEC`]).
+pub const MAP_TOO_BIG: &str = "TOO_BIG";
 /// `REASONS`: per-CPU array [`crate::counters::Reason`] → packet count.
 pub const MAP_REASONS: &str = "REASONS";
 /// `VIP_STATS`: per-CPU array VIP id → [`Traffic`].
@@ -127,7 +131,7 @@ pub const UPGRADE_PROBE_SLOT: u32 = REASON_SLOTS - 1;
 
 /// Every map a running data path keeps in bpffs (all but the program's private `.rodata`,
 /// `.bss` and log buffer), so that it outlives the agent.
-pub const PINNED_MAPS: [&str; 20] = [
+pub const PINNED_MAPS: [&str; 21] = [
     MAP_VIPS,
     MAP_BACKENDS,
     MAP_RING,
@@ -148,6 +152,7 @@ pub const PINNED_MAPS: [&str; 20] = [
     MAP_ENDPOINT_FILTER,
     MAP_VIP_LIVE,
     MAP_META,
+    MAP_TOO_BIG,
 ];
 
 /// Read-only global: number of slots of one Maglev ring (prime).

@@ -1,5 +1,6 @@
 //! The load balancer's XDP program. Each packet goes top to bottom through:
-//! parse → sanity → VIP lookup → connection table → scheduler → NAT rewrite → forward.
+//! parse → sanity → VIP lookup → connection table → scheduler → NAT rewrite, or for a direct
+//! server return VIP the outer header → forward.
 //! Replies from backends are translated back to the VIP from the `REPLIES` map (no per-flow
 //! state); ICMP errors follow their flow.
 #![cfg_attr(
@@ -17,11 +18,15 @@ mod choose;
 #[cfg(target_arch = "bpf")]
 mod conntrack;
 #[cfg(target_arch = "bpf")]
+mod dsr;
+#[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod mss;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
@@ -30,6 +35,8 @@ mod parse;
 mod sanity;
 #[cfg(target_arch = "bpf")]
 mod stats;
+#[cfg(target_arch = "bpf")]
+mod too_big;
 #[cfg(target_arch = "bpf")]
 mod xdp;
 #[cfg(target_arch = "bpf")]

@@ -61,6 +61,10 @@ pub static EGRESS: HashMap<u32, Egress> = HashMap::with_max_entries(EGRESS_CAPAC
 #[map]
 pub static REDIRECT_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// This CPU's ICMP "too big" budget (`lb_common::maps::MAP_TOO_BIG`).
+#[map]
+pub static TOO_BIG: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// The interfaces the program runs on, for `bpf_redirect_map` (`lb_common::maps::MAP_TX_PORTS`).
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(EGRESS_CAPACITY, 0);

@@ -8,6 +8,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::debug;
 use lb_common::{
     counters::Reason,
+    encap::is_dsr,
     hash::flow_hash,
     martian::is_martian,
     maps::{
@@ -19,7 +20,7 @@ use lb_common::{
 use crate::{
     choose::choose,
     conntrack::{self, Tracked},
-    forward, icmp,
+    dsr, forward, icmp,
     maps::{BACKENDS, REPLIES, VIPS, hash_seed, is_vip_address, maybe_endpoint, vip_address, vip_is_live},
     nat::{self, Endpoint},
     parse::{self, Kind, Packet, frame_len, parse},
@@ -211,9 +212,13 @@ fn established(ctx: &XdpContext, pkt: &Packet, vip_id: u32, id: u32, backend: &B
     forward_to(ctx, pkt, vip_id, id, backend, false)
 }
 
-/// Rewrites `pkt` to backend `id`, counts it and sends it on.
+/// Rewrites `pkt` to backend `id` (or, for a direct server return backend, carries it there
+/// unchanged), counts it and sends it on.
 #[inline(always)]
 fn forward_to(ctx: &XdpContext, pkt: &Packet, vip_id: u32, id: u32, backend: &Backend, new_flow: bool) -> u32 {
+    if is_dsr(backend.forwarding) {
+        return to_dsr_backend(ctx, pkt, vip_id, id, backend, new_flow, Reason::ForwardToBackend);
+    }
     if let Err(reason) = nat::rewrite(ctx, pkt, Endpoint::Destination, &backend.addr, backend.port) {
         return verdict(xdp_action::XDP_PASS, reason);
     }
@@ -221,6 +226,19 @@ fn forward_to(ctx: &XdpContext, pkt: &Packet, vip_id: u32, id: u32, backend: &Ba
     match forward::send(ctx, pkt, &backend.hop, &pkt.key.src, &backend.addr) {
         Ok(action) => verdict(action, Reason::ForwardToBackend),
         Err(reason) => verdict(xdp_action::XDP_PASS, reason),
+    }
+}
+
+/// Carries `pkt` to direct server return backend `id` ([`dsr::forward`]) and counts it under
+/// `sent`, with the VIP's and the backend's traffic.
+#[inline(always)]
+fn to_dsr_backend(ctx: &XdpContext, pkt: &Packet, vip_id: u32, id: u32, backend: &Backend, new_flow: bool, sent: Reason) -> u32 {
+    match dsr::forward(ctx, pkt, backend) {
+        Ok(action) => {
+            count_traffic(vip_id, id, pkt.len, new_flow);
+            verdict(action, sent)
+        }
+        Err(reason) => verdict(dsr::action_of(reason), reason),
     }
 }
 
@@ -303,6 +321,9 @@ fn fragment(ctx: &XdpContext, pkt: &Packet) -> u32 {
         Ok(chosen) => chosen,
         Err(reason) => return verdict(xdp_action::XDP_DROP, reason),
     };
+    if is_dsr(backend.forwarding) {
+        return to_dsr_backend(ctx, pkt, vip.id, id, backend, false, Reason::ForwardToBackend);
+    }
     let rewritten = if first {
         nat::rewrite(ctx, pkt, Endpoint::Destination, &backend.addr, backend.port)
     } else {
@@ -413,6 +434,10 @@ fn icmp_to_backend(ctx: &XdpContext, pkt: &Packet) -> u32 {
             Err(reason) => return verdict(xdp_action::XDP_DROP, reason),
         },
     };
+    // A direct server return backend holds the VIP: the error reaches it unchanged.
+    if is_dsr(backend.forwarding) {
+        return to_dsr_backend(ctx, pkt, vip.id, id, backend, false, Reason::IcmpToBackend);
+    }
     let rewritten = sanity::ip_end(ctx, pkt).and_then(|end| icmp::rewrite(ctx, pkt, end, &backend.addr, backend.port));
     if let Err(reason) = rewritten {
         return verdict(xdp_action::XDP_PASS, reason);

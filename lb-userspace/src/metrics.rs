@@ -257,6 +257,7 @@ mod tests {
                     traffic: TrafficStatus { packets: 10, bytes: 1000, new_flows: 2, dropped: 0, packets_per_second: 0.0 },
                     last_probe: Some("HTTP 200".into()),
                     probe_local_errors: 0,
+                    probe: None,
                 }],
             }],
         };

@@ -8,12 +8,17 @@ use std::net::IpAddr;
 use lb_common::maps::NextHop;
 use lb_tests::{harness::require_root, netns::Netns};
 use lb_userspace::{
-    neighbours::{Resolver, parse_mac},
+    neighbours::{PathInfo, Resolution, Resolver, parse_mac},
     netlink::Netlink,
 };
 
 /// Resolves `addrs` on a new connection in the calling thread's network namespace.
 fn resolve_all(addrs: &[&str]) -> Vec<Option<NextHop>> {
+    resolutions(addrs).into_iter().map(|r| r.hop).collect()
+}
+
+/// The resolver's whole answers for `addrs`, next hops and paths.
+fn resolutions(addrs: &[&str]) -> Vec<Resolution> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let netlink = Netlink::open().unwrap();
@@ -97,6 +102,12 @@ fn resolves_next_hops_over_netlink_in_a_namespace() {
             None,
         ]
     );
+    // The path: the route's source (the outer source of the tunnel modes) and the egress MTU,
+    // also while the neighbour is unknown; nothing without a route.
+    ns.exec(&["ip", "link", "set", "lbnl0", "mtu", "9000"]);
+    let paths: Vec<PathInfo> = ns.run_in(|| resolutions(&["10.99.0.2", "203.0.113.7", "2001:db8:99::3", "192.0.2.1"])).into_iter().map(|r| r.path).collect();
+    let path = |src: &str| PathInfo { source: Some(src.parse().unwrap()), mtu: 9000 };
+    assert_eq!(paths, vec![path("10.99.0.1"), path("10.99.0.1"), path("2001:db8:99::1"), PathInfo::default()]);
 
     // An entry that is not usable: a failed resolution, then one that goes stale (usable).
     ns.exec(&["ip", "neigh", "replace", "10.99.0.2", "dev", "lbnl0", "nud", "failed"]);

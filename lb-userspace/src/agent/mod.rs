@@ -412,6 +412,9 @@ impl Agent {
                 self.checker.add(target, generation);
             }
         }
+        for b in self.runtime.vips.iter().flat_map(|v| &v.backends) {
+            self.checker.set_route(b.id, report::probe_route(b));
+        }
         if !self.interfaces.is_empty() {
             self.announce();
         }

@@ -12,9 +12,12 @@ use lb_common::{counters::Reason, maps::{BackendState, Traffic}};
 use super::{Agent, state::{BackendRuntime, Runtime, VipRuntime}};
 use crate::{
     api::{BackendStatus, StatsReport, StatusReport, TrafficStatus, VipStatus, server::ApiError},
-    config::{self, AdminState, CheckKind, Config, HttpMethod, Protocol, Scheduler, Vip},
+    config::{self, AdminState, CheckKind, Config, Forwarding, HttpMethod, ProbeTarget, Protocol, Scheduler, Vip},
     dataplane::Maps,
-    health::{Health, ProbeKind, ProbeSpec, Target, TargetStatus},
+    health::{
+        Health, ProbeKind, ProbeSpec, Target, TargetStatus,
+        dsr::{Carrier, Route, ViaVip},
+    },
 };
 
 /// Packet rates per VIP (`true`) and backend (`false`) id, from the last two samples.
@@ -89,7 +92,7 @@ pub fn scheduler_name(s: Scheduler) -> &'static str {
     }
 }
 
-fn backend_status(agent: &Agent, b: &BackendRuntime, active: &HashMap<u32, u64>, probes: &HashMap<u32, TargetStatus>) -> BackendStatus {
+fn backend_status(agent: &Agent, v: &VipRuntime, b: &BackendRuntime, active: &HashMap<u32, u64>, probes: &HashMap<u32, TargetStatus>) -> BackendStatus {
     let probe = probes.get(&b.id);
     let hop = b.hop.is_resolved().then(|| {
         let m = b.hop.dst_mac;
@@ -110,6 +113,7 @@ fn backend_status(agent: &Agent, b: &BackendRuntime, active: &HashMap<u32, u64>,
         next_hop: hop,
         last_probe: probe.map(|p| p.detail.clone()),
         probe_local_errors: probe.map_or(0, |p| p.local_errors),
+        probe: probe_label(v, b),
         traffic: traffic(agent.dp.maps.backend_traffic(b.id).unwrap_or_default(), agent.rates.get(false, b.id)),
     }
 }
@@ -129,7 +133,7 @@ fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>, probes:
         scheduler: scheduler_name(v.config.scheduler).into(),
         ring_backends: agent.dp.maps.vip(&v.key()).ok().flatten().map_or(0, |m| m.backend_count),
         traffic: traffic(agent.dp.maps.vip_traffic(v.id).unwrap_or_default(), agent.rates.get(true, v.id)),
-        backends: v.backends.iter().map(|b| backend_status(agent, b, active, probes)).collect(),
+        backends: v.backends.iter().map(|b| backend_status(agent, v, b, active, probes)).collect(),
     }
 }
 
@@ -199,12 +203,43 @@ pub fn probe_target(vip: &VipRuntime, b: &BackendRuntime) -> Option<Target> {
         id: b.id,
         addr: SocketAddr::new(b.address, hc.port.unwrap_or(b.port)),
         spec: ProbeSpec { kind, timeout: hc.timeout },
+        via: via_vip(vip),
+        route: probe_route(b),
         interval: hc.interval,
         fast_interval: hc.fast_interval,
         rise: hc.rise,
         fall: hc.fall,
         initial: b.health,
     })
+}
+
+/// How a probe through the VIP reaches the backends of `vip`: `None` unless the VIP is a
+/// direct server return one whose `health_check.target` is `vip`.
+fn via_vip(vip: &VipRuntime) -> Option<ViaVip> {
+    if vip.config.health_check.target != ProbeTarget::Vip {
+        return None;
+    }
+    let carrier = match vip.config.forwarding {
+        Forwarding::Tunnel => Carrier::Tunnel,
+        Forwarding::Gue => Carrier::Gue { port: vip.config.dsr.gue_port },
+        Forwarding::Direct => Carrier::Direct,
+        Forwarding::Nat | Forwarding::Unsupported(_) => return None,
+    };
+    Some(ViaVip { carrier, vip: SocketAddr::new(vip.config.address, vip.config.port) })
+}
+
+/// The path to backend `b` as its probes through the VIP use it.
+pub fn probe_route(b: &BackendRuntime) -> Route {
+    Route { source: b.path.source, hop: b.hop }
+}
+
+/// How backend `b` of `vip` is probed, for the backends of direct server return VIPs (`None`
+/// for NAT VIPs and unchecked ones): through the VIP, or plainly at its address.
+fn probe_label(vip: &VipRuntime, b: &BackendRuntime) -> Option<String> {
+    if !vip.config.forwarding.is_dsr() {
+        return None;
+    }
+    probe_target(vip, b).map(|t| t.describe(true))
 }
 
 /// Parses and validates the YAML of one VIP (a `vips:` entry) against the running global
@@ -246,6 +281,46 @@ fn in_vip_yaml(mut errors: config::ConfigErrors, first: usize) -> config::Config
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The targets and labels of the first VIP's backends in a configuration whose VIP has
+    /// `forwarding` and `check` (lines of its `health_check`).
+    fn probes_of(forwarding: &str, check: &str) -> Vec<(Option<Target>, Option<String>)> {
+        let text = format!(
+            "global:\n  interfaces: [eth0]\nvips:\n  - name: web\n    address: 10.0.0.10\n    port: 80\n    forwarding: {forwarding}\n    gue_port: 7000\n    health_check:\n{check}    backends:\n      - address: 10.0.11.2\n"
+        );
+        let text = if forwarding == "gue" { text } else { text.replace("    gue_port: 7000\n", "") };
+        let config = config::parse("t.yaml", &text).unwrap();
+        let (mut rt, _) = crate::agent::state::Runtime::new(&config).unwrap();
+        let b = &mut rt.vips[0].backends[0];
+        b.path.source = Some("10.0.11.1".parse().unwrap());
+        b.hop.ifindex = 7;
+        let v = &rt.vips[0];
+        v.backends.iter().map(|b| (probe_target(v, b), probe_label(v, b))).collect()
+    }
+
+    #[test]
+    fn dsr_backends_are_probed_through_the_vip_by_default_and_say_so() {
+        let tcp = "      type: tcp\n";
+        for (mode, carrier, label) in [
+            ("tunnel", Carrier::Tunnel, "tcp via tunnel to VIP 10.0.0.10:80"),
+            ("gue", Carrier::Gue { port: 7000 }, "tcp via GUE (port 7000) to VIP 10.0.0.10:80"),
+            ("direct", Carrier::Direct, "tcp via direct (L2) to VIP 10.0.0.10:80"),
+        ] {
+            let (target, got) = probes_of(mode, tcp).remove(0);
+            let target = target.unwrap();
+            assert_eq!(target.via, Some(ViaVip { carrier, vip: "10.0.0.10:80".parse().unwrap() }), "{mode}");
+            assert_eq!(target.addr, "10.0.11.2:80".parse().unwrap());
+            assert_eq!((target.route.source, target.route.hop.ifindex), (Some("10.0.11.1".parse().unwrap()), 7), "the path the resolver found");
+            assert_eq!(got.as_deref(), Some(label), "{mode}");
+        }
+        let (target, got) = probes_of("tunnel", "      type: http\n      target: address\n").remove(0);
+        assert_eq!(target.unwrap().via, None, "a plain probe");
+        assert_eq!(got.as_deref(), Some("http GET /health to address 10.0.11.2:80 (plain: does not show the VIP is served)"));
+        let (target, got) = probes_of("nat", tcp).remove(0);
+        assert_eq!((target.unwrap().via, got), (None, None), "NAT VIPs are probed at the address, unlabelled");
+        let (target, got) = probes_of("direct", "      type: none\n").remove(0);
+        assert_eq!((target, got), (None, None), "not checked");
+    }
 
     /// Found by the admin API fuzzer: the errors of `vip-add` named lines of a document the
     /// agent builds around the VIP (its global settings first), not of the YAML sent.

@@ -140,6 +140,11 @@ pub struct BackendStatus {
     /// never against the backend.
     #[serde(default)]
     pub probe_local_errors: u64,
+    /// How a backend of a direct server return VIP is probed: through the VIP (`tcp via
+    /// tunnel to VIP 10.0.0.10:80`) or plainly at its address, which does not show that it
+    /// serves the VIP. `None` for NAT VIPs and unchecked ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
 }
 
 /// One VIP in `lb status`.

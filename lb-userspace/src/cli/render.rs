@@ -78,6 +78,15 @@ fn status(s: StatusReport) -> String {
             .collect();
         let align = [Align::Left, Align::Left, Align::Left, Align::Left, Align::Right, Align::Right, Align::Right, Align::Right, Align::Right];
         out += &table_aligned(&["BACKEND", "STATE", "HEALTH", "ADMIN", "WEIGHT", "CONNS", "RATE", "FLOWS", "BYTES"], &align, &rows);
+        for b in &v.backends {
+            if let Some(probe) = &b.probe {
+                out += &format!(
+                    "  {}: probe: {probe}; latest: {}\n",
+                    std::net::SocketAddr::new(b.address, b.port),
+                    b.last_probe.as_deref().unwrap_or("-")
+                );
+            }
+        }
         for b in v.backends.iter().filter(|b| b.probe_local_errors > 0) {
             out += &format!(
                 "  {}: {} failed on the agent's side, not counted against it; latest probe: {}\n",
@@ -259,6 +268,24 @@ BACKEND        STATE  HEALTH  ADMIN  WEIGHT  CONNS        RATE  FLOWS    BYTES
                 "layout 3\nhost: added by the agent address 10.0.0.10/32 on eth0, route 10.0.0.10/32 dev lo table 100 proto 250\n\
                  host: cannot add address fd00::10/128 on eth0 (no interface eth0; 3 failures, next try in 2.00 s)\n\
                  host: already there, not the agent's (left alone) address 10.0.0.11/32 on eth0\n\nVIP web"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn status_says_how_the_backends_of_a_dsr_vip_are_probed() {
+        let mut s = status_json(2, &[1, 1], 0);
+        let plain = human(&Command::Status, &s);
+        assert!(!plain.contains("probe:"), "nothing for NAT VIPs: {plain}");
+        s["vips"][0]["backends"][0]["probe"] = json!("tcp via tunnel to VIP 10.0.0.10:80");
+        s["vips"][0]["backends"][0]["last_probe"] = json!("TCP handshake with VIP 10.0.0.10:80 via tunnel");
+        s["vips"][0]["backends"][1]["probe"] = json!("tcp to address 10.1.0.2:8080 (plain: does not show the VIP is served)");
+        let out = human(&Command::Status, &s);
+        assert!(
+            out.ends_with(
+                "  10.1.0.1:8080: probe: tcp via tunnel to VIP 10.0.0.10:80; latest: TCP handshake with VIP 10.0.0.10:80 via tunnel\n  \
+                 10.1.0.2:8080: probe: tcp to address 10.1.0.2:8080 (plain: does not show the VIP is served); latest: -\n"
             ),
             "{out}"
         );

@@ -10,8 +10,9 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
+use super::dsr::{self, Route, ViaVip};
 use super::lag::{self, LoopLag};
-use super::probe::{ProbeOutcome, ProbeSpec, probe};
+use super::probe::{ProbeKind, ProbeOutcome, ProbeSpec, probe};
 use super::state::{Health, HealthState};
 
 /// Shortest wait between two probes of one target, whatever its configured intervals.
@@ -33,10 +34,16 @@ pub fn local_errors_total() -> u64 {
 pub struct Target {
     /// Backend slot id, echoed in transitions and snapshots.
     pub id: u32,
-    /// Address the probes connect to.
+    /// Address the probes connect to (the backend's endpoint for a probe through the VIP).
     pub addr: SocketAddr,
     /// The probe.
     pub spec: ProbeSpec,
+    /// A probe through the VIP (`health_check.target: vip` of a direct server return VIP): a
+    /// TCP handshake with the VIP on the backend, carried as the VIP's packets are
+    /// ([`dsr`]); `None` for a probe of `addr` itself.
+    pub via: Option<ViaVip>,
+    /// The path to the backend when the target is added ([`Checker::set_route`] follows it).
+    pub route: Route,
     /// Time between the starts of two probes while the health is settled.
     pub interval: Duration,
     /// Time between the starts of two probes while a flip is in progress.
@@ -94,6 +101,7 @@ pub struct TargetStatus {
 #[derive(Debug)]
 struct Running {
     status: Arc<Mutex<TargetStatus>>,
+    route: Arc<Mutex<Route>>,
     task: JoinHandle<()>,
 }
 
@@ -159,16 +167,25 @@ impl Checker {
         if self.monitor.is_none() {
             self.monitor = Some(Monitor(lag::spawn_monitor(self.lag.clone())));
         }
+        let route = Arc::new(Mutex::new(target.route));
         let task = tokio::spawn(run(
             target.clone(),
             generation,
             state,
-            status.clone(),
+            Shared { status: status.clone(), route: route.clone() },
             self.events.clone(),
             self.lag.clone(),
         ));
         // Replacing the entry drops the old one, which aborts its task.
-        self.targets.insert(target.id, Running { status, task });
+        self.targets.insert(target.id, Running { status, route, task });
+    }
+
+    /// Records a new path to target `id`'s backend, for its next probes through the VIP; does
+    /// nothing for an unknown id.
+    pub fn set_route(&mut self, id: u32, route: Route) {
+        if let Some(r) = self.targets.get(&id) {
+            *r.route.lock().unwrap_or_else(|p| p.into_inner()) = route;
+        }
     }
 
     /// Stops probing a target; does nothing for an unknown id.
@@ -195,18 +212,47 @@ fn lock(status: &Mutex<TargetStatus>) -> MutexGuard<'_, TargetStatus> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn run(
-    target: Target,
-    generation: u32,
-    mut state: HealthState,
+/// What a probing task shares with the checker.
+struct Shared {
     status: Arc<Mutex<TargetStatus>>,
-    events: UnboundedSender<Transition>,
-    lag: Arc<LoopLag>,
-) {
+    route: Arc<Mutex<Route>>,
+}
+
+/// Probes `target` once, at its address or through the VIP.
+async fn probe_once(target: &Target, route: &Mutex<Route>) -> ProbeOutcome {
+    match target.via {
+        None => probe(target.addr, &target.spec).await,
+        Some(via) => {
+            let route = *route.lock().unwrap_or_else(|p| p.into_inner());
+            dsr::probe(target.addr.ip(), via, route, target.spec.timeout).await
+        }
+    }
+}
+
+impl Target {
+    /// How the target is probed, for operators: `tcp via tunnel to VIP 10.0.0.10:80`, or
+    /// `http GET /health to address 10.0.11.2:8080`. `dsr` says the backend's VIP is a direct
+    /// server return one: a probe of its address is then marked as not showing that the
+    /// backend serves the VIP.
+    pub fn describe(&self, dsr: bool) -> String {
+        if let Some(via) = self.via {
+            return format!("tcp via {} to VIP {}", via.carrier, via.vip);
+        }
+        let what = match &self.spec.kind {
+            ProbeKind::Tcp => "tcp".to_owned(),
+            ProbeKind::Http { method, path, .. } => format!("http {method} {path}"),
+        };
+        let plain = if dsr { " (plain: does not show the VIP is served)" } else { "" };
+        format!("{what} to address {}{plain}", self.addr)
+    }
+}
+
+async fn run(target: Target, generation: u32, mut state: HealthState, shared: Shared, events: UnboundedSender<Transition>, lag: Arc<LoopLag>) {
+    let Shared { status, route } = shared;
     let mut local_streak = 0u32;
     loop {
         let started = Instant::now();
-        let mut outcome = probe(target.addr, &target.spec).await;
+        let mut outcome = probe_once(&target, &route).await;
         blame_lag(&mut outcome, target.spec.timeout, lag.since(started));
         let flip = judge(&target, &mut state, &status, &outcome, &mut local_streak);
         if let Some(health) = flip {
@@ -369,6 +415,8 @@ mod tests {
                 },
                 timeout: Duration::from_millis(100),
             },
+            via: None,
+            route: Route::default(),
             interval: Duration::from_millis(100),
             fast_interval: Duration::from_millis(50),
             rise: 2,

@@ -293,7 +293,7 @@ fn list(codes: &[u16]) -> String {
 }
 
 /// An I/O error as lowercase text without the `(os error N)` suffix.
-fn describe(e: &io::Error) -> String {
+pub(super) fn describe(e: &io::Error) -> String {
     let text = e.to_string();
     let text = match text.find(" (os error ") {
         Some(i) => &text[..i],
