@@ -473,12 +473,12 @@ pub fn node_config(backends: &[HaBackend]) -> String {
 
 /// The agent configuration of every node in [`HaLab::create_dsr`]: as [`node_config`], with
 /// the VIPs in direct server return `mode`, the backends on the VIPs' port and TCP health
-/// checks of the backends' own addresses.
+/// checks through the VIPs (the default target of DSR VIPs).
 pub fn dsr_node_config(backends: &[HaBackend], mode: &str) -> String {
     let check = "    health_check:\n      type: http\n      path: /health\n";
     node_config(backends)
         .replace("        port: 8080\n", &format!("        port: {VIP_PORT}\n"))
-        .replace(check, &format!("    forwarding: {mode}\n    health_check:\n      type: tcp\n      target: address\n"))
+        .replace(check, &format!("    forwarding: {mode}\n    health_check:\n      type: tcp\n"))
 }
 
 /// The agent configuration of every node in the VRRP topology: as [`node_config`], with

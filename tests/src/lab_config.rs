@@ -72,24 +72,17 @@ pub struct Vip {
     backends: Vec<(String, Option<u32>)>,
     forwarding: Option<String>,
     tcp_probe_target: Option<String>,
-    options: Vec<String>,
 }
 
 impl Vip {
     /// VIP `name` on TCP `address:port`, with no backend yet.
     pub fn tcp(name: &str, address: &str, port: u16) -> Vip {
-        Vip { name: name.to_owned(), address: address.to_owned(), port, backends: Vec::new(), forwarding: None, tcp_probe_target: None, options: Vec::new() }
+        Vip { name: name.to_owned(), address: address.to_owned(), port, backends: Vec::new(), forwarding: None, tcp_probe_target: None }
     }
 
     /// Sets the VIP's `forwarding` mode (`nat`, `tunnel`, `gue`, `direct`).
     pub fn forwarding(mut self, mode: &str) -> Vip {
         self.forwarding = Some(mode.to_owned());
-        self
-    }
-
-    /// Adds a line to the VIP's entry (after `forwarding`), such as `"mss_clamp: true"`.
-    pub fn option(mut self, line: &str) -> Vip {
-        self.options.push(line.to_owned());
         self
     }
 
@@ -117,9 +110,6 @@ impl Vip {
         let _ = write!(yaml, "  - name: {name}\n    address: {address}\n    port: {port}\n    protocol: tcp\n");
         if let Some(mode) = &self.forwarding {
             let _ = writeln!(yaml, "    forwarding: {mode}");
-        }
-        for line in &self.options {
-            let _ = writeln!(yaml, "    {line}");
         }
         match &self.tcp_probe_target {
             Some(target) => {

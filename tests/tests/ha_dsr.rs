@@ -62,6 +62,7 @@ fn tunnel_vips_keep_long_lived_connections_across_a_node_crash_and_the_gateway_c
     assert!(r.on_node(holder) > 0 && r.on_node(survivor) > 0, "long-lived connections on both nodes");
     assert!(replies_rx > 0, "the backends' replies reach the router on its segment port");
     assert!(gateway_forwarded <= 10, "the gateway forwarded {gateway_forwarded} datagrams: replies went through it");
+    assert!(gateway_rx * 10 < replies_rx, "the gateway holder received {gateway_rx} bytes on bk against {replies_rx} of replies");
     assert!(r.survival() >= 0.99, "survival {:.1} %: {:?}", 100.0 * r.survival(), r.errors(5));
     assert_eq!(r.moved(), 0, "no connection moved to another backend");
     assert_eq!(r.failed_after(converged), 0, "failed new connections after convergence: {:?}", r.errors(5));

@@ -122,17 +122,17 @@ pub fn prove_bypass(root: &Path, lab: &Lab, agent: &Agent, mode: &str) -> anyhow
     let via_router = sum("rb", |b| b.rx);
 
     println!("   a {} MiB download through {vip}: {} body bytes, intact, in {:.2} s", DOWNLOAD_BYTES >> 20, got.received, got.elapsed.as_secs_f64());
-    println!("   {:<58} {:>12}", "where", "bytes");
-    println!("   {:<58} {:>12}", "client received (c0 rx)", client.rx);
-    println!("   {:<58} {:>12}", "router received from the backends (rb1..rb3 rx)", via_router);
-    println!("   {:<58} {:>12}", "load balancer forwarded to backends (agent, VIP web)", forwarded);
+    println!("   {:<66} {:>12}", "where", "bytes");
+    println!("   {:<66} {:>12}", "client received (c0 rx)", client.rx);
+    println!("   {:<66} {:>12}", "router received from the backends (rb1..rb3 rx)", via_router);
+    println!("   {:<66} {:>12}", "load balancer forwarded to backends (agent, VIP web)", forwarded);
     for (address, bytes) in &served_by {
-        println!("   {:<58} {:>12}", format!("  of which to backend {address} (agent)"), bytes);
+        println!("   {:<66} {:>12}", format!("  of which to backend {address} (agent)"), bytes);
     }
-    println!("   {:<58} {:>12}", "load balancer, client side: lbc rx (client's packets)", lbc.rx);
-    println!("   {:<58} {:>12}", "load balancer, client side: lbc tx (replies would leave here)", lbc.tx);
-    println!("   {:<58} {:>12}", "load balancer, backend side: lbb1..3 tx (to the backends)", lbb_tx);
-    println!("   {:<58} {:>12}", "load balancer, backend side: lbb1..3 rx (replies would enter here)", lbb_rx);
+    println!("   {:<66} {:>12}", "load balancer, client side: lbc rx (client's packets)", lbc.rx);
+    println!("   {:<66} {:>12}", "load balancer, client side: lbc tx (replies would leave here)", lbc.tx);
+    println!("   {:<66} {:>12}", "load balancer, backend side: lbb1..3 tx (to the backends)", lbb_tx);
+    println!("   {:<66} {:>12}", "load balancer, backend side: lbb1..3 rx (replies would enter here)", lbb_rx);
     let share = 100.0 * forwarded as f64 / client.rx.max(1) as f64;
     println!("   the load balancer forwarded {share:.1} % of the bytes the client received; {} of the download crossed it", mb(lbc.tx.max(lbb_rx)));
 
