@@ -128,7 +128,7 @@ pub fn run(root: &Path, nodes: usize, dsr: Option<&str>) -> anyhow::Result<()> {
     summary.push(("spread".into(), (1..=nodes).map(|k| format!("n{k}: {}", r.on_node(k))).collect::<Vec<_>>().join(", ")));
     let line = gateway.describe(lab.dsr.is_some());
     println!("   {line}");
-    summary.push(("the gateway, in 2 s".into(), line));
+    summary.push(("gateway (2 s)".into(), line));
 
     let phases: [(&str, u32); 3] = [("killed (kill -9 of agent, BIRD, keepalived; backend link down)", 3), ("frozen (SIGSTOP of BIRD and agent)", 5), ("drained (BIRD stopped cleanly)", 7)];
     for (what, n) in phases {
