@@ -305,7 +305,7 @@ fn syn_with_options(client: IpAddr, vip: IpAddr, options: &[u8]) -> Vec<u8> {
     let l4 = if vip.is_ipv4() { 34 } else { 54 };
     let mut seg = plain[l4..].to_vec();
     seg.extend_from_slice(options);
-    seg[12] = ((20 + options.len()) / 4 << 4) as u8;
+    seg[12] = (((20 + options.len()) / 4) << 4) as u8;
     seg[16..18].copy_from_slice(&[0, 0]);
     let c = checksum(pseudo_header(client, vip, 6, seg.len()), &seg);
     seg[16..18].copy_from_slice(&c.to_be_bytes());
