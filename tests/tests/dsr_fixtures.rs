@@ -16,7 +16,7 @@ use lb_tests::{
     icmp_frames::{IcmpFrame, mtu32, next_hop_mtu, verify_icmp_checksums},
     packet::{Frame, IpFields, checksum, ip_header, ipv4_fragments, pseudo_header},
 };
-use lb_userspace::dataplane::Service;
+use lb_userspace::{agent::explain::encapsulation, dataplane::Service};
 
 /// The node's addresses: the outer sources.
 fn node4() -> IpAddr {
@@ -129,6 +129,15 @@ fn carries_flows(vip: IpAddr, client: IpAddr, backends: &[IpAddr], forwarding: u
     }
     // The ACK inserted the flow, as in NAT mode.
     assert_eq!(lb.dp.maps.conn(&key).unwrap().map(|e| e.backend_id), Some(chosen));
+    // `lb explain` names what the packets got.
+    let b = lb.dp.maps.backend(chosen).unwrap();
+    let told = encapsulation(&b, &key, lb.dp.sizing().hash_seed).expect("a DSR backend");
+    let want = match forwarding {
+        FORWARD_DIRECT => format!("direct: unchanged, to MAC {}", backend_mac(chosen).map(|b| format!("{b:02x}")).join(":")),
+        FORWARD_GUE => format!("from {node} to {backend}, in UDP from port {} to port {DEFAULT_GUE_PORT}", sport.unwrap()),
+        _ => format!("tunnel: {}-in-{} from {node} to {backend}", fam(vip), fam(backend)),
+    };
+    assert!(told.ends_with(&want), "{told:?} vs {want:?}");
     if forwarding == FORWARD_GUE {
         // Other flows get other source ports (RSS on the backend spreads them).
         let ports: std::collections::HashSet<u16> = (0..16u16)
@@ -141,6 +150,11 @@ fn carries_flows(vip: IpAddr, client: IpAddr, backends: &[IpAddr], forwarding: u
             .collect();
         assert!(ports.len() > 8, "{ports:?}");
     }
+}
+
+/// "IPv4" or "IPv6".
+fn fam(a: IpAddr) -> &'static str {
+    if a.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
 /// The backend slot a frame was sent to (by its destination MAC).

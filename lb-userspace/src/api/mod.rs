@@ -324,6 +324,10 @@ pub struct ExplainReport {
     pub slot: Option<u32>,
     /// Whether the connection table already tracks the flow.
     pub tracked: bool,
+    /// How a direct server return backend gets the packet (outer header, GUE port, MAC);
+    /// `None` in NAT mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encapsulation: Option<String>,
 }
 
 /// Body of every error response.

@@ -153,6 +153,9 @@ fn explain(e: ExplainReport) -> String {
     if let Some(b) = e.backend {
         out += &format!("backend: {b}\n");
     }
+    if let Some(how) = &e.encapsulation {
+        out += &format!("carried: {how}\n");
+    }
     if let (Some(h), Some(s)) = (e.hash, e.slot) {
         out += &format!("hash:    {h:#010x} (slot {s})\n");
     }
