@@ -440,9 +440,10 @@ fn direct_server_return_vips_are_checked_for_what_their_mode_cannot_do() {
         (dsr_file("tunnel", &format!("    tunnel_source: 10.0.0.0/8\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].tunnel_source: 10.0.0.0/8 has 24 host bits; at most 16 are used: write a prefix of at least /16"),
         (dsr_file("tunnel", &format!("    tunnel_source: 10.9.0.1/28\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].tunnel_source: 10.9.0.1/28 has bits set beyond its length /28: write the prefix's first address"),
         (dsr_file("tunnel", &format!("    tunnel_source: 10.9.0/28\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].tunnel_source: \"10.9.0/28\" is not a prefix such as 192.0.2.0/28 or 2001:db8::/120"),
-        (dsr_file("gue", &format!("    tunnel_source: 10.9.0.0/28\n{tcp}"), &["2001:db8::1"]), "t.yaml:1: vips[0].tunnel_source: 10.9.0.0/28 is not of the family of backend 2001:db8::1 (outer headers are of the backend's family)"),
+        (dsr_file("gue", &format!("    tunnel_source: 10.9.0.0/28\n{tcp}      target: address\n"), &["2001:db8::1"]), "t.yaml:1: vips[0].tunnel_source: 10.9.0.0/28 is not of the family of backend 2001:db8::1 (outer headers are of the backend's family)"),
         (dsr_file("tunnel", &format!("    gue_port: 7000\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].gue_port: applies to the gue mode only (this VIP's is tunnel)"),
         (dsr_file("direct", &format!("    mss_clamp: true\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].mss_clamp: applies to the tunnel and gue modes only (this VIP's is direct)"),
+        (dsr_file("tunnel", tcp, &["2001:db8::1"]), "t.yaml:1: vips[0].health_check.target: a probe through the VIP 10.0.0.1 needs a source of the VIP's family towards backend 2001:db8::1, which an IPv4-in-IPv6 backend has not: set target address"),
         (dsr_file("bridge", tcp, &["10.1.0.1"]), "t.yaml:1: vips[0].forwarding: \"bridge\" is not a forwarding mode: use one of nat, tunnel, gue, direct"),
     ];
     for (text, want) in &cases {
@@ -455,7 +456,7 @@ fn direct_server_return_vips_are_checked_for_what_their_mode_cannot_do() {
 
 #[test]
 fn direct_server_return_vips_take_their_mode_options_and_default_to_probes_through_the_vip() {
-    let text = dsr_file("gue", "    tunnel_source: 2001:db8:5::/120\n    gue_port: 7000\n    mss_clamp: true\n    health_check:\n      type: tcp\n", &["2001:db8::1", "2001:db8::2"]);
+    let text = dsr_file("gue", "    tunnel_source: 2001:db8:5::/120\n    gue_port: 7000\n    mss_clamp: true\n    health_check:\n      type: tcp\n", &["2001:db8::1", "2001:db8::2"]).replace("10.0.0.1", "2001:db8:10::1");
     let config = parse("t.yaml", &text).unwrap();
     let v = &config.vips[0];
     assert_eq!(v.forwarding, Forwarding::Gue);

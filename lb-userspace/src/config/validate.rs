@@ -141,6 +141,15 @@ pub fn validate(doc: &file::Document) -> Result<Config, Vec<Problem>> {
         let dsr = dsr_options(&mut c, &at, v, &forwarding);
         let health_check = health_check(&mut c, &format!("{at}.health_check"), &v.health_check, &forwarding);
         let backends = backends(&mut c, &at, v, vip_port, &forwarding);
+        if health_check.target == ProbeTarget::Vip
+            && forwarding.is_encapsulated()
+            && let Some(b) = backends.iter().find(|b| b.address.is_ipv4() != v.address.is_ipv4())
+        {
+            c.report(
+                format!("{at}.health_check.target"),
+                format!("a probe through the VIP {} needs a source of the VIP's family towards backend {}, which an IPv4-in-IPv6 backend has not: set target address", v.address, b.address),
+            );
+        }
         let needed = backends.len() as u64 * RING_SLOTS_PER_BACKEND as u64;
         if sizes.ring_size && needed > global.ring_size as u64 {
             let advice = match next_prime(needed) {
