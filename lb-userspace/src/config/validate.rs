@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use lb_common::{
     limits::{
-        DEFAULT_UDP_IDLE_SECS, MAX_BACKEND_CAPACITY, MAX_RING_SIZE, MAX_TUNNEL_SOURCE_HOST_BITS, MAX_UDP_IDLE_SECS, MAX_WEIGHT, MIN_RING_SIZE,
+        DEFAULT_UDP_IDLE_SECS, MAX_BACKEND_CAPACITY, MAX_RING_SIZE, MAX_TUNNEL_MTU, MAX_TUNNEL_SOURCE_HOST_BITS, MAX_UDP_IDLE_SECS, MIN_TUNNEL_MTU, MAX_WEIGHT, MIN_RING_SIZE,
         RING_SLOTS_PER_BACKEND,
     },
     maglev::is_prime,
@@ -301,6 +301,16 @@ fn dsr_options(c: &mut Checker, at: &str, v: &file::Vip, forwarding: &Forwarding
             c.report(&path, "applies to TCP VIPs only");
         } else {
             dsr.mss_clamp = clamp;
+        }
+    }
+    if let Some(mtu) = v.tunnel_mtu {
+        let path = format!("{at}.tunnel_mtu");
+        if !forwarding.is_encapsulated() {
+            c.report(&path, format!("applies to the tunnel and gue modes only (this VIP's is {forwarding})"));
+        } else if !(MIN_TUNNEL_MTU..=MAX_TUNNEL_MTU).contains(&mtu) {
+            c.report(&path, format!("{mtu} is out of range {MIN_TUNNEL_MTU}-{MAX_TUNNEL_MTU}"));
+        } else {
+            dsr.tunnel_mtu = Some(mtu as u16);
         }
     }
     dsr
