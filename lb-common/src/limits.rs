@@ -174,6 +174,11 @@ pub const DECAP_REASON_SLOTS: u32 = 16;
 /// Most bits of a tunnel's outer source taken from the flow hash (`tunnel_source` prefixes
 /// of up to 65,536 addresses).
 pub const MAX_TUNNEL_SOURCE_HOST_BITS: u8 = 16;
+/// Smallest `tunnel_mtu`: IPv6's minimum MTU (1280) and the largest outer header (GUE over
+/// IPv6, 48 bytes), so that every inner packet of the minimum size still fits.
+pub const MIN_TUNNEL_MTU: u32 = 1280 + 48;
+/// Largest `tunnel_mtu` (the largest IP packet).
+pub const MAX_TUNNEL_MTU: u32 = 65535;
 /// ICMP "fragmentation needed" / "packet too big" errors the data path sends per CPU and
 /// second, for packets that would exceed the tunnel MTU once encapsulated; the rest are
 /// dropped (counted).

@@ -238,6 +238,7 @@ mod tests {
                 port: 80,
                 protocol: "tcp".into(),
                 scheduler: "maglev".into(),
+                forwarding: "nat".into(),
                 ring_backends: 1,
                 serving: true,
                 serving_reason: "1 backend takes new flows".into(),

@@ -33,8 +33,8 @@ impl Resolver {
 
     /// The next hop towards `addr` (egress interface, its MAC and the neighbour's MAC: the
     /// address itself or its gateway) and what the route says of the path. The hop is `None`
-    /// while the kernel has no usable neighbour entry (any traffic to the address, a health
-    /// probe, makes the kernel resolve it); everything is `None` without a route.
+    /// while the kernel has no usable neighbour entry, and the lookup then makes the kernel
+    /// resolve it ([`nudge`]); everything is `None` without a route.
     ///
     /// Asks the kernel for the route to `addr` (`RTM_GETROUTE`), the one neighbour entry of its
     /// gateway or of `addr` on the egress interface (`RTM_GETNEIGH` with a destination), and
@@ -94,6 +94,9 @@ impl Resolver {
         });
         let path = PathInfo { source: route.source, mtu: mtu.unwrap_or(0) };
         let dst_mac = self.neighbour(ifindex, route.gateway.unwrap_or(addr)).await?;
+        if dst_mac.is_none() {
+            nudge(addr);
+        }
         let hop = dst_mac.zip(src_mac).map(|(dst_mac, src_mac)| NextHop { ifindex, dst_mac, src_mac });
         Ok(Resolution { hop, path })
     }
@@ -126,6 +129,24 @@ impl Resolver {
     pub async fn vlan_devices(&self, parents: &[String]) -> Result<Vec<VlanDevice>, rtnetlink::Error> {
         let links: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await?;
         Ok(vlans_in(&links, parents))
+    }
+}
+
+/// The discard port (RFC 863): where the datagram that makes the kernel resolve a neighbour
+/// goes.
+const DISCARD_PORT: u16 = 9;
+
+/// Makes the kernel resolve the next hop towards `addr` (ARP or neighbour discovery), which
+/// the next resolution then finds: an empty UDP datagram to its discard port. A NAT backend's
+/// first packets reach the kernel, which resolves it then; a direct server return backend's
+/// are dropped until its hop is known (`drop_dsr_no_path`), and with no health checks nothing
+/// else sends the kernel anything towards it. Best effort: a failure shows as the hop still
+/// missing at the next resolution.
+pub fn nudge(addr: IpAddr) {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let to = std::net::SocketAddr::new(addr, DISCARD_PORT);
+    if let Ok(socket) = Socket::new(Domain::for_address(to), Type::DGRAM, Some(Protocol::UDP)) {
+        let _ = socket.set_nonblocking(true).and_then(|()| socket.send_to(&[], &to.into()));
     }
 }
 

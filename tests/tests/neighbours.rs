@@ -116,3 +116,33 @@ fn resolves_next_hops_over_netlink_in_a_namespace() {
     assert_eq!(found[0], None, "a failed entry");
     assert_eq!(found[1].expect("a stale entry is usable").dst_mac, parse_mac("02:00:00:00:00:04").unwrap());
 }
+
+#[test]
+fn an_unresolved_next_hop_is_resolved_by_the_next_lookups() {
+    require_root();
+    let ns = Netns::new("nh");
+    let peer = Netns::new("nhp");
+    ns.exec(&["ip", "link", "add", "lbnl0", "type", "veth", "peer", "name", "lbnl1", "netns", peer.name()]);
+    ns.exec(&["ip", "addr", "add", "10.98.0.1/24", "dev", "lbnl0"]);
+    ns.exec(&["ip", "link", "set", "lbnl0", "up"]);
+    peer.exec(&["ip", "addr", "add", "10.98.0.2/24", "dev", "lbnl1"]);
+    peer.exec(&["ip", "link", "set", "lbnl1", "up"]);
+    let peer_mac = peer.mac("lbnl1");
+    // Nothing was sent to the peer: no neighbour entry, so the first lookup finds no hop, but
+    // makes the kernel resolve it (a direct server return backend's packets never reach the
+    // kernel, which would otherwise); a later lookup finds it.
+    let found = ns.run_in(move || {
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let hop = resolve_all(&["10.98.0.2"])[0];
+            seen.push(hop.map(|h| h.dst_mac));
+            if hop.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        seen
+    });
+    assert_eq!(found[0], None, "{found:?}");
+    assert_eq!(found.last().copied().flatten(), Some(peer_mac), "{found:?}");
+}

@@ -5,7 +5,12 @@
 
 use std::net::SocketAddr;
 
-use lb_common::{hash::flow_hash, maps::*, schedule::vip_hash};
+use lb_common::{
+    encap::{FORWARD_DIRECT, FORWARD_GUE, FORWARD_TUNNEL, gue_source_port, outer_source},
+    hash::flow_hash,
+    maps::*,
+    schedule::vip_hash,
+};
 
 use super::state::Runtime;
 use crate::{
@@ -19,6 +24,27 @@ fn endpoint(b: &Backend) -> SocketAddr {
 
 fn serves(b: &Backend, flow: &Flow) -> bool {
     b.generation as u16 == flow.backend_gen && BackendState::from_u8(b.state).keeps_flow(flow.state)
+}
+
+/// How the data path carries flow `key` to direct server return backend `b`, in words: the
+/// outer header with the source and GUE source port the data path derives from the flow hash
+/// (`lb_common::encap`, the code it runs), or the MAC of `direct` mode. `None` in NAT mode.
+pub fn encapsulation(b: &Backend, key: &FlowKey, seed: u32) -> Option<String> {
+    let hash = flow_hash(key, seed, false);
+    let outer = |name: &str| {
+        let src = outer_source(&b.tunnel.src, b.family, b.tunnel.src_host_bits, hash);
+        let inner = if key.family == FAMILY_V4 { "IPv4" } else { "IPv6" };
+        let outer_family = if b.family == FAMILY_V4 { "IPv4" } else { "IPv6" };
+        format!("{name}: {inner}-in-{outer_family} from {} to {}", ip_of(&src, b.family), ip_of(&b.addr, b.family))
+    };
+    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    match b.forwarding {
+        FORWARD_TUNNEL => Some(outer("tunnel")),
+        FORWARD_GUE => Some(format!("{}, in UDP from port {} to port {}", outer("gue"), gue_source_port(hash), b.tunnel.gue_port)),
+        FORWARD_DIRECT if b.hop.is_resolved() => Some(format!("direct: unchanged, to MAC {}", mac(b.hop.dst_mac))),
+        FORWARD_DIRECT => Some("direct: unchanged, to the backend's MAC (not resolved yet: dropped as drop_dsr_no_path)".into()),
+        _ => None,
+    }
 }
 
 /// Explains what the data path does with the next packet from `src` to `dst`.
@@ -35,7 +61,7 @@ pub fn explain(rt: &Runtime, dp: &Dataplane, src: SocketAddr, dst: SocketAddr, p
     let family = if src.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 };
     let key = FlowKey { src: addr_of(src.ip()), dst: addr_of(dst.ip()), sport: src.port(), dport: dst.port(), proto, family, pad: [0; 2] };
     let vip_key = VipKey { addr: key.dst, port: key.dport, proto, family };
-    let mut report = ExplainReport { vip: None, verdict: "pass".into(), backend: None, reason: String::new(), hash: None, slot: None, tracked: false };
+    let mut report = ExplainReport { vip: None, verdict: "pass".into(), backend: None, reason: String::new(), hash: None, slot: None, tracked: false, encapsulation: None };
     let conn = dp.maps.conn(&key).map_err(internal)?;
 
     let Some(meta) = dp.maps.vip(&vip_key).map_err(internal)? else {
@@ -60,6 +86,7 @@ pub fn explain(rt: &Runtime, dp: &Dataplane, src: SocketAddr, dst: SocketAddr, p
         if serves(&b, &c) {
             report.verdict = "forward".into();
             report.backend = Some(endpoint(&b));
+            report.encapsulation = encapsulation(&b, &key, dp.sizing().hash_seed);
             let why = match BackendState::from_u8(b.state) {
                 BackendState::Up => "up",
                 BackendState::Draining => "draining",
@@ -84,6 +111,7 @@ pub fn explain(rt: &Runtime, dp: &Dataplane, src: SocketAddr, dst: SocketAddr, p
             let b = dp.maps.backend(chosen.id).map_err(internal)?;
             report.verdict = "forward".into();
             report.backend = Some(endpoint(&b));
+            report.encapsulation = encapsulation(&b, &key, dp.sizing().hash_seed);
             let how = if meta.flags & VIP_FLAG_LEAST_CONN != 0 {
                 "least-conn: the less loaded of the backends its two candidate slots select, now; "
             } else {

@@ -3,7 +3,7 @@
 //! the metrics. One loop owns all state; everything else talks to it through channels.
 
 mod announce;
-mod explain;
+pub mod explain;
 mod report;
 pub mod state;
 mod transaction;

@@ -131,6 +131,7 @@ fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>, probes:
         port: v.config.port,
         protocol: protocol_name(v.config.protocol).into(),
         scheduler: scheduler_name(v.config.scheduler).into(),
+        forwarding: v.config.forwarding.to_string(),
         ring_backends: agent.dp.maps.vip(&v.key()).ok().flatten().map_or(0, |m| m.backend_count),
         traffic: traffic(agent.dp.maps.vip_traffic(v.id).unwrap_or_default(), agent.rates.get(true, v.id)),
         backends: v.backends.iter().map(|b| backend_status(agent, v, b, active, probes)).collect(),

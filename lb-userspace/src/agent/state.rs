@@ -163,7 +163,11 @@ impl VipRuntime {
             gue_port: dsr.gue_port,
             src_host_bits,
             flags: if dsr.mss_clamp { TUNNEL_FLAG_MSS_CLAMP } else { 0 },
-            mtu: b.path.mtu.min(u16::MAX.into()) as u16,
+            mtu: match (b.path.mtu.min(u16::MAX.into()) as u16, dsr.tunnel_mtu) {
+                (0, Some(configured)) => configured,
+                (egress, Some(configured)) => egress.min(configured),
+                (egress, None) => egress,
+            },
             pad: 0,
         }
     }
@@ -1266,6 +1270,61 @@ vips:
         assert!(changes.removed_vips.is_empty() && changes.removed_backends.is_empty(), "{changes:?}");
         assert_eq!(changes.vips, vec![0, 1], "every VIP is written again");
         assert_eq!(changes.probe, vec![1, 2, 3], "every backend is probed again");
+    }
+
+    const DSR_YAML: &str = "\
+global:
+  interfaces: [eth0]
+  backend_capacity: 6
+  vip_capacity: 2
+  ring_size: 307
+vips:
+  - name: web
+    address: 10.0.0.1
+    port: 80
+    forwarding: gue
+    tunnel_mtu: 1400
+    health_check:
+      type: tcp
+    backends:
+      - address: 10.1.0.1
+  - name: api
+    address: 10.0.0.2
+    port: 443
+    forwarding: tunnel
+    tunnel_source: 2001:db8:5::/124
+    health_check:
+      type: tcp
+      target: address
+    backends:
+      - address: 2001:db8::1
+";
+
+    #[test]
+    fn dsr_backends_carry_their_mode_vip_and_tunnel_from_the_route_and_the_file() {
+        use lb_common::encap::{DEFAULT_GUE_PORT, FORWARD_GUE, FORWARD_TUNNEL};
+        let config = config::parse("t", DSR_YAML).unwrap();
+        let mut rt = Runtime::new(&config).unwrap().0;
+        let web = rt.vip("web").unwrap().service();
+        let b = web.backends[0].backend;
+        assert_eq!((b.forwarding, b.vip_id as u32, b.tunnel.gue_port), (FORWARD_GUE, web.id, DEFAULT_GUE_PORT));
+        assert_eq!((b.tunnel.src, b.tunnel.mtu), ([0; 16], 1400), "no source before the route is known");
+        let mut ch = Changes::default();
+        let id = web.backends[0].id;
+        rt.set_path(id, PathInfo { source: Some("10.1.0.254".parse().unwrap()), mtu: 9000 }, &mut ch);
+        let b = rt.vip("web").unwrap().service().backends[0].backend;
+        assert_eq!((b.tunnel.src, b.tunnel.src_host_bits, b.tunnel.mtu), (addr_of("10.1.0.254".parse().unwrap()), 0, 1400), "the lower MTU wins");
+        rt.set_path(id, PathInfo { source: Some("10.1.0.254".parse().unwrap()), mtu: 1350 }, &mut ch);
+        assert_eq!(rt.vip("web").unwrap().service().backends[0].backend.tunnel.mtu, 1350);
+        // A prefix is used whatever the route says; an IPv4 VIP over an IPv6 backend.
+        let api = rt.vip("api").unwrap().service();
+        let b = api.backends[0].backend;
+        assert_eq!((b.forwarding, b.family, b.tunnel.src_host_bits), (FORWARD_TUNNEL, FAMILY_V6, 4));
+        assert_eq!(b.tunnel.src, addr_of("2001:db8:5::".parse().unwrap()));
+        // An agent adopting the maps starts from the path they record.
+        let (adopted, _) = Runtime::adopt(&config, &pinned_from(&rt)).unwrap();
+        assert_eq!(adopted.vip("web").unwrap().backends[0].path, PathInfo { source: Some("10.1.0.254".parse().unwrap()), mtu: 1350 });
+        assert_eq!(adopted.vip("web").unwrap().service(), rt.vip("web").unwrap().service());
     }
 
     #[test]

@@ -160,6 +160,9 @@ pub struct VipStatus {
     pub protocol: String,
     /// maglev, round-robin or least-conn.
     pub scheduler: String,
+    /// nat, tunnel, gue or direct.
+    #[serde(default = "nat")]
+    pub forwarding: String,
     /// Backends in the live ring.
     pub ring_backends: u32,
     /// Whether this node serves the VIP: its program runs on every interface and one of the
@@ -177,6 +180,10 @@ pub struct VipStatus {
     pub traffic: TrafficStatus,
     /// The pool.
     pub backends: Vec<BackendStatus>,
+}
+
+fn nat() -> String {
+    "nat".into()
 }
 
 /// `GET /v1/status`.
@@ -324,6 +331,10 @@ pub struct ExplainReport {
     pub slot: Option<u32>,
     /// Whether the connection table already tracks the flow.
     pub tracked: bool,
+    /// How a direct server return backend gets the packet (outer header, GUE port, MAC);
+    /// `None` in NAT mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encapsulation: Option<String>,
 }
 
 /// Body of every error response.

@@ -47,11 +47,12 @@ fn status(s: StatusReport) -> String {
         // weight): a ring of weight-0 backends takes none.
         let taking = v.backends.iter().filter(|b| b.state == "up" && b.weight > 0).count() as u64;
         out += &format!(
-            "\nVIP {} {}/{}  scheduler {}  {} in the ring, {taking} taking new flows  {}  {}  {}{}\n  {}\n",
+            "\nVIP {} {}/{}  scheduler {}{}  {} in the ring, {taking} taking new flows  {}  {}  {}{}\n  {}\n",
             v.name,
             std::net::SocketAddr::new(v.address, v.port),
             v.protocol,
             v.scheduler,
+            if v.forwarding == "nat" { String::new() } else { format!("  forwarding {} (direct server return)", v.forwarding) },
             counted(v.ring_backends.into(), "backend"),
             units::pps(v.traffic.packets_per_second),
             counted(v.traffic.new_flows, "flow"),
@@ -153,6 +154,9 @@ fn explain(e: ExplainReport) -> String {
     if let Some(b) = e.backend {
         out += &format!("backend: {b}\n");
     }
+    if let Some(how) = &e.encapsulation {
+        out += &format!("carried: {how}\n");
+    }
     if let (Some(h), Some(s)) = (e.hash, e.slot) {
         out += &format!("hash:    {h:#010x} (slot {s})\n");
     }
@@ -243,6 +247,9 @@ BACKEND        STATE  HEALTH  ADMIN  WEIGHT  CONNS        RATE  FLOWS    BYTES
         let mut v6 = status_json(1, &[1], 0);
         v6["vips"][0]["address"] = json!("fd00::10");
         assert!(human(&Command::Status, &v6).contains("\nVIP web [fd00::10]:80/tcp  scheduler"));
+        let mut gue = status_json(1, &[1], 0);
+        gue["vips"][0]["forwarding"] = json!("gue");
+        assert!(human(&Command::Status, &gue).contains("\nVIP web 10.0.0.10:80/tcp  scheduler maglev  forwarding gue (direct server return)  1 backend"));
     }
 
     #[test]

@@ -208,11 +208,14 @@ pub struct DsrOptions {
     pub gue_port: u16,
     /// `mss_clamp`: clamp the MSS of clients' SYNs to fit the tunnel MTU.
     pub mss_clamp: bool,
+    /// `tunnel_mtu`: the MTU of the path to the backends when it is below the egress
+    /// interface's (a link or tunnel further on); `None`: the egress interface's.
+    pub tunnel_mtu: Option<u16>,
 }
 
 impl Default for DsrOptions {
     fn default() -> Self {
-        DsrOptions { tunnel_source: None, gue_port: lb_common::encap::DEFAULT_GUE_PORT, mss_clamp: false }
+        DsrOptions { tunnel_source: None, gue_port: lb_common::encap::DEFAULT_GUE_PORT, mss_clamp: false, tunnel_mtu: None }
     }
 }
 
@@ -471,6 +474,8 @@ pub mod file {
         pub gue_port: Option<Port>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub mss_clamp: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub tunnel_mtu: Option<u32>,
         #[serde(default)]
         pub health_check: HealthCheck,
         #[serde(default)]
@@ -692,6 +697,7 @@ impl Config {
                         tunnel_source: v.dsr.tunnel_source.map(|(a, len)| format!("{a}/{len}")),
                         gue_port: (v.forwarding == Forwarding::Gue).then_some(file::Port(v.dsr.gue_port.into())),
                         mss_clamp: v.forwarding.is_encapsulated().then_some(v.dsr.mss_clamp),
+                        tunnel_mtu: v.dsr.tunnel_mtu.map(u32::from),
                         health_check: check,
                         backends: v
                             .backends

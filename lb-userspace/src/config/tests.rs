@@ -76,7 +76,7 @@ fn health_checks_that_cannot_be_sent_are_refused_with_file_line() {
 fn bad_files_are_rejected_with_file_line_and_field() {
     let cases: Vec<(String, &str)> = vec![
         (format!("{GOOD}extra: 1\n"), "t.yaml:12: unknown field `extra`, expected `global` or `vips`"),
-        (with("    port: 80\n", "    port: 80\n    colour: red\n"), "t.yaml:7: vips[0]: unknown field `colour`, expected one of `name`, `address`, `port`, `protocol`, `scheduler`, `source_affinity`, `udp_idle_timeout`, `forwarding`, `tunnel_source`, `gue_port`, `mss_clamp`, `health_check`, `backends`"),
+        (with("    port: 80\n", "    port: 80\n    colour: red\n"), "t.yaml:7: vips[0]: unknown field `colour`, expected one of `name`, `address`, `port`, `protocol`, `scheduler`, `source_affinity`, `udp_idle_timeout`, `forwarding`, `tunnel_source`, `gue_port`, `mss_clamp`, `tunnel_mtu`, `health_check`, `backends`"),
         (with("        port: 8080\n      - address: 10.1.0.2", "        prot: 8080\n      - address: 10.1.0.2"), "t.yaml:9: vips[0].backends[0]: unknown field `prot`, expected one of `address`, `port`, `weight`, `state`"),
         (with("address: 10.0.0.1", "address: 10.0.0.300"), "t.yaml:5: vips[0].address: invalid IP address syntax: write an IPv4 or IPv6 address such as 10.0.0.1 or 2001:db8::1"),
         (with("    port: 80", "    port: 0"), "t.yaml:6: vips[0].port: 0 is not a port: use 1-65535"),
@@ -446,9 +446,12 @@ fn direct_server_return_vips_are_checked_for_what_their_mode_cannot_do() {
         (dsr_file("tunnel", &format!("    tunnel_source: 10.0.0.0/8\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].tunnel_source: 10.0.0.0/8 has 24 host bits; at most 16 are used: write a prefix of at least /16"),
         (dsr_file("tunnel", &format!("    tunnel_source: 10.9.0.1/28\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].tunnel_source: 10.9.0.1/28 has bits set beyond its length /28: write the prefix's first address"),
         (dsr_file("tunnel", &format!("    tunnel_source: 10.9.0/28\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].tunnel_source: \"10.9.0/28\" is not a prefix such as 192.0.2.0/28 or 2001:db8::/120"),
-        (dsr_file("gue", &format!("    tunnel_source: 10.9.0.0/28\n{tcp}"), &["2001:db8::1"]), "t.yaml:1: vips[0].tunnel_source: 10.9.0.0/28 is not of the family of backend 2001:db8::1 (outer headers are of the backend's family)"),
+        (dsr_file("gue", &format!("    tunnel_source: 10.9.0.0/28\n{tcp}      target: address\n"), &["2001:db8::1"]), "t.yaml:1: vips[0].tunnel_source: 10.9.0.0/28 is not of the family of backend 2001:db8::1 (outer headers are of the backend's family)"),
         (dsr_file("tunnel", &format!("    gue_port: 7000\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].gue_port: applies to the gue mode only (this VIP's is tunnel)"),
         (dsr_file("direct", &format!("    mss_clamp: true\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].mss_clamp: applies to the tunnel and gue modes only (this VIP's is direct)"),
+        (dsr_file("tunnel", tcp, &["2001:db8::1"]), "t.yaml:1: vips[0].health_check.target: a probe through the VIP 10.0.0.1 needs a source of the VIP's family towards backend 2001:db8::1, which an IPv4-in-IPv6 backend has not: set target address"),
+        (dsr_file("direct", &format!("    tunnel_mtu: 1400\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].tunnel_mtu: applies to the tunnel and gue modes only (this VIP's is direct)"),
+        (dsr_file("tunnel", &format!("    tunnel_mtu: 1300\n{tcp}"), &["10.1.0.1"]), "t.yaml:1: vips[0].tunnel_mtu: 1300 is out of range 1328-65535"),
         (dsr_file("bridge", tcp, &["10.1.0.1"]), "t.yaml:1: vips[0].forwarding: \"bridge\" is not a forwarding mode: use one of nat, tunnel, gue, direct"),
     ];
     for (text, want) in &cases {
@@ -461,11 +464,11 @@ fn direct_server_return_vips_are_checked_for_what_their_mode_cannot_do() {
 
 #[test]
 fn direct_server_return_vips_take_their_mode_options_and_default_to_probes_through_the_vip() {
-    let text = dsr_file("gue", "    tunnel_source: 2001:db8:5::/120\n    gue_port: 7000\n    mss_clamp: true\n    health_check:\n      type: tcp\n", &["2001:db8::1", "2001:db8::2"]);
+    let text = dsr_file("gue", "    tunnel_source: 2001:db8:5::/120\n    gue_port: 7000\n    mss_clamp: true\n    tunnel_mtu: 1400\n    health_check:\n      type: tcp\n", &["2001:db8::1", "2001:db8::2"]).replace("10.0.0.1", "2001:db8:10::1");
     let config = parse("t.yaml", &text).unwrap();
     let v = &config.vips[0];
     assert_eq!(v.forwarding, Forwarding::Gue);
-    assert_eq!(v.dsr, DsrOptions { tunnel_source: Some(("2001:db8:5::".parse().unwrap(), 120)), gue_port: 7000, mss_clamp: true });
+    assert_eq!(v.dsr, DsrOptions { tunnel_source: Some(("2001:db8:5::".parse().unwrap(), 120)), gue_port: 7000, mss_clamp: true, tunnel_mtu: Some(1400) });
     assert_eq!(v.health_check.target, ProbeTarget::Vip);
     assert_eq!(v.backends[0].port, 80);
     // The written form reads back the same.

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use lb_common::{
     limits::{
-        DEFAULT_UDP_IDLE_SECS, MAX_BACKEND_CAPACITY, MAX_RING_SIZE, MAX_TUNNEL_SOURCE_HOST_BITS, MAX_UDP_IDLE_SECS, MAX_WEIGHT, MIN_RING_SIZE,
+        DEFAULT_UDP_IDLE_SECS, MAX_BACKEND_CAPACITY, MAX_RING_SIZE, MAX_TUNNEL_MTU, MAX_TUNNEL_SOURCE_HOST_BITS, MAX_UDP_IDLE_SECS, MIN_TUNNEL_MTU, MAX_WEIGHT, MIN_RING_SIZE,
         RING_SLOTS_PER_BACKEND,
     },
     maglev::is_prime,
@@ -141,6 +141,15 @@ pub fn validate(doc: &file::Document) -> Result<Config, Vec<Problem>> {
         let dsr = dsr_options(&mut c, &at, v, &forwarding);
         let health_check = health_check(&mut c, &format!("{at}.health_check"), &v.health_check, &forwarding);
         let backends = backends(&mut c, &at, v, vip_port, &forwarding);
+        if health_check.target == ProbeTarget::Vip
+            && forwarding.is_encapsulated()
+            && let Some(b) = backends.iter().find(|b| b.address.is_ipv4() != v.address.is_ipv4())
+        {
+            c.report(
+                format!("{at}.health_check.target"),
+                format!("a probe through the VIP {} needs a source of the VIP's family towards backend {}, which an IPv4-in-IPv6 backend has not: set target address", v.address, b.address),
+            );
+        }
         let needed = backends.len() as u64 * RING_SLOTS_PER_BACKEND as u64;
         if sizes.ring_size && needed > global.ring_size as u64 {
             let advice = match next_prime(needed) {
@@ -292,6 +301,16 @@ fn dsr_options(c: &mut Checker, at: &str, v: &file::Vip, forwarding: &Forwarding
             c.report(&path, "applies to TCP VIPs only");
         } else {
             dsr.mss_clamp = clamp;
+        }
+    }
+    if let Some(mtu) = v.tunnel_mtu {
+        let path = format!("{at}.tunnel_mtu");
+        if !forwarding.is_encapsulated() {
+            c.report(&path, format!("applies to the tunnel and gue modes only (this VIP's is {forwarding})"));
+        } else if !(MIN_TUNNEL_MTU..=MAX_TUNNEL_MTU).contains(&mtu) {
+            c.report(&path, format!("{mtu} is out of range {MIN_TUNNEL_MTU}-{MAX_TUNNEL_MTU}"));
+        } else {
+            dsr.tunnel_mtu = Some(mtu as u16);
         }
     }
     dsr

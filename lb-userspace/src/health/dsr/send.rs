@@ -20,21 +20,6 @@ pub enum SendError {
     Io(&'static str, io::Error),
 }
 
-/// The discard port (RFC 863): where the datagram that makes the kernel resolve a backend's
-/// MAC goes.
-const DISCARD_PORT: u16 = 9;
-
-/// Makes the kernel resolve `backend`'s MAC (ARP or neighbour discovery), which the resolver
-/// then finds: an empty UDP datagram to its discard port. Nothing in `direct` mode sends the
-/// kernel anything to the backend's address otherwise. Best effort: a failure shows as the MAC
-/// still missing at the next probe.
-fn resolve_neighbour(backend: IpAddr) {
-    let to = SocketAddr::new(backend, DISCARD_PORT);
-    if let Ok(socket) = Socket::new(Domain::for_address(to), Type::DGRAM, Some(Protocol::UDP)) {
-        let _ = socket.set_nonblocking(true).and_then(|()| socket.send_to(&[], &to.into()));
-    }
-}
-
 /// Sends `packet` (an IP packet whose destination is the VIP) to `backend` through `carrier`.
 pub fn send(carrier: Carrier, backend: IpAddr, route: &Route, packet: &[u8]) -> Result<(), SendError> {
     let inner_v6 = packet.first().is_some_and(|b| b >> 4 == 6);
@@ -52,7 +37,7 @@ pub fn send(carrier: Carrier, backend: IpAddr, route: &Route, packet: &[u8]) -> 
         }
         Carrier::Direct => {
             if !route.hop.is_resolved() || route.hop.ifindex == 0 {
-                resolve_neighbour(backend);
+                crate::neighbours::nudge(backend);
                 return Err(SendError::NoNextHop);
             }
             let socket = Socket::new(Domain::PACKET, Type::DGRAM, None).map_err(|e| SendError::Io("packet socket", e))?;
