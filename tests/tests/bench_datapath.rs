@@ -44,3 +44,50 @@ fn the_datapath_bench_checks_and_reports_the_dsr_rows_next_to_nat() {
     // The DSR rows have no targets of their own.
     assert!(!stdout.contains("1. tcp_established_tunnel ≤"), "{stdout}");
 }
+
+/// The published results' files, restored on drop if a run changed them.
+struct Published(Vec<(std::path::PathBuf, Vec<u8>)>);
+
+impl Published {
+    fn snapshot() -> Published {
+        let root = lb_tests::bench::root();
+        let files = ["bench/results/latest.json", "bench/results/latest.md", "bench/results/latest.svg", "BENCHMARKS.md", "README.md"];
+        Published(files.iter().map(|f| root.join(f)).map(|p| (p.clone(), std::fs::read(&p).expect("reading a published file"))).collect())
+    }
+
+    /// The files whose contents differ from the snapshot.
+    fn changed(&self) -> Vec<String> {
+        self.0.iter().filter(|(p, old)| std::fs::read(p).ok().as_ref() != Some(old)).map(|(p, _)| p.display().to_string()).collect()
+    }
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        for (p, old) in &self.0 {
+            if std::fs::read(p).ok().as_ref() != Some(old) {
+                let _ = std::fs::write(p, old);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_run_whose_every_part_failed_leaves_the_published_results_alone() {
+    require_root();
+    let published = Published::snapshot();
+    // A connection table far too small for the run's new flows: the data path part fails its
+    // "none evicted" check, after timing.
+    let out = Command::new(env!("CARGO_BIN_EXE_lb-bench"))
+        .args(["datapath", "--sets", "1", "--runs", "200"])
+        .env("LB_BENCH_ONLY", "tcp_new")
+        .env("LB_BENCH_CONN", "64")
+        .env("LB_BENCH_POOL", "4")
+        .env(lb_tests::bench::UNPUBLISHABLE_ENV, "1")
+        .output()
+        .expect("running lb-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run should fail:\n{stderr}");
+    assert!(stderr.contains("-- datapath FAILED"), "{stderr}");
+    assert!(stderr.contains("no part produced results"), "{stderr}");
+    assert_eq!(published.changed(), Vec::<String>::new(), "{stderr}");
+}

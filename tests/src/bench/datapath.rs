@@ -22,7 +22,9 @@
 //!
 //! Direct server return: a TCP VIP in each of the `tunnel` (IPIP), `gue` and `direct` modes
 //! over the same 8 backends ([`super::dsr`]), its new flows and one hot established flow
-//! measured like NAT's against the same floors, and the encapsulated ones also over the
+//! measured like NAT's against the same floors (each mode's new flows in a data path of their
+//! own with the same configuration and an empty table of the same capacity: one table would
+//! overflow, as the timing CPU has half of its entries), and the encapsulated ones also over the
 //! encapsulation floors: `floor_encap` pushes a fixed 20-byte outer IPv4 header and returns
 //! XDP_TX, `floor_encap_gue` a fixed 28-byte IPv4 + UDP one.
 //!
@@ -157,6 +159,8 @@ enum Prog {
     Lb,
     /// The data path with the full connection table.
     LbFull,
+    /// The data path of a DSR mode's new flows (the same configuration, an empty table of its own).
+    LbDsr(u8),
     /// A floor program of the object whose insert floors' tables are as big as the empty table.
     Floor(&'static str),
     /// An insert floor of the object whose insert floors' tables are as big as the full table.
@@ -465,6 +469,7 @@ fn fill(prog: &Xdp, what: &str, make: fn(u64) -> Vec<Frame>, first: u64, count: 
 struct Programs {
     lb: Lb,
     full: Option<Lb>,
+    dsr: Vec<(u8, Lb)>,
     floors: Ebpf,
     floors_full: Option<Ebpf>,
 }
@@ -474,6 +479,7 @@ impl Programs {
         match path.prog {
             Prog::Lb => Ok(self.lb.dp.program()),
             Prog::LbFull => Ok(self.full.as_ref().context("the full-table data path is not loaded")?.dp.program()),
+            Prog::LbDsr(mode) => Ok(self.dsr.iter().find(|(m, _)| *m == mode).context("a DSR mode's data path is not loaded")?.1.dp.program()),
             Prog::Floor(name) => floor_program(&self.floors, name),
             Prog::FloorFull(name) => floor_program(self.floors_full.as_ref().context("the full-table floors are not loaded")?, name),
         }
@@ -577,6 +583,11 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         Ok(lb)
     };
     let lb = load_lb(conn_empty)?;
+    let dsr_lbs: Vec<(u8, Lb)> = dsr::MODES
+        .iter()
+        .filter(|&&mode| wanted(&format!("tcp_new_{}", dsr::name(mode))))
+        .map(|&mode| Ok((mode, load_lb(conn_empty)?)))
+        .collect::<anyhow::Result<_>>()?;
     let floors = load_floors(conn_empty, &["floor_pass", "floor_tx", "floor_encap", "floor_encap_gue", SHARED_LRU.prog, PERCPU_LRU.prog])?;
 
     // Check every path once, exactly, and set up the tracked flows.
@@ -621,7 +632,8 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
             FORWARD_GUE => fresh_dsr_flow::<FORWARD_GUE>(CHECK_FLOW),
             _ => fresh_dsr_flow::<FORWARD_DIRECT>(CHECK_FLOW),
         };
-        check_new_dsr_flow(&lb, &format!("TCP new flow, {name}"), svc, &fresh, &dsr::Expect::new(svc))?;
+        let new_lb = dsr_lbs.iter().find(|(m, _)| *m == mode).map_or(&lb, |(_, l)| l);
+        check_new_dsr_flow(new_lb, &format!("TCP new flow, {name}"), svc, &fresh, &dsr::Expect::new(svc))?;
         let syn = tcp_frame(pool_client(0), 40000, dsr::vip(mode), 80, SYN);
         let ack = tcp_frame(pool_client(0), 40000, dsr::vip(mode), 80, ACK);
         let expect = dsr::Expect::new(svc);
@@ -696,6 +708,7 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         (None, None, None)
     };
     let entries_before = lb.dp.maps.conn_count();
+    let dsr_entries_before: Vec<usize> = dsr_lbs.iter().map(|(_, l)| l.dp.maps.conn_count()).collect();
 
     let many_what: &'static str =
         Box::leak(format!("TCP established, {pool_size} flows in turn (cold entries)").into_boxed_str());
@@ -735,11 +748,11 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         path("tcp_new", empty_what, Kind::New, Prog::Lb, &["floor_insert_percpu", "floor_tx"], XDP_TX, Frames::Fresh(fresh_tcp_flow)),
         path("tcp_new_full", full_what, Kind::New, Prog::LbFull, &["floor_insert_percpu_full", "floor_tx"], XDP_TX, Frames::Fresh(fresh_tcp_flow)),
         path("tcp_established", "TCP established, one hot flow", Kind::Established, Prog::Lb, TX, XDP_TX, pool(&tcp_est[0])),
-        over_encap(path("tcp_new_tunnel", "DSR tunnel (IPIP): TCP new flow, empty table: SYN + first ACK", Kind::DsrNew, Prog::Lb, NEW, XDP_TX, Frames::Fresh(fresh_dsr_flow::<FORWARD_TUNNEL>)), &["floor_insert_percpu", "floor_encap"]),
+        over_encap(path("tcp_new_tunnel", "DSR tunnel (IPIP): TCP new flow, empty table: SYN + first ACK", Kind::DsrNew, Prog::LbDsr(FORWARD_TUNNEL), NEW, XDP_TX, Frames::Fresh(fresh_dsr_flow::<FORWARD_TUNNEL>)), &["floor_insert_percpu", "floor_encap"]),
         over_encap(path("tcp_established_tunnel", "DSR tunnel (IPIP): TCP established, one hot flow", Kind::DsrEstablished, Prog::Lb, TX, XDP_TX, pool(est_tunnel)), &["floor_encap"]),
-        over_encap(path("tcp_new_gue", "DSR gue: TCP new flow, empty table: SYN + first ACK", Kind::DsrNew, Prog::Lb, NEW, XDP_TX, Frames::Fresh(fresh_dsr_flow::<FORWARD_GUE>)), &["floor_insert_percpu", "floor_encap_gue"]),
+        over_encap(path("tcp_new_gue", "DSR gue: TCP new flow, empty table: SYN + first ACK", Kind::DsrNew, Prog::LbDsr(FORWARD_GUE), NEW, XDP_TX, Frames::Fresh(fresh_dsr_flow::<FORWARD_GUE>)), &["floor_insert_percpu", "floor_encap_gue"]),
         over_encap(path("tcp_established_gue", "DSR gue: TCP established, one hot flow", Kind::DsrEstablished, Prog::Lb, TX, XDP_TX, pool(est_gue)), &["floor_encap_gue"]),
-        path("tcp_new_direct", "DSR direct (L2): TCP new flow, empty table: SYN + first ACK", Kind::DsrNew, Prog::Lb, NEW, XDP_TX, Frames::Fresh(fresh_dsr_flow::<FORWARD_DIRECT>)),
+        path("tcp_new_direct", "DSR direct (L2): TCP new flow, empty table: SYN + first ACK", Kind::DsrNew, Prog::LbDsr(FORWARD_DIRECT), NEW, XDP_TX, Frames::Fresh(fresh_dsr_flow::<FORWARD_DIRECT>)),
         path("tcp_established_direct", "DSR direct (L2): TCP established, one hot flow", Kind::DsrEstablished, Prog::Lb, TX, XDP_TX, pool(est_direct)),
         path("tcp_established_many", many_what, Kind::Established, Prog::Lb, TX, XDP_TX, Frames::Pool(tcp_est)),
         path("tcp_reply", "TCP reply, backend to client (REPLIES, FIB lookup, NAT back)", Kind::Established, Prog::Lb, TX, XDP_REDIRECT, pool(&tcp_reply[0])),
@@ -752,7 +765,7 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         path("not_ip", "breakdown: ARP (parse Ethernet, count, pass)", Kind::Breakdown, Prog::Lb, PASS, XDP_PASS, Frames::Pool(vec![arp])),
     ];
     paths.retain(|p| if p.kind == Kind::Floor { with_full || !matches!(p.prog, Prog::FloorFull(_)) } else { wanted(p.name) });
-    let programs = Programs { lb, full, floors, floors_full };
+    let programs = Programs { lb, full, dsr: dsr_lbs, floors, floors_full };
 
     // Warm-up, then the sets, each path's runs in a block, the order rotated every set.
     for set in 0..=opts.sets {
@@ -779,7 +792,8 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
             }
         }
     }
-    for (what, lb) in [("empty", Some(&programs.lb)), ("full", programs.full.as_ref())] {
+    let dsr_instances = programs.dsr.iter().map(|(m, l)| (dsr::name(*m), Some(l)));
+    for (what, lb) in [("empty", Some(&programs.lb)), ("full", programs.full.as_ref())].into_iter().chain(dsr_instances) {
         let Some(lb) = lb else { continue };
         let reasons = lb.dp.maps.reasons()?;
         let insert_failed = reasons[Reason::ConnInsertFailed as usize];
@@ -792,11 +806,19 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
     // No entry of the empty table was evicted: every new flow of the run is still there.
     let fresh_of = |name: &str| paths.iter().find(|p| p.name == name).map_or(0, |p| p.next as usize);
     let entries_after = programs.lb.dp.maps.conn_count();
-    let inserted = ["tcp_new", "udp_new", "tcp_new_tunnel", "tcp_new_gue", "tcp_new_direct"].into_iter().map(fresh_of).sum::<usize>();
+    let inserted = fresh_of("tcp_new") + fresh_of("udp_new");
     ensure!(
         entries_after == entries_before + inserted,
         "the empty table holds {entries_after} entries, not {entries_before} + {inserted}: entries were evicted or not inserted"
     );
+    for ((mode, l), before) in programs.dsr.iter().zip(dsr_entries_before) {
+        let (entries, inserted) = (l.dp.maps.conn_count(), fresh_of(&format!("tcp_new_{}", dsr::name(*mode))));
+        ensure!(
+            entries == before + inserted,
+            "the {} data path's empty table holds {entries} entries, not {before} + {inserted}: entries were evicted or not inserted",
+            dsr::name(*mode)
+        );
+    }
     if let Some(full) = &programs.full {
         let entries = full.dp.maps.conn_count();
         ensure!(entries <= conn_full as usize, "the full table holds {entries} entries, over its capacity {conn_full}");

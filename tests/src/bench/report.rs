@@ -862,7 +862,7 @@ pub(crate) fn dsr_table(dp: &Value) -> Table {
     }
     if !t.rows.is_empty() {
         t.row(vec!["NAT (for comparison)".into(), show(&nat.0), "1 ×".into(), "-".into(), show(&nat.1), "1 ×".into(), "-".into()]);
-        t.note("one TCP VIP per mode over the same 8 backends as NAT's, measured in the same sets as NAT's rows and the floors, each path's exact output checked once before timing; the encapsulated rows are also given over the floor that only pushes their outer header and transmits (floor_encap: a fixed 20-byte IPv4 header with its checksum; floor_encap_gue: the same plus a fixed UDP header), so the rest is what the load balancer adds: the flow lookup, the backend choice, the outer source and the copied TTL and TOS, and for gue the source port from the flow hash");
+        t.note("one TCP VIP per mode over the same 8 backends as NAT's, measured in the same sets as NAT's rows and the floors, each path's exact output checked once before timing; each mode's new flows go into a data path of their own with the same configuration and an empty table of the same capacity as NAT's tcp_new (none evicted, checked); the encapsulated rows are also given over the floor that only pushes their outer header and transmits (floor_encap: a fixed 20-byte IPv4 header with its checksum; floor_encap_gue: the same plus a fixed UDP header), so the rest is what the load balancer adds: the flow lookup, the backend choice, the outer source and the copied TTL and TOS, and for gue the source port from the flow hash");
     }
     t
 }
