@@ -601,6 +601,18 @@ fn summary_section(p: &Provenance, results: &Map<String, Value>) -> String {
         let target = path(results, name).and_then(|p| p["target_ns_over_floor"].as_f64()).unwrap_or(f64::NAN);
         t.row(vec![what.into(), format!("{} ns", o.show(1)), format!("≤ {target:.0} ns: {}", missed_or_met(o.median, target))]);
     }
+    let dsr = |prefix: &str| -> Option<Vec<Stat>> { ["tunnel", "gue", "direct"].iter().map(|m| path_over(results, &format!("{prefix}_{m}"))).collect() };
+    for (prefix, what) in [
+        ("tcp_established", "direct server return, established TCP flow, one hot flow: tunnel / gue / direct (over the XDP_TX floor, as NAT's)"),
+        ("tcp_new", "direct server return, new TCP flow, empty table: tunnel / gue / direct (over the same floor as NAT's)"),
+    ] {
+        let (Some(d), Some(nat)) = (dsr(prefix), path_over(results, prefix)) else { continue };
+        t.row(vec![
+            what.into(),
+            format!("{:.0} / {:.0} / {:.0} ns (NAT: {:.0} ns)", d[0].median, d[1].median, d[2].median, nat.median),
+            "(no target; table 1c of BENCHMARKS.md)".into(),
+        ]);
+    }
     if let (Some(shared), Some(percpu)) = (path_ns(results, "floor_insert_full"), path_ns(results, "floor_insert_percpu_full")) {
         let d = percpu - shared;
         t.row(vec![
