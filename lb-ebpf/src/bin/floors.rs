@@ -10,6 +10,13 @@
 //!   any connection table can cost per new flow;
 //! - `floor_insert_percpu`: the same into `FLOOR_CONNS_PERCPU`, an LRU hash with per-CPU LRU
 //!   lists (BPF_F_NO_COMMON_LRU) — the per-CPU table measured against the shared one;
+//! - `floor_encap`: moves the Ethernet header 20 bytes forward (bpf_xdp_adjust_head) with its
+//!   MACs swapped and its EtherType copied, writes a fixed outer IPv4 header (IPIP from
+//!   `FLOOR_OUTER_SRC` to `FLOOR_OUTER_DST`, TTL 64, DF, its total length from the frame and
+//!   its checksum) in front of the IP packet and returns XDP_TX — the least a `tunnel` forward
+//!   can cost, the encapsulation floor;
+//! - `floor_encap_gue`: the same with a fixed UDP header (from port 49152 to the default GUE
+//!   port, no checksum) behind the IPv4 header, 28 bytes pushed — the floor of a `gue` forward;
 //! - `floor_redirect`: redirects every frame to the interface `FLOOR_IFINDEX` — the bare
 //!   forwarder, the ceiling of the throughput benchmark;
 //! - `gen_frames`: the packet generator run in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES):
@@ -36,12 +43,22 @@ fn main() {}
 mod programs {
     use aya_ebpf::{
         bindings::{BPF_F_NO_COMMON_LRU, xdp_action},
-        helpers::bpf_redirect,
+        helpers::{bpf_redirect, generated::bpf_xdp_adjust_head},
         macros::{map, xdp},
         maps::{Array, LruHashMap, PerCpuArray},
         programs::XdpContext,
     };
-    use lb_common::maps::{FAMILY_V4, Flow, FlowKey};
+    use lb_common::{
+        encap::{DEFAULT_GUE_PORT, ETH_HLEN, IPPROTO_IPIP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, ipv4_outer_header},
+        maps::{FAMILY_V4, Flow, FlowKey},
+    };
+
+    /// Outer source address of the encapsulation floors.
+    pub const FLOOR_OUTER_SRC: [u8; 4] = [10, 9, 0, 1];
+    /// Outer destination address of the encapsulation floors.
+    pub const FLOOR_OUTER_DST: [u8; 4] = [10, 0, 11, 2];
+    /// UDP source port of `floor_encap_gue`.
+    pub const FLOOR_GUE_SPORT: u16 = 49152;
 
     /// Length of the generator's template frame (a minimum-size Ethernet frame without FCS).
     pub const GEN_FRAME_LEN: usize = 64;
@@ -166,6 +183,56 @@ mod programs {
             let dst = *eth;
             *eth = *eth.add(1);
             *eth.add(1) = dst;
+        }
+        xdp_action::XDP_TX
+    }
+
+    /// Pushes a fixed outer IPv4 header (IPIP) and returns XDP_TX.
+    #[xdp]
+    pub fn floor_encap(ctx: XdpContext) -> u32 {
+        push_outer::<false>(&ctx)
+    }
+
+    /// Pushes a fixed outer IPv4 and UDP header (GUE) and returns XDP_TX.
+    #[xdp]
+    pub fn floor_encap_gue(ctx: XdpContext) -> u32 {
+        push_outer::<true>(&ctx)
+    }
+
+    /// The body of the encapsulation floors: grows the frame at its start by the outer
+    /// header, moves the Ethernet header there (MACs swapped, EtherType copied), writes the
+    /// fixed outer IPv4 header of the IPv4 packet behind it (and, with `GUE`, the fixed UDP
+    /// header) and returns XDP_TX (XDP_ABORTED if the frame cannot grow or is too short).
+    #[inline(always)]
+    fn push_outer<const GUE: bool>(ctx: &XdpContext) -> u32 {
+        let outer = IPV4_HLEN + if GUE { UDP_HLEN } else { 0 };
+        // SAFETY: a helper call on this program's context; every packet pointer is derived
+        // from the context afterwards.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer as i32)) } != 0 {
+            return xdp_action::XDP_ABORTED;
+        }
+        let (start, end) = (ctx.data(), ctx.data_end());
+        if start + outer + ETH_HLEN > end {
+            return xdp_action::XDP_ABORTED;
+        }
+        let inner_len = end - start - outer - ETH_HLEN;
+        let p = start as *mut u8;
+        // SAFETY: every byte read or written is below `outer + ETH_HLEN`, inside the frame
+        // (checked above); the old Ethernet header (from `outer`) and the new one (below 14)
+        // do not overlap, and every access is of byte arrays, so alignment does not matter.
+        unsafe {
+            let old = p.add(outer) as *const [u8; 6];
+            let (dst, src) = (*old, *old.add(1));
+            *(p as *mut [u8; 6]) = src;
+            *(p.add(6) as *mut [u8; 6]) = dst;
+            *(p.add(12) as *mut [u8; 2]) = *(p.add(outer + 12) as *const [u8; 2]);
+            let proto = if GUE { IPPROTO_UDP } else { IPPROTO_IPIP };
+            *(p.add(ETH_HLEN) as *mut [u8; IPV4_HLEN]) =
+                ipv4_outer_header(&FLOOR_OUTER_SRC, &FLOOR_OUTER_DST, (outer + inner_len) as u16, 0, 64, proto);
+            if GUE {
+                let (s, d, l) = (FLOOR_GUE_SPORT.to_be_bytes(), DEFAULT_GUE_PORT.to_be_bytes(), ((UDP_HLEN + inner_len) as u16).to_be_bytes());
+                *(p.add(ETH_HLEN + IPV4_HLEN) as *mut [u8; UDP_HLEN]) = [s[0], s[1], d[0], d[1], l[0], l[1], 0, 0];
+            }
         }
         xdp_action::XDP_TX
     }

@@ -20,6 +20,14 @@
 //! them inserting), once with an empty connection table and once with a full one that evicts
 //! an entry for every insert.
 //!
+//! Direct server return: a TCP VIP in each of the `tunnel` (IPIP), `gue` and `direct` modes
+//! over the same 8 backends ([`super::dsr`]), its new flows and one hot established flow
+//! measured like NAT's against the same floors (each mode's new flows in a data path of their
+//! own with the same configuration and an empty table of the same capacity: one table would
+//! overflow, as the timing CPU has half of its entries), and the encapsulated ones also over the
+//! encapsulation floors: `floor_encap` pushes a fixed 20-byte outer IPv4 header and returns
+//! XDP_TX, `floor_encap_gue` a fixed 28-byte IPv4 + UDP one.
+//!
 //! Everything runs in a network namespace of its own whose FIB reaches the clients: replies
 //! (backend → client) are translated statelessly and sent towards the client by
 //! `bpf_fib_lookup`, which BPF_PROG_TEST_RUN runs in the calling thread's namespace.
@@ -40,12 +48,14 @@ use aya::{
 };
 use lb_common::{
     counters::Reason,
+    encap::{FORWARD_DIRECT, FORWARD_GUE, FORWARD_TUNNEL},
     maps::{Flow, FlowKey, PROTO_TCP, PROTO_UDP},
 };
 use lb_userspace::dataplane::{Dataplane, FLOORS, Service, Sizing};
 use serde_json::json;
 
 use super::{
+    dsr,
     report::{self, Bar, Chart, OURS, REFERENCE, Report, Table},
     stats::Summary,
 };
@@ -55,7 +65,7 @@ use crate::{
         client_side_netns, flow_key, from_client, service, tcp, udp,
     },
     netns::Netns,
-    packet::{Frame, L4, verify_checksums},
+    packet::{Frame, IpFields, L4, ip_header, verify_checksums},
 };
 
 /// The VIP of the benchmark configuration.
@@ -119,6 +129,10 @@ enum Kind {
     Established,
     /// Not for a VIP (target 30 ns over floor_pass).
     NotVip,
+    /// A new flow of a direct server return VIP (no target: measured next to NAT's).
+    DsrNew,
+    /// An established flow of a direct server return VIP (no target: measured next to NAT's).
+    DsrEstablished,
     /// Extra cases that show where the time goes (no target).
     Breakdown,
 }
@@ -129,8 +143,12 @@ impl Kind {
             Kind::New => Some(TARGET_NEW_NS),
             Kind::Established => Some(TARGET_FLOW_NS),
             Kind::NotVip => Some(TARGET_NOT_VIP_NS),
-            Kind::Floor | Kind::Breakdown => None,
+            Kind::Floor | Kind::Breakdown | Kind::DsrNew | Kind::DsrEstablished => None,
         }
+    }
+
+    fn is_new(self) -> bool {
+        matches!(self, Kind::New | Kind::DsrNew)
     }
 }
 
@@ -141,6 +159,8 @@ enum Prog {
     Lb,
     /// The data path with the full connection table.
     LbFull,
+    /// The data path of a DSR mode's new flows (the same configuration, an empty table of its own).
+    LbDsr(u8),
     /// A floor program of the object whose insert floors' tables are as big as the empty table.
     Floor(&'static str),
     /// An insert floor of the object whose insert floors' tables are as big as the full table.
@@ -175,6 +195,9 @@ struct Path {
     prog: Prog,
     /// The floor paths whose means, added up, are this path's floor (empty for a floor).
     floor: &'static [&'static str],
+    /// For an encapsulating path, the same with the encapsulation floor in place of the
+    /// MAC-swap floor (empty otherwise).
+    encap_floor: &'static [&'static str],
     /// Runs per timed unit (2 for a new TCP flow: SYN and ACK).
     packets: usize,
     action: u32,
@@ -223,6 +246,12 @@ fn fresh_udp(n: u64) -> Vec<Frame> {
     // Never the same client port as a TCP fresh flow of the same number.
     let (src, sport) = fresh_client(n + (1 << 40));
     vec![udp_frame(src, sport, VIP, 53)]
+}
+
+/// The SYN and the first ACK of fresh TCP flow `n` to the VIP of DSR mode `MODE`.
+fn fresh_dsr_flow<const MODE: u8>(n: u64) -> Vec<Frame> {
+    let (src, sport) = fresh_client(n);
+    vec![tcp_frame(src, sport, dsr::vip(MODE), 80, SYN), tcp_frame(src, sport, dsr::vip(MODE), 80, ACK)]
 }
 
 /// A frame of fresh flow `n` for `floor_insert` (a new key every run).
@@ -274,13 +303,28 @@ fn reply_to_client(r: &Frame, vip_port: u16) -> Frame {
 
 /// One checked run: verdict, exact bytes, checksums, counters.
 fn check(lb: &Lb, what: &str, input: &Frame, action: u32, want: &[u8], reason: Reason) -> anyhow::Result<()> {
+    check_with(lb, what, input, action, |_| Ok(want.to_vec()), reason, verify_checksums)
+}
+
+/// [`check`] with the expected bytes from `want`, given the output (a GUE source port comes
+/// from the flow's hash), and its checksums checked by `verify`.
+fn check_with(
+    lb: &Lb,
+    what: &str,
+    input: &Frame,
+    action: u32,
+    want: impl FnOnce(&[u8]) -> anyhow::Result<Vec<u8>>,
+    reason: Reason,
+    verify: fn(&[u8]) -> Result<(), String>,
+) -> anyhow::Result<()> {
     let bytes = input.bytes();
     ensure!(bytes.len() == 64, "{what}: input frame is {} bytes, not 64", bytes.len());
     let run = lb.run(&bytes);
     ensure!(run.action == action, "{what}: verdict {} instead of {action}", run.action);
+    let want = want(&run.out).with_context(|| what.to_owned())?;
     ensure!(run.out == want, "{what}: output bytes differ from the expected frame");
     if reason != Reason::PassNotIp && reason != Reason::PassNotTcpUdp {
-        verify_checksums(&run.out).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        verify(&run.out).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     }
     ensure!(run.counted == vec![(reason, 1)], "{what}: counters {:?}", run.counted);
     Ok(())
@@ -289,12 +333,32 @@ fn check(lb: &Lb, what: &str, input: &Frame, action: u32, want: &[u8], reason: R
 /// Checks a new TCP flow of `svc` end to end: its SYN is forwarded and inserts nothing, its
 /// first ACK is forwarded to the same backend (no resumed flow counted) and inserts the entry.
 fn check_new_tcp_flow(lb: &Lb, what: &str, svc: &Service, flow: &[Frame]) -> anyhow::Result<()> {
+    check_new_flow_as(lb, what, svc, flow, &|id, f, _| Ok(to_backend(svc, id, f).bytes()), verify_checksums)
+}
+
+/// [`check_new_tcp_flow`] of a direct server return service, whose frames `expect` gives.
+fn check_new_dsr_flow(lb: &Lb, what: &str, svc: &Service, flow: &[Frame], expect: &dsr::Expect<'_>) -> anyhow::Result<()> {
+    check_new_flow_as(lb, what, svc, flow, &|id, f, out| expect.frame(id, f, out), dsr::verify)
+}
+
+/// What a path sends: the expected frame for client frame `f` to backend `id`, given the output.
+type Want<'a> = dyn Fn(u32, &Frame, &[u8]) -> anyhow::Result<Vec<u8>> + 'a;
+
+/// [`check_new_tcp_flow`] with the expected frames from `want` and checksums checked by `verify`.
+fn check_new_flow_as(
+    lb: &Lb,
+    what: &str,
+    svc: &Service,
+    flow: &[Frame],
+    want: &Want<'_>,
+    verify: fn(&[u8]) -> Result<(), String>,
+) -> anyhow::Result<()> {
     let [syn, ack] = flow else { bail!("{what}: a new TCP flow is a SYN and an ACK") };
     let key = flow_key(syn);
     let id = lb.ring_choice(svc, &key);
-    check(lb, &format!("{what}: SYN"), syn, XDP_TX, &to_backend(svc, id, syn).bytes(), Reason::ForwardToBackend)?;
+    check_with(lb, &format!("{what}: SYN"), syn, XDP_TX, |out| want(id, syn, out), Reason::ForwardToBackend, verify)?;
     ensure!(lb.dp.maps.conn(&key)?.is_none(), "{what}: the SYN inserted a connection-table entry");
-    check(lb, &format!("{what}: first ACK"), ack, XDP_TX, &to_backend(svc, id, ack).bytes(), Reason::ForwardToBackend)?;
+    check_with(lb, &format!("{what}: first ACK"), ack, XDP_TX, |out| want(id, ack, out), Reason::ForwardToBackend, verify)?;
     let entry = lb.dp.maps.conn(&key)?.with_context(|| format!("{what}: the first ACK inserted no entry"))?;
     ensure!(
         (entry.backend_id, entry.vip_id as u32, entry.state) == (id, svc.id, lb_common::flow::FLOW_OPEN),
@@ -323,6 +387,37 @@ fn check_floor(prog: &Xdp, name: &str, frame: &[u8], action: u32) -> anyhow::Res
     }
     ensure!(verdict == action && out == want, "{name}: wrong verdict ({verdict}) or output");
     Ok(())
+}
+
+/// Outer addresses of the encapsulation floors' fixed header (`FLOOR_OUTER_SRC`,
+/// `FLOOR_OUTER_DST` in floors.rs).
+const FLOOR_OUTER: (IpAddr, IpAddr) = (IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)), IpAddr::V4(Ipv4Addr::new(10, 0, 11, 2)));
+/// UDP source port of `floor_encap_gue`'s fixed header (`FLOOR_GUE_SPORT` in floors.rs).
+const FLOOR_GUE_SPORT: u16 = 49152;
+
+/// Runs `frame` (an untagged IPv4 frame) through an encapsulation floor once and checks its
+/// verdict (XDP_TX) and output: the MACs swapped, the EtherType kept, then the fixed outer
+/// IPv4 header (TTL 64, DF, identification 0, its checksum) and, with `gue`, the fixed UDP
+/// header without checksum, then the IP packet unchanged.
+fn check_floor_encap(prog: &Xdp, name: &str, frame: &[u8], gue: bool) -> anyhow::Result<()> {
+    let (verdict, out) = run_once(prog, frame)?;
+    let packet = &frame[14..];
+    let mut want = frame[6..12].to_vec();
+    want.extend_from_slice(&frame[..6]);
+    let fields = IpFields { tos: 0, ident: 0, dont_fragment: true };
+    if gue {
+        let udp_len = (8 + packet.len()) as u16;
+        want.extend_from_slice(&ip_header(FLOOR_OUTER.0, FLOOR_OUTER.1, 17, udp_len as usize, fields));
+        want.extend_from_slice(&FLOOR_GUE_SPORT.to_be_bytes());
+        want.extend_from_slice(&lb_common::encap::DEFAULT_GUE_PORT.to_be_bytes());
+        want.extend_from_slice(&udp_len.to_be_bytes());
+        want.extend_from_slice(&[0, 0]);
+    } else {
+        want.extend_from_slice(&ip_header(FLOOR_OUTER.0, FLOOR_OUTER.1, 4, packet.len(), fields));
+    }
+    want.extend_from_slice(packet);
+    ensure!(verdict == XDP_TX && out == want, "{name}: wrong verdict ({verdict}) or output");
+    dsr::verify(&out).map_err(|e| anyhow::anyhow!("{name}: {e}"))
 }
 
 /// Checks an insert floor on a fresh key: MACs swapped, XDP_TX, and the key in its table.
@@ -374,6 +469,7 @@ fn fill(prog: &Xdp, what: &str, make: fn(u64) -> Vec<Frame>, first: u64, count: 
 struct Programs {
     lb: Lb,
     full: Option<Lb>,
+    dsr: Vec<(u8, Lb)>,
     floors: Ebpf,
     floors_full: Option<Ebpf>,
 }
@@ -383,6 +479,7 @@ impl Programs {
         match path.prog {
             Prog::Lb => Ok(self.lb.dp.program()),
             Prog::LbFull => Ok(self.full.as_ref().context("the full-table data path is not loaded")?.dp.program()),
+            Prog::LbDsr(mode) => Ok(self.dsr.iter().find(|(m, _)| *m == mode).context("a DSR mode's data path is not loaded")?.1.dp.program()),
             Prog::Floor(name) => floor_program(&self.floors, name),
             Prog::FloorFull(name) => floor_program(self.floors_full.as_ref().context("the full-table floors are not loaded")?, name),
         }
@@ -466,6 +563,10 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
     };
     let tcp = service(1, VIP, 80, PROTO_TCP, 1, &pool8(8080));
     let udp = service(2, VIP, 53, PROTO_UDP, 11, &pool8(5353));
+    let dsr_backends: Vec<IpAddr> = pool8(80).into_iter().map(|(ip, _, _)| ip).collect();
+    // VIP ids 3.., backend slots 21.., 31.., 41..
+    let dsr_services: Vec<Service> =
+        dsr::MODES.iter().zip(0u32..).map(|(&mode, k)| dsr::service_of(mode, 3 + k, 21 + 10 * k, &dsr_backends)).collect();
     let load_lb = |conn_capacity: u32| -> anyhow::Result<Lb> {
         let sizing = Sizing { conn_capacity, hash_seed: 42, ..Sizing::default() };
         let dp = Dataplane::load(&sizing).context("loading the data path (needs root)")?;
@@ -476,10 +577,18 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         }
         lb.dp.maps.apply_service(&tcp)?;
         lb.dp.maps.apply_service(&udp)?;
+        for svc in &dsr_services {
+            lb.dp.maps.apply_service(svc)?;
+        }
         Ok(lb)
     };
     let lb = load_lb(conn_empty)?;
-    let floors = load_floors(conn_empty, &["floor_pass", "floor_tx", SHARED_LRU.prog, PERCPU_LRU.prog])?;
+    let dsr_lbs: Vec<(u8, Lb)> = dsr::MODES
+        .iter()
+        .filter(|&&mode| wanted(&format!("tcp_new_{}", dsr::name(mode))))
+        .map(|&mode| Ok((mode, load_lb(conn_empty)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let floors = load_floors(conn_empty, &["floor_pass", "floor_tx", "floor_encap", "floor_encap_gue", SHARED_LRU.prog, PERCPU_LRU.prog])?;
 
     // Check every path once, exactly, and set up the tracked flows.
     check_new_tcp_flow(&lb, "TCP new flow", &tcp, &fresh_tcp_flow(CHECK_FLOW))?;
@@ -514,6 +623,27 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         tcp_reply.push(reply.bytes());
         udp_est.push(d.bytes());
     }
+    // Direct server return: a new flow, and a tracked flow established and checked once more.
+    let mut dsr_est = Vec::new();
+    for svc in &dsr_services {
+        let (mode, name) = (dsr::mode_of(svc), dsr::name(dsr::mode_of(svc)));
+        let fresh = match mode {
+            FORWARD_TUNNEL => fresh_dsr_flow::<FORWARD_TUNNEL>(CHECK_FLOW),
+            FORWARD_GUE => fresh_dsr_flow::<FORWARD_GUE>(CHECK_FLOW),
+            _ => fresh_dsr_flow::<FORWARD_DIRECT>(CHECK_FLOW),
+        };
+        let new_lb = dsr_lbs.iter().find(|(m, _)| *m == mode).map_or(&lb, |(_, l)| l);
+        check_new_dsr_flow(new_lb, &format!("TCP new flow, {name}"), svc, &fresh, &dsr::Expect::new(svc))?;
+        let syn = tcp_frame(pool_client(0), 40000, dsr::vip(mode), 80, SYN);
+        let ack = tcp_frame(pool_client(0), 40000, dsr::vip(mode), 80, ACK);
+        let expect = dsr::Expect::new(svc);
+        check_new_dsr_flow(&lb, &format!("TCP tracked flow, {name}"), svc, &[syn.clone(), ack.clone()], &expect)?;
+        let id = lb.ring_choice(svc, &flow_key(&ack));
+        let what = format!("TCP established, {name}");
+        check_with(&lb, &what, &ack, XDP_TX, |out| expect.frame(id, &ack, out), Reason::ForwardToBackend, dsr::verify)?;
+        dsr_est.push(ack.bytes());
+    }
+    let [est_tunnel, est_gue, est_direct] = &dsr_est[..] else { bail!("one established flow per DSR mode") };
     let not_vip = tcp_frame(pool_client(0), 40000, OTHER, 80, ACK);
     let nv = not_vip.bytes();
     check(&lb, "not for a VIP", &not_vip, XDP_PASS, &nv, Reason::PassNotVip)?;
@@ -534,6 +664,8 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
     }
     check_floor(floor_program(&floors, "floor_pass")?, "floor_pass", &nv, XDP_PASS)?;
     check_floor(floor_program(&floors, "floor_tx")?, "floor_tx", &tcp_est[0], XDP_TX)?;
+    check_floor_encap(floor_program(&floors, "floor_encap")?, "floor_encap", &tcp_est[0], false)?;
+    check_floor_encap(floor_program(&floors, "floor_encap_gue")?, "floor_encap_gue", &tcp_est[0], true)?;
     check_floor_insert(&floors, SHARED_LRU, "floor_insert", CHECK_FLOW)?;
     check_floor_insert(&floors, PERCPU_LRU, "floor_insert_percpu", CHECK_FLOW)?;
 
@@ -576,6 +708,7 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         (None, None, None)
     };
     let entries_before = lb.dp.maps.conn_count();
+    let dsr_entries_before: Vec<usize> = dsr_lbs.iter().map(|(_, l)| l.dp.maps.conn_count()).collect();
 
     let many_what: &'static str =
         Box::leak(format!("TCP established, {pool_size} flows in turn (cold entries)").into_boxed_str());
@@ -595,10 +728,12 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
             Frames::Pool(_) => 1,
             Frames::Fresh(make) => make(0).len(),
         };
-        Path { name, what, kind, prog, floor, packets, action, frames, sets: Vec::new(), next: 0 }
+        Path { name, what, kind, prog, floor, encap_floor: &[], packets, action, frames, sets: Vec::new(), next: 0 }
     };
+    let over_encap = |p: Path, encap_floor: &'static [&'static str]| Path { encap_floor, ..p };
     const PASS: &[&str] = &["floor_pass"];
     const TX: &[&str] = &["floor_tx"];
+    const NEW: &[&str] = &["floor_insert_percpu", "floor_tx"];
     let pool = |f: &Vec<u8>| Frames::Pool(vec![f.clone()]);
     let mut paths = vec![
         path("floor_pass", "floor: return XDP_PASS", Kind::Floor, Prog::Floor("floor_pass"), &[], XDP_PASS, pool(&nv)),
@@ -607,10 +742,18 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         path("floor_insert_full", "floor: one LRU insert, full evicting table, XDP_TX", Kind::Floor, Prog::FloorFull(SHARED_LRU.prog), &[], XDP_TX, Frames::Fresh(fresh_key)),
         path("floor_insert_percpu", "floor: one LRU insert, per-CPU LRU lists, empty table, XDP_TX", Kind::Floor, Prog::Floor(PERCPU_LRU.prog), &[], XDP_TX, Frames::Fresh(fresh_key)),
         path("floor_insert_percpu_full", "floor: one LRU insert, per-CPU LRU lists, full evicting table, XDP_TX", Kind::Floor, Prog::FloorFull(PERCPU_LRU.prog), &[], XDP_TX, Frames::Fresh(fresh_key)),
+        path("floor_encap", "floor: push a fixed 20-byte outer IPv4 header (IPIP), XDP_TX", Kind::Floor, Prog::Floor("floor_encap"), &[], XDP_TX, pool(&tcp_est[0])),
+        path("floor_encap_gue", "floor: push a fixed 28-byte outer IPv4 + UDP header (GUE), XDP_TX", Kind::Floor, Prog::Floor("floor_encap_gue"), &[], XDP_TX, pool(&tcp_est[0])),
         // CONNS has per-CPU LRU lists, the faster table when full: its floor is the same table.
         path("tcp_new", empty_what, Kind::New, Prog::Lb, &["floor_insert_percpu", "floor_tx"], XDP_TX, Frames::Fresh(fresh_tcp_flow)),
         path("tcp_new_full", full_what, Kind::New, Prog::LbFull, &["floor_insert_percpu_full", "floor_tx"], XDP_TX, Frames::Fresh(fresh_tcp_flow)),
         path("tcp_established", "TCP established, one hot flow", Kind::Established, Prog::Lb, TX, XDP_TX, pool(&tcp_est[0])),
+        over_encap(path("tcp_new_tunnel", "DSR tunnel (IPIP): TCP new flow, empty table: SYN + first ACK", Kind::DsrNew, Prog::LbDsr(FORWARD_TUNNEL), NEW, XDP_TX, Frames::Fresh(fresh_dsr_flow::<FORWARD_TUNNEL>)), &["floor_insert_percpu", "floor_encap"]),
+        over_encap(path("tcp_established_tunnel", "DSR tunnel (IPIP): TCP established, one hot flow", Kind::DsrEstablished, Prog::Lb, TX, XDP_TX, pool(est_tunnel)), &["floor_encap"]),
+        over_encap(path("tcp_new_gue", "DSR gue: TCP new flow, empty table: SYN + first ACK", Kind::DsrNew, Prog::LbDsr(FORWARD_GUE), NEW, XDP_TX, Frames::Fresh(fresh_dsr_flow::<FORWARD_GUE>)), &["floor_insert_percpu", "floor_encap_gue"]),
+        over_encap(path("tcp_established_gue", "DSR gue: TCP established, one hot flow", Kind::DsrEstablished, Prog::Lb, TX, XDP_TX, pool(est_gue)), &["floor_encap_gue"]),
+        path("tcp_new_direct", "DSR direct (L2): TCP new flow, empty table: SYN + first ACK", Kind::DsrNew, Prog::LbDsr(FORWARD_DIRECT), NEW, XDP_TX, Frames::Fresh(fresh_dsr_flow::<FORWARD_DIRECT>)),
+        path("tcp_established_direct", "DSR direct (L2): TCP established, one hot flow", Kind::DsrEstablished, Prog::Lb, TX, XDP_TX, pool(est_direct)),
         path("tcp_established_many", many_what, Kind::Established, Prog::Lb, TX, XDP_TX, Frames::Pool(tcp_est)),
         path("tcp_reply", "TCP reply, backend to client (REPLIES, FIB lookup, NAT back)", Kind::Established, Prog::Lb, TX, XDP_REDIRECT, pool(&tcp_reply[0])),
         path("udp_new", "UDP new flow (first datagram inserts)", Kind::New, Prog::Lb, &["floor_insert_percpu"], XDP_TX, Frames::Fresh(fresh_udp)),
@@ -622,7 +765,7 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         path("not_ip", "breakdown: ARP (parse Ethernet, count, pass)", Kind::Breakdown, Prog::Lb, PASS, XDP_PASS, Frames::Pool(vec![arp])),
     ];
     paths.retain(|p| if p.kind == Kind::Floor { with_full || !matches!(p.prog, Prog::FloorFull(_)) } else { wanted(p.name) });
-    let programs = Programs { lb, full, floors, floors_full };
+    let programs = Programs { lb, full, dsr: dsr_lbs, floors, floors_full };
 
     // Warm-up, then the sets, each path's runs in a block, the order rotated every set.
     for set in 0..=opts.sets {
@@ -649,7 +792,8 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
             }
         }
     }
-    for (what, lb) in [("empty", Some(&programs.lb)), ("full", programs.full.as_ref())] {
+    let dsr_instances = programs.dsr.iter().map(|(m, l)| (dsr::name(*m), Some(l)));
+    for (what, lb) in [("empty", Some(&programs.lb)), ("full", programs.full.as_ref())].into_iter().chain(dsr_instances) {
         let Some(lb) = lb else { continue };
         let reasons = lb.dp.maps.reasons()?;
         let insert_failed = reasons[Reason::ConnInsertFailed as usize];
@@ -667,6 +811,14 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         entries_after == entries_before + inserted,
         "the empty table holds {entries_after} entries, not {entries_before} + {inserted}: entries were evicted or not inserted"
     );
+    for ((mode, l), before) in programs.dsr.iter().zip(dsr_entries_before) {
+        let (entries, inserted) = (l.dp.maps.conn_count(), fresh_of(&format!("tcp_new_{}", dsr::name(*mode))));
+        ensure!(
+            entries == before + inserted,
+            "the {} data path's empty table holds {entries} entries, not {before} + {inserted}: entries were evicted or not inserted",
+            dsr::name(*mode)
+        );
+    }
     if let Some(full) = &programs.full {
         let entries = full.dp.maps.conn_count();
         ensure!(entries <= conn_full as usize, "the full table holds {entries} entries, over its capacity {conn_full}");
@@ -717,8 +869,9 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
         let per_second = 1000.0 / abs.median;
         let floor_name = if p.floor.is_empty() { "-".to_owned() } else { p.floor.join(" + ") };
         let over = floor_sets(p.floor).filter(|_| !p.floor.is_empty()).map(|f| over_of(p, &f));
+        let over_encap = floor_sets(p.encap_floor).filter(|_| !p.encap_floor.is_empty()).map(|f| over_of(p, &f));
         // New flows against the MAC-swap floor for each of their packets as well.
-        let over_tx = (p.kind == Kind::New && !tx_sets.is_empty())
+        let over_tx = (p.kind.is_new() && !tx_sets.is_empty())
             .then(|| over_of(p, &tx_sets.iter().map(|t| t * p.packets as f64).collect::<Vec<_>>()));
         let target = p.kind.target();
         let verdict = match (over, target) {
@@ -726,7 +879,7 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
             _ => String::new(),
         };
         if let Some(o) = over {
-            let cold = p.kind == Kind::New || p.name.ends_with("_many");
+            let cold = p.kind.is_new() || p.name.ends_with("_many");
             (if cold { &mut cold_chart } else { &mut chart }).bars.push(Bar {
                 label: p.name.into(),
                 value: o.median,
@@ -748,6 +901,8 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
             "mpps": (per_second * 1000.0).round() / 1000.0,
             "ns_over_floor": over.map(|o| o.to_json()),
             "ns_over_floor_tx_per_packet": over_tx.map(|o| o.to_json()),
+            "encap_floor": (!p.encap_floor.is_empty()).then(|| p.encap_floor.join(" + ")),
+            "ns_over_encap_floor": over_encap.map(|o| o.to_json()),
             "target_ns_over_floor": target,
             "verdict": verdict,
             "sets_ns": p.sets.iter().map(|v| (v * 100.0).round() / 100.0).collect::<Vec<_>>(),
@@ -772,6 +927,6 @@ fn measure(opts: &Options) -> anyhow::Result<Measured> {
     });
     // The terminal shows the tables the published results are generated with.
     let results = serde_json::Map::from_iter([("datapath".to_owned(), json.clone())]);
-    let tables = vec![report::datapath_table(&json), report::breakdown_table(&results)];
+    let tables = vec![report::datapath_table(&json), report::breakdown_table(&results), report::dsr_table(&json)];
     Ok((tables, vec![chart, cold_chart], targets, json))
 }

@@ -18,6 +18,7 @@
 
 pub mod control;
 pub mod datapath;
+pub mod dsr;
 pub mod proxy;
 pub mod report;
 pub mod stats;

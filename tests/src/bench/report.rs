@@ -601,6 +601,18 @@ fn summary_section(p: &Provenance, results: &Map<String, Value>) -> String {
         let target = path(results, name).and_then(|p| p["target_ns_over_floor"].as_f64()).unwrap_or(f64::NAN);
         t.row(vec![what.into(), format!("{} ns", o.show(1)), format!("≤ {target:.0} ns: {}", missed_or_met(o.median, target))]);
     }
+    let dsr = |prefix: &str| -> Option<Vec<Stat>> { ["tunnel", "gue", "direct"].iter().map(|m| path_over(results, &format!("{prefix}_{m}"))).collect() };
+    for (prefix, what) in [
+        ("tcp_established", "direct server return, established TCP flow, one hot flow: tunnel / gue / direct (over the XDP_TX floor, as NAT's)"),
+        ("tcp_new", "direct server return, new TCP flow, empty table: tunnel / gue / direct (over the same floor as NAT's)"),
+    ] {
+        let (Some(d), Some(nat)) = (dsr(prefix), path_over(results, prefix)) else { continue };
+        t.row(vec![
+            what.into(),
+            format!("{:.0} / {:.0} / {:.0} ns (NAT: {:.0} ns)", d[0].median, d[1].median, d[2].median, nat.median),
+            "(no target; table 1c of BENCHMARKS.md)".into(),
+        ]);
+    }
     if let (Some(shared), Some(percpu)) = (path_ns(results, "floor_insert_full"), path_ns(results, "floor_insert_percpu_full")) {
         let d = percpu - shared;
         t.row(vec![
@@ -675,6 +687,10 @@ fn results_section(p: &Provenance, json: &Value, results: &Map<String, Value>) -
     if let Some(dp) = results.get("datapath") {
         md.push_str(&p.table(datapath_table(dp)));
         md.push_str(&p.table(breakdown_table(results)));
+        let dsr = dsr_table(dp);
+        if !dsr.rows.is_empty() {
+            md.push_str(&p.table(dsr));
+        }
     }
     if let Some(c) = results.get("control") {
         md.push_str(&p.table(control_table(c)));
@@ -767,7 +783,7 @@ pub(crate) fn datapath_table(dp: &Value) -> Table {
     t.note("ns is the kernel-reported run time (timer reads and test-run set-up included), per packet, or per flow for a new TCP flow (its SYN and its first ACK, two runs); \"ns over floor\" subtracts the floor measured in the same set, which is the figure to compare across machines");
     t.note("a Maglev VIP's SYN inserts nothing and the flow's first ACK inserts its entry, so a new TCP flow's floor is floor_insert_percpu (one insert of the same key and value size into an LRU hash of the same size with per-CPU lists, like CONNS, then MAC swap and XDP_TX) plus floor_tx for its other packet; \"ns over floor_tx × packets\" compares it with the MAC-swap floor for each packet instead");
     t.note(format!(
-        "new flows: a fresh 5-tuple every flow{}; empty table: {} entries, none evicted (checked); full table: {} entries, filled with {} SYN + ACK flows before timing (floor: the same number of inserts), so every insert evicts ({} and {} entries after filling); one hot flow: its entry stays in the caches, as in the usual test-run micro-benchmarks; \"in turn\": {}each run touches entries other runs have pushed out of the caches and TLB; replies leave by XDP_REDIRECT after a FIB lookup in the benchmark's namespace; configuration: 1 VIP address, TCP and UDP services with 8 backends each, 65,537-slot Maglev rings, resolved next hops",
+        "new flows: a fresh 5-tuple every flow{}; empty table: {} entries, none evicted (checked); full table: {} entries, filled with {} SYN + ACK flows before timing (floor: the same number of inserts), so every insert evicts ({} and {} entries after filling); one hot flow: its entry stays in the caches, as in the usual test-run micro-benchmarks; \"in turn\": {}each run touches entries other runs have pushed out of the caches and TLB; replies leave by XDP_REDIRECT after a FIB lookup in the benchmark's namespace; configuration: 1 VIP address, TCP and UDP services with 8 backends each, 65,537-slot Maglev rings, resolved next hops{}",
         dp["new_flows"].as_u64().map(|n| format!(" ({n} new flows in all)")).unwrap_or_default(),
         u("conn_capacity_empty"),
         u("conn_capacity_full"),
@@ -775,6 +791,11 @@ pub(crate) fn datapath_table(dp: &Value) -> Table {
         u("full_entries_after_prefill"),
         u("floor_full_entries_after_prefill"),
         dp["pool_flows"].as_u64().map(|n| format!("{n} tracked flows, so ")).unwrap_or_default(),
+        if array(dp, "paths").iter().any(|p| p["name"] == "tcp_established_tunnel") {
+            "; and one TCP VIP per direct server return mode (tunnel, gue, direct) over the same backends (table 1c)"
+        } else {
+            ""
+        },
     ));
     if let (Some(cpus), Some(empty), Some(full)) = (dp["possible_cpus"].as_u64(), dp["conn_capacity_empty"].as_u64(), dp["conn_capacity_full"].as_u64()) {
         t.note(format!(
@@ -808,10 +829,52 @@ pub(crate) fn breakdown_table(results: &Map<String, Value>) -> Table {
         ("reply vs established: REPLIES and FIB lookup instead of CONNS (tcp_reply − tcp_established)", get("tcp_reply") - get("tcp_established")),
         ("cold connection-table entries: many flows in turn vs one (tcp_established_many − tcp_established)", get("tcp_established_many") - get("tcp_established")),
         ("floor_tx − floor_pass (MAC swap)", get("floor_tx") - get("floor_pass")),
+        ("pushing a 20-byte outer IPv4 header instead of swapping MACs (floor_encap − floor_tx)", get("floor_encap") - get("floor_tx")),
+        ("pushing a 28-byte outer IPv4 + UDP header instead of swapping MACs (floor_encap_gue − floor_tx)", get("floor_encap_gue") - get("floor_tx")),
+        ("DSR tunnel vs NAT, established: the outer header instead of NAT (tcp_established_tunnel − tcp_established)", get("tcp_established_tunnel") - get("tcp_established")),
+        ("DSR gue vs NAT, established (tcp_established_gue − tcp_established)", get("tcp_established_gue") - get("tcp_established")),
+        ("DSR direct vs NAT, established: a MAC rewrite instead of NAT (tcp_established_direct − tcp_established)", get("tcp_established_direct") - get("tcp_established")),
     ] {
         if value.is_finite() {
             t.row(vec![step.into(), format!("{value:.1}")]);
         }
+    }
+    t
+}
+
+/// Direct server return next to NAT (part 1c): each mode's established and new-flow cost over
+/// the floors of NAT's rows, as a multiple of NAT's, and over the encapsulation floors.
+pub(crate) fn dsr_table(dp: &Value) -> Table {
+    let find = |name: &str| array(dp, "paths").iter().find(|p| p["name"] == name);
+    let over = |name: &str, key: &str| find(name).and_then(|p| stat(&p[key]));
+    let mut t = Table::new(
+        "1c. Direct server return next to NAT (ns over floor, median ±half IQR over sets; × NAT: ratio of the medians)",
+        &["mode", "established, over floor_tx", "× NAT", "established, over its encapsulation floor", "new flow, over floor_insert_percpu + floor_tx", "× NAT", "new flow, over floor_insert_percpu + its encapsulation floor"],
+    );
+    let nat = (over("tcp_established", "ns_over_floor"), over("tcp_new", "ns_over_floor"));
+    let times = |o: &Option<Stat>, base: &Option<Stat>| match (o, base) {
+        (Some(o), Some(b)) if b.median > 0.0 => format!("{:.2} ×", o.median / b.median),
+        _ => "-".into(),
+    };
+    let show = |o: &Option<Stat>| o.as_ref().map(|o| o.show(1)).unwrap_or_else(|| "-".into());
+    for (mode, suffix, encap) in [
+        ("tunnel (IPIP, 20 bytes pushed)", "_tunnel", "floor_encap"),
+        ("gue (IPv4 + UDP, 28 bytes pushed)", "_gue", "floor_encap_gue"),
+        ("direct (L2, destination MAC rewritten)", "_direct", "-"),
+    ] {
+        let (est, new) = (format!("tcp_established{suffix}"), format!("tcp_new{suffix}"));
+        if find(&est).is_none() && find(&new).is_none() {
+            continue;
+        }
+        let (e, n) = (over(&est, "ns_over_floor"), over(&new, "ns_over_floor"));
+        let with_floor = |name: &str| {
+            over(name, "ns_over_encap_floor").map(|o| format!("{} (over {encap})", o.show(1))).unwrap_or_else(|| "-".into())
+        };
+        t.row(vec![mode.into(), show(&e), times(&e, &nat.0), with_floor(&est), show(&n), times(&n, &nat.1), with_floor(&new)]);
+    }
+    if !t.rows.is_empty() {
+        t.row(vec!["NAT (for comparison)".into(), show(&nat.0), "1 ×".into(), "-".into(), show(&nat.1), "1 ×".into(), "-".into()]);
+        t.note("one TCP VIP per mode over the same 8 backends as NAT's, measured in the same sets as NAT's rows and the floors, each path's exact output checked once before timing; each mode's new flows go into a data path of their own with the same configuration and an empty table of the same capacity as NAT's tcp_new (none evicted, checked); the encapsulated rows are also given over the floor that only pushes their outer header and transmits (floor_encap: a fixed 20-byte IPv4 header with its checksum; floor_encap_gue: the same plus a fixed UDP header), so the rest is what the load balancer adds: the flow lookup, the backend choice, the outer source and the copied TTL and TOS, and for gue the source port from the flow hash");
     }
     t
 }

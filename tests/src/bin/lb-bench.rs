@@ -203,7 +203,9 @@ fn main() -> ExitCode {
     }
     let targets = report.targets_table();
     print!("{}", targets.text());
-    if args.write {
+    if args.write && report.json.is_empty() {
+        eprintln!("\nno part produced results: bench/results and the generated tables are left as they are");
+    } else if args.write {
         match report.write(&bench::root()) {
             Ok(()) => println!("\nwrote bench/results/latest.json, latest.md, latest.svg and the results section of BENCHMARKS.md"),
             Err(e) => {
