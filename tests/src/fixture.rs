@@ -31,6 +31,27 @@ pub fn pool6(proto: u8) -> Service {
     service(2, VIP6, 443, proto, 11, &[(v6(1), 8443, 1), (v6(2), 8443, 1), (v6(3), 8443, 1)])
 }
 
+/// The node's IPv4 address: the outer source of [`dsr`] services' IPv4 tunnels.
+pub const NODE4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1));
+/// The node's IPv6 address: the outer source of [`dsr`] services' IPv6 tunnels.
+pub const NODE6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 1));
+
+/// `svc` in direct server return mode `forwarding` (`lb_common::encap::FORWARD_*`): each
+/// backend with the node's address of its family as outer source, the default GUE port and a
+/// tunnel MTU of `mtu` (0: unchecked). Its backends' ports should be the VIP's.
+pub fn dsr(mut svc: Service, forwarding: u8, mtu: u16) -> Service {
+    for b in &mut svc.backends {
+        b.backend.forwarding = forwarding;
+        b.backend.vip_id = svc.id as u16;
+        if lb_common::encap::is_encapsulated(forwarding) {
+            b.backend.tunnel.src = crate::harness::addr(if b.backend.family == lb_common::maps::FAMILY_V4 { NODE4 } else { NODE6 });
+            b.backend.tunnel.gue_port = lb_common::encap::DEFAULT_GUE_PORT;
+            b.backend.tunnel.mtu = mtu;
+        }
+    }
+    svc
+}
+
 /// The program loaded with `sizing` in a namespace with a client side, serving `services`.
 pub fn setup_with(sizing: &Sizing, services: &[&Service]) -> Lb {
     require_root();

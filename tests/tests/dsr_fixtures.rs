@@ -11,36 +11,25 @@ use lb_common::{
     maps::{BackendKey, PROTO_TCP, PROTO_UDP, VIP_FLAG_HASH_SRC_ONLY},
 };
 use lb_tests::{
-    fixture::{setup, v4, v6, with_flags},
+    fixture::{NODE4, NODE6, dsr, setup, v4, v6, with_flags},
     harness::{ACK, CLIENT4, CLIENT6, CLIENT_MAC, LB_MAC, SYN, VIP4, VIP6, XDP_DROP, XDP_PASS, XDP_TX, addr, backend_mac, flow_key, from_client, service, tcp, udp},
     icmp_frames::{IcmpFrame, mtu32, next_hop_mtu, verify_icmp_checksums},
     packet::{Frame, IpFields, checksum, ip_header, ipv4_fragments, pseudo_header},
 };
 use lb_userspace::{agent::explain::encapsulation, dataplane::Service};
 
-/// The node's addresses: the outer sources.
 fn node4() -> IpAddr {
-    "10.9.0.1".parse().unwrap()
+    NODE4
 }
 fn node6() -> IpAddr {
-    "2001:db8:9::1".parse().unwrap()
+    NODE6
 }
 
-/// A service of `vip`:80 over `proto` with `backends` (slots from 1) in mode `forwarding`,
-/// each with the node's address of its family as outer source and a tunnel MTU of `mtu`.
+/// A service of `vip`:80 over `proto` with `backends` (slots from 1) in mode `forwarding`
+/// with a tunnel MTU of `mtu`.
 fn dsr_service(vip: IpAddr, proto: u8, backends: &[IpAddr], forwarding: u8, mtu: u16) -> Service {
     let pool: Vec<(IpAddr, u16, u32)> = backends.iter().map(|&b| (b, 80, 1)).collect();
-    let mut svc = service(1, vip, 80, proto, 1, &pool);
-    for b in &mut svc.backends {
-        b.backend.forwarding = forwarding;
-        b.backend.vip_id = 1;
-        if forwarding != FORWARD_DIRECT {
-            b.backend.tunnel.src = addr(if b.backend.family == 4 { node4() } else { node6() });
-            b.backend.tunnel.gue_port = DEFAULT_GUE_PORT;
-            b.backend.tunnel.mtu = mtu;
-        }
-    }
-    svc
+    dsr(service(1, vip, 80, proto, 1, &pool), forwarding, mtu)
 }
 
 /// The IP packet of a frame (after its Ethernet header).

@@ -506,17 +506,22 @@ impl Runtime {
     }
 
     /// Refuses `backends` for VIP `vip` of `protocol` if another VIP already serves one of them.
-    fn refuse_shared_with_running(&self, vip: &str, protocol: Protocol, backends: Vec<SocketAddr>) -> Result<(), OpError> {
+    /// Only NAT VIPs count: a direct server return backend's packets are never translated.
+    fn refuse_shared_with_running(&self, vip: &Vip, backends: Vec<SocketAddr>) -> Result<(), OpError> {
+        if vip.forwarding.is_dsr() {
+            return Ok(());
+        }
         let running = self
             .vips
             .iter()
+            .filter(|v| !v.config.forwarding.is_dsr())
             .map(|v| (v.config.name.as_str(), v.config.protocol, v.backends.iter().map(BackendRuntime::endpoint).collect()));
-        refuse_shared(running.chain([(vip, protocol, backends)]))
+        refuse_shared(running.chain([(vip.name.as_str(), vip.protocol, backends)]))
     }
 
     /// Adds a VIP with its backends.
     pub fn add_vip(&mut self, vip: &Vip, changes: &mut Changes) -> Result<(), OpError> {
-        self.refuse_shared_with_running(&vip.name, vip.protocol, vip.backends.iter().map(BackendConfig::endpoint).collect())?;
+        self.refuse_shared_with_running(vip, vip.backends.iter().map(BackendConfig::endpoint).collect())?;
         self.place_vip(vip, changes)
     }
 
@@ -574,8 +579,8 @@ impl Runtime {
 
     /// Adds a backend to a VIP.
     pub fn add_backend(&mut self, vip: &str, b: &BackendConfig, changes: &mut Changes) -> Result<u32, OpError> {
-        let protocol = self.vip(vip)?.config.protocol;
-        self.refuse_shared_with_running(vip, protocol, vec![b.endpoint()])?;
+        let config = self.vip(vip)?.config.clone();
+        self.refuse_shared_with_running(&config, vec![b.endpoint()])?;
         self.place_backend(vip, b, changes)
     }
 
@@ -841,8 +846,9 @@ fn adopted_health(state: u8, checked: bool) -> Health {
     }
 }
 
+/// The pools of `config`'s NAT VIPs (direct server return backends need no reply translation).
 fn config_pools(config: &Config) -> impl Iterator<Item = (&str, Protocol, impl Iterator<Item = SocketAddr> + '_)> {
-    config.vips.iter().map(|v| (v.name.as_str(), v.protocol, v.backends.iter().map(BackendConfig::endpoint)))
+    config.vips.iter().filter(|v| !v.forwarding.is_dsr()).map(|v| (v.name.as_str(), v.protocol, v.backends.iter().map(BackendConfig::endpoint)))
 }
 
 /// Refuses the first backend endpoint of `pools` that serves a second VIP.
@@ -1325,6 +1331,29 @@ vips:
         let (adopted, _) = Runtime::adopt(&config, &pinned_from(&rt)).unwrap();
         assert_eq!(adopted.vip("web").unwrap().backends[0].path, PathInfo { source: Some("10.1.0.254".parse().unwrap()), mtu: 1350 });
         assert_eq!(adopted.vip("web").unwrap().service(), rt.vip("web").unwrap().service());
+    }
+
+    #[test]
+    fn a_dsr_vip_may_share_a_backend_endpoint_a_nat_vip_may_not() {
+        let mut rt = Runtime::new(&config::parse("t", &DSR_YAML.replace("vip_capacity: 2", "vip_capacity: 6")).unwrap()).unwrap().0;
+        let with = |mode: &str| {
+            let text = DSR_YAML.replace("forwarding: gue", &format!("forwarding: {mode}")).replace("    tunnel_mtu: 1400\n", "").replace("name: web", "name: web2").replace("10.0.0.1", "10.0.0.3");
+            let mut vip = config::parse("t", &text).unwrap().vips[0].clone();
+            vip.health_check.target = crate::config::ProbeTarget::Address;
+            vip
+        };
+        let mut ch = Changes::default();
+        rt.add_vip(&with("direct"), &mut ch).expect("a second DSR VIP on web's backend endpoint");
+        assert_eq!(rt.vip("web2").unwrap().backends[0].endpoint(), rt.vip("web").unwrap().backends[0].endpoint());
+        // Among NAT VIPs the rule stands.
+        let mut nat = with("nat");
+        nat.name = "web3".into();
+        nat.address = "10.0.0.4".parse().unwrap();
+        rt.add_vip(&nat, &mut ch).expect("web is DSR: its endpoint is no NAT VIP's");
+        let mut second = nat.clone();
+        second.name = "web4".into();
+        second.address = "10.0.0.6".parse().unwrap();
+        assert!(matches!(rt.add_vip(&second, &mut ch), Err(OpError::SharedBackend { .. })));
     }
 
     #[test]

@@ -482,3 +482,17 @@ fn direct_server_return_vips_take_their_mode_options_and_default_to_probes_throu
     let nat = parse("t.yaml", GOOD).unwrap();
     assert_eq!((nat.vips[0].forwarding.clone(), nat.vips[0].health_check.target, nat.vips[0].dsr.gue_port), (Forwarding::Nat, ProbeTarget::Address, 6080));
 }
+
+#[test]
+fn a_backend_endpoint_may_serve_several_dsr_vips() {
+    let two = |mode: &str| {
+        let one = dsr_file(mode, "    health_check:\n      type: tcp\n", &["10.1.0.1"]);
+        let other = one.split("vips:\n").nth(1).unwrap().replace("name: web", "name: img").replace("10.0.0.1", "10.0.0.2");
+        format!("{one}{other}")
+    };
+    let config = parse("t.yaml", &two("tunnel")).unwrap();
+    assert_eq!(config.vips[1].backends[0].endpoint(), config.vips[0].backends[0].endpoint());
+    // NAT VIPs still may not share one: its replies would be ambiguous.
+    let nat = two("nat").replace("      type: tcp\n", "      type: tcp\n      target: address\n");
+    assert!(error(&nat).contains("backend 10.1.0.1:80/tcp already serves VIP \"web\" (vips[0])"), "{}", error(&nat));
+}

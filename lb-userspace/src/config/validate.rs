@@ -206,10 +206,15 @@ pub fn validate(doc: &file::Document) -> Result<Config, Vec<Problem>> {
     if c.problems.is_empty() { Ok(Config { global, vips }) } else { Err(c.problems) }
 }
 
-/// Refuses every backend endpoint that serves a second VIP, at its second occurrence. A port of
-/// 0 was already reported as invalid.
+/// Refuses every backend endpoint that serves a second NAT VIP, at its second occurrence (a
+/// direct server return backend's packets are never translated, so it may serve any number of
+/// VIPs). A port of 0 was already reported as invalid.
 fn shared_backends(c: &mut Checker, vips: &[Vip]) {
-    let pools = vips.iter().enumerate().map(|(i, v)| (i, v.protocol, v.backends.iter().map(BackendConfig::endpoint)));
+    let pools = vips
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.forwarding.is_dsr())
+        .map(|(i, v)| (i, v.protocol, v.backends.iter().map(BackendConfig::endpoint)));
     for s in shared_endpoints(pools).into_iter().filter(|s| s.endpoint.addr.port() != 0) {
         c.report(
             format!("vips[{}].backends[{}]", s.vip, s.backend),

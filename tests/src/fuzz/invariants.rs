@@ -5,18 +5,26 @@
 
 use std::net::IpAddr;
 
-use lb_common::{counters::Reason, maps::FlowKey};
+use lb_common::{
+    counters::Reason,
+    encap::{DEFAULT_GUE_PORT, FORWARD_DIRECT, FORWARD_GUE},
+    maps::FlowKey,
+};
 
 use super::{
     model::{Model, is_martian},
     wire::{self, Ip, TCP, UDP},
 };
-use crate::harness::{Run, XDP_ABORTED, XDP_PASS, XDP_REDIRECT, XDP_TX, addr};
+use crate::{
+    fixture::{NODE4, NODE6},
+    harness::{LB_MAC, Run, XDP_ABORTED, XDP_PASS, XDP_REDIRECT, XDP_TX, addr, backend_mac},
+};
 
 /// A broken invariant.
 #[derive(Clone, Debug)]
 pub struct Violation {
-    /// Which invariant: `aborted`, `counted_once`, `well_formed`, `endpoint` or `sanity`.
+    /// Which invariant: `aborted`, `counted_once`, `well_formed`, `endpoint`, `dsr` or
+    /// `sanity`.
     pub invariant: &'static str,
     /// What exactly was wrong.
     pub detail: String,
@@ -181,6 +189,84 @@ fn well_formed(i: &[u8], ip: &Ip, o: &[u8], out: &mut Vec<Violation>) {
     }
 }
 
+/// What is wrong with output `o` of input `i` (outer header `ip`) for direct server return
+/// service `s`: it must be the input unchanged but for its MACs, sent to a backend's MAC
+/// (`direct`); or the input's IP packet unchanged inside an outer header from the node to a
+/// backend of `s` (`tunnel`, `gue`), a SYN's lowered MSS option and TCP checksum aside; or an
+/// ICMP "fragmentation needed" / "packet too big" from the VIP to the client quoting it.
+fn carried(model: &Model, s: usize, i: &[u8], ip: &Ip, o: &[u8]) -> Vec<String> {
+    let mut bad = Vec::new();
+    let slots = model.backend_slots(s);
+    let packet = &i[ip.l3..ip.end.clamp(ip.l3, i.len())];
+    if model.forwarding(s) == FORWARD_DIRECT {
+        if o.len() != i.len() || o[12..] != i[12..] {
+            bad.push("direct: the frame changed beyond its MAC addresses".into());
+        }
+        if !slots.iter().any(|(id, _)| o[..6] == backend_mac(*id)) || o[6..12] != LB_MAC {
+            bad.push(format!("direct: sent from {} to {}, not to a backend's MAC", wire::hex(&o[6..12]), wire::hex(&o[..6])));
+        }
+        return bad;
+    }
+    let Some(oip) = wire::outer(o) else { return vec!["the frame sent on is not IPv4/IPv6".into()] };
+    if !oip.header_checksum_ok(o) {
+        bad.push("outer IPv4 header checksum wrong".into());
+    }
+    if !oip.lengths_ok(o) {
+        bad.push(format!("outer IP length inconsistent: ends at {} in a frame of {} bytes", oip.end, o.len()));
+        return bad;
+    }
+    if matches!(oip.proto, wire::ICMP | wire::ICMPV6) && oip.src == ip.dst {
+        let quote = &o[(oip.l4() + 8).min(o.len())..oip.end];
+        let want_type = if ip.v4 { 3 } else { 2 };
+        if oip.dst != ip.src || o[oip.l4()] != want_type || oip.icmp_checksum_ok(o) != Some(true) {
+            bad.push(format!("too big: the error (type {}) from {} to {} or its checksum is wrong", o[oip.l4()], oip.src, oip.dst));
+        }
+        if quote.is_empty() || !packet.starts_with(quote) {
+            bad.push("too big: the quote is not the packet's beginning".into());
+        }
+        return bad;
+    }
+    if oip.end + (i.len() - ip.end.min(i.len())) != o.len() {
+        bad.push(format!("outer IP length does not cover the carried packet: ends at {} in a frame of {} bytes", oip.end, o.len()));
+        return bad;
+    }
+    if !slots.iter().any(|(_, a)| *a == oip.dst) || oip.src != if oip.v4 { NODE4 } else { NODE6 } {
+        bad.push(format!("carried from {} to {}: not from the node to a backend of its VIP", oip.src, oip.dst));
+    }
+    let gue = model.forwarding(s) == FORWARD_GUE;
+    let inner_at = oip.l4() + if gue { 8 } else { 0 };
+    let inner_proto = if packet.first().is_some_and(|b| b >> 4 == 6) { 41 } else { 4 };
+    if gue && (oip.proto != UDP || wire::be16(o, oip.l4() + 2) != DEFAULT_GUE_PORT || wire::be16(o, oip.l4() + 4) as usize != oip.end - oip.l4()) {
+        bad.push("GUE: not UDP to the GUE port with the right length".into());
+    } else if !gue && oip.proto != inner_proto {
+        bad.push(format!("tunnel: protocol {} for an inner packet of version {}", oip.proto, packet.first().map_or(0, |b| b >> 4)));
+    }
+    let inner = &o[inner_at.min(oip.end)..oip.end];
+    if inner != packet && !mss_lowered(packet, inner, ip) {
+        bad.push(format!("the inner packet changed: {} → {}", wire::hex(packet), wire::hex(inner)));
+    }
+    // The inner packet is as well formed as NAT's output must be.
+    let mut rebuilt = i[..ip.l3].to_vec();
+    rebuilt.extend_from_slice(inner);
+    rebuilt.extend_from_slice(&o[oip.end..]);
+    let mut inner_bad = Vec::new();
+    well_formed(i, ip, &rebuilt, &mut inner_bad);
+    bad.extend(inner_bad.into_iter().map(|v| format!("inner: {}", v.detail)));
+    bad
+}
+
+/// Whether `inner` is TCP SYN `packet` with only its MSS option (the first option) lowered and
+/// its checksum changed.
+fn mss_lowered(packet: &[u8], inner: &[u8], ip: &Ip) -> bool {
+    let l4 = ip.hdr_len;
+    if ip.proto != TCP || packet.len() != inner.len() || packet.len() < l4 + 24 || packet[l4 + 13] & 0x12 != 0x02 {
+        return false;
+    }
+    let allowed = [l4 + 16, l4 + 17, l4 + 22, l4 + 23];
+    let only_allowed = packet.iter().zip(inner).enumerate().all(|(k, (a, b))| a == b || allowed.contains(&k));
+    only_allowed && packet[l4 + 20..l4 + 22] == [2, 4] && wire::be16(inner, l4 + 22) < wire::be16(packet, l4 + 22)
+}
+
 /// Whether the run sent the frame on: TX, REDIRECT, or PASS with its bytes changed.
 pub fn sent_on(input: &[u8], run: &Run) -> bool {
     matches!(run.action, XDP_TX | XDP_REDIRECT) || (run.action == XDP_PASS && run.out != input)
@@ -230,6 +316,20 @@ pub fn check(model: &Model, input: &[u8], run: &Run, new_entry: bool) -> Vec<Vio
         out.push(Violation { invariant: "endpoint", detail: "a frame that is not IP was sent on".into() });
         return out;
     };
+    // A client's packet (or an error) to a direct server return VIP is carried, not rewritten.
+    let dsr_role = roles.iter().find_map(|&(role, bad)| match role {
+        Role::ToVip(s) | Role::FragmentToVip(s) | Role::IcmpToVip(s) if model.is_dsr(s) => Some((role, s, bad)),
+        _ => None,
+    });
+    if let Some((role, s, bad)) = dsr_role {
+        for detail in carried(model, s, input, &ip, &run.out) {
+            out.push(Violation { invariant: "dsr", detail });
+        }
+        if let Some(rule) = bad {
+            out.push(Violation { invariant: "sanity", detail: format!("{rule}: sent on ({role:?})") });
+        }
+        return out;
+    }
     well_formed(input, &ip, &run.out, &mut out);
     let Some(oip) = wire::outer(&run.out) else { return out };
     let matching: Vec<&(Role, Option<&'static str>)> =

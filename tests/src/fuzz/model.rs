@@ -4,11 +4,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_common::maps::{PROTO_TCP, PROTO_UDP, VIP_FLAG_HASH_SRC_ONLY, VIP_FLAG_ROUND_ROBIN};
+use lb_common::{
+    encap::{FORWARD_DIRECT, FORWARD_GUE, FORWARD_TUNNEL, TUNNEL_FLAG_MSS_CLAMP},
+    maps::{PROTO_TCP, PROTO_UDP, VIP_FLAG_HASH_SRC_ONLY, VIP_FLAG_ROUND_ROBIN},
+};
 use lb_userspace::dataplane::Service;
 
 use crate::{
-    fixture::{establish, setup_with, v4, v6},
+    fixture::{dsr, establish, setup_with, v4, v6},
     harness::{ACK, CLIENT4, CLIENT6, Lb, VIP4, VIP6, XDP_TX, backend_endpoint, from_client, service, tcp, test_sizing},
     packet::Frame,
 };
@@ -27,6 +30,14 @@ pub const ISSUE18_VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 10));
 /// A router on the clients' side (sends ICMPv4 errors about replies).
 pub const ROUTER4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 254));
 
+/// The IPv4 address of the direct server return VIPs.
+pub const DSR_VIP4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5));
+/// The IPv6 address of the direct server return VIPs.
+pub const DSR_VIP6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 5));
+/// The tunnel MTU of the encapsulating DSR services: packets above it minus the outer header
+/// are answered with an ICMP error.
+pub const DSR_MTU: u16 = 1500;
+
 /// The services, what each is, and the state set up before the campaign.
 pub struct Model {
     /// Every service configured, with a short name.
@@ -44,8 +55,9 @@ fn ip_of(a: &lb_common::maps::Addr, family: u8) -> IpAddr {
 
 impl Model {
     /// The standard configuration: Maglev TCP over both families, round-robin TCP over both,
-    /// UDP over both, a source-affinity UDP VIP that takes fragments, and the addresses of the
-    /// issue 18 report (a Maglev TCP VIP whose client is [`ISSUE18_CLIENT`]).
+    /// UDP over both, a source-affinity UDP VIP that takes fragments, the addresses of the
+    /// issue 18 report (a Maglev TCP VIP whose client is [`ISSUE18_CLIENT`]), and direct server
+    /// return VIPs in every mode.
     pub fn standard() -> Model {
         let mut rr4 = service(3, VIP4, 81, PROTO_TCP, 21, &[(v4(21), 8081, 1), (v4(22), 8081, 2)]);
         rr4.flags = VIP_FLAG_ROUND_ROBIN;
@@ -53,6 +65,12 @@ impl Model {
         rr6.flags = VIP_FLAG_ROUND_ROBIN;
         let mut frag = service(7, FRAG_VIP, 53, PROTO_UDP, 61, &[(v4(61), 5353, 1), (v4(62), 5353, 1)]);
         frag.flags = VIP_FLAG_HASH_SRC_ONLY;
+        // Direct server return: IPIP with the MSS clamp, GUE over IPv6, IPv4 over IPv6 (UDP),
+        // and direct.
+        let mut tunnel4 = dsr(service(9, DSR_VIP4, 80, PROTO_TCP, 81, &[(v4(81), 80, 1), (v4(82), 80, 1)]), FORWARD_TUNNEL, DSR_MTU);
+        for b in &mut tunnel4.backends {
+            b.backend.tunnel.flags = TUNNEL_FLAG_MSS_CLAMP;
+        }
         Model {
             services: vec![
                 ("maglev_tcp4", service(1, VIP4, 80, PROTO_TCP, 1, &[(v4(1), 8080, 1), (v4(2), 8080, 1), (v4(3), 8080, 1)])),
@@ -63,6 +81,10 @@ impl Model {
                 ("udp6", service(6, VIP6, 53, PROTO_UDP, 51, &[(v6(51), 5353, 1), (v6(52), 5353, 1)])),
                 ("frag_udp4", frag),
                 ("issue18_tcp4", service(8, ISSUE18_VIP, 80, PROTO_TCP, 71, &[(IpAddr::V4(Ipv4Addr::new(10, 77, 11, 2)), 80, 1)])),
+                ("dsr_tunnel_tcp4", tunnel4),
+                ("dsr_gue_tcp6", dsr(service(10, DSR_VIP6, 80, PROTO_TCP, 91, &[(v6(91), 80, 1), (v6(92), 80, 1)]), FORWARD_GUE, DSR_MTU)),
+                ("dsr_4in6_udp4", dsr(service(11, DSR_VIP4, 53, PROTO_UDP, 101, &[(v6(101), 53, 1), (v6(102), 53, 1)]), FORWARD_TUNNEL, DSR_MTU)),
+                ("dsr_direct_tcp6", dsr(service(12, DSR_VIP6, 443, PROTO_TCP, 111, &[(v6(111), 443, 1), (v6(112), 443, 1)]), FORWARD_DIRECT, 0)),
             ],
         }
     }
@@ -115,6 +137,21 @@ impl Model {
     /// Whether `addr` is the address of any VIP.
     pub fn is_vip_address(&self, addr: IpAddr) -> bool {
         self.services.iter().any(|(_, s)| self.vip_ip(s) == addr)
+    }
+
+    /// The forwarding mode of service `i` (`lb_common::encap::FORWARD_*`).
+    pub fn forwarding(&self, i: usize) -> u8 {
+        self.services[i].1.backends.first().map_or(0, |b| b.backend.forwarding)
+    }
+
+    /// Whether service `i` is a direct server return VIP.
+    pub fn is_dsr(&self, i: usize) -> bool {
+        lb_common::encap::is_dsr(self.forwarding(i))
+    }
+
+    /// The backends (slot, address) of service `i`.
+    pub fn backend_slots(&self, i: usize) -> Vec<(u32, IpAddr)> {
+        self.services[i].1.backends.iter().map(|b| (b.id, ip_of(&b.backend.addr, b.backend.family))).collect()
     }
 
     /// The backends (address, port) of service `i`.

@@ -8,7 +8,7 @@ use lb_common::maps::{PROTO_TCP, PROTO_UDP};
 use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
 
-use super::{wire, model::{ESTABLISHED_PORTS, FRAG_VIP, ISSUE18_CLIENT, ISSUE18_VIP, Model, ROUTER4, ROUTER6}};
+use super::{wire, model::{DSR_MTU, ESTABLISHED_PORTS, FRAG_VIP, ISSUE18_CLIENT, ISSUE18_VIP, Model, ROUTER4, ROUTER6}};
 use crate::{
     harness::{ACK, CLIENT_MAC, CLIENT4, CLIENT6, LB_MAC, SYN, SYN_ACK, VIP4, VIP6, backend_mac, from_client, tcp, udp},
     icmp_frames::{IcmpFrame, mtu32, next_hop_mtu, quote},
@@ -75,12 +75,35 @@ fn payload(rng: &mut ChaCha8Rng, max: usize) -> Vec<u8> {
     p
 }
 
-/// A client's frame to service `i` with transport header `l4`.
+/// A client's frame to service `i` with transport header `l4`. A quarter of those to a
+/// direct server return VIP are large, about its tunnel MTU (some fit once encapsulated, some
+/// get the ICMP error).
 fn to_service(model: &Model, i: usize, l4: L4, rng: &mut ChaCha8Rng) -> Frame {
     let vip = model.vip_ip(&model.services[i].1);
     let mut f = from_client(client_of(vip), vip, l4);
-    f.payload = payload(rng, 64);
+    f.payload = if model.is_dsr(i) && below(rng, 4) == 0 {
+        let mut p = vec![0u8; DSR_MTU as usize - 160 + below(rng, 160)];
+        rng.fill_bytes(&mut p);
+        p
+    } else {
+        payload(rng, 64)
+    };
     f
+}
+
+/// `frame` (a TCP segment) with an MSS option of `mss` after its header, every length and
+/// checksum fixed: what a client's SYN carries.
+fn with_mss_option(mut frame: Vec<u8>, mss: u16) -> Vec<u8> {
+    let Some(ip) = wire::outer(&frame) else { return frame };
+    let at = ip.l4() + 20;
+    let m = mss.to_be_bytes();
+    frame.splice(at..at, [2, 4, m[0], m[1]]);
+    frame[ip.l4() + 12] = 6 << 4;
+    let len_at = if ip.v4 { ip.l3 + 2 } else { ip.l3 + 4 };
+    let len = wire::be16(&frame, len_at) + 4;
+    frame[len_at..len_at + 2].copy_from_slice(&len.to_be_bytes());
+    wire::fix_checksums(&mut frame);
+    frame
 }
 
 /// The packet the load balancer sent for service `i` to the client (VIP → client), `len`
@@ -130,7 +153,8 @@ fn path_frame(model: &Model, kind: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
             let i = pick(rng, &tcp_svcs);
             let established = below(rng, 4) == 0;
             let port = client_port(rng, established);
-            to_service(model, i, tcp(port, model.services[i].1.key.port, SYN), rng).bytes()
+            let syn = to_service(model, i, tcp(port, model.services[i].1.key.port, SYN), rng).bytes();
+            if model.is_dsr(i) && below(rng, 2) == 0 { with_mss_option(syn, pick(rng, &[536, 1400, 1460, 8960])) } else { syn }
         }
         "tcp_ack_established" => {
             let i = pick(rng, &tcp_svcs);
