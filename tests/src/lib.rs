@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod download;
 pub mod dsr;
 pub mod encap;
 pub mod fixture;

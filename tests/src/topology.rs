@@ -437,6 +437,23 @@ fn undo_setup(ns: &str, state: &Path) -> anyhow::Result<String> {
 }
 
 impl Lab {
+    /// `n` new connections from the client to `vip`: answers per backend (their bodies name
+    /// them), and failures.
+    pub fn spread(&self, vip: std::net::SocketAddr, n: usize) -> (std::collections::BTreeMap<String, usize>, usize) {
+        in_namespace(&self.client_ns, move || {
+            let mut seen = std::collections::BTreeMap::new();
+            let mut failed = 0;
+            for _ in 0..n {
+                match http_get(vip, "/", Duration::from_secs(2)) {
+                    Ok((200, body)) => *seen.entry(body).or_insert(0) += 1,
+                    _ => failed += 1,
+                }
+            }
+            (seen, failed)
+        })
+        .expect("client thread")
+    }
+
     /// The bpffs directory of the data path of an agent in this lab (its instance is named
     /// after the load balancer namespace).
     pub fn pin_dir(&self) -> PathBuf {

@@ -7,7 +7,6 @@
 //! the router's link from the load balancer sees no frame from the VIP. Needs root.
 
 use std::{
-    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, MutexGuard,
@@ -20,7 +19,8 @@ use std::{
 
 use lb_tests::{
     agent::{Agent, all_in_state},
-    dsr::{BYPASS_BOUND, DOWNLOAD_BYTES, IfaceBytes, Snapshot, download},
+    download::download,
+    dsr::{BYPASS_BOUND, DOWNLOAD_BYTES, IfaceBytes, Snapshot},
     lab_config::{LabConfig, Vip},
     packet_socket::PacketSocket,
     topology::{LB_CLIENT_IFACE, Lab, ROUTER_LB_IFACE, http_get, in_namespace, in_ns},
@@ -113,22 +113,6 @@ fn wait_first_answer(lab: &Lab, vip: TestVip) {
     assert!(answered.expect("client thread"), "{}: no answer within 5 s", vip.name);
 }
 
-/// `n` new connections from the client to `vip`: answers per backend, and failures.
-fn spread(lab: &Lab, vip: SocketAddr, n: usize) -> (BTreeMap<String, usize>, usize) {
-    in_namespace(&lab.client_ns, move || {
-        let mut seen = BTreeMap::new();
-        let mut failed = 0;
-        for _ in 0..n {
-            match http_get(vip, "/", Duration::from_secs(2)) {
-                Ok((200, body)) => *seen.entry(body).or_insert(0) += 1,
-                _ => failed += 1,
-            }
-        }
-        (seen, failed)
-    })
-    .expect("client thread")
-}
-
 /// The IP source address of an Ethernet frame, if it carries IPv4 or IPv6.
 fn source(frame: &[u8]) -> Option<IpAddr> {
     match frame.get(12..14)? {
@@ -196,7 +180,7 @@ fn sum(deltas: &[(String, IfaceBytes)], pick: impl Fn(&str) -> bool, field: impl
 /// balancer: checked from counters on both sides and from a capture.
 fn requests_and_a_download_bypass_the_load_balancer(d: &Dsr, mode: &str, vip: TestVip) {
     wait_first_answer(&d.lab, vip);
-    let (seen, failed) = spread(&d.lab, vip.addr(), 60);
+    let (seen, failed) = d.lab.spread(vip.addr(), 60);
     println!("{mode} {}: 60 requests: {seen:?}, {failed} failed", vip.name);
     assert_eq!(failed, 0, "{mode} {}: every request answered", vip.name);
     assert!(seen.len() >= 2 && seen.keys().all(|n| ["b1", "b2", "b3"].contains(&n.as_str())), "{mode} {}: spread over the backends: {seen:?}", vip.name);
@@ -352,7 +336,7 @@ fn the_dsr_topology_answers_around_the_load_balancer_with_kernel_routing() {
     lab.ns_run(&lb, &["ip", "-6", "route", "add", "fd00::10/128", "via", "fd00:12::2"]).expect("route");
     for vip in [WEB4, WEB6] {
         wait_first_answer(&lab, vip);
-        let (seen, failed) = spread(&lab, vip.addr(), 10);
+        let (seen, failed) = lab.spread(vip.addr(), 10);
         assert_eq!((seen.keys().map(String::as_str).collect::<Vec<_>>(), failed), (vec!["b2"], 0), "{}: b2 answers", vip.name);
         let ifaces = watched(&lab);
         let before = Snapshot::take(&ifaces).expect("counters");

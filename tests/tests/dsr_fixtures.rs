@@ -222,6 +222,21 @@ fn ttl_and_dscp_ecn_are_copied_to_the_outer_header() {
     }
 }
 
+/// An ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big" from `src` to `dst`
+/// carrying `mtu` and quoting `quoted`.
+fn too_big_error(dst_mac: [u8; 6], src_mac: [u8; 6], src: IpAddr, dst: IpAddr, mtu: u16, quoted: Vec<u8>) -> IcmpFrame {
+    IcmpFrame {
+        dst_mac,
+        src_mac,
+        src,
+        dst,
+        icmp_type: if src.is_ipv4() { 3 } else { 2 },
+        code: if src.is_ipv4() { 4 } else { 0 },
+        rest: if src.is_ipv4() { next_hop_mtu(mtu) } else { mtu32(mtu.into()) },
+        body: quoted,
+    }
+}
+
 /// A TCP SYN from the client to `vip` of `len` bytes of IP packet, DF set.
 fn big(client: IpAddr, vip: IpAddr, len: usize) -> Frame {
     let header = if vip.is_ipv4() { 20 } else { 40 } + 20;
@@ -248,16 +263,7 @@ fn oversized_packets_get_fragmentation_needed_or_packet_too_big_with_the_room_le
         let run = lb.run(&over.bytes());
         assert_eq!((run.action, run.counted.clone()), (XDP_TX, vec![(Reason::IcmpTooBig, 1)]), "{vip} {room}");
         let quoted = ip_packet(&over.bytes())[..if vip.is_ipv4() { 28 } else { 48 }].to_vec();
-        let expected = IcmpFrame {
-            dst_mac: CLIENT_MAC,
-            src_mac: LB_MAC,
-            src: vip,
-            dst: client,
-            icmp_type: if vip.is_ipv4() { 3 } else { 2 },
-            code: if vip.is_ipv4() { 4 } else { 0 },
-            rest: if vip.is_ipv4() { next_hop_mtu(room) } else { mtu32(room.into()) },
-            body: quoted,
-        };
+        let expected = too_big_error(CLIENT_MAC, LB_MAC, vip, client, room, quoted);
         let mut want = expected.bytes();
         if vip.is_ipv4() {
             // The error's own header: TOS 0, identification 0, DF, TTL 64 (checksum recomputed).
@@ -377,17 +383,8 @@ fn an_icmp_error_about_a_dsr_vips_reply_reaches_the_flows_backend_unchanged() {
         let chosen = lb.ring_choice(&svc, &flow_key(&flow));
         // The backend's reply (from the VIP) met a router that sends the VIP an error about it.
         let reply = Frame { src: vip, dst: client, l4: tcp(80, 40_000, ACK), payload: vec![1; 100], ..flow.clone() };
-        let error = IcmpFrame {
-            dst_mac: LB_MAC,
-            src_mac: CLIENT_MAC,
-            src: router,
-            dst: vip,
-            icmp_type: if vip.is_ipv4() { 3 } else { 2 },
-            code: if vip.is_ipv4() { 4 } else { 0 },
-            rest: if vip.is_ipv4() { next_hop_mtu(1400) } else { mtu32(1400) },
-            body: ip_packet(&reply.bytes())[..if vip.is_ipv4() { 28 } else { 48 }].to_vec(),
-        }
-        .bytes();
+        let quoted = ip_packet(&reply.bytes())[..if vip.is_ipv4() { 28 } else { 48 }].to_vec();
+        let error = too_big_error(LB_MAC, CLIENT_MAC, router, vip, 1400, quoted).bytes();
         let run = lb.run(&error);
         assert_eq!((run.action, run.counted.clone()), (XDP_TX, vec![(Reason::IcmpToBackend, 1)]), "{vip}");
         let node = if vip.is_ipv4() { node4() } else { node6() };

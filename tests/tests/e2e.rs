@@ -59,22 +59,6 @@ fn running() -> Running {
     Running { lab, agent, _turn: turn }
 }
 
-/// `n` new connections from the client to `vip`: answers per backend, and failures.
-fn spread(lab: &Lab, vip: SocketAddr, n: usize) -> (BTreeMap<String, usize>, usize) {
-    in_namespace(&lab.client_ns, move || {
-        let mut seen = BTreeMap::new();
-        let mut failed = 0;
-        for _ in 0..n {
-            match http_get(vip, "/", Duration::from_secs(2)) {
-                Ok((200, body)) => *seen.entry(body).or_insert(0) += 1,
-                _ => failed += 1,
-            }
-        }
-        (seen, failed)
-    })
-    .unwrap()
-}
-
 /// New connections every 10 ms until `stop`: when each started and who answered.
 fn steady_load(lab: &Lab, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<(Instant, Option<String>)>> {
     let ns = lab.client_ns.clone();
@@ -113,7 +97,7 @@ fn backend_state(agent: &Agent, vip: &str, ip: &str) -> (String, String) {
 #[test]
 fn distribution_of_3000_connections_follows_the_ring() {
     let r = running();
-    let (seen, failed) = spread(&r.lab, web(), 3000);
+    let (seen, failed) = r.lab.spread(web(), 3000);
     assert_eq!(failed, 0);
     let pool: Vec<MaglevBackend> = (1..=3u8)
         .map(|k| MaglevBackend { id: k as u32, addr: v4_addr([10, 0, 10 + k, 2]), port: 8080, weight: 1 })
@@ -180,7 +164,7 @@ fn failure_under_load_then_recovery() {
     let bound = INTERVAL * RISE + Duration::from_secs(1);
     println!("recovery: {} ms (bound {} ms)", back.as_millis(), bound.as_millis());
     assert!(back <= bound, "back after {back:?}, bound {bound:?}");
-    let (seen, failed) = spread(&r.lab, web(), 300);
+    let (seen, failed) = r.lab.spread(web(), 300);
     assert_eq!(failed, 0);
     assert!(seen.get("b2").copied().unwrap_or(0) > 60, "b2 takes its share again: {seen:?}");
 }
@@ -193,7 +177,7 @@ fn drain_keeps_a_long_lived_connection() {
     let ip = r.lab.backends.iter().find(|b| b.name == owner).unwrap().v4;
     let out = r.agent.cli(&["backend", "drain", "web", &format!("{ip}:8080")]);
     assert!(out.status.success());
-    let (seen, failed) = spread(&r.lab, web(), 200);
+    let (seen, failed) = r.lab.spread(web(), 200);
     assert_eq!(failed, 0);
     assert!(!seen.contains_key(&owner), "new connections avoid the drained backend: {seen:?}");
     for _ in 0..20 {
@@ -223,7 +207,7 @@ fn udp_and_ipv6_vips() {
     .unwrap();
     assert_eq!(answers.keys().collect::<Vec<_>>(), vec!["b1", "b2"], "both echo backends answer: {answers:?}");
 
-    let (seen, failed) = spread(&r.lab, "[fd00::10]:80".parse().unwrap(), 60);
+    let (seen, failed) = r.lab.spread("[fd00::10]:80".parse().unwrap(), 60);
     assert_eq!(failed, 0);
     assert_eq!(seen.keys().collect::<Vec<_>>(), vec!["b1", "b2"], "the IPv6 pool: {seen:?}");
 }
@@ -287,17 +271,17 @@ fn reload_under_load_breaks_no_connection() {
     }
     let status = r.agent.json(&["status"]).unwrap();
     assert_eq!(backends(&status, "web").iter().find(|b| b["address"] == "10.0.11.2").unwrap()["weight"], 3);
-    let (seen, _) = spread(&r.lab, images(), 60);
+    let (seen, _) = r.lab.spread(images(), 60);
     assert_eq!(seen.keys().collect::<Vec<_>>(), vec!["img2", "img3"], "{seen:?}");
 }
 
 #[test]
 fn two_pools_reach_only_their_own_backends() {
     let r = running();
-    let (web_seen, failed) = spread(&r.lab, web(), 150);
+    let (web_seen, failed) = r.lab.spread(web(), 150);
     assert_eq!(failed, 0);
     assert_eq!(web_seen.keys().collect::<Vec<_>>(), vec!["b1", "b2", "b3"]);
-    let (img_seen, failed) = spread(&r.lab, images(), 50);
+    let (img_seen, failed) = r.lab.spread(images(), 50);
     assert_eq!(failed, 0);
     assert_eq!(img_seen.keys().collect::<Vec<_>>(), vec!["img3"]);
 }

@@ -8,8 +8,7 @@
 //! figures; run them with `--nocapture` to see them.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::{Command, Output, Stdio},
     sync::{
@@ -22,7 +21,8 @@ use std::{
 
 use lb_tests::{
     agent::{Agent, all_in_state},
-    topology::{HttpSession, Lab, ROUTED_CLIENT_V4, ROUTED_CLIENT_V6, ROUTER_CLIENT_IFACE, in_namespace, in_ns},
+    download::download,
+    topology::{HttpSession, Lab, ROUTED_CLIENT_V4, ROUTED_CLIENT_V6, ROUTER_CLIENT_IFACE, in_ns},
 };
 use serde_json::Value;
 
@@ -473,78 +473,6 @@ fn routed(drop_icmp_errors: bool) -> Routed {
     Routed { lab, agent, _turn: turn }
 }
 
-/// One download: what came back and how long it took.
-#[derive(Debug)]
-struct Download {
-    status: u16,
-    length: usize,
-    received: usize,
-    /// Every received body byte matched the server's pattern.
-    intact: bool,
-    elapsed: Duration,
-    error: Option<String>,
-}
-
-impl Download {
-    fn complete(&self) -> bool {
-        self.status == 200 && self.length == DOWNLOAD && self.received == DOWNLOAD && self.intact && self.error.is_none()
-    }
-}
-
-/// Downloads `/bytes/N` (N = 1 MiB) from `addr` in namespace `ns`; gives up after `limit`.
-fn download(ns: &str, addr: SocketAddr, limit: Duration) -> Download {
-    in_namespace(ns, move || {
-        let started = Instant::now();
-        let mut d = Download { status: 0, length: 0, received: 0, intact: true, elapsed: Duration::ZERO, error: None };
-        let result = (|| -> std::io::Result<()> {
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            s.set_read_timeout(Some(Duration::from_millis(250)))?;
-            s.set_write_timeout(Some(Duration::from_secs(5)))?;
-            write!(s, "GET /bytes/{DOWNLOAD} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")?;
-            let mut head = Vec::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut in_body = false;
-            loop {
-                if started.elapsed() > limit {
-                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("gave up after {limit:?}")));
-                }
-                let n = match s.read(&mut buf) {
-                    Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed early")),
-                    Ok(n) => n,
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
-                    Err(e) => return Err(e),
-                };
-                let tail;
-                let chunk = if in_body {
-                    &buf[..n]
-                } else {
-                    head.extend_from_slice(&buf[..n]);
-                    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-                    let text = String::from_utf8_lossy(&head[..end]).into_owned();
-                    d.status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-                    d.length = text
-                        .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                        .unwrap_or(0);
-                    in_body = true;
-                    tail = head.split_off(end + 4);
-                    &tail[..]
-                };
-                for (i, &b) in chunk.iter().enumerate() {
-                    d.intact &= b == b'a' + ((d.received + i) % 26) as u8;
-                }
-                d.received += chunk.len();
-                if d.received >= d.length {
-                    return Ok(());
-                }
-            }
-        })();
-        d.elapsed = started.elapsed();
-        d.error = result.err().map(|e| e.to_string());
-        d
-    })
-    .expect("download thread")
-}
 
 /// The backends whose kernel learnt path MTU `ROUTER_MTU` towards `client` (`ip route get`
 /// shows the cached exception).
@@ -585,7 +513,7 @@ fn path_mtu_discovery_works_through_the_load_balancer() {
         [("IPv4", "10.0.0.10:80", IpAddr::from(ROUTED_CLIENT_V4)), ("IPv6", "[fd00::10]:80", IpAddr::from(ROUTED_CLIENT_V6))]
     {
         let before = Stats::take(&r.agent).reason("icmp_to_backend");
-        let d = download(&r.lab.client_ns, vip.parse().unwrap(), DOWNLOAD_LIMIT);
+        let d = download(&r.lab.client_ns, vip.parse().unwrap(), DOWNLOAD, 0, DOWNLOAD_LIMIT).expect("client thread");
         let icmp = Stats::take(&r.agent).reason("icmp_to_backend") - before;
         let learnt = backends_with_pmtu(&r.lab, client);
         println!(
@@ -598,7 +526,7 @@ fn path_mtu_discovery_works_through_the_load_balancer() {
             d.received as f64 / d.elapsed.as_secs_f64().max(1e-9) / 1e6,
             d.error
         );
-        assert!(d.complete(), "{family}: the download did not complete: {d:?}");
+        assert!(d.complete(DOWNLOAD), "{family}: the download did not complete: {d:?}");
         assert!(icmp > 0, "{family}: no ICMP error reached a backend through the load balancer");
         assert!(!learnt.is_empty(), "{family}: no backend learnt the path MTU");
     }
@@ -618,7 +546,7 @@ fn path_mtu_discovery_control_router_drops_icmp_errors() {
         [("IPv4", "10.0.0.10:80", IpAddr::from(ROUTED_CLIENT_V4)), ("IPv6", "[fd00::10]:80", IpAddr::from(ROUTED_CLIENT_V6))]
     {
         let before = Stats::take(&r.agent).reason("icmp_to_backend");
-        let d = download(&r.lab.client_ns, vip.parse().unwrap(), Duration::from_secs(8));
+        let d = download(&r.lab.client_ns, vip.parse().unwrap(), DOWNLOAD, 0, Duration::from_secs(8)).expect("client thread");
         let icmp = Stats::take(&r.agent).reason("icmp_to_backend") - before;
         let learnt = backends_with_pmtu(&r.lab, client);
         println!(
@@ -628,7 +556,7 @@ fn path_mtu_discovery_control_router_drops_icmp_errors() {
             d.elapsed.as_secs_f64(),
             d.error
         );
-        assert!(!d.complete(), "{family}: the download completed without ICMP errors: the PMTU test would pass trivially");
+        assert!(!d.complete(DOWNLOAD), "{family}: the download completed without ICMP errors: the PMTU test would pass trivially");
         assert_eq!(icmp, 0, "{family}: the router's errors were not dropped");
         assert!(learnt.is_empty(), "{family}: a backend learnt the path MTU without ICMP errors");
     }

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use crate::{
     agent::{Agent, backends},
-    dsr::{BYPASS_BOUND, DOWNLOAD_BYTES, IfaceBytes, Snapshot, download},
+    download::download,
+    dsr::{BYPASS_BOUND, DOWNLOAD_BYTES, IfaceBytes, Snapshot},
     topology::Lab,
 };
 

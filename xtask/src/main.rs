@@ -15,6 +15,8 @@ use anyhow::{Context as _, bail};
 #[path = "../../tests/src/agent.rs"]
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
 mod agent;
+#[path = "../../tests/src/download.rs"]
+mod download;
 #[path = "../../tests/src/dsr.rs"]
 mod dsr;
 mod dsr_lab;
