@@ -86,14 +86,23 @@ pub enum Reason {
     /// Event, not a verdict: the MSS option of a client's SYN to a tunnel or GUE VIP with
     /// `mss_clamp` was lowered to fit the tunnel MTU.
     MssClamped,
+    /// Event, not a verdict: a client packet for a Maglev VIP whose ring slot has not moved,
+    /// sent by the live ring alone: no connection-table lookup, no insert.
+    Stateless,
+    /// Event, not a verdict: a client packet for a Maglev VIP whose ring slot moved in a recent
+    /// change (or holds flows older than one), decided with the connection table.
+    MovedSlot,
+    /// Event, not a verdict: a packet in a moved slot without an entry and without a SYN, taken
+    /// as a flow older than the change: sent by the VIP's retained ring and recorded.
+    RetainedRing,
 }
 
 impl Reason {
     /// Number of reasons (size of the `REASONS` map).
-    pub const COUNT: u32 = Reason::MssClamped as u32 + 1;
+    pub const COUNT: u32 = Reason::RetainedRing as u32 + 1;
 
     /// How many of the last reasons are events counted beside a verdict, not verdicts.
-    pub const EVENTS: u32 = 4;
+    pub const EVENTS: u32 = 7;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Reason::COUNT as usize] = [
@@ -127,6 +136,9 @@ impl Reason {
         Reason::Rescheduled,
         Reason::FlowResumedWithoutEntry,
         Reason::MssClamped,
+        Reason::Stateless,
+        Reason::MovedSlot,
+        Reason::RetainedRing,
     ];
 
     /// Stable snake_case name, used in metrics and the CLI.
@@ -162,6 +174,9 @@ impl Reason {
             Reason::IcmpTooBig => "icmp_too_big",
             Reason::DropTooBig => "drop_too_big",
             Reason::MssClamped => "mss_clamped",
+            Reason::Stateless => "stateless",
+            Reason::MovedSlot => "moved_slot",
+            Reason::RetainedRing => "retained_ring",
         }
     }
 
@@ -185,6 +200,9 @@ mod tests {
         assert_eq!(events.next(), Some(&Reason::Rescheduled));
         assert_eq!(events.next(), Some(&Reason::FlowResumedWithoutEntry));
         assert_eq!(events.next(), Some(&Reason::MssClamped));
+        assert_eq!(events.next(), Some(&Reason::Stateless));
+        assert_eq!(events.next(), Some(&Reason::MovedSlot));
+        assert_eq!(events.next(), Some(&Reason::RetainedRing));
         assert_eq!(events.next(), None);
     }
 }

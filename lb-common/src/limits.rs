@@ -22,8 +22,17 @@ pub const MIN_RING_SIZE: u32 = 7;
 pub const MAX_RING_SIZE: u32 = 1_048_573;
 /// The ring must hold at least this many slots per backend to keep the imbalance near 1 %.
 pub const RING_SLOTS_PER_BACKEND: u32 = 100;
-/// Each VIP owns two rings: the live one and the one the agent writes before flipping.
-pub const RINGS_PER_VIP: u32 = 2;
+/// Each VIP owns three rings: the live one, the retained one (the oldest ring of a recent
+/// change, which flows older than the change follow) and the one the agent writes before
+/// flipping.
+pub const RINGS_PER_VIP: u32 = 3;
+/// `VipMeta::retained_ring` of a VIP that retains no ring.
+pub const NO_RING: u16 = u16::MAX;
+/// Default of `global.ring_retention_secs`: how long after a Maglev VIP's last ring change the
+/// previous ring is kept for flows older than the change that have not sent a packet since.
+pub const DEFAULT_RING_RETENTION_SECS: u32 = 300;
+/// Largest `global.ring_retention_secs` accepted (a day).
+pub const MAX_RING_RETENTION_SECS: u32 = 86_400;
 
 /// Default capacity of the connection table (entries, one per flow).
 pub const DEFAULT_CONN_CAPACITY: u32 = 262_144;
@@ -98,8 +107,6 @@ pub const fn single_buffer_xdp_mtu(page_size: u32) -> u32 {
     page_size.saturating_sub(XDP_HEADROOM + XDP_SHARED_INFO + ETHERNET_HEADER)
 }
 
-/// Words of the `SYN_SEEN` bitmap (one bit per flow-hash bucket): 262,144 bits, 32 KiB.
-pub const SYN_SEEN_WORDS: u32 = 4096;
 
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 65535;
@@ -132,6 +139,23 @@ pub const fn ring_map_entries(vip_capacity: u32, ring_size: u32) -> u32 {
 #[inline(always)]
 pub const fn ring_index(vip_id: u32, half: u32, ring_size: u32, slot: u32) -> u32 {
     (vip_id * RINGS_PER_VIP + half) * ring_stride(ring_size) + slot
+}
+
+/// Words (`u64`) of one VIP's moved-slot bitmap in the `MOVED` map: one bit per ring slot.
+#[inline(always)]
+pub const fn moved_words(ring_size: u32) -> u32 {
+    ring_size.div_ceil(64)
+}
+
+/// Number of entries of the `MOVED` map for a given VIP capacity and ring size.
+pub const fn moved_map_entries(vip_capacity: u32, ring_size: u32) -> u32 {
+    vip_capacity * moved_words(ring_size)
+}
+
+/// The `MOVED` word and bit of `slot` of VIP `vip_id`.
+#[inline(always)]
+pub const fn moved_bit(vip_id: u32, ring_size: u32, slot: u32) -> (u32, u64) {
+    (vip_id * moved_words(ring_size) + slot / 64, 1u64 << (slot % 64))
 }
 
 /// The backend id at id position `index` ([`ring_index`]) in `element`, the `RING` map's

@@ -13,6 +13,11 @@ pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 /// `RING`: array of backend ids, [`crate::limits::RINGS_PER_VIP`] Maglev rings per VIP.
 pub const MAP_RING: &str = "RING";
+/// `MOVED`: array of `u64`, one bit per ring slot of each VIP ([`crate::limits::moved_bit`]):
+/// set for the slots of a Maglev VIP where a retained ring differs from the live one, or
+/// where live connection-table entries differ from it. Packets in a clear slot are sent by
+/// the live ring alone; packets in a set slot use the connection table.
+pub const MAP_MOVED: &str = "MOVED";
 /// `CONNS`: shared LRU hash [`FlowKey`] → [`Flow`], one entry per flow (client → VIP),
 /// inserted with the flow's first packet after its SYN (a SYN alone inserts nothing).
 pub const MAP_CONNS: &str = "CONNS";
@@ -46,10 +51,6 @@ pub const DROP_COUNTERS: [(&str, &str); 2] = [("lb_xdp_xmit", "xdp_devmap_xmit")
 /// `TX_PORTS`: device map (hash) of the interfaces the program runs on, through which it
 /// redirects (`bpf_redirect_map`).
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
-/// `SYN_SEEN`: array of [`crate::limits::SYN_SEEN_WORDS`] 64-bit words, one bit per flow
-/// hash bucket, set by a SYN of a Maglev VIP and cleared by the flow's next packet: a non-SYN
-/// TCP packet that finds no entry and no bit is a flow resumed without its entry.
-pub const MAP_SYN_SEEN: &str = "SYN_SEEN";
 /// `TOO_BIG`: per-CPU array of one `u64`, the ICMP "fragmentation needed" / "packet too big"
 /// budget of the current second: the second (coarse monotonic clock) in the high 32 bits, the
 /// errors sent in it in the low 32 ([`crate::limits::TOO_BIG_PER_CPU_PER_SEC`]).
@@ -83,11 +84,6 @@ pub const FILTER_BACKEND: u64 = 0x6265_6b00;
 /// address is no VIP's, so a new flow's martian check skips the `VIP_ADDRS` lookup.
 pub const FILTER_VIP_ADDRESS: u64 = 0x7661_6400;
 
-/// `VIP_LIVE`: array VIP id → the [`VipKey`] of the VIP that id serves now (all zero: none).
-/// Established flows are forwarded from their connection-table entry without the `VIPS`
-/// lookup when their entry's VIP id still serves their VIP ([`VipKey::is_destination_of`]);
-/// the agent writes the key before the VIP entry and clears it before removing the VIP.
-pub const MAP_VIP_LIVE: &str = "VIP_LIVE";
 
 /// `META`: array of [`META_SLOTS`] `u64`, indexed by the `META_*` constants: what a pinned data
 /// path was built and loaded with. The program never reads it; an agent reads it before it
@@ -120,7 +116,7 @@ const _: () = assert!(META_HEARTBEAT < META_SLOTS);
 /// of its own layout version (`lb_common::maps::MAP_META`). Adding a counter at the end of
 /// [`crate::counters::Reason`] is not a layout change (`REASONS` has [`REASON_SLOTS`] entries),
 /// nor is a new `META` entry in a spare slot that reads 0 until written ([`META_HEARTBEAT`]).
-pub const LAYOUT_VERSION: u64 = 7;
+pub const LAYOUT_VERSION: u64 = 8;
 
 /// Entries of `REASONS`: room for counters added by later builds without a layout change.
 pub const REASON_SLOTS: u32 = 64;
@@ -131,10 +127,11 @@ pub const UPGRADE_PROBE_SLOT: u32 = REASON_SLOTS - 1;
 
 /// Every map a running data path keeps in bpffs (all but the program's private `.rodata`,
 /// `.bss` and log buffer), so that it outlives the agent.
-pub const PINNED_MAPS: [&str; 21] = [
+pub const PINNED_MAPS: [&str; 20] = [
     MAP_VIPS,
     MAP_BACKENDS,
     MAP_RING,
+    MAP_MOVED,
     MAP_CONNS,
     MAP_HALF_OPEN,
     MAP_REPLIES,
@@ -143,14 +140,12 @@ pub const PINNED_MAPS: [&str; 21] = [
     MAP_EGRESS,
     MAP_TX_PORTS,
     MAP_REDIRECT_DROPS,
-    MAP_SYN_SEEN,
     MAP_REASONS,
     MAP_VIP_STATS,
     MAP_BACKEND_STATS,
     MAP_RR_CURSORS,
     MAP_ACTIVE_CONNS,
     MAP_ENDPOINT_FILTER,
-    MAP_VIP_LIVE,
     MAP_META,
     MAP_TOO_BIG,
 ];
@@ -220,19 +215,6 @@ pub struct VipKey {
     pub family: u8,
 }
 
-impl VipKey {
-    /// Whether `key` is addressed to this VIP. Compares words, not bytes: both types are
-    /// aligned, and the data path asks this for every packet of an established flow. An
-    /// all-zero key (family 0) matches no packet.
-    #[inline(always)]
-    pub fn is_destination_of(&self, key: &FlowKey) -> bool {
-        u128::from_le_bytes(self.addr) == u128::from_le_bytes(key.dst)
-            && self.port == key.dport
-            && self.proto == key.proto
-            && self.family == key.family
-    }
-}
-
 /// Hash only the client's address: every flow of one client goes to one backend
 /// (the lesson's "sticky sessions").
 pub const VIP_FLAG_HASH_SRC_ONLY: u32 = 1;
@@ -251,15 +233,36 @@ pub struct VipMeta {
     pub id: u32,
     /// `VIP_FLAG_*` bits.
     pub flags: u32,
-    /// Which of the VIP's two rings is live (0 or 1). The agent fills the other ring, then
-    /// replaces this value: a packet sees the old ring or the new one, never a mix.
+    /// Which of the VIP's [`crate::limits::RINGS_PER_VIP`] rings is live. The agent fills a
+    /// spare ring, then replaces this value: a packet sees the old ring or the new one, never
+    /// a mix.
     pub ring_half: u32,
     /// Number of backends in the live ring (informational).
     pub backend_count: u32,
     /// Idle timeout of the VIP's UDP flows, in seconds.
     pub udp_idle_secs: u16,
-    /// Always zero.
-    pub pad: u16,
+    /// The ring a Maglev VIP retains after a change (the live ring before its first change of
+    /// the retention), or [`crate::limits::NO_RING`]: a packet in a moved slot without an
+    /// entry and without a SYN follows it.
+    pub retained_ring: u16,
+    /// Until when (second of the coarse monotonic clock) the retained ring is kept; 0 when
+    /// none is. Kept here so that an agent adopting the maps keeps the same deadline.
+    pub retained_until: u32,
+}
+
+impl VipMeta {
+    /// Whether the VIP is scheduled by Maglev alone (neither round-robin nor least-conn): its
+    /// flows keep no state while their ring slot has not moved.
+    #[inline(always)]
+    pub const fn is_maglev(&self) -> bool {
+        self.flags & (VIP_FLAG_ROUND_ROBIN | VIP_FLAG_LEAST_CONN) == 0
+    }
+
+    /// The retained ring, if any.
+    #[inline(always)]
+    pub const fn retained(&self) -> Option<u32> {
+        if self.retained_ring == crate::limits::NO_RING { None } else { Some(self.retained_ring as u32) }
+    }
 }
 
 /// Where to send a rewritten packet at layer 2.
@@ -523,38 +526,9 @@ mod tests {
     use core::mem::size_of;
 
     #[test]
-    fn a_vip_key_is_the_destination_only_of_its_own_flows() {
-        let vip = VipKey { addr: [10, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], port: 80, proto: PROTO_TCP, family: FAMILY_V4 };
-        let flow = FlowKey {
-            src: [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            dst: vip.addr,
-            sport: 40_000,
-            dport: 80,
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-            pad: [0; 2],
-        };
-        assert!(vip.is_destination_of(&flow));
-        let mut other_address = flow;
-        other_address.dst[15] = 1;
-        let mut other_v6_byte = flow;
-        other_v6_byte.dst[8] = 1;
-        for other in [
-            other_address,
-            other_v6_byte,
-            FlowKey { dport: 81, ..flow },
-            FlowKey { proto: PROTO_UDP, ..flow },
-            FlowKey { family: FAMILY_V6, ..flow },
-        ] {
-            assert!(!vip.is_destination_of(&other), "{other:?}");
-        }
-        assert!(!VipKey::default().is_destination_of(&FlowKey { dst: [0; 16], dport: 0, proto: 0, ..flow }));
-    }
-
-    #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<VipKey>(), 20);
-        assert_eq!(size_of::<VipMeta>(), 20);
+        assert_eq!(size_of::<VipMeta>(), 24);
         assert_eq!(size_of::<NextHop>(), 16);
         assert_eq!(size_of::<Backend>(), 68);
         assert_eq!(size_of::<FlowKey>(), 40);

@@ -121,6 +121,11 @@ impl Sizing {
     pub fn ring_map_entries(&self) -> u32 {
         ring_map_entries(self.vip_capacity, self.ring_size)
     }
+
+    /// Entries of the `MOVED` map.
+    pub fn moved_map_entries(&self) -> u32 {
+        moved_map_entries(self.vip_capacity, self.ring_size)
+    }
 }
 
 #[cfg(test)]
@@ -146,9 +151,11 @@ mod tests {
     }
 
     #[test]
-    fn default_rings_take_16_8_mb() {
-        // 64 VIPs × 2 rings × 16,385 elements of 8 bytes (README, "Sizing and limits").
-        assert_eq!(Sizing::default().ring_map_entries() as u64 * 8, 16_778_240);
+    fn default_rings_take_25_2_mb_and_moved_bits_half_a_mb() {
+        // 64 VIPs × 3 rings × 16,385 elements of 8 bytes, and 64 VIPs × 1,025 words of moved
+        // bits (README, "Sizing and limits").
+        assert_eq!(Sizing::default().ring_map_entries() as u64 * 8, 25_167_360);
+        assert_eq!(Sizing::default().moved_map_entries() as u64 * 8, 524_800);
     }
 
     #[test]

@@ -5,12 +5,12 @@
 
 use lb_common::{
     counters::Reason,
-    limits::{RING_IDS_PER_ELEMENT, ring_id_in, ring_index},
+    limits::{RING_IDS_PER_ELEMENT, moved_bit, ring_id_in, ring_index},
     maps::{Backend, BackendState, FlowKey, VIP_FLAG_LEAST_CONN, VIP_FLAG_ROUND_ROBIN, VipMeta},
     schedule::{RingView, choose_hashed, first_up, vip_hash},
 };
 
-use crate::maps::{ACTIVE_CONNS, BACKENDS, RING, RR_CURSORS, hash_seed, ring_size};
+use crate::maps::{ACTIVE_CONNS, BACKENDS, MOVED, RING, RR_CURSORS, hash_seed, ring_size};
 
 /// A chosen backend: its slot id and its entry.
 type Chosen = (u32, &'static Backend);
@@ -25,7 +25,7 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, hash: u32) -> Result<Chosen, Reason>
         // division-by-zero panic path, which the verifier would reject.
         return Err(Reason::DropMapMiss);
     }
-    let ring = LiveRing { vip_id: vip.id, half: vip.ring_half & 1, size };
+    let ring = LiveRing::of(vip, vip.ring_half, size);
     let chosen = if vip.flags & VIP_FLAG_ROUND_ROBIN != 0 {
         let cursor = RR_CURSORS.get_ptr_mut(vip.id).ok_or(Reason::DropMapMiss)?;
         // SAFETY: per-CPU slot: no other program instance uses it concurrently.
@@ -50,11 +50,28 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, hash: u32) -> Result<Chosen, Reason>
     Ok((chosen.id, backend))
 }
 
-/// The live ring of one VIP, on the data path's maps.
-struct LiveRing {
+/// Whether `slot` of VIP `vip_id` is marked moved (`MOVED`); a slot beyond the map counts as
+/// moved, so the connection table decides.
+#[inline(always)]
+pub fn is_moved(vip_id: u32, slot: u32, size: u32) -> bool {
+    let (word, bit) = moved_bit(vip_id, size, slot);
+    MOVED.get(word).is_none_or(|w| *w & bit != 0)
+}
+
+/// One ring of one VIP (live or retained), on the data path's maps. A backend slot that
+/// another VIP has taken since the ring was written reads as unused.
+pub struct LiveRing {
     vip_id: u32,
     half: u32,
     size: u32,
+}
+
+impl LiveRing {
+    /// Ring `half` of `vip`, of `size` slots.
+    #[inline(always)]
+    pub fn of(vip: &VipMeta, half: u32, size: u32) -> Self {
+        LiveRing { vip_id: vip.id, half, size }
+    }
 }
 
 impl RingView for LiveRing {
@@ -65,8 +82,8 @@ impl RingView for LiveRing {
     }
 
     #[inline(always)]
-    fn is_up(&self, id: u32) -> Option<bool> {
-        BACKENDS.get(id).map(|b| b.state == BackendState::Up as u8)
+    fn state(&self, id: u32) -> Option<u8> {
+        BACKENDS.get(id).map(|b| if b.vip_id as u32 == self.vip_id { b.state } else { BackendState::Unused as u8 })
     }
 
     #[inline(always)]

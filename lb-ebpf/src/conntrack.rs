@@ -1,9 +1,9 @@
 //! The connection table: one entry per flow (client → VIP), which backend it was given.
 //!
-//! - A SYN inserts nothing into `CONNS`: a Maglev VIP's SYN is scheduled from the ring alone
-//!   (and marks `SYN_SEEN`), a round-robin or least-conn VIP's SYN goes to the small
-//!   `HALF_OPEN` table. The flow's next packet inserts its entry. A SYN flood therefore never
-//!   evicts an established flow.
+//! - A Maglev VIP's flows have an entry only in moved ring slots (`xdp::maglev`): elsewhere the
+//!   live ring alone decides.
+//! - A SYN inserts nothing into `CONNS`: it goes to the small `HALF_OPEN` table, and the flow's
+//!   next packet inserts its entry. A SYN flood therefore never evicts an established flow.
 //! - Entries are copied out of the map whole; the only in-place write is an entry's
 //!   deadline and state (FIN, RST, idle refresh), at most once a second per flow.
 //! - Replies have no entry: `REPLIES` translates them (see `xdp::to_client`).
@@ -11,11 +11,10 @@
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     flow::{Flow, clock_secs},
-    limits::SYN_SEEN_WORDS,
     maps::{Backend, BackendState, FlowKey},
 };
 
-use crate::maps::{BACKENDS, CONNS, HALF_OPEN, SYN_SEEN};
+use crate::maps::{BACKENDS, CONNS, HALF_OPEN};
 
 /// What a table says about a client → VIP packet.
 pub enum Tracked {
@@ -94,38 +93,4 @@ fn live(flow: Flow) -> Tracked {
 pub fn track(key: &FlowKey, flow: &Flow, half_open: bool) -> bool {
     let inserted = if half_open { HALF_OPEN.insert(key, flow, 0) } else { CONNS.insert(key, flow, 0) };
     inserted.is_ok()
-}
-
-/// The `SYN_SEEN` word and bit of a flow hash.
-#[inline(always)]
-fn syn_bit(hash: u32) -> (u32, u64) {
-    ((hash >> 6) % SYN_SEEN_WORDS, 1u64 << (hash & 63))
-}
-
-/// Notes that a SYN of the flow with `hash` was scheduled without an entry.
-#[inline(always)]
-pub fn mark_syn(hash: u32) {
-    let (word, bit) = syn_bit(hash);
-    if let Some(w) = SYN_SEEN.get_ptr_mut(word) {
-        // SAFETY: a valid pointer into the array map. CPUs may race on a word and lose a bit:
-        // the flow's next packet is then counted as resumed, which only skews that counter.
-        unsafe { *w |= bit };
-    }
-}
-
-/// Whether a SYN of the flow with `hash` was seen (clearing the mark).
-#[inline(always)]
-pub fn take_syn(hash: u32) -> bool {
-    let (word, bit) = syn_bit(hash);
-    let Some(w) = SYN_SEEN.get_ptr_mut(word) else {
-        return false;
-    };
-    // SAFETY: as in `mark_syn`.
-    unsafe {
-        let seen = *w & bit != 0;
-        if seen {
-            *w &= !bit;
-        }
-        seen
-    }
 }

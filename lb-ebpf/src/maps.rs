@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     limits::{
         CLIENT_HOP_CAPACITY, DEFAULT_BACKEND_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_HALF_OPEN_CAPACITY, DEFAULT_RING_SIZE,
-        DEFAULT_VIP_CAPACITY, EGRESS_CAPACITY, SYN_SEEN_WORDS, ring_map_entries,
+        DEFAULT_VIP_CAPACITY, EGRESS_CAPACITY, moved_map_entries, ring_map_entries,
     },
     maps::{
         Addr, Backend, BackendKey, CachedHop, Egress, VipAddress, ENDPOINT_FILTER_WORDS, FILTER_VIP_ADDRESS, Flow, FlowKey, META_SLOTS, REASON_SLOTS,
@@ -25,7 +25,12 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_VI
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_BACKEND_CAPACITY, 0);
 
-/// Two Maglev rings per VIP, each `LB_RING_SIZE` 16-bit backend ids, four to an element
+/// One bit per ring slot of each VIP (`lb_common::maps::MAP_MOVED`): set where a Maglev VIP's
+/// flows may be on another backend than the live ring's.
+#[map]
+pub static MOVED: Array<u64> = Array::with_max_entries(moved_map_entries(DEFAULT_VIP_CAPACITY, DEFAULT_RING_SIZE), 0);
+
+/// Three Maglev rings per VIP (live, retained, spare), each `LB_RING_SIZE` 16-bit backend ids, four to an element
 /// (`lb_common::limits::ring_index`). Memory-mappable, so the agent writes rings as memory.
 #[map]
 pub static RING: Array<u64> = Array::with_max_entries(
@@ -74,10 +79,6 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(EGRESS_CAPACITY, 
 #[map]
 pub static VIP_ADDRS: HashMap<VipKey, VipAddress> = HashMap::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
 
-/// Flow-hash buckets of SYNs scheduled without an entry (`lb_common::maps::MAP_SYN_SEEN`).
-#[map]
-pub static SYN_SEEN: Array<u64> = Array::with_max_entries(SYN_SEEN_WORDS, 0);
-
 /// Next ring slot per round-robin VIP, per CPU.
 #[map]
 pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
@@ -102,10 +103,6 @@ pub static BACKEND_STATS: PerCpuArray<Traffic> =
 /// One bit per VIP and backend endpoint hash (`lb_common::maps::MAP_ENDPOINT_FILTER`).
 #[map]
 pub static ENDPOINT_FILTER: Array<u64> = Array::with_max_entries(ENDPOINT_FILTER_WORDS, 0);
-
-/// VIP id → the VIP it serves (`lb_common::maps::MAP_VIP_LIVE`).
-#[map]
-pub static VIP_LIVE: Array<VipKey> = Array::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
 
 /// What the pinned maps were built and loaded with (`lb_common::maps::MAP_META`); written and
 /// read by the agent only.
@@ -134,12 +131,6 @@ pub fn vip_address(key: &FlowKey, source: bool) -> Option<VipAddress> {
     let key = VipKey { addr: *addr, port: 0, proto: 0, family: key.family };
     // SAFETY: pointer from a successful lookup, copied at once; the agent replaces values whole.
     VIP_ADDRS.get_ptr(&key).map(|v| unsafe { *v })
-}
-
-/// Whether VIP id `vip_id` still serves the VIP that `key` is addressed to.
-#[inline(always)]
-pub fn vip_is_live(vip_id: u32, key: &FlowKey) -> bool {
-    VIP_LIVE.get(vip_id).is_some_and(|vip| vip.is_destination_of(key))
 }
 
 /// Whether `addr`:`port` may be an endpoint of kind `salt` (`FILTER_VIP`, `FILTER_BACKEND`, `FILTER_VIP_ADDRESS` with port 0):

@@ -11,17 +11,15 @@ use lb_common::{
     encap::is_dsr,
     hash::flow_hash,
     martian::is_martian,
-    maps::{
-        Backend, BackendKey, BackendState, FILTER_BACKEND, FILTER_VIP, Flow, PROTO_UDP, ReplyTarget,
-        VIP_FLAG_LEAST_CONN, VIP_FLAG_ROUND_ROBIN, VipKey, VipMeta,
-    },
+    maps::{Backend, BackendKey, BackendState, FILTER_BACKEND, FILTER_VIP, Flow, FlowKey, PROTO_TCP, PROTO_UDP, ReplyTarget, VipKey, VipMeta},
+    schedule::{Chosen, flow_state_of, follow, follow_retained, vip_hash},
 };
 
 use crate::{
-    choose::choose,
+    choose::{LiveRing, choose, is_moved},
     conntrack::{self, Tracked},
     dsr, forward, icmp,
-    maps::{BACKENDS, REPLIES, VIPS, hash_seed, is_vip_address, maybe_endpoint, vip_address, vip_is_live},
+    maps::{BACKENDS, REPLIES, VIPS, hash_seed, is_vip_address, maybe_endpoint, ring_size, vip_address},
     nat::{self, Endpoint},
     parse::{self, Kind, Packet, frame_len, parse},
     sanity,
@@ -58,17 +56,18 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         if let Err(reason) = sanity::check(&ctx, pkt) {
             return verdict(xdp_action::XDP_DROP, reason);
         }
-        // Established flows first: their entry has everything needed, so while their VIP id
-        // still serves their VIP they skip the VIPS lookup. A SYN is always scheduled anew.
-        let tracked = conntrack::tracked(&pkt.key, pkt.tcp_flags);
-        if let Tracked::Live(id, backend, flow) = tracked
-            && !pkt.syn()
-            && vip_is_live(flow.vip_id as u32, &pkt.key)
-        {
-            return established(&ctx, pkt, flow.vip_id as u32, id, backend);
-        }
-        if let Some(action) = to_vip(&ctx, pkt, &tracked) {
-            return action;
+        let mut vip = VipMeta::default();
+        // `maglev` and `moved_slot` are called from here rather than from their callers, so
+        // that no two of the three frames are on the stack together (the verifier allows 512
+        // bytes for the whole chain).
+        let action = match to_vip(&ctx, pkt, &mut vip) {
+            Some(MAGLEV) => maglev(&ctx, pkt, &vip),
+            other => other,
+        };
+        match action {
+            Some(IN_MOVED_SLOT) => return moved_slot(&ctx, pkt, &vip),
+            Some(action) => return action,
+            None => {}
         }
     }
     if maybe_endpoint(&pkt.key.src, pkt.key.sport, FILTER_BACKEND) {
@@ -96,22 +95,167 @@ fn reply_target(addr: &lb_common::maps::Addr, port: u16, proto: u8, family: u8) 
     REPLIES.get_ptr(&key).map(|t| unsafe { *t })
 }
 
-/// A client's packet for a VIP (`None`: no VIP at its destination).
+/// What `to_vip` returns (instead of an XDP action) for a Maglev VIP's packet: the caller
+/// hands it to `maglev`.
+const MAGLEV: u32 = u32::MAX - 1;
+/// What `maglev` returns (instead of an XDP action) for a packet in a moved slot: the caller
+/// hands it to `moved_slot`.
+const IN_MOVED_SLOT: u32 = u32::MAX;
+
+/// A client's packet for a VIP (`None`: no VIP at its destination; the VIP is copied to `vip`):
+/// [`MAGLEV`] for a Maglev VIP, else sent with the connection table.
 ///
 /// Not inlined, like `to_client`, and the lookups are made here rather than in `lb_xdp`:
 /// with their keys and values in one frame LLVM's stack exceeds the verifier's 512 bytes for
 /// the whole call chain.
 #[inline(never)]
-fn to_vip(ctx: &XdpContext, pkt: &Packet, tracked: &Tracked) -> Option<u32> {
+fn to_vip(ctx: &XdpContext, pkt: &Packet, vip: &mut VipMeta) -> Option<u32> {
     let vip_key = VipKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
-    let vip = VIPS.get_ptr(&vip_key)?;
+    let found = VIPS.get_ptr(&vip_key)?;
     // SAFETY: pointer from a successful lookup; the agent replaces VIP values whole, so the copy
     // is either the old or the new value.
-    let vip = unsafe { *vip };
-    Some(to_backend(ctx, pkt, &vip, tracked))
+    *vip = unsafe { *found };
+    if vip.is_maglev() {
+        return Some(MAGLEV);
+    }
+    let tracked = conntrack::tracked(&pkt.key, pkt.tcp_flags);
+    Some(to_backend(ctx, pkt, vip, &tracked))
 }
 
-/// A client's packet for `vip`: to the flow's backend, or to a newly chosen one.
+/// The ring slot of `key` in a Maglev `vip`'s rings of `size` (non-zero) slots.
+#[inline(always)]
+fn slot_of(vip: &VipMeta, key: &FlowKey, size: u32) -> u32 {
+    vip_hash(vip.flags, key, hash_seed(), flow_hash(key, hash_seed(), false)) % size
+}
+
+/// A client's packet for a Maglev VIP. In a slot that has not moved, the live ring decides
+/// (`schedule::follow`) and nothing per flow is read or written; in a moved slot
+/// ([`IN_MOVED_SLOT`]), the connection table does (`moved_slot`).
+#[inline(never)]
+fn maglev(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> Option<u32> {
+    Some(stateless(ctx, pkt, vip))
+}
+
+/// `maglev`'s work, returning the action or [`IN_MOVED_SLOT`].
+#[inline(always)]
+fn stateless(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> u32 {
+    let size = ring_size();
+    if size == 0 {
+        // Never loaded like this (the agent checks sizes); the test removes the division by
+        // zero, which the verifier would reject.
+        return verdict(xdp_action::XDP_DROP, Reason::DropMapMiss);
+    }
+    let slot = slot_of(vip, &pkt.key, size);
+    if is_moved(vip.id, slot, size) {
+        return IN_MOVED_SLOT;
+    }
+    count(Reason::Stateless);
+    let existing = flow_state_of(pkt.is_tcp(), pkt.syn());
+    let chosen = match follow(&LiveRing::of(vip, vip.ring_half, size), slot, size, existing) {
+        Ok(chosen) => chosen,
+        Err(reason) => return no_backend(ctx, vip, reason),
+    };
+    if existing.is_some() && chosen.found != slot {
+        count(Reason::Rescheduled);
+    }
+    let Some(backend) = BACKENDS.get(chosen.id) else {
+        return verdict(xdp_action::XDP_DROP, Reason::DropMapMiss);
+    };
+    forward_to(ctx, pkt, vip.id, chosen.id, backend, pkt.syn())
+}
+
+/// A client's packet in a moved slot of a Maglev VIP: its entry when it has a live one, else
+/// a backend chosen and recorded by `pick_moved`.
+#[inline(never)]
+fn moved_slot(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> u32 {
+    count(Reason::MovedSlot);
+    let tracked = conntrack::tracked(&pkt.key, pkt.tcp_flags);
+    if let Tracked::Live(id, backend, _) = tracked
+        && !pkt.syn()
+    {
+        return forward_to(ctx, pkt, vip.id, id, backend, false);
+    }
+    if let Err(reason) = sanity::client_source_ok(&pkt.key) {
+        return verdict(xdp_action::XDP_DROP, reason);
+    }
+    let id = match pick_moved(pkt, vip, &tracked) {
+        Ok(id) => id,
+        Err(reason) => return no_backend(ctx, vip, reason),
+    };
+    let Some(backend) = BACKENDS.get(id) else {
+        return verdict(xdp_action::XDP_DROP, Reason::DropMapMiss);
+    };
+    forward_to(ctx, pkt, vip.id, id, backend, pkt.syn() || !pkt.is_tcp())
+}
+
+/// The backend of a packet in a moved slot without a live entry (or a SYN), and what it
+/// records:
+/// - a SYN: the live ring's choice, recorded in `HALF_OPEN` (a SYN flood evicts no
+///   established flow), and a reused 5-tuple's old entry replaced;
+/// - the packet after a SYN this node saw: the half-open entry's backend, moved to `CONNS`;
+/// - any other packet (TCP without SYN, UDP): a flow older than the change, sent by the
+///   retained ring while that backend keeps it, else by the live ring; recorded in `CONNS`;
+/// - a flow whose entry's backend is down or gone: the live ring's choice, recorded.
+#[inline(never)]
+fn pick_moved(pkt: &Packet, vip: &VipMeta, tracked: &Tracked) -> Result<u32, Reason> {
+    let syn = pkt.syn();
+    let size = ring_size();
+    if size == 0 {
+        return Err(Reason::DropMapMiss);
+    }
+    let slot = slot_of(vip, &pkt.key, size);
+    if pkt.is_tcp()
+        && let Tracked::Live(id, backend, flow) = conntrack::half_open(&pkt.key)
+    {
+        if !syn {
+            record(&pkt.key, &flow, false);
+            return Ok(id);
+        }
+        if backend.state == BackendState::Up as u8 {
+            return Ok(id);
+        }
+    }
+    let live = LiveRing::of(vip, vip.ring_half, size);
+    let stale = matches!(tracked, Tracked::Stale);
+    let chosen = match (flow_state_of(pkt.is_tcp(), syn), vip.retained()) {
+        (Some(state), Some(half)) if !stale => {
+            let (chosen, retained) = follow_retained(&LiveRing::of(vip, half, size), &live, slot, size, state)?;
+            count(if retained { Reason::RetainedRing } else { Reason::Rescheduled });
+            chosen
+        }
+        (state, _) => {
+            if stale {
+                count(Reason::Rescheduled);
+            } else if state == Some(lb_common::flow::FLOW_OPEN) {
+                count(Reason::FlowResumedWithoutEntry);
+            }
+            follow(&live, slot, size, if stale { None } else { state })?
+        }
+    };
+    let flow = new_flow(pkt, vip, chosen.id, BACKENDS.get(chosen.id).ok_or(Reason::DropMapMiss)?);
+    if syn {
+        // A reused 5-tuple: its old entry must not catch the new connection's next packet.
+        if !matches!(tracked, Tracked::Miss) {
+            record(&pkt.key, &flow, false);
+        }
+        record(&pkt.key, &flow, true);
+        return Ok(chosen.id);
+    }
+    record(&pkt.key, &flow, false);
+    Ok(chosen.id)
+}
+
+/// A packet for `vip` for which no backend could be chosen: dropped, counted under `reason`
+/// and against the VIP.
+#[inline(always)]
+fn no_backend(ctx: &XdpContext, vip: &VipMeta, reason: Reason) -> u32 {
+    debug!(ctx, "VIP {}: no backend for a new flow (reason {})", vip.id, reason as u32);
+    crate::stats::count_vip_drop(vip.id);
+    verdict(xdp_action::XDP_DROP, reason)
+}
+
+/// A client's packet for a round-robin or least-conn `vip`: to the flow's backend, or to a
+/// newly chosen one.
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, tracked: &Tracked) -> u32 {
     if let Tracked::Live(id, backend, _) = *tracked {
@@ -129,11 +273,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, tracked: &Tracked) 
     }
     let id = match pick(pkt, vip, tracked) {
         Ok(id) => id,
-        Err(reason) => {
-            debug!(ctx, "VIP {}: no backend for a new flow (reason {})", vip.id, reason as u32);
-            crate::stats::count_vip_drop(vip.id);
-            return verdict(xdp_action::XDP_DROP, reason);
-        }
+        Err(reason) => return no_backend(ctx, vip, reason),
     };
     let Some(backend) = BACKENDS.get(id) else {
         return verdict(xdp_action::XDP_DROP, Reason::DropMapMiss);
@@ -142,20 +282,16 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, tracked: &Tracked) 
     forward_to(ctx, pkt, vip.id, id, backend, pkt.syn() || !pkt.is_tcp())
 }
 
-/// Chooses the backend of a packet that has no live entry (or is a SYN), and records what the
-/// flow needs: nothing for a Maglev SYN (its next packet finds the same ring slot), a
-/// half-open entry for a round-robin or least-conn SYN, a connection-table entry for the
-/// flow's first packet after its SYN. Returns the backend's id.
+/// Chooses the backend of a round-robin or least-conn VIP's packet that has no live entry (or
+/// is a SYN), and records what the flow needs: a half-open entry for a SYN, a
+/// connection-table entry for the flow's first packet after its SYN. Returns the backend's id.
 ///
 /// Not inlined (its own frame keeps the chain below 512 bytes of stack); it returns the id
 /// alone because a BPF-to-BPF call may not write a map pointer into its caller's frame.
 #[inline(never)]
 fn pick(pkt: &Packet, vip: &VipMeta, tracked: &Tracked) -> Result<u32, Reason> {
     let syn = pkt.syn();
-    let hash = flow_hash(&pkt.key, hash_seed(), false);
-    let stateful = vip.flags & (VIP_FLAG_ROUND_ROBIN | VIP_FLAG_LEAST_CONN) != 0;
-    if stateful
-        && pkt.is_tcp()
+    if pkt.is_tcp()
         && let Tracked::Live(id, backend, flow) = conntrack::half_open(&pkt.key)
     {
         // A retransmitted SYN keeps its backend while it takes new flows; the next packet
@@ -168,31 +304,31 @@ fn pick(pkt: &Packet, vip: &VipMeta, tracked: &Tracked) -> Result<u32, Reason> {
             return Ok(id);
         }
     }
-    let (id, backend) = choose(vip, &pkt.key, hash)?;
-    let udp = pkt.key.proto == PROTO_UDP;
-    let now = if udp { conntrack::now() } else { 0 };
-    // SAFETY: a helper call without arguments.
-    let cpu = unsafe { aya_ebpf::helpers::generated::bpf_get_smp_processor_id() };
-    let flow = Flow::new(id, backend.generation, vip.id, udp, vip.udp_idle_secs, now, cpu);
+    let (id, backend) = choose(vip, &pkt.key, flow_hash(&pkt.key, hash_seed(), false))?;
+    let flow = new_flow(pkt, vip, id, backend);
     if syn {
-        match *tracked {
-            // A reused 5-tuple: its old entry must not catch the new connection's next packet.
-            Tracked::Live(old, ..) if old != id || stateful => record(&pkt.key, &flow, false),
-            Tracked::Stale => record(&pkt.key, &flow, false),
-            _ => {}
+        // A reused 5-tuple: its old entry must not catch the new connection's next packet.
+        if !matches!(tracked, Tracked::Miss) {
+            record(&pkt.key, &flow, false);
         }
-        if stateful {
-            record(&pkt.key, &flow, true);
-        } else {
-            conntrack::mark_syn(hash);
-        }
+        record(&pkt.key, &flow, true);
         return Ok(id);
     }
-    if pkt.is_tcp() && !matches!(tracked, Tracked::Stale) && (stateful || !conntrack::take_syn(hash)) {
+    if pkt.is_tcp() && !matches!(tracked, Tracked::Stale) {
         count(Reason::FlowResumedWithoutEntry);
     }
     record(&pkt.key, &flow, false);
     Ok(id)
+}
+
+/// The entry of `pkt`'s flow, given backend `id` of `vip` by this CPU now.
+#[inline(always)]
+fn new_flow(pkt: &Packet, vip: &VipMeta, id: u32, backend: &Backend) -> Flow {
+    let udp = pkt.key.proto == PROTO_UDP;
+    let now = if udp { conntrack::now() } else { 0 };
+    // SAFETY: a helper call without arguments.
+    let cpu = unsafe { aya_ebpf::helpers::generated::bpf_get_smp_processor_id() };
+    Flow::new(id, backend.generation, vip.id, udp, vip.udp_idle_secs, now, cpu)
 }
 
 /// Records `flow` for `key` (`conntrack::track`); a failed insert is counted, and the packet
@@ -200,16 +336,10 @@ fn pick(pkt: &Packet, vip: &VipMeta, tracked: &Tracked) -> Result<u32, Reason> {
 /// hold the counter's key: it is the fourth call of the deepest chain (lb_xdp → to_vip →
 /// pick → track), whose frames add up to the verifier's 512-byte limit.
 #[inline(always)]
-fn record(key: &lb_common::maps::FlowKey, flow: &Flow, half_open: bool) {
+fn record(key: &FlowKey, flow: &Flow, half_open: bool) {
     if !conntrack::track(key, flow, half_open) {
         count(Reason::ConnInsertFailed);
     }
-}
-
-/// A packet of an established flow whose VIP id still serves its VIP: to its backend.
-#[inline(never)]
-fn established(ctx: &XdpContext, pkt: &Packet, vip_id: u32, id: u32, backend: &Backend) -> u32 {
-    forward_to(ctx, pkt, vip_id, id, backend, false)
 }
 
 /// Rewrites `pkt` to backend `id` (or, for a direct server return backend, carries it there
@@ -412,7 +542,7 @@ fn icmp_to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
 }
 
 /// An error about a packet the load balancer sent for a VIP's flow: to that flow's backend
-/// (its entry, or for a flow without one the ring's choice; nothing is inserted). Through the
+/// (`flow_backend`; nothing is inserted). Through the
 /// backend's resolved next hop, or else by the kernel's routing (no FIB lookup here).
 #[inline(never)]
 fn icmp_to_backend(ctx: &XdpContext, pkt: &Packet) -> u32 {
@@ -426,13 +556,12 @@ fn icmp_to_backend(ctx: &XdpContext, pkt: &Packet) -> u32 {
     if let Err(reason) = icmp_sane(ctx, pkt) {
         return verdict(xdp_action::XDP_DROP, reason);
     }
-    let flow = &pkt.key;
-    let (id, backend) = match conntrack::tracked(flow, 0) {
-        Tracked::Live(id, backend, _) => (id, backend),
-        _ => match choose(vip, flow, flow_hash(flow, hash_seed(), false)) {
-            Ok(chosen) => chosen,
-            Err(reason) => return verdict(xdp_action::XDP_DROP, reason),
-        },
+    let id = match flow_backend(vip, &pkt.key) {
+        Ok(id) => id,
+        Err(reason) => return verdict(xdp_action::XDP_DROP, reason),
+    };
+    let Some(backend) = BACKENDS.get(id) else {
+        return verdict(xdp_action::XDP_DROP, Reason::DropMapMiss);
     };
     // A direct server return backend holds the VIP: the error reaches it unchanged.
     if is_dsr(backend.forwarding) {
@@ -447,4 +576,32 @@ fn icmp_to_backend(ctx: &XdpContext, pkt: &Packet) -> u32 {
         Ok(action) => verdict(action, Reason::IcmpToBackend),
         Err(reason) => verdict(xdp_action::XDP_PASS, reason),
     }
+}
+
+/// The backend of an existing flow `key` of `vip`, as its next packet without a SYN would
+/// find it, without recording anything: a Maglev VIP's live ring in a slot that has not moved;
+/// else the flow's live entry, or without one the retained ring (Maglev) or the scheduler.
+#[inline(never)]
+fn flow_backend(vip: &VipMeta, key: &FlowKey) -> Result<u32, Reason> {
+    let size = ring_size();
+    if size == 0 {
+        return Err(Reason::DropMapMiss);
+    }
+    let slot = slot_of(vip, key, size);
+    let maglev = vip.is_maglev();
+    if !maglev || is_moved(vip.id, slot, size) {
+        if let Tracked::Live(id, ..) = conntrack::tracked(key, 0) {
+            return Ok(id);
+        }
+        if !maglev {
+            return choose(vip, key, flow_hash(key, hash_seed(), false)).map(|(id, _)| id);
+        }
+    }
+    let live = LiveRing::of(vip, vip.ring_half, size);
+    let state = flow_state_of(key.proto == PROTO_TCP, false);
+    let chosen: Chosen = match (vip.retained(), state) {
+        (Some(half), Some(state)) if is_moved(vip.id, slot, size) => follow_retained(&LiveRing::of(vip, half, size), &live, slot, size, state)?.0,
+        _ => follow(&live, slot, size, state)?,
+    };
+    Ok(chosen.id)
 }

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_common::maps::FlowKey;
+use lb_common::maps::{FlowKey, VIP_FLAG_LEAST_CONN, VIP_FLAG_ROUND_ROBIN};
 use lb_userspace::dataplane::{Service, Sizing};
 
 use crate::{
@@ -124,12 +124,15 @@ pub fn sent_to(out: &[u8]) -> u32 {
     u16::from_be_bytes([out[4], out[5]]) as u32
 }
 
-/// Establishes `flow` (its SYN, then an ACK, which inserts its entry) and returns its backend.
+/// Establishes `flow` (its SYN, then an ACK) and returns its backend. A round-robin or
+/// least-conn VIP's ACK inserts the flow's entry; a Maglev VIP with stable backends records
+/// nothing.
 pub fn establish(lb: &Lb, svc: &Service, flow: &Frame) -> u32 {
     let key: FlowKey = flow_key(flow);
     let chosen = lb.ring_choice(svc, &key);
     assert_eq!(lb.run(&flow.bytes()).action, XDP_TX);
     assert_eq!(lb.run(&with_flags(flow, ACK).bytes()).action, XDP_TX);
-    assert_eq!(lb.dp.maps.conn(&key).unwrap().map(|e| e.backend_id), Some(chosen));
+    let stateful = svc.flags & (VIP_FLAG_ROUND_ROBIN | VIP_FLAG_LEAST_CONN) != 0;
+    assert_eq!(lb.dp.maps.conn(&key).unwrap().map(|e| e.backend_id), stateful.then_some(chosen));
     chosen
 }

@@ -28,8 +28,8 @@ fn expect_reply_with(lb: &Lb, reply: &Frame, first: &Frame, action: u32) {
 }
 
 /// First packet, a second packet of the same flow, and the backend's reply, each checked
-/// byte for byte, with their counters and connection-table entries. A TCP flow's entry is
-/// written by its second packet (the SYN inserts nothing); a UDP flow's by its first.
+/// byte for byte, with their counters. The VIPs are Maglev with stable backends: every packet
+/// is sent by the ring alone, and nothing is recorded for the flow.
 fn round_trip(lb: &Lb, svc: &Service, first: &Frame, next: &Frame) {
     round_trip_with(lb, svc, first, next, XDP_REDIRECT);
 }
@@ -40,31 +40,31 @@ fn round_trip_with(lb: &Lb, svc: &Service, first: &Frame, next: &Frame, reply_ac
     let chosen = lb.ring_choice(svc, &key);
     let (bip, bport) = backend_endpoint(svc, chosen);
     let tcp = first.proto() == PROTO_TCP;
+    let stateless = vec![(Reason::ForwardToBackend, 1), (Reason::Stateless, 1)];
 
     let run = lb.run(&first.bytes());
     assert_eq!(run.action, XDP_TX, "first packet verdict");
     assert_eq!(run.out, to_endpoint(first, bip, bport, backend_mac(chosen), LB_MAC).bytes());
     verify_checksums(&run.out).expect("first packet checksums");
-    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)]);
-    assert_eq!(lb.dp.maps.conn(&key).unwrap().is_some(), !tcp, "a SYN inserts no entry; a datagram does");
+    assert_eq!(run.counted, stateless);
+    assert_eq!(lb.dp.maps.conn(&key).unwrap(), None, "no entry");
 
     let run = lb.run(&next.bytes());
     assert_eq!(run.action, XDP_TX, "second packet verdict");
     assert_eq!(run.out, to_endpoint(next, bip, bport, backend_mac(chosen), LB_MAC).bytes());
-    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)], "the handshake's ACK is no resumed flow");
-    let entry = lb.dp.maps.conn(&key).unwrap().expect("flow tracked");
-    assert_eq!((entry.backend_id, entry.vip_id as u32), (chosen, svc.id));
-    let want_state = if tcp { lb_common::flow::FLOW_OPEN } else { lb_common::flow::FLOW_IDLE };
-    assert_eq!(entry.state, want_state);
+    assert_eq!(run.counted, stateless, "the handshake's ACK is no resumed flow");
+    assert_eq!((lb.dp.maps.conn(&key).unwrap(), lb.dp.maps.half_open(&key).unwrap()), (None, None), "still no entry");
 
     let reply = syn_ack_of(first, chosen, bip, bport);
     expect_reply_with(lb, &reply, first, reply_action);
 
+    // A SYN is a new flow; a datagram without an entry cannot be told from a later one.
+    let new_flows = u64::from(tcp);
     let b = lb.dp.maps.backend_traffic(chosen).unwrap();
-    assert_eq!((b.packets, b.new_flows), (3, 1), "backend counters");
+    assert_eq!((b.packets, b.new_flows), (3, new_flows), "backend counters");
     let v = lb.dp.maps.vip_traffic(svc.id).unwrap();
     let bytes = (first.bytes().len() + next.bytes().len() + reply.bytes().len()) as u64;
-    assert_eq!((v.packets, v.bytes, v.new_flows), (3, bytes, 1), "VIP counters");
+    assert_eq!((v.packets, v.bytes, v.new_flows), (3, bytes, new_flows), "VIP counters");
 }
 
 #[test]
@@ -292,7 +292,7 @@ fn draining_backend_keeps_its_flow_and_gets_no_new_ones() {
     let run = lb.run(&with_flags(&flow, ACK).bytes());
     assert_eq!(run.action, XDP_TX);
     assert_eq!(sent_to(&run.out), drained, "the established flow stays");
-    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)]);
+    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1), (Reason::MovedSlot, 1), (Reason::RetainedRing, 1)]);
 
     for port in 1..=300 {
         let run = lb.run(&with_sport(&flow, 20000 + port).bytes());
@@ -305,7 +305,7 @@ fn draining_backend_keeps_its_flow_and_gets_no_new_ones() {
     assert_eq!(run.action, XDP_TX);
     let now = sent_to(&run.out);
     assert_ne!(now, drained, "a SYN on a reused 5-tuple must not go to the drained backend");
-    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)]);
+    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1), (Reason::MovedSlot, 1)]);
     assert_eq!(lb.dp.maps.conn(&flow_key(&flow)).unwrap().unwrap().backend_id, now);
     assert_eq!(sent_to(&lb.run(&with_flags(&flow, ACK).bytes()).out), now, "and its next packets follow");
 }
@@ -326,7 +326,7 @@ fn down_backends_flow_moves_to_a_live_one() {
     let (ip, port) = backend_endpoint(&svc, now);
     assert_eq!(run.action, XDP_TX);
     assert_eq!(run.out, to_endpoint(&next, ip, port, backend_mac(now), LB_MAC).bytes());
-    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1), (Reason::Rescheduled, 1)]);
+    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1), (Reason::Rescheduled, 1), (Reason::MovedSlot, 1)]);
     let entry = lb.dp.maps.conn(&flow_key(&flow)).unwrap().unwrap();
     assert_eq!(entry.backend_id, now, "the connection table follows the move");
 }
@@ -347,7 +347,11 @@ fn a_failed_backend_keeps_its_tcp_flows_and_takes_no_new_ones() {
     let (ip, port) = backend_endpoint(&svc, failed);
     assert_eq!(run.action, XDP_TX);
     assert_eq!(run.out, to_endpoint(&next, ip, port, backend_mac(failed), LB_MAC).bytes());
-    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)], "not rescheduled");
+    assert_eq!(
+        run.counted,
+        vec![(Reason::ForwardToBackend, 1), (Reason::MovedSlot, 1), (Reason::RetainedRing, 1)],
+        "not rescheduled: the retained ring decides and the flow is recorded"
+    );
     assert_eq!(lb.dp.maps.conn(&flow_key(&flow)).unwrap().unwrap().backend_id, failed);
     let syn = lb.run(&flow.bytes());
     assert_ne!(sent_to(&syn.out), failed, "a new connection on the 5-tuple avoids it");
@@ -367,7 +371,7 @@ fn a_failed_backends_udp_flow_moves() {
     lb.dp.maps.apply_service(&svc).unwrap();
     let run = lb.run(&flow.bytes());
     assert_ne!(sent_to(&run.out), failed);
-    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1), (Reason::Rescheduled, 1)]);
+    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1), (Reason::Rescheduled, 1), (Reason::MovedSlot, 1)]);
 }
 
 #[test]
@@ -406,12 +410,13 @@ fn all_backends_down_drops_and_counts() {
     }
     lb.dp.maps.apply_service(&svc).unwrap();
 
+    // Every slot moved: both packets meet the table, and no backend is left.
     let run = lb.run(&with_flags(&flow, ACK).bytes());
     assert_eq!(run.action, XDP_DROP);
-    assert_eq!(run.counted, vec![(Reason::DropNoBackend, 1), (Reason::Rescheduled, 1)]);
+    assert_eq!(run.counted, vec![(Reason::DropNoBackend, 1), (Reason::MovedSlot, 1)]);
     let run = lb.run(&with_sport(&flow, 43001).bytes());
     assert_eq!(run.action, XDP_DROP);
-    assert_eq!(run.counted, vec![(Reason::DropNoBackend, 1)]);
+    assert_eq!(run.counted, vec![(Reason::DropNoBackend, 1), (Reason::MovedSlot, 1)]);
 }
 
 /// A deterministic stream of client addresses and ports.
@@ -619,8 +624,8 @@ fn debug_logs_report_rare_events() {
 
 #[test]
 fn removed_vip_sends_its_established_flows_to_the_kernel() {
-    // Established packets skip the VIPS lookup while their VIP id still serves their VIP:
-    // removing the VIP must end that at once, and adding it back must resume balancing.
+    // Removing the VIP must send its flows' packets to the kernel at once, and adding it back
+    // must resume balancing them on the same backends.
     let svc = pool4(PROTO_TCP);
     let mut lb = setup(&[&svc]);
     let flow = from_client(CLIENT4, VIP4, tcp(44000, 80, SYN));
@@ -760,7 +765,11 @@ fn the_agents_choice_equals_the_data_paths_for_every_flow() {
                 }
                 // Every slot within reach of the flow's holds the backend that is not up.
                 Err(reason) => {
-                    assert_eq!((run.action, run.counted), (XDP_DROP, vec![(reason, 1)]), "{what}: flow {n}");
+                    let mut counted = vec![(reason, 1)];
+                    if svc.flags & VIP_FLAG_LEAST_CONN == 0 {
+                        counted.push((Reason::Stateless, 1));
+                    }
+                    assert_eq!((run.action, run.counted), (XDP_DROP, counted), "{what}: flow {n}");
                     dropped += 1;
                 }
             }

@@ -57,7 +57,7 @@ fn every_entry_is_seen_once_across_batches() {
     assert_eq!((walked, seen.len()), (FLOWS as usize, FLOWS as usize));
     assert!(seen.contains(&key(0)) && seen.contains(&key(FLOWS - 1)));
 
-    let counts = table_walk::count(std::os::fd::AsFd::as_fd(&conns_fd), std::os::fd::AsFd::as_fd(&half_open_fd)).expect("count");
+    let counts = table_walk::count(std::os::fd::AsFd::as_fd(&conns_fd), std::os::fd::AsFd::as_fd(&half_open_fd), &[], 0).expect("count");
     assert_eq!((counts.entries, counts.half_open), (u64::from(FLOWS), 0));
     let live = |b: u32| (0..FLOWS).filter(|i| 1 + i % 3 == b && i % 10 != 0).count() as u64;
     for b in 1..=3 {

@@ -63,6 +63,8 @@ struct Agent {
     data_path: DataPathStatus,
     /// The last count of the connection tables ([`table_walk`]).
     tables: TableCounts,
+    /// The moved slots the next table walk checks ([`crate::dataplane::ring_history`]).
+    moved_checks: table_walk::Checks,
     announcer: announce::Announcer,
     checker: Checker,
     /// The VIP addresses and announcement routes the agent adds to the host.
@@ -195,7 +197,9 @@ async fn run_locked(config: Config, opts: Options, instance: &InstanceDir, pins:
     // The tables are counted off this loop, from their pins.
     let (counts_tx, mut counts_rx) = mpsc::unbounded_channel();
     let stop_counting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let counter = table_walk::spawn_counter(dp.maps.table_fds()?, REFRESH, stop_counting.clone(), counts_tx)?;
+    let moved_checks = table_walk::Checks::default();
+    let counter = table_walk::spawn_counter(dp.maps.table_fds()?, REFRESH, stop_counting.clone(), moved_checks.clone(), counts_tx)?;
+    dp.maps.set_ring_retention(config.global.ring_retention_secs);
     let host = HostState::start(instance.host_record(), netlink.handle())?;
     let (hop_targets, hop_targets_rx) = tokio::sync::watch::channel(Vec::new());
     let (hops_tx, mut hops_rx) = mpsc::unbounded_channel();
@@ -207,6 +211,7 @@ async fn run_locked(config: Config, opts: Options, instance: &InstanceDir, pins:
         pins,
         data_path: DataPathStatus::default(),
         tables: TableCounts::default(),
+        moved_checks,
         announcer: announce::Announcer::new(config.global.announce_table),
         checker: Checker::new(health_tx),
         host,
@@ -612,7 +617,31 @@ impl Agent {
         if let Err(e) = self.dp.maps.set_active_connections(least_conn.into_iter(), &counts.live) {
             tracing::error!(error = %e, "writing least-conn's flow counts failed");
         }
+        self.update_ring_history(&counts);
         self.tables = counts;
+    }
+
+    /// Clears the moved slots the walk in `counts` found without divergent flows, drops the
+    /// retained rings whose retention ended, and gives the next walk its checks.
+    fn update_ring_history(&mut self, counts: &TableCounts) {
+        for (vip, version, needed) in &counts.moved {
+            match self.dp.maps.keep_moved(*vip, *version, needed) {
+                Ok(0) => {}
+                Ok(cleared) => tracing::info!(vip, cleared, kept = needed.len(), "moved ring slots without divergent flows cleared"),
+                Err(e) => tracing::error!(error = %format!("{e:#}"), vip, "clearing moved ring slots failed"),
+            }
+        }
+        match self.dp.maps.retire_rings(table_walk::now_secs()) {
+            Ok(retired) => {
+                for key in retired {
+                    tracing::info!(vip = ?key, "retained ring dropped: its retention ended");
+                }
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "dropping retained rings failed"),
+        }
+        if let Ok(mut checks) = self.moved_checks.lock() {
+            *checks = (self.dp.maps.moved_checks(), self.dp.maps.hash_seed());
+        }
     }
 
     /// Reloads the configuration file, all or nothing. The new runtime is built on a copy
@@ -641,6 +670,7 @@ impl Agent {
         self.switch_to(next, changes)
             .map_err(|e| ApiError::internal(format!("writing the maps failed, the running configuration is kept: {e:#}")))?;
         tracing::info!(added = ?diff.vips_added, removed = ?diff.vips_removed, changed = ?diff.vips_changed, "configuration reloaded");
+        self.dp.maps.set_ring_retention(new.global.ring_retention_secs);
         self.config = new;
         Ok(serde_json::json!({ "ok": true, "added": diff.vips_added, "removed": diff.vips_removed, "changed": diff.vips_changed }))
     }

@@ -58,6 +58,10 @@ pub struct Global {
     /// Connection table entries (one per flow).
     #[serde(default = "file::default_conns")]
     pub conn_capacity: u32,
+    /// Seconds a Maglev VIP keeps its previous ring after its last change, for flows older
+    /// than the change that have not sent a packet since (README, "State only on change").
+    #[serde(default = "file::default_ring_retention")]
+    pub ring_retention_secs: u32,
     /// The admin API's unix socket.
     #[serde(default = "file::default_socket")]
     pub admin_socket: PathBuf,
@@ -429,6 +433,9 @@ pub mod file {
     }
     pub(super) fn default_conns() -> u32 {
         DEFAULT_CONN_CAPACITY
+    }
+    pub(super) fn default_ring_retention() -> u32 {
+        lb_common::limits::DEFAULT_RING_RETENTION_SECS
     }
     pub(super) fn default_socket() -> PathBuf {
         DEFAULT_ADMIN_SOCKET.into()

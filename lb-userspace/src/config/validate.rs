@@ -252,6 +252,10 @@ fn global(c: &mut Checker, g: &file::Global) -> (Global, SizesOk) {
         );
     }
     forwarding_mode(c, "global.forwarding", &g.forwarding);
+    let retention = lb_common::limits::MAX_RING_RETENTION_SECS;
+    if !(1..=retention).contains(&g.ring_retention_secs) {
+        c.report("global.ring_retention_secs", format!("{} must be between 1 and {retention} seconds", g.ring_retention_secs));
+    }
     let sizes = sizes(c, g);
     (g.clone(), sizes)
 }

@@ -15,13 +15,13 @@ use lb_common::{
     schedule::{Chosen, RingView, choose_hashed, vip_hash},
 };
 
-use super::{Sizing, ring_memory::RingMemory};
+use super::{Sizing, ring_history::History, ring_memory::RingMemory, table_walk::now_secs};
 
 /// The maps of one loaded data path.
 pub struct Maps {
-    vips: HashMap<MapData, VipKey, VipMeta>,
+    pub(super) vips: HashMap<MapData, VipKey, VipMeta>,
     backends: Array<MapData, Backend>,
-    ring: RingMemory,
+    pub(super) ring: RingMemory,
     conns: HashMap<MapData, FlowKey, Flow>,
     half_open: HashMap<MapData, FlowKey, Flow>,
     /// Descriptors of `CONNS` and `HALF_OPEN` for [`super::table_walk`].
@@ -36,8 +36,10 @@ pub struct Maps {
     backend_stats: PerCpuArray<MapData, Traffic>,
     active_conns: Array<MapData, u64>,
     endpoint_filter: Array<MapData, u64>,
-    vip_live: Array<MapData, VipKey>,
+    pub(super) moved: Array<MapData, u64>,
     meta: Array<MapData, u64>,
+    /// The rings' history (moved bits as written, versions, retention).
+    pub(super) history: History,
     /// What `endpoint_filter` holds, so a bit is written once, without reading the map.
     filter_words: Vec<u64>,
     /// What `REPLIES` holds for each backend slot, so an unchanged entry is not written again.
@@ -46,7 +48,7 @@ pub struct Maps {
     reply_owners: std::collections::HashMap<BackendKey, u32>,
     /// The VIPs on each VIP address (`VIP_ADDRS` keys), with their `VIP_FLAG_*` bits.
     vip_addr_users: std::collections::HashMap<VipKey, std::collections::HashMap<VipKey, u32>>,
-    ring_size: u32,
+    pub(super) ring_size: u32,
     hash_seed: u32,
     /// Tests only: map writes left before every write fails ([`Maps::fail_writes_after`]).
     #[cfg(test)]
@@ -128,7 +130,12 @@ impl Maps {
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?.try_into()?,
             active_conns: take(ebpf, MAP_ACTIVE_CONNS)?.try_into()?,
             endpoint_filter: take(ebpf, MAP_ENDPOINT_FILTER)?.try_into()?,
-            vip_live: take(ebpf, MAP_VIP_LIVE)?.try_into()?,
+            moved: take(ebpf, MAP_MOVED)?.try_into()?,
+            history: History {
+                bits: vec![0; sizing.moved_map_entries() as usize],
+                retention_secs: lb_common::limits::DEFAULT_RING_RETENTION_SECS,
+                ..History::default()
+            },
             meta: take(ebpf, MAP_META)?.try_into()?,
             filter_words: vec![0; ENDPOINT_FILTER_WORDS as usize],
             reply_keys: Default::default(),
@@ -157,7 +164,7 @@ impl Maps {
             let (key, meta) = entry?;
             self.vip_addr_users.entry(address_key(&key)).or_default().insert(key, meta.flags);
         }
-        Ok(())
+        self.read_back_moved()
     }
 
     /// The VIPs and backend slots the maps hold.
@@ -220,11 +227,11 @@ impl Maps {
     /// Removes a VIP: its traffic goes to the kernel from the next packet on.
     pub fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
         self.spend_write()?;
-        // First the established flows' fast path, then the VIP itself.
-        if let Some(meta) = self.vip(key)? {
-            self.vip_live.set(meta.id, VipKey::default(), 0).context("clearing VIP_LIVE")?;
-        }
+        let gone = self.vip(key)?;
         removed(self.vips.remove(key))?;
+        if let Some(meta) = gone {
+            self.forget_moved(meta.id)?;
+        }
         let addr = address_key(key);
         if let Some(users) = self.vip_addr_users.get_mut(&addr) {
             users.remove(key);
@@ -248,11 +255,13 @@ impl Maps {
         Ok(())
     }
 
-    /// Writes `ring` into the VIP's spare ring, then replaces the VIP entry so that it points
+    /// Writes `ring` into a spare ring of the VIP, then replaces the VIP entry so that it points
     /// at it: in-flight packets see the old ring or the new one, never a mix. A new VIP gets
     /// ring 0 before it becomes visible. The ring is written through shared memory; the VIP
-    /// update that follows is a syscall, which orders those writes before it. `vip`'s
-    /// `ring_half` is chosen here.
+    /// update that follows is a syscall, which orders those writes before it. A Maglev VIP's
+    /// change also marks its moved slots and retains the ring flows older than it follow
+    /// ([`super::ring_history`]); an unchanged ring is not written and keeps its history.
+    /// `vip`'s `ring_half`, `retained_ring` and `retained_until` are chosen here.
     pub fn publish_ring(&mut self, key: &VipKey, vip: VipMeta, ring: &[u32]) -> anyhow::Result<VipMeta> {
         let id = vip.id;
         anyhow::ensure!(
@@ -261,29 +270,23 @@ impl Maps {
             ring.len(),
             self.ring_size
         );
-        let half = match self.vip(key)? {
-            Some(live) if live.id == id => 1 - (live.ring_half & 1),
-            Some(live) => {
-                // The VIP moves to another id: flows tracked under the old one take the
-                // VIPS lookup again.
-                self.vip_live.set(live.id, VipKey::default(), 0).context("clearing VIP_LIVE")?;
-                0
+        let live = self.vip(key)?;
+        let placement = self.place_ring(&vip, live, ring, now_secs())?;
+        if placement.write {
+            for (slot, &backend) in ring.iter().enumerate() {
+                anyhow::ensure!(
+                    self.ring.set(ring_index(id, placement.half, self.ring_size, slot as u32), backend),
+                    "ring slot {slot} of VIP {id} is beyond the ring map (VIP id above the capacity?), or backend id {backend} exceeds 16 bits"
+                );
             }
-            None => 0,
-        };
-        for (slot, &backend) in ring.iter().enumerate() {
-            anyhow::ensure!(
-                self.ring.set(ring_index(id, half, self.ring_size, slot as u32), backend),
-                "ring slot {slot} of VIP {id} is beyond the ring map (VIP id above the capacity?), or backend id {backend} exceeds 16 bits"
-            );
         }
-        let meta = VipMeta { ring_half: half, ..vip };
+        let (retained_ring, retained_until) = placement.retained;
+        let meta = VipMeta { ring_half: placement.half, retained_ring, retained_until, ..vip };
         self.spend_write()?;
         self.admit_endpoint(&key.addr, key.port, FILTER_VIP)?;
         let addr = address_key(key);
         self.vip_addr_users.entry(addr).or_default().insert(*key, meta.flags);
         self.write_vip_address(&addr)?;
-        self.vip_live.set(id, *key, 0).context("writing VIP_LIVE")?;
         self.spend_write()?;
         self.vips.insert(key, meta, 0).context("publishing the VIP")?;
         Ok(meta)
@@ -292,7 +295,7 @@ impl Maps {
     /// Backend id in `slot` of the live ring of the VIP `meta` describes.
     pub fn ring_slot(&self, meta: &VipMeta, slot: u32) -> anyhow::Result<u32> {
         self.ring
-            .get(ring_index(meta.id, meta.ring_half & 1, self.ring_size, slot))
+            .get(ring_index(meta.id, meta.ring_half, self.ring_size, slot))
             .ok_or_else(|| anyhow!("ring slot {slot} of VIP {} is beyond the ring map", meta.id))
     }
 
@@ -489,7 +492,7 @@ impl Maps {
     }
 
     /// Counts one write against the injected budget; always succeeds outside tests.
-    fn spend_write(&mut self) -> anyhow::Result<()> {
+    pub(super) fn spend_write(&mut self) -> anyhow::Result<()> {
         #[cfg(test)]
         if let Some(left) = self.write_budget.as_mut() {
             if *left == 0 {
@@ -529,8 +532,9 @@ impl RingView for VipRing<'_> {
         self.maps.ring_slot(self.meta, slot).ok()
     }
 
-    fn is_up(&self, id: u32) -> Option<bool> {
-        self.maps.backend(id).ok().map(|b| b.state == BackendState::Up as u8)
+    fn state(&self, id: u32) -> Option<u8> {
+        let b = self.maps.backend(id).ok()?;
+        Some(if b.vip_id as u32 == self.meta.id { b.state } else { BackendState::Unused as u8 })
     }
 
     fn active(&self, id: u32) -> u64 {

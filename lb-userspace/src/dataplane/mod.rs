@@ -6,6 +6,7 @@ pub mod link_xdp;
 mod maps;
 pub mod pinned_serving;
 pub mod pins;
+pub mod ring_history;
 mod ring_memory;
 mod service;
 pub mod table_walk;
@@ -30,7 +31,7 @@ use aya::{
 };
 use lb_common::maps::{
     GLOBAL_HASH_SEED, GLOBAL_RING_SIZE, LAYOUT_VERSION, MAP_ACTIVE_CONNS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNS,
-    MAP_HALF_OPEN, MAP_REPLIES, MAP_TX_PORTS, MAP_RING, MAP_RR_CURSORS, MAP_VIP_ADDRS, MAP_VIP_LIVE, MAP_VIP_STATS, MAP_VIPS,
+    MAP_HALF_OPEN, MAP_REPLIES, MAP_TX_PORTS, MAP_RING, MAP_RR_CURSORS, MAP_VIP_ADDRS, MAP_MOVED, MAP_VIP_STATS, MAP_VIPS,
     META_HASH_SEED, META_LAYOUT, META_PROGRAM_HASH, META_PROGRAM_LOADED_AT, META_RING_SIZE, PINNED_MAPS, PROGRAM_NAME, DROP_COUNTERS,
 };
 
@@ -67,7 +68,7 @@ fn sized_maps(sizing: &Sizing) -> [(&'static str, u32); 12] {
     [
         (MAP_VIPS, sizing.vip_capacity),
         (MAP_VIP_STATS, sizing.vip_capacity),
-        (MAP_VIP_LIVE, sizing.vip_capacity),
+        (MAP_MOVED, sizing.moved_map_entries()),
         (MAP_RING, sizing.ring_map_entries()),
         (MAP_BACKENDS, sizing.backend_capacity),
         (MAP_BACKEND_STATS, sizing.backend_capacity),

@@ -60,7 +60,7 @@ pub fn read(pins: &Pins, interfaces: &[String], vips: &[VipKey], now_ms: u64) ->
         // Each backend of the live ring, with its slots there as its weight.
         let mut slots: HashMap<u32, u32> = HashMap::new();
         for slot in 0..ring_size {
-            let index = ring_index(meta.id, meta.ring_half & 1, ring_size, slot);
+            let index = ring_index(meta.id, meta.ring_half, ring_size, slot);
             let id = ring.get(index).ok_or_else(|| anyhow!("ring slot {slot} of VIP {} is beyond the pinned RING map", meta.id))?;
             if id != NO_BACKEND {
                 *slots.entry(id).or_default() += 1;

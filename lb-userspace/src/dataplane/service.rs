@@ -77,7 +77,8 @@ impl Maps {
             } else {
                 self.set_replies(b.id, &b.backend, &svc.key, svc.id)?;
             }
-            self.set_backend(b.id, &b.backend)?;
+            // The VIP id is what the data path checks before it follows a retained ring's slot.
+            self.set_backend(b.id, &Backend { vip_id: svc.id as u16, ..b.backend })?;
         }
         let ring = svc.ring(self.ring_size(), self.hash_seed());
         let meta = VipMeta {
@@ -86,7 +87,7 @@ impl Maps {
             ring_half: 0,
             backend_count: svc.maglev_backends().iter().filter(|b| b.weight > 0).count() as u32,
             udp_idle_secs: svc.udp_idle_secs,
-            pad: 0,
+            ..VipMeta::default()
         };
         self.publish_ring(&svc.key, meta, &ring)
     }

@@ -4,10 +4,10 @@
 //! second, and the agent's loop only receives the result.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -17,6 +17,8 @@ use lb_common::{
     flow::{FLOW_IDLE, FLOW_OPEN, Flow, clock_secs},
     maps::FlowKey,
 };
+
+use super::ring_history::MovedCheck;
 
 /// Entries asked for per system call.
 const BATCH: usize = 4096;
@@ -105,18 +107,25 @@ pub struct TableCounts {
     pub per_cpu: Vec<u64>,
     /// Entries in the half-open table.
     pub half_open: u64,
+    /// For each [`MovedCheck`] given to the walk: the VIP id, its ring version, and the moved
+    /// slots that hold live entries whose backend differs from the live ring's.
+    pub moved: Vec<(u32, u64, BTreeSet<u32>)>,
     /// How long the count took.
     pub took: Duration,
 }
 
-/// Counts both tables.
-pub fn count(conns: BorrowedFd<'_>, half_open: BorrowedFd<'_>) -> std::io::Result<TableCounts> {
+/// Counts both tables, and answers `checks` (with the flow hash `seed`).
+pub fn count(conns: BorrowedFd<'_>, half_open: BorrowedFd<'_>, checks: &[MovedCheck], seed: u32) -> std::io::Result<TableCounts> {
     let started = Instant::now();
     let now = now_secs();
     let mut counts = TableCounts::default();
     let mut live = HashMap::new();
     let mut per_cpu = Vec::new();
-    counts.entries = walk(conns, |_, flow| {
+    let mut needed: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); checks.len()];
+    counts.entries = walk(conns, |key, flow| {
+        for (check, needed) in checks.iter().zip(needed.iter_mut()) {
+            check.note(key, flow, now, seed, needed);
+        }
         let cpu = usize::from(flow.cpu);
         if per_cpu.len() <= cpu {
             per_cpu.resize(cpu + 1, 0);
@@ -128,23 +137,31 @@ pub fn count(conns: BorrowedFd<'_>, half_open: BorrowedFd<'_>) -> std::io::Resul
     })? as u64;
     counts.live = live;
     counts.per_cpu = per_cpu;
+    counts.moved = checks.iter().zip(needed).map(|(c, n)| (c.vip_id, c.version, n)).collect();
     counts.half_open = walk(half_open, |_, _| {})? as u64;
     counts.took = started.elapsed();
     Ok(counts)
 }
 
+/// What the agent asks of each walk besides the counts: the moved slots to check, and the
+/// flow hash seed.
+pub type Checks = Arc<Mutex<(Vec<MovedCheck>, u32)>>;
+
 /// Recounts the tables `(conns, half_open)` (from [`super::Maps::table_fds`]) every `every`
-/// until `stop`, sending each count to `out` (a failed count is logged and skipped).
+/// until `stop`, answering the `checks` current at each walk's start, and sends each count to
+/// `out` (a failed count is logged and skipped).
 pub fn spawn_counter(
     (conns, half_open): (OwnedFd, OwnedFd),
     every: Duration,
     stop: Arc<AtomicBool>,
+    checks: Checks,
     out: tokio::sync::mpsc::UnboundedSender<TableCounts>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("table-count".into()).spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
-            match count(conns.as_fd(), half_open.as_fd()) {
+            let (checks, seed) = checks.lock().map(|c| c.clone()).unwrap_or_default();
+            match count(conns.as_fd(), half_open.as_fd(), &checks, seed) {
                 Ok(counts) => {
                     if out.send(counts).is_err() {
                         return;
