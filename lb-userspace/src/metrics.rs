@@ -240,6 +240,8 @@ mod tests {
                 scheduler: "maglev".into(),
                 forwarding: "nat".into(),
                 ring_backends: 1,
+                moved_slots: 0,
+                retained_ring_seconds: None,
                 serving: true,
                 serving_reason: "1 backend takes new flows".into(),
                 announced: true,

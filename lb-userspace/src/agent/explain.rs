@@ -61,7 +61,8 @@ pub fn explain(rt: &Runtime, dp: &Dataplane, src: SocketAddr, dst: SocketAddr, p
     let family = if src.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 };
     let key = FlowKey { src: addr_of(src.ip()), dst: addr_of(dst.ip()), sport: src.port(), dport: dst.port(), proto, family, pad: [0; 2] };
     let vip_key = VipKey { addr: key.dst, port: key.dport, proto, family };
-    let mut report = ExplainReport { vip: None, verdict: "pass".into(), backend: None, reason: String::new(), hash: None, slot: None, tracked: false, encapsulation: None };
+    let mut report =
+        ExplainReport { vip: None, verdict: "pass".into(), backend: None, reason: String::new(), hash: None, slot: None, tracked: false, path: None, encapsulation: None };
     let conn = dp.maps.conn(&key).map_err(internal)?;
 
     let Some(meta) = dp.maps.vip(&vip_key).map_err(internal)? else {
@@ -79,8 +80,22 @@ pub fn explain(rt: &Runtime, dp: &Dataplane, src: SocketAddr, dst: SocketAddr, p
         return Ok(report);
     };
     report.vip = rt.vip_by_id(meta.id).map(|v| v.config.name.clone());
+    let seed = dp.sizing().hash_seed;
+    let slot = vip_hash(meta.flags, &key, seed, flow_hash(&key, seed, false)) % dp.sizing().ring_size;
+    if meta.is_maglev() {
+        if !dp.maps.is_moved(meta.id, slot) {
+            report.path = Some("stateless".into());
+            report.reason = format!("ring slot {slot} has not moved: the live ring decides every packet and nothing is recorded; ");
+            return new_flow(dp, &meta, &key, report).map_err(internal);
+        }
+        report.path = Some("moved slot".into());
+        report.reason = match meta.retained() {
+            Some(_) => format!("ring slot {slot} moved in a change of the last {}s: the connection table decides; ", dp.maps.ring_retention()),
+            None => format!("ring slot {slot} holds flows from before a change: the connection table decides; "),
+        };
+    }
 
-    if let Some(c) = conn {
+    if let Some(c) = conn.filter(|_| !meta.is_maglev() || dp.maps.is_moved(meta.id, slot)) {
         report.tracked = true;
         let b = dp.maps.backend(c.backend_id).map_err(internal)?;
         if serves(&b, &c) {
@@ -95,7 +110,15 @@ pub fn explain(rt: &Runtime, dp: &Dataplane, src: SocketAddr, dst: SocketAddr, p
             report.reason = format!("tracked flow: stays on its backend ({why})");
             return Ok(report);
         }
-        report.reason = "tracked flow whose backend is down, removed, or failed (UDP): it is given a new backend; ".into();
+        report.reason += "tracked flow whose backend is down, removed, or failed (UDP): it is given a new backend; ";
+    } else if let Some(half) = meta.retained() {
+        let old = dp.maps.ring_slot(&VipMeta { ring_half: half, ..meta }, slot).map_err(internal)?;
+        if let Ok(b) = dp.maps.backend(old)
+            && b.vip_id as u32 == meta.id
+            && b.state != BackendState::Unused as u8
+        {
+            report.reason += &format!("without an entry, a packet other than a SYN is taken as a flow older than the change and follows the retained ring to {}; ", endpoint(&b));
+        }
     }
 
     if meta.flags & VIP_FLAG_ROUND_ROBIN != 0 {
@@ -103,15 +126,20 @@ pub fn explain(rt: &Runtime, dp: &Dataplane, src: SocketAddr, dst: SocketAddr, p
         report.reason += "round-robin: a new flow takes the next slot of its CPU's turn through the ring; no per-flow answer";
         return Ok(report);
     }
-    let hash = vip_hash(meta.flags, &key, dp.sizing().hash_seed, flow_hash(&key, dp.sizing().hash_seed, false));
+    new_flow(dp, &meta, &key, report).map_err(internal)
+}
+
+/// Completes `report` with the backend the scheduler gives a new flow `key` of `meta`.
+fn new_flow(dp: &Dataplane, meta: &VipMeta, key: &FlowKey, mut report: ExplainReport) -> anyhow::Result<ExplainReport> {
+    let hash = vip_hash(meta.flags, key, dp.sizing().hash_seed, flow_hash(key, dp.sizing().hash_seed, false));
     report.hash = Some(hash);
     report.slot = Some(hash % dp.sizing().ring_size);
-    match dp.maps.choose(&meta, &key) {
+    match dp.maps.choose(meta, key) {
         Some(Ok(chosen)) => {
-            let b = dp.maps.backend(chosen.id).map_err(internal)?;
+            let b = dp.maps.backend(chosen.id)?;
             report.verdict = "forward".into();
             report.backend = Some(endpoint(&b));
-            report.encapsulation = encapsulation(&b, &key, dp.sizing().hash_seed);
+            report.encapsulation = encapsulation(&b, key, dp.sizing().hash_seed);
             let how = if meta.flags & VIP_FLAG_LEAST_CONN != 0 {
                 "least-conn: the less loaded of the backends its two candidate slots select, now; "
             } else {
@@ -129,7 +157,7 @@ pub fn explain(rt: &Runtime, dp: &Dataplane, src: SocketAddr, dst: SocketAddr, p
             return Ok(report);
         }
         Some(Err(reason)) if reason != lb_common::counters::Reason::DropNoBackend => {
-            return Err(ApiError::internal(format!("the maps are incomplete ({})", reason.name())));
+            anyhow::bail!("the maps are incomplete ({})", reason.name());
         }
         _ => {}
     }

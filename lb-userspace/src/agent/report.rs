@@ -13,7 +13,7 @@ use super::{Agent, state::{BackendRuntime, Runtime, VipRuntime}};
 use crate::{
     api::{BackendStatus, StatsReport, StatusReport, TrafficStatus, VipStatus, server::ApiError},
     config::{self, AdminState, CheckKind, Config, Forwarding, HttpMethod, ProbeTarget, Protocol, Scheduler, Vip},
-    dataplane::Maps,
+    dataplane::{Maps, table_walk::now_secs},
     health::{
         Health, ProbeKind, ProbeSpec, Target, TargetStatus,
         dsr::{Carrier, Route, ViaVip},
@@ -121,6 +121,7 @@ fn backend_status(agent: &Agent, v: &VipRuntime, b: &BackendRuntime, active: &Ha
 fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>, probes: &HashMap<u32, TargetStatus>, attached: Result<(), &str>) -> VipStatus {
     let announcement = agent.announcer.decision(v.config.address);
     let serving = super::announce::serving(v, attached);
+    let meta = agent.dp.maps.vip(&v.key()).ok().flatten();
     VipStatus {
         serving: serving.serving,
         serving_reason: serving.reason,
@@ -132,7 +133,9 @@ fn vip_status(agent: &Agent, v: &VipRuntime, active: &HashMap<u32, u64>, probes:
         protocol: protocol_name(v.config.protocol).into(),
         scheduler: scheduler_name(v.config.scheduler).into(),
         forwarding: v.config.forwarding.to_string(),
-        ring_backends: agent.dp.maps.vip(&v.key()).ok().flatten().map_or(0, |m| m.backend_count),
+        ring_backends: meta.map_or(0, |m| m.backend_count),
+        moved_slots: agent.dp.maps.moved_count(v.id),
+        retained_ring_seconds: meta.filter(|m| m.retained().is_some()).map(|m| m.retained_until.saturating_sub(now_secs())),
         traffic: traffic(agent.dp.maps.vip_traffic(v.id).unwrap_or_default(), agent.rates.get(true, v.id)),
         backends: v.backends.iter().map(|b| backend_status(agent, v, b, active, probes)).collect(),
     }

@@ -165,6 +165,14 @@ pub struct VipStatus {
     pub forwarding: String,
     /// Backends in the live ring.
     pub ring_backends: u32,
+    /// Ring slots of a Maglev VIP marked moved: their packets use the connection table, every
+    /// other slot's are sent by the live ring alone (README, "State only on change").
+    #[serde(default)]
+    pub moved_slots: u32,
+    /// Seconds until the VIP drops the ring it retains since its last change; `None`: it
+    /// retains none.
+    #[serde(default)]
+    pub retained_ring_seconds: Option<u32>,
     /// Whether this node serves the VIP: its program runs on every interface and one of the
     /// VIP's own backends takes new flows (`lb check`).
     #[serde(default)]
@@ -331,6 +339,10 @@ pub struct ExplainReport {
     pub slot: Option<u32>,
     /// Whether the connection table already tracks the flow.
     pub tracked: bool,
+    /// For a Maglev VIP, how the flow's packets are decided: `stateless` (the live ring alone,
+    /// its slot has not moved) or `moved slot` (the connection table, then the rings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// How a direct server return backend gets the packet (outer header, GUE port, MAC);
     /// `None` in NAT mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -47,12 +47,13 @@ fn status(s: StatusReport) -> String {
         // weight): a ring of weight-0 backends takes none.
         let taking = v.backends.iter().filter(|b| b.state == "up" && b.weight > 0).count() as u64;
         out += &format!(
-            "\nVIP {} {}/{}  scheduler {}{}  {} in the ring, {taking} taking new flows  {}  {}  {}{}\n  {}\n",
+            "\nVIP {} {}/{}  scheduler {}{}{}  {} in the ring, {taking} taking new flows  {}  {}  {}{}\n  {}\n",
             v.name,
             std::net::SocketAddr::new(v.address, v.port),
             v.protocol,
             v.scheduler,
             if v.forwarding == "nat" { String::new() } else { format!("  forwarding {} (direct server return)", v.forwarding) },
+            ring_history(v),
             counted(v.ring_backends.into(), "backend"),
             units::pps(v.traffic.packets_per_second),
             counted(v.traffic.new_flows, "flow"),
@@ -146,6 +147,15 @@ pub fn stats_rates(r: &StatsRates) -> String {
     out + &connection_table(r.connection_entries, r.connection_capacity)
 }
 
+/// A Maglev VIP's moved slots and retained ring, when it has either.
+fn ring_history(v: &crate::api::VipStatus) -> String {
+    match v.retained_ring_seconds {
+        Some(secs) => format!("  {} moved, ring retained {secs}s more", counted(v.moved_slots.into(), "slot")),
+        None if v.moved_slots > 0 => format!("  {} moved", counted(v.moved_slots.into(), "slot")),
+        None => String::new(),
+    }
+}
+
 fn explain(e: ExplainReport) -> String {
     let mut out = format!("verdict: {}\n", e.verdict);
     if let Some(v) = &e.vip {
@@ -159,6 +169,9 @@ fn explain(e: ExplainReport) -> String {
     }
     if let (Some(h), Some(s)) = (e.hash, e.slot) {
         out += &format!("hash:    {h:#010x} (slot {s})\n");
+    }
+    if let Some(path) = &e.path {
+        out += &format!("path:    {path}\n");
     }
     out += &format!("tracked: {}\nwhy:     {}\n", e.tracked, e.reason);
     out

@@ -177,6 +177,11 @@ impl Maps {
         self.history.retention_secs = secs;
     }
 
+    /// `global.ring_retention_secs`.
+    pub fn ring_retention(&self) -> u32 {
+        self.history.retention_secs
+    }
+
     /// Drops the retained ring of every VIP whose retention ended by `now` (coarse monotonic
     /// seconds); returns their keys. Their moved bits stay until a table walk shows which
     /// slots no longer hold divergent flows ([`Maps::keep_moved`]).
