@@ -98,7 +98,7 @@ fn carries_flows(vip: IpAddr, client: IpAddr, backends: &[IpAddr], forwarding: u
         let run = lb.run(&bytes);
         let what = format!("mode {forwarding} {vip} over {backend}, packet {i}");
         assert_eq!(run.action, XDP_TX, "{what}");
-        assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)], "{what}");
+        assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1), (Reason::Stateless, 1)], "{what}");
         let expected = match forwarding {
             FORWARD_DIRECT => {
                 let mut e = bytes.clone();
@@ -256,12 +256,12 @@ fn oversized_packets_get_fragmentation_needed_or_packet_too_big_with_the_room_le
         // The largest packet that fits is carried.
         let fits = big(client, vip, room as usize).bytes();
         let run = lb.run(&fits);
-        assert_eq!((run.action, run.counted.clone()), (XDP_TX, vec![(Reason::ForwardToBackend, 1)]), "{vip} {room}");
+        assert_eq!((run.action, run.counted.clone()), (XDP_TX, vec![(Reason::ForwardToBackend, 1), (Reason::Stateless, 1)]), "{vip} {room}");
         assert_eq!(run.out.len(), fits.len() + 1500 - room as usize);
         // One byte more is answered from the VIP, back to the client's MAC.
         let over = big(client, vip, room as usize + 1);
         let run = lb.run(&over.bytes());
-        assert_eq!((run.action, run.counted.clone()), (XDP_TX, vec![(Reason::IcmpTooBig, 1)]), "{vip} {room}");
+        assert_eq!((run.action, run.counted.clone()), (XDP_TX, vec![(Reason::IcmpTooBig, 1), (Reason::Stateless, 1)]), "{vip} {room}");
         let quoted = ip_packet(&over.bytes())[..if vip.is_ipv4() { 28 } else { 48 }].to_vec();
         let expected = too_big_error(CLIENT_MAC, LB_MAC, vip, client, room, quoted);
         let mut want = expected.bytes();
@@ -289,7 +289,7 @@ fn oversized_ipv4_without_df_and_errors_over_the_budget_are_dropped() {
     let c = checksum(0, &no_df[14..34]);
     no_df[24..26].copy_from_slice(&c.to_be_bytes());
     let run = lb.run(&no_df);
-    assert_eq!((run.action, run.counted), (XDP_DROP, vec![(Reason::DropTooBig, 1)]));
+    assert_eq!((run.action, run.counted), (XDP_DROP, vec![(Reason::DropTooBig, 1), (Reason::Stateless, 1)]));
     // At most TOO_BIG_PER_CPU_PER_SEC errors a second (test runs stay on one CPU).
     let over = big(CLIENT4, VIP4, 1481).bytes();
     let started = std::time::Instant::now();
@@ -339,14 +339,14 @@ fn the_mss_of_a_syn_is_clamped_to_fit_the_tunnel() {
         let syn = syn_with_options(client, vip, &opts(mss));
         let run = lb.run(&syn);
         assert_eq!(run.action, XDP_TX);
-        assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1), (Reason::MssClamped, 1)], "{vip} over {backend}");
+        assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1), (Reason::MssClamped, 1), (Reason::Stateless, 1)], "{vip} over {backend}");
         let node = if backend.is_ipv4() { node4() } else { node6() };
         let clamped = syn_with_options(client, vip, &opts(want));
         assert_eq!(run.out, carried(&clamped, 1, node, backend, None, 0, 64), "{vip} over {backend}: MSS {want}, checksum recomputed");
         // An MSS that already fits, and a SYN without options, are left alone.
         let small = syn_with_options(client, vip, &opts(1200));
         let run = lb.run(&small);
-        assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)]);
+        assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1), (Reason::Stateless, 1)]);
         assert_eq!(run.out, carried(&small, 1, node, backend, None, 0, 64));
     }
     // Without the flag nothing is clamped.
@@ -406,7 +406,7 @@ fn a_backend_without_a_resolved_hop_or_outer_source_is_dropped_and_counted() {
     for svc in [no_hop, no_source, direct] {
         let lb = setup(&[&svc]);
         let run = lb.run(&syn);
-        assert_eq!((run.action, run.counted), (XDP_DROP, vec![(Reason::DropDsrNoPath, 1)]));
+        assert_eq!((run.action, run.counted), (XDP_DROP, vec![(Reason::DropDsrNoPath, 1), (Reason::Stateless, 1)]));
     }
 }
 
