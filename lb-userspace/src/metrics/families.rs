@@ -46,24 +46,14 @@ fn traffic(status: &StatusReport) -> Vec<Family> {
 }
 
 /// The backends' state.
-fn backend_gauges(status: &StatusReport) -> [Family; 3] {
-    [
-        Family::gauge(
-            "lb_backend_active_connections",
-            "Live flows per backend (open TCP, unexpired UDP), recounted every second.",
-            per_backend(status, |b| b.active_connections),
-        ),
-        Family::gauge(
-            "lb_backend_healthy",
-            "1 if the health checks pass (or none are configured).",
-            per_backend(status, |b| u64::from(b.health == "up")),
-        ),
-        Family::gauge(
-            "lb_backend_serving",
-            "1 if the backend takes new flows (up), 0 if draining or down.",
-            per_backend(status, |b| u64::from(b.state == "up")),
-        ),
-    ]
+fn backend_gauges(status: &StatusReport) -> impl Iterator<Item = Family> + '_ {
+    type Get = fn(&BackendStatus) -> u64;
+    let gauges: [(&str, &str, Get); 3] = [
+        ("lb_backend_active_connections", "Live flows per backend (open TCP, unexpired UDP), recounted every second.", |b| b.active_connections),
+        ("lb_backend_healthy", "1 if the health checks pass (or none are configured).", |b| u64::from(b.health == "up")),
+        ("lb_backend_serving", "1 if the backend takes new flows (up), 0 if draining or down.", |b| u64::from(b.state == "up")),
+    ];
+    gauges.into_iter().map(|(name, help, get)| Family::gauge(name, help, per_backend(status, get)))
 }
 
 /// The data path's verdicts, which add up to the packets it saw, and its events, counted beside
@@ -180,104 +170,24 @@ pub fn render_agent_faults(probe_local_errors: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ConnTableStatus, DataPathStatus, HealthStats};
+    use crate::api::HealthStats;
 
-    fn flows(packets: u64) -> TrafficStatus {
-        TrafficStatus { packets, bytes: packets * 100, new_flows: packets / 5, dropped: packets / 10, packets_per_second: 1.5 }
-    }
-
-    fn backend(address: &str, port: u16, health: &str, state: &str, packets: u64) -> BackendStatus {
-        BackendStatus {
-            id: 1,
-            address: address.parse().unwrap(),
-            port,
-            weight: 1,
-            admin: state.into(),
-            health: health.into(),
-            state: state.into(),
-            active_connections: packets / 2,
-            next_hop: None,
-            traffic: flows(packets),
-            last_probe: None,
-            probe_local_errors: 0,
-            probe: None,
-        }
-    }
-
-    fn vip(name: &str, announced: bool, packets: u64, backends: Vec<BackendStatus>) -> VipStatus {
-        VipStatus {
-            name: name.into(),
-            address: "10.0.0.1".parse().unwrap(),
-            port: 80,
-            protocol: "tcp".into(),
-            scheduler: "maglev".into(),
-            forwarding: "nat".into(),
-            ring_backends: 1,
-            serving: true,
-            serving_reason: String::new(),
-            announced,
-            announce_reason: String::new(),
-            traffic: flows(packets),
-            backends,
-        }
-    }
-
-    fn status(vips: Vec<VipStatus>) -> StatusReport {
-        StatusReport {
-            config_file: "x.yaml".into(),
-            interfaces: vec![],
-            uptime_seconds: 1,
-            data_path: DataPathStatus {
-                layout: 7,
-                program_hash: "abc123".into(),
-                program_tag: "0011aabb".into(),
-                agent_version: "0.1.0 (3f2e1d0)".into(),
-                ..Default::default()
-            },
-            host: Default::default(),
-            connection_table: ConnTableStatus { entries: 5, capacity: 16, per_cpu_capacity: 8, per_cpu: vec![3, 2] },
-            vips,
-        }
-    }
-
-    fn stats(health: HealthStats) -> StatsReport {
-        StatsReport {
-            reasons: vec![
-                ("forward_to_backend".into(), 40),
-                ("pass_not_vip".into(), 7),
-                ("conn_insert_failed".into(), 0),
-                ("rescheduled".into(), 3),
-            ],
-            health,
-            connection_entries: 4,
-            connection_capacity: 16,
-            redirect_drops: 2,
-        }
-    }
-
-    /// The golden files are the hand-written renderer's output for these reports, byte for
-    /// byte: the exposition did not change when prometheus-client took over writing it.
+    /// The golden files are the hand-written renderer's output for the reports in
+    /// `golden/reports.json` (read as the scrapes read the agent's answers), byte for byte: the
+    /// exposition did not change when prometheus-client took over writing it. The reports have
+    /// a VIP name to escape, an IPv6 backend, a VIP without backends, verdicts and events, and
+    /// both probe-to-swap times.
     #[test]
     fn writes_what_the_hand_written_renderer_wrote() {
-        let s = status(vec![
-            vip(
-                "web \"edge\"\\a\nb",
-                true,
-                100,
-                vec![backend("10.1.0.1", 8080, "up", "up", 60), backend("fd00::2", 443, "down", "draining", 40)],
-            ),
-            vip("empty", false, 0, vec![]),
-        ]);
-        let health = HealthStats {
-            probes: 5,
-            failures: 1,
-            transitions: 2,
-            swaps: 1,
-            last_probe_to_swap_ms: Some(12.5),
-            max_probe_to_swap_ms: Some(250.0),
-            ..HealthStats::default()
-        };
-        assert_eq!(render(&s, &stats(health)) + &render_agent_faults(3), include_str!("golden/full.prom"));
-        assert_eq!(render(&status(vec![]), &stats(HealthStats::default())), include_str!("golden/no_vips.prom"));
+        #[derive(serde::Deserialize)]
+        struct Reports {
+            status: StatusReport,
+            stats: StatsReport,
+        }
+        let Reports { mut status, mut stats } = serde_json::from_str(include_str!("golden/reports.json")).unwrap();
+        assert_eq!(render(&status, &stats) + &render_agent_faults(3), include_str!("golden/full.prom"));
+        status.vips.clear();
+        stats.health = HealthStats::default();
+        assert_eq!(render(&status, &stats), include_str!("golden/no_vips.prom"));
     }
 }
