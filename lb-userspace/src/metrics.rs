@@ -4,12 +4,7 @@
 //! answers: at most one scrape at a time asks the agent's loop, and the scrapes that arrive
 //! meanwhile take the next answer, so a flood of scrapes costs the loop no more than one.
 
-use std::{
-    fmt::Write as _,
-    net::SocketAddr,
-    sync::Arc,
-    time::Instant,
-};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use anyhow::Context as _;
 use tokio::{
@@ -26,142 +21,11 @@ use crate::{
     },
     health::checker::local_errors_total,
 };
-use lb_common::counters::Reason;
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
+mod exposition;
+mod families;
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Renders the status and counters in the Prometheus text format.
-pub fn render(status: &StatusReport, stats: &StatsReport) -> String {
-    let mut o = String::new();
-    type Field = fn(&crate::api::TrafficStatus) -> u64;
-    let traffic: [(&str, &str, Field); 3] = [
-        ("packets_total", "Packets in both directions.", |t| t.packets),
-        ("bytes_total", "Bytes in both directions.", |t| t.bytes),
-        ("new_flows_total", "New flows assigned.", |t| t.new_flows),
-    ];
-    for (suffix, help, get) in traffic {
-        family(&mut o, &format!("lb_vip_{suffix}"), "counter", help);
-        for v in &status.vips {
-            let _ = writeln!(o, "lb_vip_{suffix}{{vip=\"{}\"}} {}", escape(&v.name), get(&v.traffic));
-        }
-        family(&mut o, &format!("lb_backend_{suffix}"), "counter", help);
-        for v in &status.vips {
-            for b in &v.backends {
-                let _ = writeln!(
-                    o,
-                    "lb_backend_{suffix}{{vip=\"{}\",backend=\"{}\"}} {}",
-                    escape(&v.name),
-                    std::net::SocketAddr::new(b.address, b.port),
-                    get(&b.traffic)
-                );
-            }
-        }
-    }
-    // Each family's samples together, after its HELP and TYPE (the format wants one group per
-    // family).
-    type Gauge = fn(&crate::api::BackendStatus) -> u64;
-    let gauges: [(&str, &str, Gauge); 3] = [
-        ("lb_backend_active_connections", "Live flows per backend (open TCP, unexpired UDP), recounted every second.", |b| b.active_connections),
-        ("lb_backend_healthy", "1 if the health checks pass (or none are configured).", |b| u64::from(b.health == "up")),
-        ("lb_backend_serving", "1 if the backend takes new flows (up), 0 if draining or down.", |b| u64::from(b.state == "up")),
-    ];
-    for (name, help, get) in gauges {
-        family(&mut o, name, "gauge", help);
-        for v in &status.vips {
-            for b in &v.backends {
-                let _ = writeln!(o, "{name}{{vip=\"{}\",backend=\"{}\"}} {}", escape(&v.name), SocketAddr::new(b.address, b.port), get(b));
-            }
-        }
-    }
-    // Verdicts add up to the packets the program saw; events are counted beside a verdict.
-    let is_event = |name: &str| Reason::ALL.iter().any(|r| r.name() == name && r.is_event());
-    family(&mut o, "lb_packets_total", "counter", "Packets by data path verdict (each packet has exactly one).");
-    for (reason, n) in stats.reasons.iter().filter(|(r, _)| !is_event(r)) {
-        let _ = writeln!(o, "lb_packets_total{{reason=\"{reason}\"}} {n}");
-    }
-    family(&mut o, "lb_events_total", "counter", "Data path events counted beside a packet's verdict (failed inserts, rescheduled and resumed flows).");
-    for (event, n) in stats.reasons.iter().filter(|(r, _)| is_event(r)) {
-        let _ = writeln!(o, "lb_events_total{{event=\"{event}\"}} {n}");
-    }
-    family(&mut o, "lb_vip_dropped_total", "counter", "Packets for the VIP dropped because no backend could take them.");
-    for v in &status.vips {
-        let _ = writeln!(o, "lb_vip_dropped_total{{vip=\"{}\"}} {}", escape(&v.name), v.traffic.dropped);
-    }
-    family(&mut o, "lb_vip_announced", "gauge", "1 while this node announces the VIP's address (global.announce_table).");
-    for v in &status.vips {
-        let _ = writeln!(o, "lb_vip_announced{{vip=\"{}\"}} {}", escape(&v.name), v.announced as u8);
-    }
-    let t = &status.connection_table;
-    family(&mut o, "lb_connection_table_cpu_entries", "gauge", "Connection table entries each CPU created; a CPU evicts from its own share (lb_connection_table_cpu_capacity) when it is full.");
-    for (cpu, n) in t.per_cpu.iter().enumerate() {
-        let _ = writeln!(o, "lb_connection_table_cpu_entries{{cpu=\"{cpu}\"}} {n}");
-    }
-    family(&mut o, "lb_connection_table_cpu_capacity", "gauge", "Each CPU's share of the connection table.");
-    let _ = writeln!(o, "lb_connection_table_cpu_capacity {}", t.per_cpu_capacity);
-    let d = &status.data_path;
-    family(&mut o, "lb_build_info", "gauge", "The agent's version and the program running in the data path (always 1).");
-    let _ = writeln!(
-        o,
-        "lb_build_info{{version=\"{}\",program_hash=\"{}\",program_tag=\"{}\",layout=\"{}\"}} 1",
-        escape(&d.agent_version),
-        escape(&d.program_hash),
-        escape(&d.program_tag),
-        d.layout
-    );
-    let h = &stats.health;
-    for (name, kind, help, value) in [
-        ("lb_health_probes_total", "counter", "Health probes sent.", Some(h.probes as f64)),
-        ("lb_health_probe_failures_total", "counter", "Health probes failed.", Some(h.failures as f64)),
-        ("lb_health_transitions_total", "counter", "Backend health flips.", Some(h.transitions as f64)),
-        ("lb_health_swaps_total", "counter", "Ring swaps caused by health flips.", Some(h.swaps as f64)),
-        (
-            "lb_health_last_probe_to_swap_seconds",
-            "gauge",
-            "From the probe that flipped a backend to its VIP's swapped ring.",
-            h.last_probe_to_swap_ms.map(|ms| ms / 1000.0),
-        ),
-        (
-            "lb_health_max_probe_to_swap_seconds",
-            "gauge",
-            "Largest probe-to-swap time seen.",
-            h.max_probe_to_swap_ms.map(|ms| ms / 1000.0),
-        ),
-        ("lb_connection_table_entries", "gauge", "Entries in the connection table (one per flow), counted every second.", Some(stats.connection_entries as f64)),
-        ("lb_connection_table_capacity", "gauge", "Entries the connection table holds at most.", Some(stats.connection_capacity as f64)),
-        (
-            "lb_redirect_dropped_total",
-            "counter",
-            "Frames the kernel dropped after the program redirected them to one of its interfaces (the target could not take them).",
-            Some(stats.redirect_drops as f64),
-        ),
-    ] {
-        if let Some(value) = value {
-            family(&mut o, name, kind, help);
-            let _ = writeln!(o, "{name} {value}");
-        }
-    }
-    o
-}
-
-/// The counters of the agent's own faults, which no report carries: probes it could not make
-/// (no descriptors, no memory).
-pub fn render_agent_faults(probe_local_errors: u64) -> String {
-    let mut o = String::new();
-    family(
-        &mut o,
-        "lb_probe_local_errors_total",
-        "counter",
-        "Health probes the agent could not make (no descriptors, no memory); not counted against any backend.",
-    );
-    let _ = writeln!(o, "lb_probe_local_errors_total {probe_local_errors}");
-    o
-}
+pub use families::{render, render_agent_faults};
 
 /// Serves `GET /metrics` on `addr` until the returned task is aborted.
 pub async fn serve(addr: SocketAddr, calls: mpsc::Sender<Call>) -> anyhow::Result<JoinHandle<()>> {
