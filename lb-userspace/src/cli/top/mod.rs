@@ -70,8 +70,6 @@ fn write_stdout(s: &str) -> bool {
 
 /// `lb stats --watch` and/or `--rate`: absolute counters every second (`--watch`), or rates over
 /// one second (`--rate`), or rates every second (both); `count` outputs, then stop. With `json`
-/// `lb stats --watch` and/or `--rate`: absolute counters every second (`--watch`), or rates over
-/// one second (`--rate`), or rates every second (both); `count` outputs, then stop. With `json`
 /// every output is one JSON object on one line.
 pub fn stats_watch(client: &Client, json: bool, watch: bool, rate: bool, count: Option<u64>) -> ExitCode {
     let start = Instant::now();

@@ -72,13 +72,12 @@ impl Screen {
                 previous(info);
             }));
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut signals = Vec::new();
-        for s in [signal::SIGINT, signal::SIGTERM, signal::SIGHUP, signal::SIGQUIT] {
-            signals.push(signal_hook::flag::register(s, stop.clone())?);
-        }
         // From here on, dropping the screen undoes everything, also on the errors below.
-        let mut screen = Screen { terminal: Terminal::new(CrosstermBackend::new(stdout()))?, stop, signals };
+        let mut screen =
+            Screen { terminal: Terminal::new(CrosstermBackend::new(stdout()))?, stop: Arc::new(AtomicBool::new(false)), signals: Vec::new() };
+        for s in [signal::SIGINT, signal::SIGTERM, signal::SIGHUP, signal::SIGQUIT] {
+            screen.signals.push(signal_hook::flag::register(s, screen.stop.clone())?);
+        }
         enable_raw_mode()?;
         ACTIVE.store(true, Ordering::SeqCst);
         execute!(stdout(), EnterAlternateScreen)?;
