@@ -119,3 +119,75 @@ impl Drop for Screen {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::{
+        pty::{Winsize, openpty},
+        sys::termios::tcgetattr,
+    };
+    use std::{io::Read as _, process::Command, thread};
+
+    const PANIC: &str = "a bug while the view runs";
+
+    #[test]
+    #[ignore = "run on a pseudo-terminal by a_panic_restores_the_terminal_before_its_message"]
+    fn panics_on_the_screen() {
+        let mut screen = Screen::enter().expect("a terminal");
+        screen.draw(|f| f.render_widget(ratatui::text::Line::raw("drawn"), f.area())).expect("drawing");
+        panic!("{PANIC}");
+    }
+
+    /// Runs [`panics_on_the_screen`] in a new process on a pseudo-terminal: the panic's message
+    /// comes after the alternate screen is left (on the main screen, where it can be read), and
+    /// the terminal's settings are as before.
+    #[test]
+    fn a_panic_restores_the_terminal_before_its_message() {
+        let pty = openpty(&Winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 }, None).expect("openpty");
+        let before = tcgetattr(&pty.slave).expect("tcgetattr");
+        let io = || std::process::Stdio::from(pty.slave.try_clone().expect("dup of the pty"));
+        let mut child = Command::new("setsid")
+            .arg("--ctty")
+            .arg(std::env::current_exe().expect("the test binary"))
+            .args(["--exact", "cli::top::terminal::tests::panics_on_the_screen", "--ignored", "--nocapture"])
+            .env("RUST_BACKTRACE", "0")
+            .stdin(io())
+            .stdout(io())
+            .stderr(io())
+            .spawn()
+            .expect("running the test binary");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the panicking test did not end");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let after = tcgetattr(&pty.slave).expect("tcgetattr");
+        drop(pty.slave);
+        // What it wrote waits in the pty; reading past it fails (EIO) once no one holds the other side.
+        let mut master = std::fs::File::from(pty.master);
+        let mut output = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = master.read(&mut buf) {
+            output.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&output);
+        assert!(!status.success(), "{text}");
+        assert_eq!(
+            (after.input_flags, after.output_flags, after.local_flags),
+            (before.input_flags, before.output_flags, before.local_flags),
+            "{text:?}"
+        );
+        let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("no {needle:?} in {text:?}"));
+        assert!(at("\x1b[?1049h") < at("drawn"), "{text:?}");
+        assert!(at("drawn") < at("\x1b[?1049l"), "{text:?}");
+        assert!(at("\x1b[?1049l") < at(PANIC), "the message is printed after leaving the alternate screen: {text:?}");
+    }
+}
