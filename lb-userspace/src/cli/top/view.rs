@@ -16,7 +16,7 @@ use super::{
     model::{View, reason_rows, sort_rows, vip_rows},
     text::{Block, Emphasis, TextTable, reason_blocks, summary, title, vip_blocks},
 };
-use crate::cli::table::Align;
+use crate::cli::{table::Align, units};
 
 /// Space between two columns, as in the plain tables.
 const COLUMN_GAP: u16 = 2;
@@ -83,10 +83,12 @@ fn fitting_widths(table: &TextTable, width: u16) -> Vec<u16> {
 
 /// The last line when something does not fit.
 fn not_shown(more_lines: usize, more_columns: usize) -> String {
+    let lines = units::plural_with(more_lines as u64, "more line", "more lines");
+    let columns = units::plural_with(more_columns as u64, "more column", "more columns");
     let what = match (more_lines, more_columns) {
-        (0, c) => format!("{c} more {}", if c == 1 { "column" } else { "columns" }),
-        (l, 0) => format!("{l} more lines"),
-        (l, c) => format!("{l} more lines and {c} more {}", if c == 1 { "column" } else { "columns" }),
+        (0, _) => columns,
+        (_, 0) => lines,
+        _ => format!("{lines} and {columns}"),
     };
     format!("... {what} (a larger terminal shows them)")
 }
@@ -318,5 +320,16 @@ mod tests {
         // Only the header fits: nothing more, no panic.
         let (lines, _) = draw(&app, 30, 3);
         assert_eq!(lines[2], "view: verdict reasons  sort: r");
+    }
+
+    #[test]
+    fn no_vips_and_what_is_not_shown() {
+        let mut app = app(1);
+        app.cur.status.vips.clear();
+        let (lines, _) = draw(&app, 80, 6);
+        assert_eq!(lines[4].trim_end(), "no VIPs");
+        assert_eq!(not_shown(1, 0), "... 1 more line (a larger terminal shows them)");
+        assert_eq!(not_shown(0, 1), "... 1 more column (a larger terminal shows them)");
+        assert_eq!(not_shown(2, 3), "... 2 more lines and 3 more columns (a larger terminal shows them)");
     }
 }
