@@ -141,6 +141,7 @@ fn package_installs_verifies_and_names_the_commit() {
     ok(Command::new("dpkg-deb").arg("--control").arg(&deb).arg(&control));
     assert_eq!(std::fs::read_to_string(control.join("conffiles")).unwrap(), "/etc/lb/lb.yaml\n");
     for script in ["postinst", "prerm", "postrm"] {
+        ok(Command::new("sh").arg("-n").arg(control.join(script)));
         let text = std::fs::read_to_string(control.join(script)).unwrap();
         let commands = text.lines().filter(|l| !l.trim_start().starts_with('#'));
         let words: Vec<&str> = commands.flat_map(str::split_whitespace).collect();
