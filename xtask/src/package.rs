@@ -167,7 +167,9 @@ fn md5sums(stage: &Path) -> anyhow::Result<String> {
 /// The `Depends` of `lb`'s shared libraries, from `dpkg-shlibdeps` (which wants a
 /// `debian/control` in its working directory: a scratch one next to the stage).
 fn shlib_depends(bin: &Path, stage: &Path) -> anyhow::Result<String> {
-    let work = stage.with_extension("shlibdeps");
+    let mut work = stage.as_os_str().to_owned();
+    work.push(".shlibdeps");
+    let work = PathBuf::from(work);
     fs::create_dir_all(work.join("debian"))?;
     fs::write(work.join("debian/control"), format!("Source: {NAME}\n\nPackage: {NAME}\nArchitecture: any\n"))?;
     let out = output(Command::new("dpkg-shlibdeps").arg("-O").arg(bin).current_dir(&work).stderr(Stdio::null()));
