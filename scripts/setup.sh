@@ -8,13 +8,15 @@
 #     SYN flood test, bird2 and keepalived for the high-availability lab, prometheus for the
 #     dashboard test, which runs the binary itself in a lab namespace: the package's own
 #     service is not needed)
+#   - what `cargo xtask package` and its test use: dpkg-dev (dpkg-shlibdeps), binutils (strip),
+#     lintian, and systemd for `systemd-analyze verify` (the test installs nothing on the host)
 # Safe to run any number of times; prints what it does.
 set -euo pipefail
 
 log() { printf '[setup] %s\n' "$*"; }
 
 need_apt=()
-for pkg in llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev iproute2 ethtool iputils-ping hping3 bird2 keepalived prometheus; do
+for pkg in llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev iproute2 ethtool iputils-ping hping3 bird2 keepalived prometheus dpkg-dev binutils lintian systemd; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

@@ -31,19 +31,6 @@ const RESULTS: &str = "lab/results";
 /// Longest the download may take.
 const DOWNLOAD_LIMIT: Duration = Duration::from_secs(60);
 
-/// The mode of `lab --dsr [--mode M]`: `None` without `--dsr`.
-pub fn mode_arg(args: &[String]) -> anyhow::Result<Option<&'static str>> {
-    let mode = args.iter().position(|a| a == "--mode").map(|i| args.get(i + 1).map(String::as_str));
-    if !args.iter().any(|a| a == "--dsr") {
-        anyhow::ensure!(mode.is_none(), "--mode goes with --dsr");
-        return Ok(None);
-    }
-    match mode {
-        None => Ok(Some(MODES[0])),
-        Some(m) => MODES.iter().copied().find(|x| Some(*x) == m).map(Some).with_context(|| format!("--mode needs one of {}", MODES.join(", "))),
-    }
-}
-
 /// The DSR lab with its three backends set up for `mode` and serving, and the agent running
 /// the shipped configuration in `mode`.
 pub fn set_up(root: &Path, mode: &str, backend_bin: &Path, shipped_socket: &str) -> anyhow::Result<(Lab, Agent)> {

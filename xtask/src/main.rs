@@ -3,12 +3,15 @@
 
 use std::{
     env,
+    ffi::OsString,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
 };
 
 use anyhow::{Context as _, bail};
+use clap::Parser as _;
+use cli::Task;
 
 // The lab shares the end-to-end tests' topology and agent runner (by path: xtask must build
 // before `setup` has installed the eBPF toolchain, so it cannot depend on the test crate).
@@ -19,6 +22,7 @@ mod agent;
 mod download;
 #[path = "../../tests/src/dsr.rs"]
 mod dsr;
+mod cli;
 mod dsr_lab;
 #[path = "../../tests/src/ha.rs"]
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
@@ -27,34 +31,29 @@ mod ha_lab;
 mod lab;
 #[path = "../../tests/src/orphans.rs"]
 mod orphans;
+mod package;
 #[path = "../../tests/src/topology.rs"]
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
 mod topology;
 
-const USAGE: &str = "usage: cargo xtask <setup | test [cargo test args...] | lab [--keep] [--dsr [--mode tunnel|gue|direct]] | lab --ha [--nodes N] [--dsr [--mode M]] | bench [--unpublishable] [lb-bench args...] | fuzz [--frames N] [--seed S] [--seconds T] [--keep N] [--index I | --replay FILE]>";
-
 fn main() -> ExitCode {
-    let args: Vec<String> = env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("setup") => setup(),
-        Some("test") => setup()
-            .and_then(|()| if args.len() == 1 { lint() } else { Ok(()) })
-            .and_then(|()| build_bins())
-            .and_then(|()| test(&args[1..])),
-        Some("bench") => bench(&args[1..]),
-        Some("fuzz") => setup().and_then(|()| fuzz(&args[1..])),
-        Some("lab") if args.iter().any(|a| a == "--ha") => match ha_nodes(&args[1..]).and_then(|n| Ok((n, dsr_lab::mode_arg(&args[1..])?))) {
-            Ok((nodes, dsr)) => setup().and_then(|()| build_bins()).and_then(|()| ha_lab::run(&root(), nodes, dsr)),
-            Err(e) => Err(e),
-        },
-        Some("lab") => match dsr_lab::mode_arg(&args[1..]) {
-            Ok(dsr) => setup().and_then(|()| build_bins()).and_then(|()| lab::run(&root(), args.iter().any(|a| a == "--keep"), dsr)),
-            Err(e) => Err(e),
-        },
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
+    let cli = cli::Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup(),
+        Task::Test { args, binary_args } => {
+            let args = Task::cargo_test_args(args, binary_args);
+            setup()
+                .and_then(|()| if args.is_empty() { lint() } else { Ok(()) })
+                .and_then(|()| build_bins())
+                .and_then(|()| test(&args))
         }
+        Task::Bench { unpublishable, args } => bench(unpublishable, &args),
+        Task::Fuzz(args) => setup().and_then(|()| fuzz(&args.to_args())),
+        Task::Lab(args) if args.ha => setup()
+            .and_then(|()| build_bins())
+            .and_then(|()| ha_lab::run(&root(), args.nodes.map_or(2, usize::from), args.dsr_mode())),
+        Task::Lab(args) => setup().and_then(|()| build_bins()).and_then(|()| lab::run(&root(), args.keep, args.dsr_mode())),
+        Task::Package(args) => setup().and_then(|()| package(args.debug)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,16 +62,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `--nodes N` of `lab --ha` (2 by default, 2 to 8).
-fn ha_nodes(args: &[String]) -> anyhow::Result<usize> {
-    let Some(i) = args.iter().position(|a| a == "--nodes") else {
-        return Ok(2);
-    };
-    let n: usize = args.get(i + 1).context("--nodes needs a number")?.parse().context("--nodes needs a number")?;
-    anyhow::ensure!((2..=8).contains(&n), "--nodes must be 2 to 8");
-    Ok(n)
 }
 
 fn root() -> PathBuf {
@@ -110,6 +99,27 @@ fn build_bins() -> anyhow::Result<()> {
     run(Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(["build", "--quiet", "--bins"]))
 }
 
+/// The Debian package of the release build (of the debug build with `debug`), written to
+/// `target/debian/`; prints its path.
+fn package(debug: bool) -> anyhow::Result<()> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let profile = if debug { "debug" } else { "release" };
+    let mut build = Command::new(&cargo);
+    build.args(["build", "--quiet", "-p", "lb-userspace", "--bin", "lb", "--bin", "lb-docs"]);
+    if !debug {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    // This xtask runs from target/debug: the target directory is its parent.
+    let exe = env::current_exe().context("the xtask's path")?;
+    let target = exe.parent().and_then(Path::parent).context("the target directory")?;
+    let out = target.join("debian");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let deb = package::build(&root(), &target.join(profile), &out)?;
+    println!("{}", deb.display());
+    Ok(())
+}
+
 /// The paths whose uncommitted changes make benchmark results unreproducible from their
 /// commit (the same list as `lb_tests::bench::MEASURED_PATHS`, which `lb-bench` checks again
 /// before it writes).
@@ -123,9 +133,10 @@ const MEASURED_PATHS: &[&str] = &["lb-common", "lb-ebpf", "lb-userspace", "tests
 /// only from a tree without uncommitted changes under [`MEASURED_PATHS`]; `--unpublishable`
 /// writes them anyway, marked unpublishable (`LB_BENCH_UNPUBLISHABLE=1` for `lb-bench`), and
 /// `--no-write` only prints. The check runs before anything is built or measured.
-fn bench(args: &[String]) -> anyhow::Result<()> {
-    let unpublishable = args.iter().any(|a| a == "--unpublishable");
-    let args: Vec<&String> = args.iter().filter(|a| *a != "--unpublishable").collect();
+fn bench(unpublishable: bool, args: &[OsString]) -> anyhow::Result<()> {
+    // `--unpublishable` may also follow lb-bench's arguments, e.g. `bench datapath --unpublishable`.
+    let unpublishable = unpublishable || args.iter().any(|a| a == "--unpublishable");
+    let args: Vec<&OsString> = args.iter().filter(|a| *a != "--unpublishable").collect();
     let writes = !args.iter().any(|a| *a == "--no-write" || *a == "-h" || *a == "--help");
     if writes && !unpublishable {
         let out = Command::new("git")
@@ -161,7 +172,7 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
 /// The data path's mutation fuzzer (`lb-fuzz`, release build): a campaign of `--frames N`
 /// frames of seed `--seed S`, or the replay of one frame (`--index I`) or pcap file
 /// (`--replay FILE`). Needs root. Writes `fuzz/results/<seed>-<frames>.json`.
-fn fuzz(args: &[String]) -> anyhow::Result<()> {
+fn fuzz(args: &[OsString]) -> anyhow::Result<()> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(&cargo).args(["run", "--quiet", "--release", "-p", "lb-tests", "--bin", "lb-fuzz", "--"]).args(args))
 }
@@ -191,7 +202,7 @@ fn lint() -> anyhow::Result<()> {
 
 /// Every test: host unit tests and the kernel fixtures (needs root). Ends with one line
 /// totalling every test binary's result.
-fn test(extra: &[String]) -> anyhow::Result<()> {
+fn test(extra: &[OsString]) -> anyhow::Result<()> {
     let mut child = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["test", "--no-fail-fast", "--workspace", "--exclude", "lb-ebpf"])
         .args(extra)

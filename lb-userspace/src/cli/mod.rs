@@ -2,6 +2,7 @@
 //! socket. Exit codes: 0 done, 1 refused or invalid, 2 usage error, 3 agent unreachable.
 
 mod check;
+pub mod docs;
 mod render;
 mod table;
 pub mod top;
@@ -25,9 +26,12 @@ pub const EXIT_REFUSED: u8 = 1;
 /// Exit code: the agent could not be reached.
 pub const EXIT_UNREACHABLE: u8 = 3;
 
+/// `lb --version`: the crate's version and the commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LB_COMMIT"), ")");
+
 /// An XDP layer-4 load balancer.
 #[derive(Parser, Debug)]
-#[command(name = "lb", version, about)]
+#[command(name = "lb", version = VERSION, propagate_version = true, about)]
 pub struct Cli {
     /// The agent's admin socket [default: /run/lb/lb.sock; for `run`: global.admin_socket].
     #[arg(long, global = true, env = "LB_SOCKET")]
@@ -37,6 +41,11 @@ pub struct Cli {
     pub json: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The command-line definition, from which the manual pages and completions are generated.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// XDP attach mode on the command line.
