@@ -74,8 +74,9 @@ fn verdicts_and_events(stats: &StatsReport) -> [Family; 2] {
     ]
 }
 
-/// The VIPs' drops and announcements, the connection table's shares and the build.
-fn vips_table_and_build(status: &StatusReport) -> [Family; 5] {
+/// The VIPs' drops, announcements and ring history, the connection table's shares and the
+/// build.
+fn vips_table_and_build(status: &StatusReport) -> [Family; 7] {
     let t = &status.connection_table;
     let d = &status.data_path;
     let build = vec![
@@ -94,6 +95,16 @@ fn vips_table_and_build(status: &StatusReport) -> [Family; 5] {
             "lb_vip_announced",
             "1 while this node announces the VIP's address (global.announce_table).",
             per_vip(status, |v| u64::from(v.announced)),
+        ),
+        Family::gauge(
+            "lb_vip_moved_slots",
+            "Ring slots of a Maglev VIP whose packets use the connection table after a change; the others keep no per-flow state.",
+            per_vip(status, |v| u64::from(v.moved_slots)),
+        ),
+        Family::gauge(
+            "lb_vip_ring_retained",
+            "1 while a Maglev VIP retains its ring from before a change, for flows older than the change.",
+            per_vip(status, |v| u64::from(v.retained_ring_seconds.is_some())),
         ),
         Family::gauge(
             "lb_connection_table_cpu_entries",

@@ -105,6 +105,8 @@ pub struct VipRow {
     pub rates: Option<Rates>,
     /// Its part of all VIPs' packets/s.
     pub share: Option<f64>,
+    /// A Maglev VIP's moved ring slots and whether it retains a ring (`None`: neither).
+    pub ring_history: Option<(u32, bool)>,
     /// Backends.
     pub backends: Vec<BackendRow>,
 }
@@ -150,6 +152,7 @@ pub fn vip_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Vec<VipRow> {
                 healthy: v.backends.iter().filter(|b| b.health == "up").count(),
                 rates: before.map(|o| traffic_rates(&o.traffic, &v.traffic, seconds)),
                 share: None,
+                ring_history: (v.moved_slots > 0 || v.retained_ring_seconds.is_some()).then_some((v.moved_slots, v.retained_ring_seconds.is_some())),
                 backends,
             }
         })

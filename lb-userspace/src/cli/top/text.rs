@@ -115,7 +115,10 @@ pub fn vip_blocks(rows: &[VipRow], sort: Sort) -> Vec<Block> {
         let total = v.backends.len();
         out.push(TextRow {
             cells: vec![
-                format!("{} {}", v.name, v.endpoint),
+                match v.ring_history {
+                    Some((moved, retained)) => format!("{} {} ({moved} moved{})", v.name, v.endpoint, if retained { ", ring retained" } else { "" }),
+                    None => format!("{} {}", v.name, v.endpoint),
+                },
                 format!("{}/{total} up", v.serving),
                 format!("{}/{total} healthy", v.healthy),
                 "-".to_owned(),
