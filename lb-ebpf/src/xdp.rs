@@ -149,6 +149,10 @@ fn stateless(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> u32 {
     if is_moved(vip.id, slot, size) {
         return IN_MOVED_SLOT;
     }
+    // Every packet here is checked as a new flow's would be: no entry vouches for it.
+    if let Err(reason) = sanity::client_source_ok(&pkt.key) {
+        return verdict(xdp_action::XDP_DROP, reason);
+    }
     count(Reason::Stateless);
     let existing = flow_state_of(pkt.is_tcp(), pkt.syn());
     let chosen = match follow(&LiveRing::of(vip, vip.ring_half, size), slot, size, existing) {

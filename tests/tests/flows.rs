@@ -3,12 +3,15 @@
 //! no established flow, the FIN/RST/UDP-idle lifecycle, flows resumed without an entry, and
 //! sanity before state (nothing malformed or martian reaches a backend or creates an entry).
 //!
+//! A Maglev VIP keeps entries only in moved ring slots (`ring_history.rs` tests when slots
+//! move); the connection-table cases here run with every slot of their Maglev VIPs moved
+//! ([`setup_tracked`]), which is how a VIP that was round-robin before is served.
+//!
 //! Every case states its input frames, the expected verdicts, the exact expected output bytes
 //! where a frame is forwarded (built from scratch by `lb_tests::packet`), the counter changes
 //! and the table contents. Needs root. Sleeps about 7 s in all (two lifecycle tests).
 
 use std::{
-    collections::HashSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
@@ -56,6 +59,33 @@ fn rr4(proto: u8) -> Service {
     s
 }
 
+/// Counters of a forwarded packet in a moved slot.
+const FWD: [(Reason, u64); 2] = [(Reason::ForwardToBackend, 1), (Reason::MovedSlot, 1)];
+/// Counters of a TCP packet in a moved slot without entry or SYN (and no retained ring).
+const RESUMED: [(Reason, u64); 3] = [(Reason::ForwardToBackend, 1), (Reason::FlowResumedWithoutEntry, 1), (Reason::MovedSlot, 1)];
+
+/// Loads the program with `services` (sized `sizing`) and marks every ring slot of the Maglev
+/// ones moved, without a retained ring: each is first written as round-robin, then as Maglev.
+fn setup_tracked_with(sizing: &Sizing, services: &[&Service]) -> Lb {
+    let rr: Vec<Service> = services
+        .iter()
+        .map(|s| Service { flags: if s.flags & VIP_FLAG_LEAST_CONN == 0 { s.flags | VIP_FLAG_ROUND_ROBIN } else { s.flags }, ..(*s).clone() })
+        .collect();
+    let mut lb = setup_with(sizing, &rr.iter().collect::<Vec<_>>());
+    for svc in services {
+        let meta = lb.dp.maps.apply_service(svc).unwrap();
+        if svc.flags & (VIP_FLAG_ROUND_ROBIN | VIP_FLAG_LEAST_CONN) == 0 {
+            assert_eq!((meta.retained(), lb.dp.maps.moved_count(svc.id)), (None, lb.dp.sizing().ring_size));
+        }
+    }
+    lb
+}
+
+/// [`setup_tracked_with`] at the test sizes.
+fn setup_tracked(services: &[&Service]) -> Lb {
+    setup_tracked_with(&test_sizing(1), services)
+}
+
 /// Runs backend reply `reply` to client frame `first` and checks it left translated towards
 /// the client (XDP_REDIRECT out of the client side found by the FIB). Returns the output.
 fn expect_reply(lb: &Lb, reply: &Frame, first: &Frame) -> Vec<u8> {
@@ -93,15 +123,15 @@ fn expect_dropped(lb: &Lb, frame: &[u8], reason: Reason, what: &str) {
     assert_eq!(run.counted, vec![(reason, 1)], "{what}: counters");
 }
 
-/// Establishes `syn`'s flow on a Maglev VIP (its SYN, then an ACK, which inserts its entry),
-/// checking both runs exactly; returns its backend.
+/// Establishes `syn`'s flow on a Maglev VIP in a moved slot (its SYN, recorded half-open, then
+/// an ACK, which inserts its entry), checking both runs exactly; returns its backend.
 fn establish(lb: &Lb, svc: &Service, syn: &Frame) -> u32 {
     let key = flow_key(syn);
     let chosen = lb.ring_choice(svc, &key);
-    let fwd = [(Reason::ForwardToBackend, 1)];
-    expect_forwarded(lb, svc, syn, chosen, &fwd);
-    assert_eq!(lb.dp.maps.conn(&key).unwrap(), None, "a Maglev SYN inserts nothing");
-    expect_forwarded(lb, svc, &with_flags(syn, ACK), chosen, &fwd);
+    expect_forwarded(lb, svc, syn, chosen, &FWD);
+    assert_eq!(lb.dp.maps.conn(&key).unwrap(), None, "a SYN inserts nothing into CONNS");
+    assert_eq!(lb.dp.maps.half_open(&key).unwrap().map(|e| e.backend_id), Some(chosen));
+    expect_forwarded(lb, svc, &with_flags(syn, ACK), chosen, &FWD);
     let entry = lb.dp.maps.conn(&key).unwrap().expect("the handshake's ACK inserts the entry");
     assert_eq!((entry.backend_id, entry.vip_id as u32, entry.state), (chosen, svc.id, FLOW_OPEN));
     chosen
@@ -210,27 +240,21 @@ fn reply_without_per_flow_state() {
 #[test]
 fn second_instance_translates_and_forwards_the_same() {
     let svc = pool4(PROTO_TCP);
-    let a = setup(&[&svc]);
-    let b = setup(&[&svc]);
+    let a = setup_tracked(&[&svc]);
+    let b = setup_tracked(&[&svc]);
     let syn = from_client(CLIENT4, VIP4, tcp(40123, 80, SYN));
     let key = flow_key(&syn);
     let backend = establish(&a, &svc, &syn);
 
     let ack = with_flags(&syn, ACK);
-    let on_a = expect_forwarded(&a, &svc, &ack, backend, &[(Reason::ForwardToBackend, 1)]);
+    let on_a = expect_forwarded(&a, &svc, &ack, backend, &FWD);
     assert_eq!(b.dp.maps.conn_count(), 0, "instance B starts empty");
-    let on_b = expect_forwarded(
-        &b,
-        &svc,
-        &ack,
-        backend,
-        &[(Reason::ForwardToBackend, 1), (Reason::FlowResumedWithoutEntry, 1)],
-    );
+    let on_b = expect_forwarded(&b, &svc, &ack, backend, &RESUMED);
     assert_eq!(on_b, on_a, "both nodes send the flow's packet to the same backend, byte for byte");
     let entry = b.dp.maps.conn(&key).unwrap().expect("B now tracks the flow");
     assert_eq!((entry.backend_id, entry.state), (backend, FLOW_OPEN));
     // Its next packet on B is an established flow's: no longer counted as resumed.
-    let again = expect_forwarded(&b, &svc, &ack, backend, &[(Reason::ForwardToBackend, 1)]);
+    let again = expect_forwarded(&b, &svc, &ack, backend, &FWD);
     assert_eq!(again, on_a);
 
     let (ip, port) = backend_endpoint(&svc, backend);
@@ -254,7 +278,7 @@ fn syn_flood_of_ten_times_the_table_evicts_no_established_flow() {
     let sizing = Sizing { conn_capacity: CAPACITY, half_open_capacity: CAPACITY, ..test_sizing(0x5eed) };
     let mut maglev = pool4(PROTO_TCP);
     let rr = rr4(PROTO_TCP);
-    let mut lb = setup_with(&sizing, &[&maglev, &rr]);
+    let mut lb = setup_tracked_with(&sizing, &[&maglev, &rr]);
     let fwd = [(Reason::ForwardToBackend, 1)];
 
     // Established flows: (service is Maglev, SYN, backend).
@@ -286,9 +310,9 @@ fn syn_flood_of_ten_times_the_table_evicts_no_established_flow() {
     for i in 0..flood {
         let src = IpAddr::V4(Ipv4Addr::from(0x6440_0000 + i)); // 100.64.0.0/10 and up
         let sport = 1024 + (i % 50_000) as u16;
-        for vip in [VIP4, VIP4B] {
+        for (vip, counted) in [(VIP4, &FWD[..]), (VIP4B, &fwd[..])] {
             let run = lb.run(&from_client(src, vip, tcp(sport, 80, SYN)).bytes());
-            assert_eq!((run.action, &run.counted[..]), (XDP_TX, &fwd[..]), "flood SYN {i} to {vip}");
+            assert_eq!((run.action, &run.counted[..]), (XDP_TX, counted), "flood SYN {i} to {vip}");
         }
     }
     assert_eq!(lb.dp.maps.conn_count(), flows, "the flood inserted nothing into CONNS");
@@ -306,7 +330,7 @@ fn syn_flood_of_ten_times_the_table_evicts_no_established_flow() {
     for (is_maglev, syn, backend) in &established {
         let svc = if *is_maglev { &maglev } else { &rr };
         let ack = with_flags(syn, ACK);
-        expect_forwarded(&lb, svc, &ack, *backend, &fwd);
+        expect_forwarded(&lb, svc, &ack, *backend, if *is_maglev { &FWD } else { &fwd });
         let (ip, port) = backend_endpoint(svc, *backend);
         expect_reply(&lb, &reply_of(syn, *backend, ip, port, ACK), syn);
     }
@@ -320,11 +344,11 @@ fn syn_flood_of_ten_times_the_table_evicts_no_established_flow() {
 #[test]
 fn fin_and_rst_shorten_an_entry() {
     let svc = pool4(PROTO_TCP);
-    let lb = setup(&[&svc]);
+    let lb = setup_tracked(&[&svc]);
     let syn = from_client(CLIENT4, VIP4, tcp(45000, 80, SYN));
     let key = flow_key(&syn);
     let backend = establish(&lb, &svc, &syn);
-    let fwd = [(Reason::ForwardToBackend, 1)];
+    let fwd = FWD;
 
     let before = coarse_now();
     expect_forwarded(&lb, &svc, &with_flags(&syn, ACK | 0x01), backend, &fwd);
@@ -355,15 +379,10 @@ fn fin_and_rst_shorten_an_entry() {
     // Past the linger: the entry is a miss (bounded sleep).
     std::thread::sleep(Duration::from_millis(3500));
     assert!(coarse_now() > reset_deadline, "the clock must be past the deadline");
+    // The SYN's half-open entry, still in its LRU, gives the entry back (the same backend).
     let ack = with_flags(&syn, ACK);
     let chosen = lb.ring_choice(&svc, &key);
-    expect_forwarded(
-        &lb,
-        &svc,
-        &ack,
-        chosen,
-        &[(Reason::ForwardToBackend, 1), (Reason::FlowResumedWithoutEntry, 1)],
-    );
+    expect_forwarded(&lb, &svc, &ack, chosen, &FWD);
     let e = lb.dp.maps.conn(&key).unwrap().expect("the entry is re-created");
     assert_eq!((e.state, e.deadline, e.backend_id), (FLOW_OPEN, 0, chosen), "re-created open");
     assert_eq!(lb.dp.maps.conn_count(), 1);
@@ -380,7 +399,7 @@ fn udp_entry_expires_after_its_idle_timeout() {
     maglev.udp_idle_secs = 2;
     let mut rr = rr4(PROTO_UDP);
     rr.udp_idle_secs = 2;
-    let lb = setup(&[&maglev, &rr]);
+    let lb = setup_tracked(&[&maglev, &rr]);
     let fwd = [(Reason::ForwardToBackend, 1)];
 
     let dgram = from_client(CLIENT4, VIP4, udp(5353, 80));
@@ -394,7 +413,7 @@ fn udp_entry_expires_after_its_idle_timeout() {
     assert_ne!(rr_first, rr_second, "consecutive round-robin slots differ with equal weights");
 
     let before = coarse_now();
-    expect_forwarded(&lb, &maglev, &dgram, chosen, &fwd);
+    expect_forwarded(&lb, &maglev, &dgram, chosen, &FWD);
     expect_forwarded(&lb, &rr, &rr_dgram, rr_first, &fwd);
     let after = coarse_now();
     let e = lb.dp.maps.conn(&key).unwrap().expect("a datagram inserts its entry");
@@ -410,7 +429,7 @@ fn udp_entry_expires_after_its_idle_timeout() {
     assert!(coarse_now() > old_deadline.max(r.deadline), "the clock must be past the deadlines");
 
     let before = coarse_now();
-    expect_forwarded(&lb, &maglev, &dgram, chosen, &fwd);
+    expect_forwarded(&lb, &maglev, &dgram, chosen, &FWD);
     let after = coarse_now();
     let e = lb.dp.maps.conn(&key).unwrap().expect("re-created");
     assert_eq!((e.state, e.backend_id), (FLOW_IDLE, chosen));
@@ -431,7 +450,7 @@ fn udp_entry_expires_after_its_idle_timeout() {
 #[test]
 fn non_syn_miss_is_counted_as_resumed() {
     let (s4, s6, rr) = (pool4(PROTO_TCP), pool6(PROTO_TCP), rr4(PROTO_TCP));
-    let lb = setup(&[&s4, &s6, &rr]);
+    let lb = setup_tracked(&[&s4, &s6, &rr]);
     let resumed = [(Reason::ForwardToBackend, 1), (Reason::FlowResumedWithoutEntry, 1)];
     let fwd = [(Reason::ForwardToBackend, 1)];
 
@@ -441,10 +460,10 @@ fn non_syn_miss_is_counted_as_resumed() {
     ] {
         let key = flow_key(&ack);
         let chosen = lb.ring_choice(svc, &key);
-        expect_forwarded(&lb, svc, &ack, chosen, &resumed);
+        expect_forwarded(&lb, svc, &ack, chosen, &RESUMED);
         let e = lb.dp.maps.conn(&key).unwrap().expect("a resumed flow is tracked");
         assert_eq!((e.backend_id, e.vip_id as u32, e.state), (chosen, svc.id, FLOW_OPEN));
-        expect_forwarded(&lb, svc, &ack, chosen, &fwd);
+        expect_forwarded(&lb, svc, &ack, chosen, &FWD);
 
         // A handshake: its ACK is no resumed flow.
         let syn = with_flags(&with_sport(&ack, 46001), SYN);
@@ -636,8 +655,11 @@ fn vip_address_as_source_is_dropped() {
     nothing_tracked(&lb, &frames.iter().collect::<Vec<_>>());
     // The same port from a client is balanced: only the source made those martian.
     let syn = from_client(CLIENT4, VIP4, tcp(47500, 80, SYN));
-    establish(&lb, &s4, &syn);
-    assert_eq!(lb.dp.maps.conn_count(), 1);
+    let stateless = [(Reason::ForwardToBackend, 1), (Reason::Stateless, 1)];
+    let chosen = lb.ring_choice(&s4, &flow_key(&syn));
+    expect_forwarded(&lb, &s4, &syn, chosen, &stateless);
+    expect_forwarded(&lb, &s4, &with_flags(&syn, ACK), chosen, &stateless);
+    assert_eq!(lb.dp.maps.conn_count(), 0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -880,7 +902,8 @@ fn hostile_corpus_creates_no_entry_and_reaches_no_backend() {
     assert_eq!(lb.dp.maps.conn_count(), 0, "no SYN, well-formed or not, inserted an entry");
 
     // ACKs: malformed ones first, which must insert nothing; then the well-formed ones, which
-    // insert exactly their flows' entries (counted as resumed).
+    // insert exactly their flows' entries (counted as resumed) at the round-robin VIP, and
+    // nothing at the Maglev VIPs, whose slots have not moved.
     let acks: Vec<Frame> = syns.iter().map(|s| with_flags(&with_sport(s, ports(s).0 + 100), ACK)).collect();
     let mut frames = Vec::new();
     for ack in &acks {
@@ -893,9 +916,8 @@ fn hostile_corpus_creates_no_entry_and_reaches_no_backend() {
         assert_eq!(lb.dp.maps.half_open(&flow_key(ack)).unwrap(), None);
     }
     assert_eq!(run_corpus(&lb, &good, &vip_addrs, &backend_addrs), good.len());
-    let keys: HashSet<_> = acks.iter().map(|a| format!("{:?}", flow_key(a))).collect();
-    assert_eq!(lb.dp.maps.conn_count(), keys.len(), "only the well-formed ACKs' flows are tracked");
+    assert_eq!(lb.dp.maps.conn_count(), 1, "only the well-formed ACK's flow at the round-robin VIP is tracked");
     for ack in &acks {
-        assert!(lb.dp.maps.conn(&flow_key(ack)).unwrap().is_some());
+        assert_eq!(lb.dp.maps.conn(&flow_key(ack)).unwrap().is_some(), ack.dst == VIP4B);
     }
 }

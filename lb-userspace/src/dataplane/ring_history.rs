@@ -129,7 +129,9 @@ impl Maps {
         } else {
             // From round-robin or least-conn: every flow has an entry, which must be followed,
             // and no ring to retain (theirs is no Maglev table).
-            bits.iter_mut().for_each(|w| *w = u64::MAX);
+            bits = vec![0; self.words()];
+            let all: Vec<u32> = vec![u32::MAX; self.ring_size as usize];
+            mark_moved(&all, ring, None, &mut bits);
             self.write_moved(vip.id, &bits)?;
             return Ok(Placement { half, write: true, retained: (NO_RING, 0) });
         }
