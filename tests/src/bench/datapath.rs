@@ -31,10 +31,10 @@
 //! Direct server return: a TCP VIP in each of the `tunnel` (IPIP), `gue` and `direct` modes
 //! over the same 8 backends ([`super::dsr`]), its new flows and one hot established flow
 //! measured like NAT's against the same floors (each mode's new flows in a data path of their
-//! own with the same configuration and an empty table of the same capacity: one table would
-//! overflow, as the timing CPU has half of its entries), and the encapsulated ones also over the
-//! encapsulation floors: `floor_encap` pushes a fixed 20-byte outer IPv4 header and returns
-//! XDP_TX, `floor_encap_gue` a fixed 28-byte IPv4 + UDP one.
+//! own with the same configuration; stateless like NAT's, they insert nothing, checked), and the
+//! encapsulated ones also over the encapsulation floors, once per packet: `floor_encap` pushes a
+//! fixed 20-byte outer IPv4 header and returns XDP_TX, `floor_encap_gue` a fixed 28-byte IPv4 +
+//! UDP one.
 //!
 //! Everything runs in a network namespace of its own whose FIB reaches the clients: replies
 //! (backend → client) are translated statelessly and sent towards the client by
