@@ -1,10 +1,23 @@
-//! The CLI's side of the admin API: one blocking request per connection.
+//! The CLI's side of the admin API: one blocking request per connection, sent with hyper's
+//! HTTP/1.1 client on the unix socket.
 
-use std::{os::unix::net::UnixStream, path::{Path, PathBuf}, time::Duration};
+use std::{
+    io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{
+    Method,
+    header::{CONTENT_TYPE, HOST},
+};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::net::UnixStream;
 
-use super::{ErrorBody, Request, http::exchange};
+use super::{ErrorBody, Request, http::MAX_BODY};
 
 /// Why a request did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +58,15 @@ impl Client {
         Client { socket: socket.to_owned(), timeout }
     }
 
-    fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<Value, ClientError> {
+    fn call(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Value, ClientError> {
         let unreachable = |e| ClientError::Unreachable(self.socket.clone(), e);
-        let mut stream = UnixStream::connect(&self.socket).map_err(unreachable)?;
-        stream.set_read_timeout(Some(self.timeout)).map_err(unreachable)?;
-        stream.set_write_timeout(Some(self.timeout)).map_err(unreachable)?;
-        let (status, body) = exchange(&mut stream, method, path, body).map_err(unreachable)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(unreachable)?;
+        let exchanged = runtime.block_on(async {
+            let timed_out = || io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {:?}", self.timeout));
+            let exchanged = exchange(&self.socket, method, path, body);
+            tokio::time::timeout(self.timeout, exchanged).await.unwrap_or_else(|_| Err(timed_out()))
+        });
+        let (status, body) = exchanged.map_err(unreachable)?;
         if status == 200 {
             return serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()));
         }
@@ -66,12 +82,32 @@ impl Client {
 
     /// `GET` one of the read endpoints (`/v1/status`, `/v1/stats`, `/v1/config`).
     pub fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.call("GET", path, b"")
+        self.call(Method::GET, path, Vec::new())
     }
 
     /// Sends a command.
     pub fn command(&self, request: &Request) -> Result<Value, ClientError> {
         let body = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.call("POST", "/v1/command", &body)
+        self.call(Method::POST, "/v1/command", body)
     }
+}
+
+/// Sends one request on a new connection to `socket`: the status and the body (at most
+/// [`MAX_BODY`]).
+async fn exchange(socket: &Path, method: Method, path: &str, body: Vec<u8>) -> io::Result<(u16, Bytes)> {
+    let stream = UnixStream::connect(socket).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(io::Error::other)?;
+    let driven = tokio::spawn(connection);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, "lb")
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(io::Error::other)?;
+    let response = sender.send_request(request).await.map_err(io::Error::other)?;
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), MAX_BODY).collect().await.map_err(io::Error::other)?;
+    driven.abort();
+    Ok((status, body.to_bytes()))
 }
