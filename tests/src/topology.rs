@@ -558,6 +558,7 @@ type SessionRequest = (String, std::sync::mpsc::Sender<std::io::Result<(u16, Str
 /// A keep-alive HTTP connection opened from inside a namespace, kept by a thread there.
 pub struct HttpSession {
     requests: std::sync::mpsc::Sender<SessionRequest>,
+    local: std::net::SocketAddr,
 }
 
 impl HttpSession {
@@ -582,7 +583,7 @@ impl HttpSession {
                 }
             };
             let _ = stream.set_read_timeout(Some(timeout));
-            let _ = ready_tx.send(Ok(()));
+            let _ = ready_tx.send(stream.local_addr());
             let mut writer = stream.try_clone().expect("clone stream");
             let mut reader = BufReader::new(stream);
             for (path, reply) in rx {
@@ -590,8 +591,13 @@ impl HttpSession {
                 let _ = reply.send(result);
             }
         });
-        ready_rx.recv().context("session thread")??;
-        Ok(HttpSession { requests: tx })
+        let local = ready_rx.recv().context("session thread")??;
+        Ok(HttpSession { requests: tx, local })
+    }
+
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local
     }
 
     /// One request on the connection.

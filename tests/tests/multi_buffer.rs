@@ -45,7 +45,7 @@ fn jumbo_round_trip(svc: &Service, syn: Frame) {
     assert_eq!(run.action, XDP_TX, "jumbo segment verdict");
     assert_eq!(run.out, to_endpoint(&data, bip, bport, backend_mac(chosen), LB_MAC).bytes(), "jumbo segment rewritten to the backend");
     verify_checksums(&run.out).expect("jumbo segment checksums");
-    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1)]);
+    assert_eq!(run.counted, vec![(Reason::ForwardToBackend, 1), (Reason::Stateless, 1)]);
 
     let reply = jumbo(reply_of(&syn, chosen, bip, bport, ACK));
     let run = lb.run(&reply.bytes());
