@@ -78,14 +78,14 @@ fn raise_open_files() {
 }
 
 /// New connections every 10 ms until `stop`: when each started and whether it was answered.
-fn steady_load(ns: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<(Instant, bool)>> {
+fn steady_load(ns: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<(Instant, Result<String, String>)>> {
     thread::spawn(move || {
         in_namespace(&ns, move || {
             let mut log = Vec::new();
             let started = Instant::now();
             while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(300) {
                 let at = Instant::now();
-                log.push((at, http_get(web(), "/", Duration::from_millis(500)).is_ok()));
+                log.push((at, http_get(web(), "/", Duration::from_secs(2)).map(|(_, b)| b).map_err(|e| e.to_string())));
                 thread::sleep(Duration::from_millis(10));
             }
             log
@@ -134,6 +134,10 @@ fn long_lived_connections_survive_five_rounds_of_backend_changes() {
     }
     let agent = Agent::start(&lab, CONFIG).expect("agent");
     agent.wait_status(Duration::from_secs(15), |s| all_in_state(s, "web", "up")).expect("every backend passes its health checks");
+    // The backends coming up one by one were ring changes too: their retention ends first.
+    agent
+        .wait_status(Duration::from_secs(RETENTION_SECS + 10), |s| web_status(s)["moved_slots"] == 0)
+        .expect("the start's moved slots cleared after the retention");
 
     let opened = Instant::now();
     let sessions: Vec<(HttpSession, String)> = (0..SESSIONS)
@@ -153,8 +157,10 @@ fn long_lived_connections_survive_five_rounds_of_backend_changes() {
     // Windows in which new connections to the killed backend may fail: from its kill to the
     // agent marking it down.
     let mut undetected: Vec<(Instant, Instant)> = Vec::new();
+    let mut events: Vec<(&str, Instant)> = Vec::new();
     let wait = Duration::from_secs(15);
     for cycle in 0..CYCLES {
+        events.push(("add", Instant::now()));
         run_ok(&agent, &["backend", "add", "web", FOURTH]);
         agent.wait_status(wait, |s| fourth_in(s, "up")).unwrap_or_else(|e| panic!("cycle {cycle}: the fourth backend comes up: {e:#}"));
         let status = agent.json(&["status"]).unwrap();
@@ -168,10 +174,12 @@ fn long_lived_connections_survive_five_rounds_of_backend_changes() {
         undetected.push((killed, Instant::now()));
         thread::sleep(Duration::from_millis(300));
 
+        events.push(("restart", Instant::now()));
         lab.start_backend(3).expect("restarting the fourth backend");
         agent.wait_status(wait, |s| fourth_in(s, "up")).unwrap_or_else(|e| panic!("cycle {cycle}: the fourth backend recovers: {e:#}"));
         thread::sleep(Duration::from_millis(300));
 
+        events.push(("remove", Instant::now()));
         run_ok(&agent, &["backend", "remove", "web", FOURTH]);
         agent
             .wait_status(wait, |s| backends(s, "web").len() == 3)
@@ -183,12 +191,12 @@ fn long_lived_connections_survive_five_rounds_of_backend_changes() {
     let log = load.join().expect("load thread");
 
     let lost = broken(&sessions);
-    let failed_outside: Vec<Duration> = log
+    let failed_outside: Vec<String> = log
         .iter()
-        .filter(|(at, ok)| !ok && !undetected.iter().any(|(from, to)| *at + Duration::from_millis(600) >= *from && *at <= *to))
-        .map(|(at, _)| at.duration_since(log[0].0))
+        .filter(|(at, r)| r.is_err() && !undetected.iter().any(|(from, to)| *at + Duration::from_millis(600) >= *from && *at <= *to))
+        .map(|(at, r)| format!("{:.3} s: {r:?}; events {:?}", at.duration_since(log[0].0).as_secs_f64(), events.iter().map(|(what, t)| format!("{what} {:.3}", t.duration_since(log[0].0).as_secs_f64())).collect::<Vec<_>>()))
         .collect();
-    let failed = log.iter().filter(|(_, ok)| !ok).count();
+    let failed = log.iter().filter(|(_, r)| r.is_err()).count();
     let status = agent.json(&["status"]).unwrap();
     let entries = status["connection_table"]["entries"].as_u64().unwrap();
     let moved = web_status(&status)["moved_slots"].as_u64().unwrap();
