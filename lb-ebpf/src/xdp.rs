@@ -182,14 +182,7 @@ fn moved_slot(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> u32 {
     if let Err(reason) = sanity::client_source_ok(&pkt.key) {
         return verdict(xdp_action::XDP_DROP, reason);
     }
-    let id = match pick_moved(pkt, vip, &tracked) {
-        Ok(id) => id,
-        Err(reason) => return no_backend(ctx, vip, reason),
-    };
-    let Some(backend) = BACKENDS.get(id) else {
-        return verdict(xdp_action::XDP_DROP, Reason::DropMapMiss);
-    };
-    forward_to(ctx, pkt, vip.id, id, backend, pkt.syn() || !pkt.is_tcp())
+    to_picked(ctx, pkt, vip, pick_moved(pkt, vip, &tracked))
 }
 
 /// The backend of a packet in a moved slot without a live entry (or a SYN), and what it
@@ -275,14 +268,21 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, tracked: &Tracked) 
         count(Reason::Rescheduled);
         debug!(ctx, "VIP {}: a flow's backend is down or gone; choosing again", vip.id);
     }
-    let id = match pick(pkt, vip, tracked) {
+    to_picked(ctx, pkt, vip, pick(pkt, vip, tracked))
+}
+
+/// Sends `pkt` to the backend `picked` names for a flow without a live entry, or drops it
+/// when no backend could be chosen. New flows are counted at their SYN (TCP) or at their
+/// entry's insert (UDP).
+#[inline(always)]
+fn to_picked(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, picked: Result<u32, Reason>) -> u32 {
+    let id = match picked {
         Ok(id) => id,
         Err(reason) => return no_backend(ctx, vip, reason),
     };
     let Some(backend) = BACKENDS.get(id) else {
         return verdict(xdp_action::XDP_DROP, Reason::DropMapMiss);
     };
-    // New flows are counted at their SYN (TCP) or at their entry's insert (UDP).
     forward_to(ctx, pkt, vip.id, id, backend, pkt.syn() || !pkt.is_tcp())
 }
 
