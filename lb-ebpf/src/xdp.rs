@@ -201,16 +201,8 @@ fn pick_moved(pkt: &Packet, vip: &VipMeta, tracked: &Tracked) -> Result<u32, Rea
         return Err(Reason::DropMapMiss);
     }
     let slot = slot_of(vip, &pkt.key, size);
-    if pkt.is_tcp()
-        && let Tracked::Live(id, backend, flow) = conntrack::half_open(&pkt.key)
-    {
-        if !syn {
-            record(&pkt.key, &flow, false);
-            return Ok(id);
-        }
-        if backend.state == BackendState::Up as u8 {
-            return Ok(id);
-        }
+    if let Some(id) = from_half_open(pkt) {
+        return Ok(id);
     }
     let live = LiveRing::of(vip, vip.ring_half, size);
     let stale = matches!(tracked, Tracked::Stale);
@@ -295,18 +287,8 @@ fn to_picked(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta, picked: Result<u32, 
 #[inline(never)]
 fn pick(pkt: &Packet, vip: &VipMeta, tracked: &Tracked) -> Result<u32, Reason> {
     let syn = pkt.syn();
-    if pkt.is_tcp()
-        && let Tracked::Live(id, backend, flow) = conntrack::half_open(&pkt.key)
-    {
-        // A retransmitted SYN keeps its backend while it takes new flows; the next packet
-        // moves the flow to the connection table.
-        if !syn {
-            record(&pkt.key, &flow, false);
-            return Ok(id);
-        }
-        if backend.state == BackendState::Up as u8 {
-            return Ok(id);
-        }
+    if let Some(id) = from_half_open(pkt) {
+        return Ok(id);
     }
     let (id, backend) = choose(vip, &pkt.key, flow_hash(&pkt.key, hash_seed(), false))?;
     let flow = new_flow(pkt, vip, id, backend);
@@ -323,6 +305,24 @@ fn pick(pkt: &Packet, vip: &VipMeta, tracked: &Tracked) -> Result<u32, Reason> {
     }
     record(&pkt.key, &flow, false);
     Ok(id)
+}
+
+/// The backend a TCP flow's half-open entry gives `pkt`: the packet after the SYN moves the
+/// flow to the connection table; a retransmitted SYN keeps the backend while it takes new
+/// flows.
+#[inline(always)]
+fn from_half_open(pkt: &Packet) -> Option<u32> {
+    if !pkt.is_tcp() {
+        return None;
+    }
+    let Tracked::Live(id, backend, flow) = conntrack::half_open(&pkt.key) else {
+        return None;
+    };
+    if !pkt.syn() {
+        record(&pkt.key, &flow, false);
+        return Some(id);
+    }
+    (backend.state == BackendState::Up as u8).then_some(id)
 }
 
 /// The entry of `pkt`'s flow, given backend `id` of `vip` by this CPU now.
