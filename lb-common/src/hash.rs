@@ -4,7 +4,7 @@
 //! A multiply-rotate mix per 64-bit word and the MurmurHash3 64-bit finaliser: about ten
 //! multiplications per IPv6 flow, no loops, no tables, no helper calls.
 
-use crate::maps::{Addr, FlowKey};
+use crate::maps::{Addr, FlowKey, VipKey};
 
 const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -67,6 +67,18 @@ pub fn endpoint_bit(addr: &Addr, port: u16, salt: u64) -> u32 {
     let (a0, a1) = addr_words(addr);
     let h = (a0 ^ a1.rotate_left(29) ^ ((port as u64) << 40) ^ salt).wrapping_mul(MIX);
     (h >> 48) as u32
+}
+
+/// The `VIP_INDEX` slot of a VIP key (below [`crate::limits::VIP_INDEX_SLOTS`]): a few
+/// operations and no helper call, as [`endpoint_bit`], with the protocol and family mixed in
+/// (a TCP and a UDP VIP on one address and port are two keys).
+#[inline(always)]
+pub fn vip_slot(key: &VipKey) -> u32 {
+    let (a0, a1) = addr_words(&key.addr);
+    let tail = (key.family as u64) << 56 | (key.port as u64) << 40 | (key.proto as u64) << 32;
+    let h = (a0 ^ a1.rotate_left(29) ^ tail).wrapping_mul(MIX);
+    // The top bits: the multiplication carries every input bit into them.
+    (h >> (64 - crate::limits::VIP_INDEX_SLOTS.trailing_zeros())) as u32
 }
 
 /// Hash of a backend's identity (address and port) under `seed`. Maglev derives each
@@ -166,6 +178,42 @@ mod tests {
         let a = v4_addr([10, 0, 0, 10]);
         assert_ne!(endpoint_bit(&a, 80, 1), endpoint_bit(&a, 81, 1));
         assert_ne!(endpoint_bit(&a, 80, 1), endpoint_bit(&a, 80, 2));
+    }
+
+    #[test]
+    fn vip_slots_spread_and_depend_on_every_field() {
+        use crate::limits::VIP_INDEX_SLOTS;
+        use crate::maps::{FAMILY_V6, PROTO_UDP};
+        let vip = |last: u8, port: u16| VipKey { addr: v4_addr([10, 0, 0, last]), port, proto: PROTO_TCP, family: FAMILY_V4 };
+        let base = vip(1, 80);
+        let slot = vip_slot(&base);
+        assert!(slot < VIP_INDEX_SLOTS);
+        for other in [vip(2, 80), vip(1, 443), VipKey { proto: PROTO_UDP, ..base }, VipKey { family: FAMILY_V6, ..base }] {
+            assert_ne!(vip_slot(&other), slot, "{other:?}");
+        }
+        // 256 addresses × 4 ports in 16,384 slots: a random spread leaves about 1,024 × 1,023 / 2
+        // / 16,384 ≈ 32 pairs sharing; allow twice that.
+        let mut seen = std::collections::HashMap::new();
+        for last in 0..=255u8 {
+            for port in [53, 80, 443, 8080] {
+                *seen.entry(vip_slot(&vip(last, port))).or_insert(0u32) += 1;
+            }
+        }
+        let shared: u32 = seen.values().map(|n| n * (n - 1) / 2).sum();
+        assert!(shared <= 64, "{shared} pairs share a slot");
+    }
+
+    #[test]
+    fn vip_keys_compare_by_every_field() {
+        use crate::maps::PROTO_UDP;
+        let a = VipKey { addr: v4_addr([10, 0, 0, 1]), port: 80, proto: PROTO_TCP, family: FAMILY_V4 };
+        assert!(a.same(&a));
+        let mut far = a;
+        far.addr[15] = 1;
+        for b in [far, VipKey { port: 81, ..a }, VipKey { proto: PROTO_UDP, ..a }, VipKey { family: 6, ..a }] {
+            assert!(!a.same(&b), "{b:?}");
+            assert_eq!(a.same(&b), a == b);
+        }
     }
 
     #[test]

@@ -8,6 +8,22 @@ pub const DEFAULT_VIP_CAPACITY: u32 = 64;
 /// Upper bound on the VIP capacity accepted at load time.
 pub const MAX_VIP_CAPACITY: u32 = 4096;
 
+/// Slots of `VIP_INDEX` (`crate::maps::MAP_VIP_INDEX`), a power of two: 64 KiB. With the
+/// default 64 VIPs about one pair in eight shares a slot (and is looked up in `VIPS`).
+pub const VIP_INDEX_SLOTS: u32 = 1 << 14;
+const _: () = assert!(VIP_INDEX_SLOTS.is_power_of_two() && VIP_INDEX_SLOTS >= 4 * DEFAULT_VIP_CAPACITY);
+
+/// Entries of `VIP_ENTRIES` (`crate::maps::MAP_VIP_ENTRIES`) for `vip_capacity` VIPs: two each.
+pub const fn vip_entries(vip_capacity: u32) -> u32 {
+    2 * vip_capacity
+}
+
+/// The `VIP_ENTRIES` entry `which` (0 or 1) of VIP `id`.
+#[inline(always)]
+pub const fn vip_entry(id: u32, which: u32) -> u32 {
+    2 * id + (which & 1)
+}
+
 /// Default number of backend slots (all VIPs together). Slot 0 is reserved: a zero-filled
 /// ring slot means "no backend".
 pub const DEFAULT_BACKEND_CAPACITY: u32 = 4096;

@@ -9,17 +9,43 @@ use aya_ebpf::{
 use lb_common::{
     limits::{
         CLIENT_HOP_CAPACITY, DEFAULT_BACKEND_CAPACITY, DEFAULT_CONN_CAPACITY, DEFAULT_HALF_OPEN_CAPACITY, DEFAULT_RING_SIZE,
-        DEFAULT_VIP_CAPACITY, EGRESS_CAPACITY, moved_map_entries, ring_map_entries,
+        DEFAULT_VIP_CAPACITY, EGRESS_CAPACITY, VIP_INDEX_SLOTS, moved_map_entries, ring_map_entries, vip_entries,
     },
     maps::{
         Addr, Backend, BackendKey, CachedHop, Egress, VipAddress, ENDPOINT_FILTER_WORDS, FILTER_VIP_ADDRESS, Flow, FlowKey, META_SLOTS, REASON_SLOTS,
-        ReplyTarget, Traffic, VipKey, VipMeta,
+        ReplyTarget, Traffic, VIP_INDEX_NONE, VIP_INDEX_SHARED, VipEntry, VipKey, VipMeta,
     },
 };
 
 /// VIP address, port and protocol → VIP id, flags and live ring.
 #[map]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_VIP_CAPACITY, 0);
+
+/// `lb_common::hash::vip_slot` of a VIP key → its `VIP_ENTRIES` entry + 1, none or shared
+/// (`lb_common::maps::MAP_VIP_INDEX`).
+#[map]
+pub static VIP_INDEX: Array<u32> = Array::with_max_entries(VIP_INDEX_SLOTS, 0);
+
+/// Two entries per VIP id, the key with its `VIPS` value (`lb_common::maps::MAP_VIP_ENTRIES`).
+#[map]
+pub static VIP_ENTRIES: Array<VipEntry> = Array::with_max_entries(vip_entries(DEFAULT_VIP_CAPACITY), 0);
+
+/// The VIP of `key`, if any: by `VIP_INDEX` and `VIP_ENTRIES`, or by `VIPS` where several
+/// VIPs share the key's index slot.
+#[inline(always)]
+pub fn find_vip(key: &VipKey) -> Option<VipMeta> {
+    let index = *VIP_INDEX.get(lb_common::hash::vip_slot(key))?;
+    if index == VIP_INDEX_SHARED {
+        // SAFETY: pointer from a successful lookup, copied at once; the agent replaces `VIPS`
+        // values whole.
+        return VIPS.get_ptr(key).map(|v| unsafe { *v });
+    }
+    if index == VIP_INDEX_NONE {
+        return None;
+    }
+    let entry = VIP_ENTRIES.get(index - 1)?;
+    entry.key.same(key).then_some(entry.meta)
+}
 
 /// Backend id → backend. Id 0 is never used.
 #[map]

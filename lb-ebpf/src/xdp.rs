@@ -19,7 +19,7 @@ use crate::{
     choose::{LiveRing, choose, is_moved},
     conntrack::{self, Tracked},
     dsr, forward, icmp,
-    maps::{BACKENDS, REPLIES, VIPS, hash_seed, is_vip_address, maybe_endpoint, ring_size, vip_address},
+    maps::{BACKENDS, REPLIES, find_vip, hash_seed, is_vip_address, maybe_endpoint, ring_size, vip_address},
     nat::{self, Endpoint},
     parse::{self, Kind, Packet, frame_len, parse},
     sanity,
@@ -115,10 +115,7 @@ const IN_MOVED_SLOT: u32 = u32::MAX;
 #[inline(never)]
 fn to_vip(ctx: &XdpContext, pkt: &Packet, vip: &mut core::mem::MaybeUninit<VipMeta>) -> Option<u32> {
     let vip_key = VipKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
-    let found = VIPS.get_ptr(&vip_key)?;
-    // SAFETY: pointer from a successful lookup; the agent replaces VIP values whole, so the copy
-    // is either the old or the new value.
-    let vip = vip.write(unsafe { *found });
+    let vip = vip.write(find_vip(&vip_key)?);
     if vip.is_maglev() {
         return Some(MAGLEV);
     }
@@ -448,11 +445,9 @@ fn fragment(ctx: &XdpContext, pkt: &Packet) -> u32 {
         return verdict(xdp_action::XDP_DROP, reason);
     }
     let vip_key = VipKey { addr: pkt.key.dst, port, proto: pkt.key.proto, family: pkt.key.family };
-    let Some(vip) = VIPS.get_ptr(&vip_key) else {
+    let Some(vip) = find_vip(&vip_key) else {
         return verdict(xdp_action::XDP_DROP, Reason::DropFragment);
     };
-    // SAFETY: as in `to_vip`.
-    let vip = unsafe { *vip };
     // A source-affinity VIP's choice hashes the source address alone: the hash passed for the
     // 5-tuple is not used.
     let (id, backend) = match choose(&vip, &pkt.key, 0) {
@@ -556,11 +551,9 @@ fn icmp_to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
 fn icmp_to_backend(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let q = &pkt.key;
     let vip_key = VipKey { addr: q.dst, port: q.dport, proto: q.proto, family: q.family };
-    let Some(vip) = VIPS.get_ptr(&vip_key) else {
+    let Some(vip) = &find_vip(&vip_key) else {
         return verdict(xdp_action::XDP_PASS, Reason::PassNotTcpUdp);
     };
-    // SAFETY: as in `to_vip`.
-    let vip = &unsafe { *vip };
     if let Err(reason) = icmp_sane(ctx, pkt) {
         return verdict(xdp_action::XDP_DROP, reason);
     }

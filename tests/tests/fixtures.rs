@@ -541,6 +541,53 @@ fn ring_swap_flips_to_the_spare_ring() {
     }
 }
 
+/// Two VIPs whose keys share a `VIP_INDEX` slot are both served (looked up in `VIPS`); once one
+/// is removed, the other is served from its `VIP_ENTRIES` entry, which every update replaces by
+/// the VIP's other entry before the index names it.
+#[test]
+fn vips_sharing_an_index_slot_are_served_and_every_update_reaches_the_packets() {
+    let a = pool4(PROTO_TCP);
+    let slot = lb_common::hash::vip_slot(&a.key);
+    let port = (1..=u16::MAX)
+        .find(|&p| p != a.key.port && lb_common::hash::vip_slot(&VipKey { port: p, ..a.key }) == slot)
+        .expect("a port of VIP4 shares the slot");
+    let b = service(3, VIP4, port, PROTO_TCP, 21, &[(v4(21), 8080, 1), (v4(22), 8080, 1)]);
+    let mut lb = setup(&[&a, &b]);
+    let syn = |svc: &Service, sport: u16| from_client(CLIENT4, VIP4, tcp(sport, svc.key.port, SYN));
+    let sent = |lb: &Lb, svc: &Service, f: &Frame| {
+        let chosen = lb.ring_choice(svc, &flow_key(f));
+        let (ip, bport) = backend_endpoint(svc, chosen);
+        let run = lb.run(&f.bytes());
+        assert_eq!(run.action, XDP_TX, "VIP {}", svc.id);
+        assert_eq!(run.out, to_endpoint(f, ip, bport, backend_mac(chosen), LB_MAC).bytes(), "VIP {}", svc.id);
+        chosen
+    };
+
+    assert_eq!(lb.dp.maps.vip_index_entry(&a.key).unwrap(), (VIP_INDEX_SHARED, None));
+    for sport in [40000, 40001, 40002] {
+        sent(&lb, &a, &syn(&a, sport));
+        sent(&lb, &b, &syn(&b, sport));
+    }
+
+    lb.dp.maps.remove_vip(&b.key).unwrap();
+    let (value, entry) = lb.dp.maps.vip_index_entry(&a.key).unwrap();
+    let entry = entry.expect("the slot names a's entry");
+    assert_eq!((entry.key, entry.meta), (a.key, lb.dp.maps.vip(&a.key).unwrap().unwrap()));
+    sent(&lb, &a, &syn(&a, 40003));
+    let run = lb.run(&syn(&b, 40003).bytes());
+    assert_eq!((run.action, run.counted), (XDP_PASS, vec![(Reason::PassNotVip, 1)]), "b is gone");
+
+    // New backends for a: its SYNs go to them, by the entry the index names now.
+    let moved = service(1, VIP4, 80, PROTO_TCP, 4, &[(v4(4), 8080, 1), (v4(5), 8080, 1)]);
+    lb.dp.maps.apply_service(&moved).unwrap();
+    let (after, entry) = lb.dp.maps.vip_index_entry(&a.key).unwrap();
+    assert_ne!(after, value, "the other entry was written and named");
+    assert_eq!(entry.map(|e| e.meta), lb.dp.maps.vip(&a.key).unwrap());
+    for sport in [40004, 40005, 40006, 40007] {
+        assert!([4, 5].contains(&sent(&lb, &moved, &syn(&moved, sport))));
+    }
+}
+
 /// Pins the calling thread to CPU 0, so per-CPU state (round-robin cursors) is one sequence.
 fn pin_to_cpu0() {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity only reads it.

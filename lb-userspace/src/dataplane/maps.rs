@@ -15,11 +15,16 @@ use lb_common::{
     schedule::{Chosen, RingView, choose_hashed, vip_hash},
 };
 
-use super::{Sizing, ring_history::History, ring_memory::RingMemory, table_walk::now_secs};
+use super::{Sizing, ring_history::History, ring_memory::RingMemory, table_walk::now_secs, vip_index::VipIndex};
 
 /// The maps of one loaded data path.
 pub struct Maps {
     pub(super) vips: HashMap<MapData, VipKey, VipMeta>,
+    /// `VIP_INDEX` and `VIP_ENTRIES`, the data path's array copy of `vips`.
+    vip_index: Array<MapData, u32>,
+    vip_entries: Array<MapData, VipEntry>,
+    /// What they hold.
+    index: VipIndex,
     backends: Array<MapData, Backend>,
     pub(super) ring: RingMemory,
     conns: HashMap<MapData, FlowKey, Flow>,
@@ -112,6 +117,9 @@ impl Maps {
     pub(super) fn take(ebpf: &mut Ebpf, sizing: &Sizing) -> anyhow::Result<Self> {
         Ok(Maps {
             vips: take(ebpf, MAP_VIPS)?.try_into()?,
+            vip_index: take(ebpf, MAP_VIP_INDEX)?.try_into()?,
+            vip_entries: take(ebpf, MAP_VIP_ENTRIES)?.try_into()?,
+            index: VipIndex::default(),
             backends: take(ebpf, MAP_BACKENDS)?.try_into()?,
             ring: match take(ebpf, MAP_RING)? {
                 Map::Array(data) => RingMemory::new(data, sizing.ring_map_entries()).context("mapping the RING map into memory")?,
@@ -163,6 +171,8 @@ impl Maps {
         for entry in self.vips.iter() {
             let (key, meta) = entry?;
             self.vip_addr_users.entry(address_key(&key)).or_default().insert(key, meta.flags);
+            let value = self.vip_index.get(&lb_common::hash::vip_slot(&key), 0)?;
+            self.index.adopt(&key, meta.id, value);
         }
         self.read_back_moved()
     }
@@ -224,10 +234,24 @@ impl Maps {
         Ok(optional(self.vips.get(key, 0))?)
     }
 
+    /// What `VIP_INDEX` holds in `key`'s slot, and the `VIP_ENTRIES` entry it names, if any.
+    pub fn vip_index_entry(&self, key: &VipKey) -> anyhow::Result<(u32, Option<VipEntry>)> {
+        let value = self.vip_index.get(&lb_common::hash::vip_slot(key), 0)?;
+        let entry = match value {
+            VIP_INDEX_NONE | VIP_INDEX_SHARED => None,
+            n => Some(self.vip_entries.get(&(n - 1), 0)?),
+        };
+        Ok((value, entry))
+    }
+
     /// Removes a VIP: its traffic goes to the kernel from the next packet on.
     pub fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
         self.spend_write()?;
         let gone = self.vip(key)?;
+        if let Some(write) = self.index.remove(key) {
+            self.vip_index.set(write.slot, write.value, 0).context("writing VIP_INDEX")?;
+            self.index.removed(key);
+        }
         removed(self.vips.remove(key))?;
         if let Some(meta) = gone {
             self.forget_moved(meta.id)?;
@@ -288,8 +312,22 @@ impl Maps {
         self.vip_addr_users.entry(addr).or_default().insert(*key, meta.flags);
         self.write_vip_address(&addr)?;
         self.spend_write()?;
-        self.vips.insert(key, meta, 0).context("publishing the VIP")?;
+        self.write_vip(key, meta).context("publishing the VIP")?;
         Ok(meta)
+    }
+
+    /// Writes `meta` for `key` into `VIPS`, then into the VIP's entry that `VIP_INDEX` does
+    /// not name, then points `VIP_INDEX` at it ([`super::vip_index`]): a packet reads the old
+    /// value or the new one.
+    pub(super) fn write_vip(&mut self, key: &VipKey, meta: VipMeta) -> anyhow::Result<()> {
+        self.vips.insert(key, meta, 0).context("writing VIPS")?;
+        let write = self.index.publish(key, &meta);
+        if let Some((number, entry)) = write.entry {
+            self.vip_entries.set(number, entry, 0).context("writing VIP_ENTRIES")?;
+        }
+        self.vip_index.set(write.slot, write.value, 0).context("writing VIP_INDEX")?;
+        self.index.published(key, meta.id, &write);
+        Ok(())
     }
 
     /// Backend id in `slot` of the live ring of the VIP `meta` describes.

@@ -10,6 +10,7 @@ pub mod ring_history;
 mod ring_memory;
 mod service;
 pub mod table_walk;
+mod vip_index;
 
 pub use maps::{Maps, PinnedBackend, PinnedState};
 pub use pins::{Found, MapShape, Pins};
@@ -31,7 +32,7 @@ use aya::{
 };
 use lb_common::maps::{
     GLOBAL_HASH_SEED, GLOBAL_RING_SIZE, LAYOUT_VERSION, MAP_ACTIVE_CONNS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNS,
-    MAP_HALF_OPEN, MAP_REPLIES, MAP_TX_PORTS, MAP_RING, MAP_RR_CURSORS, MAP_VIP_ADDRS, MAP_MOVED, MAP_VIP_STATS, MAP_VIPS,
+    MAP_HALF_OPEN, MAP_REPLIES, MAP_TX_PORTS, MAP_RING, MAP_RR_CURSORS, MAP_VIP_ADDRS, MAP_MOVED, MAP_VIP_ENTRIES, MAP_VIP_STATS, MAP_VIPS,
     META_HASH_SEED, META_LAYOUT, META_PROGRAM_HASH, META_PROGRAM_LOADED_AT, META_RING_SIZE, PINNED_MAPS, PROGRAM_NAME, DROP_COUNTERS,
 };
 
@@ -64,9 +65,10 @@ pub enum Attached {
 }
 
 /// The maps whose entries are set at load time, with their sizes at `sizing`.
-fn sized_maps(sizing: &Sizing) -> [(&'static str, u32); 12] {
+fn sized_maps(sizing: &Sizing) -> [(&'static str, u32); 13] {
     [
         (MAP_VIPS, sizing.vip_capacity),
+        (MAP_VIP_ENTRIES, lb_common::limits::vip_entries(sizing.vip_capacity)),
         (MAP_VIP_STATS, sizing.vip_capacity),
         (MAP_MOVED, sizing.moved_map_entries()),
         (MAP_RING, sizing.ring_map_entries()),

@@ -196,7 +196,7 @@ impl Maps {
             .collect();
         for (key, meta) in &due {
             self.spend_write()?;
-            self.vips.insert(key, VipMeta { retained_ring: NO_RING, retained_until: 0, ..*meta }, 0).context("retiring a ring")?;
+            self.write_vip(key, VipMeta { retained_ring: NO_RING, retained_until: 0, ..*meta }).context("retiring a ring")?;
             self.bump_version(meta.id);
         }
         Ok(due.into_iter().map(|(k, _)| k).collect())
