@@ -14,6 +14,7 @@ use std::{
 
 use lb_common::{
     hash::flow_hash,
+    limits::DEFAULT_RING_SIZE,
     maglev::{MaglevBackend, build_table},
     maps::v4_addr,
 };
@@ -26,10 +27,12 @@ use lb_tests::{
 };
 use serde_json::Value;
 
+/// The nodes' `hash_seed`.
 const SEED: u32 = 42;
-const RING: u32 = 65537;
+/// The port each node's flow sync listens on (its namespace's own address).
 const SYNC_PORT: u16 = 7946;
-const PSH: u8 = 0x08;
+/// A data packet's flags: ACK and PSH.
+const DATA: u8 = ACK | 0x08;
 
 /// Backend 10.1.0.`n`:8080's MAC (a permanent neighbour entry on each node's `x0`).
 fn backend_mac(n: u8) -> Mac {
@@ -55,8 +58,8 @@ fn config(backends: u8, me: u8, peer: u8, key: &std::path::Path) -> String {
 fn ring_choice(backends: u8, flow: &Frame) -> u8 {
     let pool: Vec<MaglevBackend> =
         (1..=backends).map(|n| MaglevBackend { id: u32::from(n), addr: v4_addr([10, 1, 0, n]), port: 8080, weight: 1 }).collect();
-    let ring = build_table(&pool, RING, SEED);
-    ring[(flow_hash(&flow_key(flow), SEED, false) % RING) as usize] as u8
+    let ring = build_table(&pool, DEFAULT_RING_SIZE, SEED);
+    ring[(flow_hash(&flow_key(flow), SEED, false) % DEFAULT_RING_SIZE) as usize] as u8
 }
 
 /// A node: its namespace with `x0` (the agent's interface) and `x1` (the test's end), the
@@ -148,7 +151,7 @@ fn two_agents_sync_a_connection_of_a_moved_slot_over_a_veth_pair() {
     let old = ring_choice(3, &unsynced);
 
     // Without sync: B takes the unsynced flow's packet for an older flow (retained ring).
-    let data = Frame { l4: tcp(flow_key(&unsynced).sport, 80, ACK | PSH), ..unsynced.clone() };
+    let data = Frame { l4: tcp(flow_key(&unsynced).sport, 80, DATA), ..unsynced.clone() };
     assert_eq!(exchange(&ns_b, to_node(&ns_b, &data).bytes()), Some(to_backend(&ns_b, &data, old)), "retained ring's backend");
     assert_ne!(old, 4);
 
@@ -164,7 +167,7 @@ fn two_agents_sync_a_connection_of_a_moved_slot_over_a_veth_pair() {
     assert_eq!((counter(&status, "received"), counter(&status, "existing"), counter(&status, "sent")), (1, 0, 0));
 
     // B sends the synced flow's next packet (no SYN) to the backend A chose.
-    let data = Frame { l4: tcp(flow_key(&synced).sport, 80, ACK | PSH), ..synced.clone() };
+    let data = Frame { l4: tcp(flow_key(&synced).sport, 80, DATA), ..synced.clone() };
     assert_eq!(exchange(&ns_b, to_node(&ns_b, &data).bytes()), Some(to_backend(&ns_b, &data, 4)), "A's backend");
     let a_status = a.json(&["status"]).unwrap();
     assert_eq!((counter(&a_status, "sent"), counter(&a_status, "ring_dropped")), (1, 0));
