@@ -95,14 +95,17 @@ pub enum Reason {
     /// Event, not a verdict: a packet in a moved slot without an entry and without a SYN, taken
     /// as a flow older than the change: sent by the VIP's retained ring and recorded.
     RetainedRing,
+    /// Event, not a verdict: a flow sync record (a connection that started in a moved slot)
+    /// found the `FLOW_SYNC` ring buffer full and was dropped: the agent reads it too slowly.
+    FlowSyncDropped,
 }
 
 impl Reason {
     /// Number of reasons (size of the `REASONS` map).
-    pub const COUNT: u32 = Reason::RetainedRing as u32 + 1;
+    pub const COUNT: u32 = Reason::FlowSyncDropped as u32 + 1;
 
     /// How many of the last reasons are events counted beside a verdict, not verdicts.
-    pub const EVENTS: u32 = 7;
+    pub const EVENTS: u32 = 8;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Reason::COUNT as usize] = [
@@ -139,6 +142,7 @@ impl Reason {
         Reason::Stateless,
         Reason::MovedSlot,
         Reason::RetainedRing,
+        Reason::FlowSyncDropped,
     ];
 
     /// Stable snake_case name, used in metrics and the CLI.
@@ -177,6 +181,7 @@ impl Reason {
             Reason::Stateless => "stateless",
             Reason::MovedSlot => "moved_slot",
             Reason::RetainedRing => "retained_ring",
+            Reason::FlowSyncDropped => "flow_sync_dropped",
         }
     }
 
@@ -203,6 +208,7 @@ mod tests {
         assert_eq!(events.next(), Some(&Reason::Stateless));
         assert_eq!(events.next(), Some(&Reason::MovedSlot));
         assert_eq!(events.next(), Some(&Reason::RetainedRing));
+        assert_eq!(events.next(), Some(&Reason::FlowSyncDropped));
         assert_eq!(events.next(), None);
     }
 }

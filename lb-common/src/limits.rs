@@ -181,6 +181,28 @@ pub const fn ring_id_in(element: u64, index: u32) -> u32 {
     ((element >> (16 * (index % RING_IDS_PER_ELEMENT))) & 0xFFFF) as u32
 }
 
+/// Bytes of the `FLOW_SYNC` ring buffer (a power of two and a multiple of the page size): room
+/// for about 4,000 records ([`crate::maps::SyncRecord`] and the kernel's 8-byte header) between
+/// two reads of the agent; a record that finds it full is dropped and counted
+/// (`flow_sync_dropped`).
+pub const FLOW_SYNC_RING_BYTES: u32 = 256 * 1024;
+/// Flow sync: records in one datagram at most (the datagram then stays below 1,280 bytes, so
+/// it is never fragmented).
+pub const FLOW_SYNC_MAX_RECORDS: usize = 16;
+/// Flow sync: a datagram whose timestamp is further than this from the receiver's clock (either
+/// way) is dropped as stale: a captured datagram cannot be replayed later than this.
+pub const FLOW_SYNC_WINDOW_MS: u64 = 10_000;
+/// Flow sync: peers a node sends to at most.
+pub const FLOW_SYNC_MAX_PEERS: usize = 32;
+/// Flow sync: bytes of the shared key at least (a longer key file is used whole, up to
+/// [`FLOW_SYNC_MAX_KEY_BYTES`]).
+pub const FLOW_SYNC_MIN_KEY_BYTES: usize = 32;
+/// Flow sync: bytes of the shared key at most.
+pub const FLOW_SYNC_MAX_KEY_BYTES: usize = 1024;
+/// Flow sync: how long the receiver keeps its index of local backends (address and port to
+/// slot) before a record that misses it reads the backend map again.
+pub const FLOW_SYNC_INDEX_MS: u64 = 1_000;
+
 /// Ring slots the data path tries for a new flow when the chosen backend is not up (only
 /// between a backend failing and the agent swapping in a ring without it).
 pub const MAX_RING_PROBES: u32 = 4;

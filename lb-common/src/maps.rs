@@ -114,6 +114,28 @@ pub struct VipEntry {
 }
 const _: () = assert!(core::mem::size_of::<VipEntry>() == 44);
 
+/// `FLOW_SYNC`: ring buffer of [`SyncRecord`]s, one per connection that started in a moved slot
+/// of a Maglev VIP, written when its first packet after the SYN moves it to `CONNS`: the only
+/// flows another node cannot derive from its rings. The agent sends them to its peers
+/// (`global.flow_sync`). Not pinned: each load of the program makes its own, read by the
+/// agent that loaded it.
+pub const MAP_FLOW_SYNC: &str = "FLOW_SYNC";
+/// Read-only global: non-zero when the agent reads `FLOW_SYNC` (`global.flow_sync` is set);
+/// otherwise the program writes nothing to it.
+pub const GLOBAL_FLOW_SYNC: &str = "LB_FLOW_SYNC";
+
+/// A `FLOW_SYNC` record: a connection in a moved slot and the backend this node gave it.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncRecord {
+    /// The flow (client → VIP).
+    pub key: FlowKey,
+    /// Its VIP's id.
+    pub vip_id: u32,
+    /// Its backend's slot (of this node: a peer finds its own by the backend's address).
+    pub backend_id: u32,
+}
+
 /// `META`: array of [`META_SLOTS`] `u64`, indexed by the `META_*` constants: what a pinned data
 /// path was built and loaded with. The program never reads it; an agent reads it before it
 /// adopts pinned maps, and refuses them unless it matches.

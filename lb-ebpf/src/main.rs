@@ -36,6 +36,8 @@ mod sanity;
 #[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]
+mod sync;
+#[cfg(target_arch = "bpf")]
 mod too_big;
 #[cfg(target_arch = "bpf")]
 mod xdp;

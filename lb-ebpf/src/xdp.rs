@@ -190,7 +190,8 @@ fn moved_slot(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> u32 {
 /// records:
 /// - a SYN: the live ring's choice, recorded in `HALF_OPEN` (a SYN flood evicts no
 ///   established flow), and a reused 5-tuple's old entry replaced;
-/// - the packet after a SYN this node saw: the half-open entry's backend, moved to `CONNS`;
+/// - the packet after a SYN this node saw: the half-open entry's backend, moved to `CONNS`
+///   and handed to flow sync (`sync::connection_started`);
 /// - any other packet (TCP without SYN, UDP): a flow older than the change, sent by the
 ///   retained ring while that backend keeps it, else by the live ring; recorded in `CONNS`;
 /// - a flow whose entry's backend is down or gone: the live ring's choice, recorded.
@@ -203,6 +204,10 @@ fn pick_moved(pkt: &Packet, vip: &VipMeta, tracked: &Tracked) -> Result<u32, Rea
     }
     let slot = slot_of(vip, &pkt.key, size);
     if let Some(id) = from_half_open(pkt) {
+        if !syn {
+            // A connection of this node's live ring that peers would take for an old flow.
+            crate::sync::connection_started(&pkt.key, vip.id, id);
+        }
         return Ok(id);
     }
     let live = LiveRing::of(vip, vip.ring_half, size);

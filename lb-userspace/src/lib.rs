@@ -10,6 +10,7 @@ pub mod config;
 pub mod dataplane;
 pub mod decap;
 pub mod egress;
+pub mod flow_sync;
 pub mod health;
 pub mod host;
 pub mod instance;

@@ -96,6 +96,7 @@ mod tests {
             data_path: Default::default(),
             host: Default::default(),
             connection_table: crate::api::ConnTableStatus { entries: 5, capacity: 16, per_cpu_capacity: 8, per_cpu: vec![3, 2] },
+            flow_sync: None,
             vips: vec![VipStatus {
                 name: "web".into(),
                 address: "10.0.0.1".parse().unwrap(),

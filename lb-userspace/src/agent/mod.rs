@@ -85,6 +85,8 @@ struct Agent {
     link_indices: crate::links::Indices,
     health: HealthStats,
     rates: report::Rates,
+    /// Flow sync's counters, when `global.flow_sync` is set.
+    flow_sync: Option<std::sync::Arc<crate::flow_sync::Stats>>,
 }
 
 /// Runs the agent until SIGTERM, SIGINT or `lb teardown`.
@@ -159,7 +161,7 @@ async fn run_locked(config: Config, opts: Options, instance: &InstanceDir, pins:
             "global.conn_capacity raised: each CPU evicts from its own share of the connection table, and no share may be below the floor"
         );
     }
-    let (mut dp, adopted) = Dataplane::open(&sizing, &pins, logger, &object)?;
+    let (mut dp, adopted) = Dataplane::open_with_sync(&sizing, &pins, logger, &object, config.global.flow_sync.is_some())?;
     if adopted {
         tracing::info!(pin_dir = %pins.dir().display(), "adopting the pinned data path: its connection table, rings, backends and counters carry on");
     } else {
@@ -225,6 +227,7 @@ async fn run_locked(config: Config, opts: Options, instance: &InstanceDir, pins:
         link_indices: crate::links::Indices::new(),
         health: HealthStats::default(),
         rates: report::Rates::default(),
+        flow_sync: None,
         config,
     };
     // The maps first: a new program starts with them filled.
@@ -234,6 +237,7 @@ async fn run_locked(config: Config, opts: Options, instance: &InstanceDir, pins:
         tracing::warn!(error = %format!("{e:#}"), "frames the kernel drops after a redirect are not counted");
     }
     agent.announce();
+    let syncing = start_flow_sync(&mut agent)?;
     // From now on, an interface that stops running the program gets it again.
     let (links_tx, mut links_rx) = mpsc::unbounded_channel();
     let following = crate::links::spawn(agent.netlink.handle(), agent.config.global.interfaces.clone(), REFRESH, links_tx)
@@ -303,11 +307,25 @@ async fn run_locked(config: Config, opts: Options, instance: &InstanceDir, pins:
     drop(counts_rx);
     let _ = counter.join();
     api.abort();
-    for task in [metrics, ebpf_logs, Some(resolving), Some(following)].into_iter().flatten() {
+    for task in [metrics, ebpf_logs, syncing, Some(resolving), Some(following)].into_iter().flatten() {
         task.abort();
     }
     let _ = std::fs::remove_file(&agent.config.global.admin_socket);
     Ok(if torn_down { RunEnd::TornDown } else { RunEnd::Stopped })
+}
+
+/// Starts flow sync when `global.flow_sync` is set: its task, and its counters in `agent`.
+fn start_flow_sync(agent: &mut Agent) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(config) = agent.config.global.flow_sync.clone() else {
+        return Ok(None);
+    };
+    let key = crate::flow_sync::read_key(&config.key_file).map_err(|e| anyhow!("global.flow_sync.key_file: {e}"))?;
+    let source = agent.dp.take_flow_sync().context("the data path was loaded without flow sync")?;
+    let stats = std::sync::Arc::new(crate::flow_sync::Stats::default());
+    let task = crate::flow_sync::spawn(&config, key, source, stats.clone())?;
+    tracing::info!(listen = %config.listen, peers = ?config.peers, "flow sync: connections of moved slots go to the peers");
+    agent.flow_sync = Some(stats);
+    Ok(Some(task))
 }
 
 /// What [`teardown`] removed.

@@ -154,6 +154,22 @@ pub fn status(agent: &Agent) -> StatusReport {
         vips: agent.runtime.vips.iter().map(|v| vip_status(agent, v, active, &probes, attached.as_ref().map(|_| ()).map_err(String::as_str))).collect(),
         host: agent.host.report(),
         connection_table: connection_table(agent),
+        flow_sync: agent.flow_sync.as_deref().map(|stats| flow_sync(agent, stats)),
+    }
+}
+
+fn flow_sync(agent: &Agent, stats: &crate::flow_sync::Stats) -> crate::api::FlowSyncStatus {
+    use std::sync::atomic::Ordering::Relaxed;
+    let reasons = agent.dp.maps.reasons().unwrap_or([0; Reason::COUNT as usize]);
+    crate::api::FlowSyncStatus {
+        sent: stats.sent.load(Relaxed),
+        send_errors: stats.send_errors.load(Relaxed),
+        unsendable: stats.unsendable.load(Relaxed),
+        ring_dropped: reasons[Reason::FlowSyncDropped as usize],
+        received: stats.received.load(Relaxed),
+        inserted: stats.inserted.load(Relaxed),
+        existing: stats.existing.load(Relaxed),
+        rejected: crate::flow_sync::Rejected::ALL.iter().map(|&r| (r.name().to_owned(), stats.rejected(r))).collect(),
     }
 }
 

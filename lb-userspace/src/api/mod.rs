@@ -213,6 +213,30 @@ pub struct StatusReport {
     /// The connection table's fill, in all and per CPU.
     #[serde(default)]
     pub connection_table: ConnTableStatus,
+    /// Flow sync's counters, when `global.flow_sync` is set.
+    #[serde(default)]
+    pub flow_sync: Option<FlowSyncStatus>,
+}
+
+/// Flow sync in `lb status` (README, "Flow sync"): records since the agent started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowSyncStatus {
+    /// Records sent to the peers (each once, whatever the number of peers).
+    pub sent: u64,
+    /// Datagrams the network refused (a peer's port closed).
+    pub send_errors: u64,
+    /// Records of this node not sent: their backend slot changed before the agent read them.
+    pub unsendable: u64,
+    /// Records dropped by the data path: its ring buffer was full (`flow_sync_dropped`).
+    pub ring_dropped: u64,
+    /// Records received in authenticated datagrams.
+    pub received: u64,
+    /// Records inserted into the connection table.
+    pub inserted: u64,
+    /// Records whose flow had an entry already.
+    pub existing: u64,
+    /// Datagrams and records not used, by reason (`flow_sync::Rejected` names).
+    pub rejected: Vec<(String, u64)>,
 }
 
 /// The connection table in `lb status`: one LRU list per CPU, each CPU evicting from its own

@@ -161,6 +161,7 @@ mod tests {
                             vips: vec![],
                             host: Default::default(),
                             connection_table: Default::default(),
+                            flow_sync: None,
                         }),
                         _ => serde_json::to_value(StatsReport {
                             reasons: vec![],

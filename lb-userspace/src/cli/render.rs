@@ -42,6 +42,9 @@ fn status(s: StatusReport) -> String {
     );
     out += &host(&s.host);
     out += &connection_table_cpus(&s.connection_table);
+    if let Some(sync) = &s.flow_sync {
+        out += &flow_sync(sync);
+    }
     for v in &s.vips {
         // What the data path's ring holds, and what of it takes new flows (state up and a
         // weight): a ring of weight-0 backends takes none.
@@ -194,6 +197,22 @@ fn connection_table_cpus(t: &crate::api::ConnTableStatus) -> String {
     )
 }
 
+/// Flow sync's counters: what was sent, what was received and what became of it.
+fn flow_sync(f: &crate::api::FlowSyncStatus) -> String {
+    let rejected: Vec<String> = f.rejected.iter().filter(|(_, n)| *n > 0).map(|(why, n)| format!("{why} {}", units::count(*n))).collect();
+    format!(
+        "flow sync: sent {} (send errors {}, unsendable {}, dropped at the ring buffer {})  received {}: inserted {}, existing {}  rejected {}\n",
+        units::count(f.sent),
+        units::count(f.send_errors),
+        units::count(f.unsendable),
+        units::count(f.ring_dropped),
+        units::count(f.received),
+        units::count(f.inserted),
+        units::count(f.existing),
+        if rejected.is_empty() { "none".to_owned() } else { rejected.join(", ") }
+    )
+}
+
 /// What the agent owns on the host, a line per kind; nothing when it owns and wants nothing.
 fn host(h: &crate::api::HostStatus) -> String {
     let mut out = String::new();
@@ -272,6 +291,19 @@ BACKEND        STATE  HEALTH  ADMIN  WEIGHT  CONNS        RATE  FLOWS    BYTES
         let out = human(&Command::Status, &s);
         assert!(out.contains("layout 3\nconnection table 70.0k of 262.1k, 131.1k per CPU: cpu0 65.5k (50.0%), cpu1 4.5k (3.4%)\n"), "{out}");
         assert!(!human(&Command::Status, &status_json(1, &[1], 0)).contains("connection table"), "no line before the first count");
+    }
+
+    #[test]
+    fn status_shows_flow_sync_counters_when_it_is_on() {
+        let mut s = status_json(1, &[1], 0);
+        assert!(!human(&Command::Status, &s).contains("flow sync"));
+        s["flow_sync"] = json!({"sent": 12, "send_errors": 0, "unsendable": 1, "ring_dropped": 0, "received": 7, "inserted": 6,
+                                "existing": 1, "rejected": [["malformed", 0], ["bad_mac", 3], ["stale", 0], ["unknown_vip", 0], ["unknown_backend", 0]]});
+        let out = human(&Command::Status, &s);
+        assert!(
+            out.contains("flow sync: sent 12 (send errors 0, unsendable 1, dropped at the ring buffer 0)  received 7: inserted 6, existing 1  rejected bad_mac 3\n"),
+            "{out}"
+        );
     }
 
     #[test]

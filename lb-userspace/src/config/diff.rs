@@ -16,8 +16,8 @@ pub struct ConfigDiff {
 }
 
 /// Global settings fixed when the program is loaded and attached.
-const NEEDS_RESTART: [&str; 11] = [
-    "interfaces", "instance", "announce_table", "vip_addresses", "xdp_mode", "hash_seed", "ring_size", "vip_capacity", "backend_capacity", "conn_capacity", "admin_socket",
+const NEEDS_RESTART: [&str; 12] = [
+    "flow_sync", "interfaces", "instance", "announce_table", "vip_addresses", "xdp_mode", "hash_seed", "ring_size", "vip_capacity", "backend_capacity", "conn_capacity", "admin_socket",
 ];
 
 impl ConfigDiff {
@@ -36,7 +36,8 @@ impl ConfigDiff {
 pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     let (a, b) = (&old.global, &new.global);
     let mut d = ConfigDiff::default();
-    let fields: [(&str, bool); 14] = [
+    let fields: [(&str, bool); 15] = [
+        ("flow_sync", a.flow_sync != b.flow_sync),
         ("vip_addresses", a.vip_addresses != b.vip_addresses),
         ("announce_table", a.announce_table != b.announce_table),
         ("interfaces", a.interfaces != b.interfaces),

@@ -79,6 +79,24 @@ pub struct Global {
     /// Log format.
     #[serde(default = "file::default_log")]
     pub log_format: LogFormat,
+    /// Sending the connections that started in a moved ring slot to the other nodes, and
+    /// taking theirs (README, "Flow sync"); `None`: off.
+    #[serde(default)]
+    pub flow_sync: Option<FlowSync>,
+}
+
+/// `global.flow_sync`: where this node takes its peers' flow sync datagrams, where it sends its
+/// own, and the key that authenticates both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSync {
+    /// The UDP address and port this node receives on (a management network's address).
+    pub listen: SocketAddr,
+    /// The other nodes' `listen` addresses.
+    pub peers: Vec<SocketAddr>,
+    /// A file holding the key shared by every node (at least
+    /// [`lb_common::limits::FLOW_SYNC_MIN_KEY_BYTES`] bytes; readable by its owner alone).
+    pub key_file: PathBuf,
 }
 
 impl Global {

@@ -496,3 +496,39 @@ fn a_backend_endpoint_may_serve_several_dsr_vips() {
     let nat = two("nat").replace("      type: tcp\n", "      type: tcp\n      target: address\n");
     assert!(error(&nat).contains("backend 10.1.0.1:80/tcp already serves VIP \"web\" (vips[0])"), "{}", error(&nat));
 }
+
+#[test]
+fn flow_sync_is_off_by_default_and_its_fields_are_checked_by_name() {
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(parse("t.yaml", GOOD).unwrap().global.flow_sync, None);
+    let dir = std::env::temp_dir().join(format!("lb-config-flow-sync-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let sync = |listen: &str, peers: &str, key: &std::path::Path| {
+        with(
+            "  interfaces: [eth0]\n",
+            &format!("  interfaces: [eth0]\n  flow_sync:\n    listen: {listen}\n    peers: [{peers}]\n    key_file: {}\n", key.display()),
+        )
+    };
+    let good = parse("t.yaml", &sync("192.0.2.1:7000", "192.0.2.2:7000, 192.0.2.3:7000", &key)).unwrap();
+    let f = good.global.flow_sync.expect("flow sync on");
+    assert_eq!((f.listen.to_string(), f.peers.len(), f.key_file), ("192.0.2.1:7000".to_owned(), 2, key.clone()));
+
+    let cases = [
+        (sync("192.0.2.1:7000", "", &key), "global.flow_sync.peers: 0 peers: list between 1 and 32"),
+        (sync("192.0.2.1:7000", "192.0.2.1:7000", &key), "global.flow_sync.peers[0]: 192.0.2.1:7000 is this node's own listen address"),
+        (sync("192.0.2.1:7000", "192.0.2.2:7000, 192.0.2.2:7000", &key), "global.flow_sync.peers[1]: 192.0.2.2:7000 is listed twice"),
+        (sync("192.0.2.1:0", "192.0.2.2:7000", &key), "global.flow_sync.listen: port 0: name the port the peers send to"),
+        (sync("192.0.2.1:7000", "192.0.2.2:7000", &dir.join("missing")), "global.flow_sync.key_file: "),
+    ];
+    for (text, want) in &cases {
+        let e = error(text);
+        assert!(e.contains(want), "{e}\nwants {want}");
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = error(&sync("192.0.2.1:7000", "192.0.2.2:7000", &key));
+    assert!(e.contains("global.flow_sync.key_file: ") && e.contains("is open to other users (mode 644)"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -256,8 +256,35 @@ fn global(c: &mut Checker, g: &file::Global) -> (Global, SizesOk) {
     if !(1..=retention).contains(&g.ring_retention_secs) {
         c.report("global.ring_retention_secs", format!("{} must be between 1 and {retention} seconds", g.ring_retention_secs));
     }
+    if let Some(sync) = &g.flow_sync {
+        flow_sync(c, sync);
+    }
     let sizes = sizes(c, g);
     (g.clone(), sizes)
+}
+
+/// Checks `global.flow_sync`: its peers, and its key file (read here, so that a missing,
+/// short or world-readable key is refused before anything starts).
+fn flow_sync(c: &mut Checker, sync: &FlowSync) {
+    use lb_common::limits::FLOW_SYNC_MAX_PEERS;
+    if sync.listen.port() == 0 {
+        c.report("global.flow_sync.listen", "port 0: name the port the peers send to");
+    }
+    if sync.peers.is_empty() || sync.peers.len() > FLOW_SYNC_MAX_PEERS {
+        c.report("global.flow_sync.peers", format!("{} peers: list between 1 and {FLOW_SYNC_MAX_PEERS}", sync.peers.len()));
+    }
+    for (i, peer) in sync.peers.iter().enumerate() {
+        if peer.port() == 0 || peer.ip().is_unspecified() {
+            c.report(format!("global.flow_sync.peers[{i}]"), format!("{peer} is no address to send to"));
+        } else if *peer == sync.listen {
+            c.report(format!("global.flow_sync.peers[{i}]"), format!("{peer} is this node's own listen address"));
+        } else if sync.peers[..i].contains(peer) {
+            c.report(format!("global.flow_sync.peers[{i}]"), format!("{peer} is listed twice"));
+        }
+    }
+    if let Err(e) = crate::flow_sync::read_key(&sync.key_file) {
+        c.report("global.flow_sync.key_file", e);
+    }
 }
 
 /// Refuses a forwarding mode this build does not have.

@@ -31,7 +31,7 @@ use aya::{
     },
 };
 use lb_common::maps::{
-    GLOBAL_HASH_SEED, GLOBAL_RING_SIZE, LAYOUT_VERSION, MAP_ACTIVE_CONNS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNS,
+    GLOBAL_FLOW_SYNC, GLOBAL_HASH_SEED, GLOBAL_RING_SIZE, LAYOUT_VERSION, MAP_FLOW_SYNC, MAP_ACTIVE_CONNS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNS,
     MAP_HALF_OPEN, MAP_REPLIES, MAP_TX_PORTS, MAP_RING, MAP_RR_CURSORS, MAP_VIP_ADDRS, MAP_MOVED, MAP_VIP_ENTRIES, MAP_VIP_STATS, MAP_VIPS,
     META_HASH_SEED, META_LAYOUT, META_PROGRAM_HASH, META_PROGRAM_LOADED_AT, META_RING_SIZE, PINNED_MAPS, PROGRAM_NAME, DROP_COUNTERS,
 };
@@ -52,6 +52,8 @@ pub struct Dataplane {
     /// Pinned links this instance took over with [`Dataplane::attach_pinned`] (it holds a
     /// descriptor of each).
     replaced: Vec<XdpLinkId>,
+    /// What flow sync reads and writes, when loaded with it, until taken.
+    flow_sync: Option<crate::flow_sync::Source>,
 }
 
 /// How [`Dataplane::attach_pinned`] attached the program to an interface.
@@ -130,6 +132,21 @@ pub(crate) fn load_retrying(mut load: impl FnMut() -> Result<(), aya::programs::
     }
 }
 
+/// Flow sync's ring buffer, taken from `ebpf`, and descriptors of the maps it writes.
+fn sync_source(ebpf: &mut Ebpf) -> anyhow::Result<crate::flow_sync::Source> {
+    let fd = |name: &str| -> anyhow::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd as _;
+        let data = match ebpf.map(name) {
+            Some(aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) | aya::maps::Map::Array(d)) => d,
+            _ => return Err(anyhow!("the XDP object has no map {name} of the expected kind")),
+        };
+        Ok(data.fd().as_fd().try_clone_to_owned()?)
+    };
+    let maps = crate::flow_sync::LocalMaps::from_fds(fd(MAP_VIPS)?, fd(MAP_BACKENDS)?, fd(MAP_CONNS)?)?;
+    let ring = ebpf.take_map(MAP_FLOW_SYNC).ok_or_else(|| anyhow!("the XDP object has no map {MAP_FLOW_SYNC}"))?;
+    Ok(crate::flow_sync::Source { ring: aya::maps::RingBuf::try_from(ring)?, maps })
+}
+
 /// A short fingerprint of a program object (FNV-1a), shown by `lb status`.
 pub fn program_hash(object: &[u8]) -> u64 {
     object.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
@@ -156,7 +173,13 @@ impl Dataplane {
     /// Loads the program into the kernel with maps sized by `sizing`; the verifier runs here.
     /// The program's debug logs are off.
     pub fn load(sizing: &Sizing) -> anyhow::Result<Self> {
-        Self::load_with(sizing, None, None, PROGRAM)
+        Self::load_with(sizing, None, None, PROGRAM, false)
+    }
+
+    /// As [`Dataplane::load`], with flow sync on: the program writes the connections that
+    /// start in moved ring slots to `FLOW_SYNC` ([`Dataplane::take_flow_sync`]).
+    pub fn load_syncing(sizing: &Sizing) -> anyhow::Result<Self> {
+        Self::load_with(sizing, None, None, PROGRAM, true)
     }
 
     /// Loads the program object `object` (normally [`PROGRAM`]) with its maps pinned in `pins`: the maps already pinned there are
@@ -165,10 +188,22 @@ impl Dataplane {
     /// `META` then records this program; the layout version is written last, so a first start
     /// that stops midway leaves maps that the next agent refuses rather than trusts.
     pub fn open(sizing: &Sizing, pins: &Pins, logger: Option<&'static dyn log::Log>, object: &[u8]) -> anyhow::Result<(Self, bool)> {
+        Self::open_with_sync(sizing, pins, logger, object, false)
+    }
+
+    /// As [`Dataplane::open`], with flow sync on when `flow_sync` (see
+    /// [`Dataplane::load_syncing`]).
+    pub fn open_with_sync(
+        sizing: &Sizing,
+        pins: &Pins,
+        logger: Option<&'static dyn log::Log>,
+        object: &[u8],
+        flow_sync: bool,
+    ) -> anyhow::Result<(Self, bool)> {
         sizing.validate()?;
         let adopted = pins.inspect(&map_shapes(sizing, object)?, sizing)? == Found::Adoptable;
         pins.create()?;
-        let mut dp = Self::load_with(sizing, logger, Some(pins), object)?;
+        let mut dp = Self::load_with(sizing, logger, Some(pins), object, flow_sync)?;
         if adopted {
             dp.maps.read_back().context("reading the pinned maps back")?;
             dp.adopted = true;
@@ -190,17 +225,25 @@ impl Dataplane {
     /// rescheduled flows, failed connection-table inserts) sent to `logger` whenever
     /// [`EbpfLogs::flush`] is called.
     pub fn load_with_debug_logs(sizing: &Sizing, logger: &'static dyn log::Log) -> anyhow::Result<Self> {
-        Self::load_with(sizing, Some(logger), None, PROGRAM)
+        Self::load_with(sizing, Some(logger), None, PROGRAM, false)
     }
 
-    fn load_with(sizing: &Sizing, logger: Option<&'static dyn log::Log>, pins: Option<&Pins>, object: &[u8]) -> anyhow::Result<Self> {
+    fn load_with(
+        sizing: &Sizing,
+        logger: Option<&'static dyn log::Log>,
+        pins: Option<&Pins>,
+        object: &[u8],
+        flow_sync: bool,
+    ) -> anyhow::Result<Self> {
         sizing.validate()?;
         let log_level = if logger.is_some() { aya_log::Level::Debug as u8 } else { 0 };
+        let flow_sync_flag = u32::from(flow_sync);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(aya_log::LEVEL, &log_level, true)
             .override_global(GLOBAL_RING_SIZE, &sizing.ring_size, true)
-            .override_global(GLOBAL_HASH_SEED, &sizing.hash_seed, true);
+            .override_global(GLOBAL_HASH_SEED, &sizing.hash_seed, true)
+            .override_global(GLOBAL_FLOW_SYNC, &flow_sync_flag, true);
         for (name, entries) in sized_maps(sizing) {
             loader.map_max_entries(name, entries);
         }
@@ -225,6 +268,7 @@ impl Dataplane {
                 ebpf.program_mut(name).with_context(|| format!("the object has no program {name}"))?.try_into()?;
             load_retrying(|| counter.load()).with_context(|| format!("loading {name} (verifier)"))?;
         }
+        let flow_sync = if flow_sync { Some(sync_source(&mut ebpf)?) } else { None };
         let maps = Maps::take(&mut ebpf, sizing)?;
         Ok(Dataplane {
             ebpf,
@@ -233,6 +277,7 @@ impl Dataplane {
             logs,
             adopted: false,
             replaced: Vec::new(),
+            flow_sync,
         })
     }
 
@@ -358,6 +403,11 @@ impl Dataplane {
     /// The program's debug log buffer, if loaded with debug logs (to be polled by the caller).
     pub fn take_debug_logs(&mut self) -> Option<EbpfLogs> {
         self.logs.take()
+    }
+
+    /// The ring buffer and maps flow sync uses, if loaded with flow sync (once).
+    pub fn take_flow_sync(&mut self) -> Option<crate::flow_sync::Source> {
+        self.flow_sync.take()
     }
 
     /// Whether [`Dataplane::open`] adopted pinned maps.

@@ -158,6 +158,34 @@ fn health_and_totals(stats: &StatsReport) -> Vec<Family> {
     .collect()
 }
 
+/// Flow sync's counters (README, "Flow sync"), when it is on.
+fn flow_sync(status: &StatusReport) -> Vec<Family> {
+    let Some(f) = &status.flow_sync else {
+        return Vec::new();
+    };
+    let records = [
+        ("sent", f.sent),
+        ("unsendable", f.unsendable),
+        ("ring_dropped", f.ring_dropped),
+        ("received", f.received),
+        ("inserted", f.inserted),
+        ("existing", f.existing),
+    ];
+    vec![
+        Family::counter(
+            "lb_flow_sync_records",
+            "Flow sync records: sent to the peers, not sent (unsendable, ring_dropped), received from them, inserted, already tracked (existing).",
+            records.map(|(what, n)| (vec![("what", what.to_owned())], n)),
+        ),
+        Family::counter(
+            "lb_flow_sync_rejected",
+            "Flow sync datagrams (malformed, bad_mac, stale) and records (unknown_vip, unknown_backend) not used.",
+            f.rejected.iter().map(|(why, n)| (vec![("reason", why.clone())], *n)),
+        ),
+        Family::counter("lb_flow_sync_send_errors", "Flow sync datagrams the network refused.", [(Vec::new(), f.send_errors)]),
+    ]
+}
+
 /// Renders the status and counters in the Prometheus text format.
 pub fn render(status: &StatusReport, stats: &StatsReport) -> String {
     let mut families = traffic(status);
@@ -165,6 +193,7 @@ pub fn render(status: &StatusReport, stats: &StatsReport) -> String {
     families.extend(verdicts_and_events(stats));
     families.extend(vips_table_and_build(status));
     families.extend(health_and_totals(stats));
+    families.extend(flow_sync(status));
     encode(families)
 }
 
@@ -200,5 +229,26 @@ mod tests {
         status.vips.clear();
         stats.health = HealthStats::default();
         assert_eq!(render(&status, &stats), include_str!("golden/no_vips.prom"));
+    }
+
+    #[test]
+    fn flow_sync_counters_are_exported_when_it_is_on() {
+        #[derive(serde::Deserialize)]
+        struct Reports {
+            status: StatusReport,
+            stats: StatsReport,
+        }
+        let Reports { mut status, stats } = serde_json::from_str(include_str!("golden/reports.json")).unwrap();
+        assert!(!render(&status, &stats).contains("lb_flow_sync"));
+        status.flow_sync = Some(crate::api::FlowSyncStatus {
+            sent: 4,
+            inserted: 2,
+            rejected: vec![("bad_mac".to_owned(), 3)],
+            ..Default::default()
+        });
+        let out = render(&status, &stats);
+        for line in ["lb_flow_sync_records_total{what=\"sent\"} 4\n", "lb_flow_sync_records_total{what=\"inserted\"} 2\n", "lb_flow_sync_rejected_total{reason=\"bad_mac\"} 3\n", "lb_flow_sync_send_errors_total 0\n"] {
+            assert!(out.contains(line), "{line} in {out}");
+        }
     }
 }
