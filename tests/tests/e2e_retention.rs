@@ -103,6 +103,61 @@ fn fourth_in(status: &Value, state: &str) -> bool {
     backends(status, "web").iter().any(|b| b["address"] == "10.0.14.2" && b["state"] == state)
 }
 
+/// The connection table's entries for the VIP `web`, read from the
+/// agent's pinned maps once the traffic stopped.
+#[derive(Debug, Default)]
+struct Census {
+    /// Entries in moved ring slots.
+    moved: usize,
+    /// Entries outside moved slots that name the live ring's backend of their slot, a backend
+    /// slot since freed or reused, or a flow that ended (FIN, RST, expired): left behind where
+    /// the table walk cleared a slot, never read.
+    idle: usize,
+    /// Any other entry outside moved slots: one that would send its flow elsewhere than the
+    /// live ring.
+    divergent: Vec<String>,
+}
+
+fn census(agent: &Agent) -> Census {
+    use aya::maps::{Array, HashMap, Map, MapData};
+    use lb_common::{
+        flow::Flow,
+        hash::flow_hash,
+        limits::{RING_IDS_PER_ELEMENT, moved_bit, ring_id_in, ring_index},
+        maps::*,
+        schedule::vip_hash,
+    };
+    let pins = lb_userspace::dataplane::Pins::at(&agent.pin_dir);
+    let open = |name: &str| MapData::from_pin(pins.map(name)).unwrap_or_else(|e| panic!("pinned {name}: {e}"));
+    let meta = pins.meta().expect("META");
+    let (ring_size, seed) = (meta[META_RING_SIZE as usize] as u32, meta[META_HASH_SEED as usize] as u32);
+    let vips: HashMap<MapData, VipKey, VipMeta> = HashMap::try_from(Map::HashMap(open(MAP_VIPS))).unwrap();
+    let (vip_key, vip) = vips.iter().filter_map(Result::ok).find(|(k, _)| k.port == web().port()).expect("web in VIPS");
+    let conns: HashMap<MapData, FlowKey, Flow> = HashMap::try_from(Map::LruHashMap(open(MAP_CONNS))).unwrap();
+    let moved: Array<MapData, u64> = Array::try_from(Map::Array(open(MAP_MOVED))).unwrap();
+    let ring: Array<MapData, u64> = Array::try_from(Map::Array(open(MAP_RING))).unwrap();
+    let backends: Array<MapData, Backend> = Array::try_from(Map::Array(open(MAP_BACKENDS))).unwrap();
+    let mut census = Census::default();
+    for (key, flow) in conns.iter().filter_map(Result::ok).filter(|(k, _)| k.dst == vip_key.addr && k.dport == vip_key.port) {
+        let slot = vip_hash(vip.flags, &key, seed, flow_hash(&key, seed, false)) % ring_size;
+        let (word, bit) = moved_bit(vip.id, ring_size, slot);
+        if moved.get(&word, 0).unwrap() & bit != 0 {
+            census.moved += 1;
+            continue;
+        }
+        let index = ring_index(vip.id, vip.ring_half, ring_size, slot);
+        let live = ring_id_in(ring.get(&(index / RING_IDS_PER_ELEMENT), 0).unwrap(), index);
+        let backend = backends.get(&flow.backend_id, 0).unwrap();
+        let ended = !lb_userspace::dataplane::table_walk::is_live(&flow, lb_userspace::dataplane::table_walk::now_secs());
+        if ended || flow.backend_id == live || backend.generation as u16 != flow.backend_gen || backend.state == BackendState::Unused as u8 {
+            census.idle += 1;
+        } else {
+            census.divergent.push(format!("{key:?} slot {slot}: entry backend {} (live ring {live})", flow.backend_id));
+        }
+    }
+    census
+}
+
 /// The `stateless` event's count.
 fn stateless(agent: &Agent) -> u64 {
     let stats = agent.json(&["stats"]).unwrap();
@@ -160,6 +215,7 @@ fn long_lived_connections_survive_five_rounds_of_backend_changes() {
     let mut undetected: Vec<(Instant, Instant)> = Vec::new();
     let mut events: Vec<(&str, Instant)> = Vec::new();
     let wait = Duration::from_secs(15);
+    let mut in_moved_slots = 0;
     for cycle in 0..CYCLES {
         events.push(("add", Instant::now()));
         run_ok(&agent, &["backend", "add", "web", FOURTH]);
@@ -168,6 +224,9 @@ fn long_lived_connections_survive_five_rounds_of_backend_changes() {
         assert!(web_status(&status)["moved_slots"].as_u64().unwrap() > 0, "cycle {cycle}: adding a backend moves slots");
         assert!(web_status(&status)["retained_ring_seconds"].is_u64(), "cycle {cycle}: a ring is retained");
         thread::sleep(Duration::from_millis(300));
+        let c = census(&agent);
+        assert!(c.divergent.is_empty(), "cycle {cycle}: entries outside moved slots that disagree with the live ring: {:?}", &c.divergent[..c.divergent.len().min(5)]);
+        in_moved_slots += c.moved;
 
         let killed = Instant::now();
         lab.kill_backend(3);
@@ -215,7 +274,18 @@ fn long_lived_connections_survive_five_rounds_of_backend_changes() {
     assert!(log.len() > 500, "the load made only {} connections", log.len());
     assert!(failed_outside.is_empty(), "new connections failed after health detection: at {failed_outside:?}");
 
-    // The table holds only flows of moved slots.
+    // The table holds only flows of moved slots (and entries left where the walk cleared a
+    // slot, which agree with the live ring and are never read).
+    // Read after each addition (while slots were moved and the load ran) and here.
+    let c = census(&agent);
+    println!(
+        "connection table: {in_moved_slots} entries in moved slots after the additions; at the end {} in moved slots, {} idle outside them, {} divergent outside them",
+        c.moved,
+        c.idle,
+        c.divergent.len()
+    );
+    assert!(in_moved_slots > 0, "the changes recorded flows in moved slots");
+    assert!(c.divergent.is_empty(), "entries outside moved slots that disagree with the live ring: {:?}", &c.divergent[..c.divergent.len().min(5)]);
     let mut tracked = 0;
     for (i, (s, _)) in sessions.iter().enumerate().step_by(10) {
         let told = agent.json(&["explain", &s.local_addr().to_string(), &web().to_string(), "tcp"]).unwrap();
