@@ -575,7 +575,8 @@ impl HaLab {
         // the hash the client's socket put on the packet (`skb->hash`, kept across veths),
         // which is random per socket and drawn again at every retransmission timeout, so that
         // flows changed node at random and `node_of_flow` (`ip route get`) guessed wrong.
-        // Policy 3 with these fields hashes source and destination address, protocol and ports.
+        // Policy 3 with these fields hashes source and destination address, protocol and ports,
+        // so each flow always takes the same node.
         ns_run(&router, &[
             "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
             "net.ipv4.fib_multipath_hash_policy=3", "net.ipv6.fib_multipath_hash_policy=3",
@@ -1118,8 +1119,10 @@ impl HaLab {
         devs.iter().filter_map(|d| d.strip_prefix("rn").and_then(|k| k.parse().ok())).collect()
     }
 
-    /// The node (1-based) the router sends a TCP flow from the client's `sport` to `vip` to.
-    /// [`Topology::Vrrp`]: the node holding the VIPs.
+    /// The node (1-based) the router sends a TCP flow from the client's `sport` to `vip` to,
+    /// by `ip route get`: exact for IPv4; for IPv6 the kernel (6.18) answers otherwise than it
+    /// forwards for about half of the flows (each flow is still always forwarded the same way),
+    /// so it is a guess there. [`Topology::Vrrp`]: the node holding the VIPs.
     pub fn node_of_flow(&self, vip: IpAddr, sport: u16) -> Option<usize> {
         if self.topology == Topology::Vrrp {
             return self.vip_holder();
