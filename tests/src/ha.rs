@@ -112,6 +112,10 @@ pub enum Topology {
     Vrrp,
 }
 
+/// The router's `fib_multipath_hash_fields`: source and destination address (0x1, 0x2), IP
+/// protocol (0x4), source and destination port (0x10, 0x20).
+pub const ECMP_HASH_FIELDS: u32 = 0x37;
+
 /// Longest any lab command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -450,6 +454,9 @@ pub struct HaLab {
     namespaces: Vec<String>,
     dir: PathBuf,
     backend_bin: PathBuf,
+    /// The agents' configuration when not the topology's default ([`HaLab::create_configured`],
+    /// [`HaLab::reconfigure`]).
+    node_yaml: Option<String>,
 }
 
 /// The agent configuration of every node: the same VIPs, backends and hash seed everywhere.
@@ -469,6 +476,11 @@ pub fn node_config(backends: &[HaBackend]) -> String {
         pool(false),
         pool(true)
     )
+}
+
+/// `yaml` (an agent configuration) with `global.ring_retention_secs: secs`.
+pub fn with_ring_retention(yaml: &str, secs: u32) -> String {
+    yaml.replacen("global:\n", &format!("global:\n  ring_retention_secs: {secs}\n"), 1)
 }
 
 /// The agent configuration of every node in [`HaLab::create_dsr`]: as [`node_config`], with
@@ -493,14 +505,21 @@ impl HaLab {
     /// daemon, and waits (bounded) until the router has a next hop per node for both VIPs, a
     /// node holds the gateway and both VIPs answer. `backend_bin` is `lb-test-backend`.
     pub fn create(nodes: usize, backends: usize, backend_bin: &Path) -> anyhow::Result<HaLab> {
-        HaLab::build(nodes, backends, backend_bin, Topology::Bgp, None)
+        HaLab::build(nodes, backends, backend_bin, Topology::Bgp, None, None)
     }
 
     /// As [`HaLab::create`], with the VIPs in direct server return `mode` (`tunnel`, `gue`,
     /// `direct`): the backends set up for it by `lb backend-setup`, serving the VIPs' port,
     /// their default route the router's port on their segment (see the module documentation).
     pub fn create_dsr(nodes: usize, backends: usize, backend_bin: &Path, mode: &str) -> anyhow::Result<HaLab> {
-        HaLab::build(nodes, backends, backend_bin, Topology::Bgp, Some(mode))
+        HaLab::build(nodes, backends, backend_bin, Topology::Bgp, Some(mode), None)
+    }
+
+    /// As [`HaLab::create`], with every agent running `config(backends)` instead of
+    /// [`node_config`] (for instance a pool of some of the backends only, the others to be
+    /// added by [`HaLab::reconfigure`]).
+    pub fn create_configured(nodes: usize, backends: usize, backend_bin: &Path, config: fn(&[HaBackend]) -> String) -> anyhow::Result<HaLab> {
+        HaLab::build(nodes, backends, backend_bin, Topology::Bgp, None, Some(config))
     }
 
     /// The "VRRP for the VIPs themselves" variant: the nodes' client-facing interfaces `rt`
@@ -512,10 +531,17 @@ impl HaLab {
     /// The backends' gateway is as in [`HaLab::create`]. Waits (bounded) until every agent
     /// serves, node 1 holds the VIPs and the gateway, and both VIPs answer.
     pub fn create_vrrp(nodes: usize, backends: usize, backend_bin: &Path) -> anyhow::Result<HaLab> {
-        HaLab::build(nodes, backends, backend_bin, Topology::Vrrp, None)
+        HaLab::build(nodes, backends, backend_bin, Topology::Vrrp, None, None)
     }
 
-    fn build(nodes: usize, backends: usize, backend_bin: &Path, topology: Topology, dsr: Option<&str>) -> anyhow::Result<HaLab> {
+    fn build(
+        nodes: usize,
+        backends: usize,
+        backend_bin: &Path,
+        topology: Topology,
+        dsr: Option<&str>,
+        config: Option<fn(&[HaBackend]) -> String>,
+    ) -> anyhow::Result<HaLab> {
         check_tools()?;
         crate::orphans::sweep_orphans_once();
         anyhow::ensure!((2..=8).contains(&nodes), "2 to 8 nodes");
@@ -539,14 +565,23 @@ impl HaLab {
             namespaces: Vec::new(),
             dir,
             backend_bin: backend_bin.to_owned(),
+            node_yaml: None,
         };
         for ns in [lab.client_ns.clone(), lab.router_ns.clone(), lab.segment_ns.clone()] {
             lab.add_ns(&ns)?;
         }
         let (client, router, segment) = (lab.client_ns.clone(), lab.router_ns.clone(), lab.segment_ns.clone());
+        // ECMP by the 5-tuple alone, as a router on its own box does: policy 1 (L4) would take
+        // the hash the client's socket put on the packet (`skb->hash`, kept across veths),
+        // which is random per socket and drawn again at every retransmission timeout, so that
+        // flows changed node at random and `node_of_flow` (`ip route get`) guessed wrong.
+        // Policy 3 with these fields hashes source and destination address, protocol and ports,
+        // so each flow always takes the same node.
         ns_run(&router, &[
             "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
-            "net.ipv4.fib_multipath_hash_policy=1", "net.ipv6.fib_multipath_hash_policy=1",
+            "net.ipv4.fib_multipath_hash_policy=3", "net.ipv6.fib_multipath_hash_policy=3",
+            &format!("net.ipv4.fib_multipath_hash_fields={ECMP_HASH_FIELDS:#x}"),
+            &format!("net.ipv6.fib_multipath_hash_fields={ECMP_HASH_FIELDS:#x}"),
         ])?;
         ns_run(&segment, &["ip", "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])?;
         ns_run(&segment, &["ip", "link", "set", "br0", "up"])?;
@@ -649,6 +684,7 @@ impl HaLab {
             lab.start_backend(j)?;
         }
 
+        lab.node_yaml = config.map(|c| c(&lab.backends));
         if topology == Topology::Bgp {
             lab.monitor = Some(RouteMonitor::start(&router)?);
             lab.start_router_bird()?;
@@ -888,10 +924,11 @@ impl HaLab {
 
     /// Starts (or adopts the pinned data path with) node `i`'s agent.
     pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
-        let yaml = match (self.topology, &self.dsr) {
-            (Topology::Bgp, Some(mode)) => dsr_node_config(&self.backends, mode),
-            (Topology::Bgp, None) => node_config(&self.backends),
-            (Topology::Vrrp, _) => vrrp_node_config(&self.backends),
+        let yaml = match (self.topology, &self.dsr, &self.node_yaml) {
+            (_, _, Some(yaml)) => yaml.clone(),
+            (Topology::Bgp, Some(mode), None) => dsr_node_config(&self.backends, mode),
+            (Topology::Bgp, None, None) => node_config(&self.backends),
+            (Topology::Vrrp, _, None) => vrrp_node_config(&self.backends),
         };
         let n = &mut self.nodes[i];
         match n.agent.as_mut() {
@@ -900,6 +937,30 @@ impl HaLab {
             None => n.agent = Some(Agent::start_in(&n.ns, &n.ns, &yaml)?),
         }
         Ok(())
+    }
+
+    /// Gives every node's agent configuration `yaml` (the same on every node, as
+    /// [`node_config`]'s): rewrites each agent's file, crashed ones too (a rejoin starts with
+    /// it), and runs `lb reload` on each running agent, one after the other.
+    pub fn reconfigure(&mut self, yaml: &str) -> anyhow::Result<()> {
+        self.node_yaml = Some(yaml.to_owned());
+        for n in &self.nodes {
+            let Some(agent) = n.agent.as_ref() else { continue };
+            agent.rewrite_config(yaml).with_context(|| format!("writing {}'s configuration", n.name))?;
+            if agent.pid().is_some() {
+                let out = agent.cli(&["reload"]);
+                anyhow::ensure!(out.status.success(), "lb reload on {}: {}", n.name, String::from_utf8_lossy(&out.stderr).trim());
+            }
+        }
+        Ok(())
+    }
+
+    /// `lb explain` on node `i` (0-based) for the client's TCP flow from `sport` to `vip`'s
+    /// port: which path (`stateless` or `moved slot`) and backend its next packet takes there.
+    pub fn explain(&self, i: usize, vip: IpAddr, sport: u16) -> anyhow::Result<Value> {
+        let client = if vip.is_ipv4() { IpAddr::V4(CLIENT4) } else { IpAddr::V6(CLIENT6) };
+        let (src, dst) = (SocketAddr::new(client, sport).to_string(), SocketAddr::new(vip, VIP_PORT).to_string());
+        self.nodes[i].agent().json(&["explain", &src, &dst, "tcp"])
     }
 
     /// Waits until every running node announces both VIPs, the router has one next hop per
@@ -1058,8 +1119,10 @@ impl HaLab {
         devs.iter().filter_map(|d| d.strip_prefix("rn").and_then(|k| k.parse().ok())).collect()
     }
 
-    /// The node (1-based) the router sends a TCP flow from the client's `sport` to `vip` to.
-    /// [`Topology::Vrrp`]: the node holding the VIPs.
+    /// The node (1-based) the router sends a TCP flow from the client's `sport` to `vip` to,
+    /// by `ip route get`: exact for IPv4; for IPv6 the kernel (6.18) answers otherwise than it
+    /// forwards for about half of the flows (each flow is still always forwarded the same way),
+    /// so it is a guess there. [`Topology::Vrrp`]: the node holding the VIPs.
     pub fn node_of_flow(&self, vip: IpAddr, sport: u16) -> Option<usize> {
         if self.topology == Topology::Vrrp {
             return self.vip_holder();
