@@ -457,7 +457,13 @@ pub struct HaLab {
     /// The agents' configuration when not the topology's default ([`HaLab::create_configured`],
     /// [`HaLab::reconfigure`]).
     node_yaml: Option<String>,
+    /// The flow sync key file every agent's `global.flow_sync` names, when the nodes sync flows
+    /// ([`HaLab::create_configured`]).
+    flow_sync_key: Option<PathBuf>,
 }
+
+/// The UDP port the nodes' agents sync flows on (on the backends' segment).
+pub const FLOW_SYNC_PORT: u16 = 7946;
 
 /// The agent configuration of every node: the same VIPs, backends and hash seed everywhere.
 pub fn node_config(backends: &[HaBackend]) -> String {
@@ -517,9 +523,16 @@ impl HaLab {
 
     /// As [`HaLab::create`], with every agent running `config(backends)` instead of
     /// [`node_config`] (for instance a pool of some of the backends only, the others to be
-    /// added by [`HaLab::reconfigure`]).
-    pub fn create_configured(nodes: usize, backends: usize, backend_bin: &Path, config: fn(&[HaBackend]) -> String) -> anyhow::Result<HaLab> {
-        HaLab::build(nodes, backends, backend_bin, Topology::Bgp, None, Some(config))
+    /// added by [`HaLab::reconfigure`]); with `flow_sync`, each agent also syncs flows with the
+    /// others (`global.flow_sync` on its backends' segment address, [`FLOW_SYNC_PORT`], one key).
+    pub fn create_configured(
+        nodes: usize,
+        backends: usize,
+        backend_bin: &Path,
+        config: fn(&[HaBackend]) -> String,
+        flow_sync: bool,
+    ) -> anyhow::Result<HaLab> {
+        HaLab::build(nodes, backends, backend_bin, Topology::Bgp, None, Some((config, flow_sync)))
     }
 
     /// The "VRRP for the VIPs themselves" variant: the nodes' client-facing interfaces `rt`
@@ -540,7 +553,7 @@ impl HaLab {
         backend_bin: &Path,
         topology: Topology,
         dsr: Option<&str>,
-        config: Option<fn(&[HaBackend]) -> String>,
+        config: Option<(fn(&[HaBackend]) -> String, bool)>,
     ) -> anyhow::Result<HaLab> {
         check_tools()?;
         crate::orphans::sweep_orphans_once();
@@ -566,6 +579,7 @@ impl HaLab {
             dir,
             backend_bin: backend_bin.to_owned(),
             node_yaml: None,
+            flow_sync_key: None,
         };
         for ns in [lab.client_ns.clone(), lab.router_ns.clone(), lab.segment_ns.clone()] {
             lab.add_ns(&ns)?;
@@ -684,7 +698,15 @@ impl HaLab {
             lab.start_backend(j)?;
         }
 
-        lab.node_yaml = config.map(|c| c(&lab.backends));
+        lab.node_yaml = config.map(|(c, _)| c(&lab.backends));
+        if config.is_some_and(|(_, sync)| sync) {
+            let key = lab.dir.join("flow-sync.key");
+            let mut secret = [0u8; 48];
+            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
+            std::fs::write(&key, secret)?;
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            lab.flow_sync_key = Some(key);
+        }
         if topology == Topology::Bgp {
             lab.monitor = Some(RouteMonitor::start(&router)?);
             lab.start_router_bird()?;
@@ -930,6 +952,7 @@ impl HaLab {
             (Topology::Bgp, None, None) => node_config(&self.backends),
             (Topology::Vrrp, _, None) => vrrp_node_config(&self.backends),
         };
+        let yaml = self.for_node(i, &yaml);
         let n = &mut self.nodes[i];
         match n.agent.as_mut() {
             Some(agent) if agent.pid().is_some() => {}
@@ -944,15 +967,29 @@ impl HaLab {
     /// it), and runs `lb reload` on each running agent, one after the other.
     pub fn reconfigure(&mut self, yaml: &str) -> anyhow::Result<()> {
         self.node_yaml = Some(yaml.to_owned());
-        for n in &self.nodes {
+        for (i, n) in self.nodes.iter().enumerate() {
             let Some(agent) = n.agent.as_ref() else { continue };
-            agent.rewrite_config(yaml).with_context(|| format!("writing {}'s configuration", n.name))?;
+            agent.rewrite_config(&self.for_node(i, yaml)).with_context(|| format!("writing {}'s configuration", n.name))?;
             if agent.pid().is_some() {
                 let out = agent.cli(&["reload"]);
                 anyhow::ensure!(out.status.success(), "lb reload on {}: {}", n.name, String::from_utf8_lossy(&out.stderr).trim());
             }
         }
         Ok(())
+    }
+
+    /// The configuration `yaml` as node `i` (0-based) runs it: with its `global.flow_sync`
+    /// (its own segment address, the others' as peers) when the lab's nodes sync flows.
+    fn for_node(&self, i: usize, yaml: &str) -> String {
+        let Some(key) = &self.flow_sync_key else { return yaml.to_owned() };
+        let peers: Vec<String> = self.nodes.iter().filter(|n| n.index != i + 1).map(|n| format!("{}:{FLOW_SYNC_PORT}", n.segment4())).collect();
+        let block = format!(
+            "global:\n  flow_sync:\n    listen: {}:{FLOW_SYNC_PORT}\n    peers: [{}]\n    key_file: {}\n",
+            self.nodes[i].segment4(),
+            peers.join(", "),
+            key.display()
+        );
+        yaml.replacen("global:\n", &block, 1)
     }
 
     /// `lb explain` on node `i` (0-based) for the client's TCP flow from `sport` to `vip`'s
