@@ -462,6 +462,9 @@ pub struct HaLab {
     flow_sync_key: Option<PathBuf>,
 }
 
+/// Makes every node's agent configuration from the lab's backends.
+pub type NodeConfig = fn(&[HaBackend]) -> String;
+
 /// The UDP port the nodes' agents sync flows on (on the backends' segment).
 pub const FLOW_SYNC_PORT: u16 = 7946;
 
@@ -529,7 +532,7 @@ impl HaLab {
         nodes: usize,
         backends: usize,
         backend_bin: &Path,
-        config: fn(&[HaBackend]) -> String,
+        config: NodeConfig,
         flow_sync: bool,
     ) -> anyhow::Result<HaLab> {
         HaLab::build(nodes, backends, backend_bin, Topology::Bgp, None, Some((config, flow_sync)))
@@ -553,7 +556,7 @@ impl HaLab {
         backend_bin: &Path,
         topology: Topology,
         dsr: Option<&str>,
-        config: Option<(fn(&[HaBackend]) -> String, bool)>,
+        config: Option<(NodeConfig, bool)>,
     ) -> anyhow::Result<HaLab> {
         check_tools()?;
         crate::orphans::sweep_orphans_once();
