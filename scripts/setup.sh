@@ -10,13 +10,14 @@
 #     service is not needed)
 #   - what `cargo xtask package` and its test use: dpkg-dev (dpkg-shlibdeps), binutils (strip),
 #     lintian, and systemd for `systemd-analyze verify` (the test installs nothing on the host)
+#   - what `cargo xtask profile` uses: linux-perf, bpftool and python3
 # Safe to run any number of times; prints what it does.
 set -euo pipefail
 
 log() { printf '[setup] %s\n' "$*"; }
 
 need_apt=()
-for pkg in llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev iproute2 ethtool iputils-ping hping3 bird2 keepalived prometheus dpkg-dev binutils lintian systemd; do
+for pkg in llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev iproute2 ethtool iputils-ping hping3 bird2 keepalived prometheus dpkg-dev binutils lintian systemd linux-perf bpftool python3; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

@@ -41,6 +41,13 @@ pub enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "LB-BENCH ARGS")]
         args: Vec<OsString>,
     },
+    /// A sampled profile of an established packet in the data path
+    /// (`scripts/profile-datapath.py`; needs root, perf and bpftool): bench/results/profile.md.
+    Profile {
+        /// Seconds of sampling.
+        #[arg(long, default_value_t = 30, value_name = "S")]
+        seconds: u32,
+    },
     /// The data path's mutation fuzzer (`lb-fuzz`, release build; needs root).
     Fuzz(FuzzArgs),
     /// The load balancer end to end in its own lab of network namespaces.

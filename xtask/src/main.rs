@@ -48,6 +48,7 @@ fn main() -> ExitCode {
                 .and_then(|()| test(&args))
         }
         Task::Bench { unpublishable, args } => bench(unpublishable, &args),
+        Task::Profile { seconds } => profile(seconds),
         Task::Fuzz(args) => setup().and_then(|()| fuzz(&args.to_args())),
         Task::Lab(args) if args.ha => setup()
             .and_then(|()| build_bins())
@@ -139,22 +140,7 @@ fn bench(unpublishable: bool, args: &[OsString]) -> anyhow::Result<()> {
     let args: Vec<&OsString> = args.iter().filter(|a| *a != "--unpublishable").collect();
     let writes = !args.iter().any(|a| *a == "--no-write" || *a == "-h" || *a == "--help");
     if writes && !unpublishable {
-        let out = Command::new("git")
-            .args(["status", "--porcelain", "--untracked-files=no", "--"])
-            .args(MEASURED_PATHS)
-            .current_dir(root())
-            .output()
-            .context("running git status")?;
-        if !out.status.success() {
-            bail!("git cannot tell whether the measured code has uncommitted changes; run with --unpublishable or --no-write");
-        }
-        let changes = String::from_utf8_lossy(&out.stdout);
-        if !changes.trim().is_empty() {
-            bail!(
-                "refusing to run a benchmark that would publish results from a dirty tree: uncommitted changes to the measured code\n{}\ncommit them, or run with --unpublishable (results written, marked unpublishable) or --no-write",
-                changes.trim_end()
-            );
-        }
+        ensure_committed(MEASURED_PATHS, "run with --unpublishable (results written, marked unpublishable) or --no-write")?;
     }
     setup()?;
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -167,6 +153,46 @@ fn bench(unpublishable: bool, args: &[OsString]) -> anyhow::Result<()> {
         cmd.env_remove("LB_BENCH_UNPUBLISHABLE");
     }
     run(&mut cmd)
+}
+
+/// Fails unless `paths` have no uncommitted changes (`otherwise` says what the operator can do
+/// instead).
+fn ensure_committed(paths: &[&str], otherwise: &str) -> anyhow::Result<()> {
+    let out = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no", "--"])
+        .args(paths)
+        .current_dir(root())
+        .output()
+        .context("running git status")?;
+    if !out.status.success() {
+        bail!("git cannot tell whether the measured code has uncommitted changes; {otherwise}");
+    }
+    let changes = String::from_utf8_lossy(&out.stdout);
+    if !changes.trim().is_empty() {
+        bail!(
+            "refusing to publish results from a dirty tree: uncommitted changes to the measured code\n{}\ncommit them, or {otherwise}",
+            changes.trim_end()
+        );
+    }
+    Ok(())
+}
+
+/// A sampled profile of the benchmark's established path (`scripts/profile-datapath.py`, on
+/// the release build of `lb-bench`), written to bench/results/profile.md from a committed tree
+/// (the measured code and the script).
+fn profile(seconds: u32) -> anyhow::Result<()> {
+    let paths: Vec<&str> = MEASURED_PATHS.iter().copied().chain(["scripts"]).collect();
+    ensure_committed(&paths, "commit them first")?;
+    setup()?;
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo).args(["build", "--quiet", "--release", "-p", "lb-tests", "--bin", "lb-bench"]))?;
+    let root = root();
+    run(Command::new("python3")
+        .arg(root.join("scripts/profile-datapath.py"))
+        .arg(root.join("target/release/lb-bench"))
+        .arg(root.join("bench/results/profile.md"))
+        .arg(seconds.to_string())
+        .current_dir(&root))
 }
 
 /// The data path's mutation fuzzer (`lb-fuzz`, release build): a campaign of `--frames N`
