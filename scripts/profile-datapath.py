@@ -187,15 +187,21 @@ def main():
     if total < 1000:
         sys.exit(f"only {total} samples in the program")
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "lb-common", "lb-ebpf", "lb-userspace", "tests", "xtask", "scripts", "Cargo.toml", "Cargo.lock"], capture_output=True, text=True).stdout.strip()
+    # The measured build is the tree the script runs in; the script may be another commit's.
+    def commit_of(tree, paths):
+        head = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", tree, "status", "--porcelain", "--untracked-files=no", "--", *paths], capture_output=True, text=True).stdout.strip()
+        return head, bool(dirty)
+    commit, dirty = commit_of(".", ["lb-common", "lb-ebpf", "lb-userspace", "tests", "Cargo.toml", "Cargo.lock"])
+    script_commit, script_dirty = commit_of(os.path.dirname(os.path.abspath(__file__)), [os.path.abspath(__file__)])
+    dirty = dirty or script_dirty
     rows = [f"| {100 * n / total:5.1f} % | {name} |" for name, n in steps.most_common()]
     top = [f"| {100 * n / total:4.1f} % | `{w}` | `{t[:90]}` |" for (w, t), n in lines.most_common(15)]
     text = "\n".join([
         "# Where an established packet's time goes (sampled profile)",
         "",
-        f"Commit {commit}{' (dirty: not for publishing)' if dirty else ''}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"written by `scripts/profile-datapath.py` (`cargo xtask profile`): the benchmark's `tcp_established` path "
+        f"The program of commit {commit}{' (dirty: not for publishing)' if dirty else ''}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"profiled by `scripts/profile-datapath.py` of commit {script_commit} (`cargo xtask profile`): the benchmark's `tcp_established` path "
         f"(one hot flow of a Maglev VIP with stable backends: stateless), sampled {seconds} s with perf (cpu-clock, 20 kHz); "
         f"{total} samples in the program, each counted for the source line of its BPF instruction "
         "(kernel functions the program calls count for the calling line, library code for the project's line it is inlined into).",
