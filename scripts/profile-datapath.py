@@ -116,7 +116,7 @@ STEPS = [
     ("sanity: IPv4 header checksum, lengths", lambda f, fn, t: f.startswith("sanity.rs") and "martian" not in t and "vip_address" not in t),
     ("hashing: endpoint-filter bit, VIP index slot, flow hash", lambda f, fn, t: f.startswith("hash.rs")),
     ("endpoint filter (ENDPOINT_FILTER)", lambda f, fn, t: "maybe_endpoint" in t or "ENDPOINT_FILTER" in t or "Some(word) =>" in t),
-    ("VIP lookup (VIP_INDEX, VIP_ENTRIES, key comparison, copy)", lambda f, fn, t: fn == "to_vip" or "VIP_INDEX" in t or "VIP_ENTRIES" in t or "find_vip" in t or "entry.key" in t or "vip.write" in t or "index ==" in t or "let word = |x" in t or "word(a" in t),
+    ("VIP lookup (its map lookups, key comparison, copy)", lambda f, fn, t: fn == "to_vip" or "VIP_INDEX" in t or "VIP_ENTRIES" in t or "find_vip" in t or "entry.key" in t or "vip.write" in t or "index ==" in t or "let word = |x" in t or "word(a" in t),
     ("calls between BPF functions (to_vip, maglev)", lambda f, fn, t: f.startswith("xdp.rs") and ("to_vip(" in t or "match action" in t or "fn maglev" in t or t == "}")),
     ("ring slot: hash modulo the ring size", lambda f, fn, t: "% size" in t or "slot_of" in t or "size == 0" in t),
     ("MOVED bit", lambda f, fn, t: "MOVED" in t or "moved_bit" in t or "is_moved" in t or "moved_words" in t),
