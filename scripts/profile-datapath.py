@@ -110,6 +110,7 @@ def line_records(prog_id):
 # Steps of the path, in the order the program runs them; the first rule that matches a line
 # names its step.
 STEPS = [
+    ("memset: a BPF function zeroing memory a byte a round", lambda f, fn, t: fn == "memset"),
     ("program entry and exit (prologue, stack frame, verdict return)", lambda f, fn, t: f == "xdp.rs:35"),
     ("parse: Ethernet, IP and TCP headers", lambda f, fn, t: f.startswith("parse.rs") and "frame_len" not in t),
     ("frame length (bpf_xdp_get_buff_len helper call)", lambda f, fn, t: "frame_len" in t),
