@@ -98,12 +98,13 @@ def line_records(prog_id):
             own = "/lb-ebpf/src/" in path or "/lb-common/src/" in path
             where = f"{path.split('/src/')[-1]}:{m.group(2)}" if m and own else None
             records.append((where, function, text))
-    # Library lines count for the project's line before them (the call they are inlined into).
-    resolved, last = [], ("?", None, "")
+    # Library lines count for the project's line before them (the call they are inlined into),
+    # in their own BPF function (a library function of its own, such as `memset`, keeps its name).
+    resolved, last = [], ("?", "")
     for where, function, text in records:
         if where:
-            last = (where, function, text)
-        resolved.append(last if not where else (where, function, text))
+            last = (where, text)
+        resolved.append((last[0], function, last[1]))
     return resolved
 
 
