@@ -89,8 +89,9 @@ pub const FILTER_VIP_ADDRESS: u64 = 0x7661_6400;
 /// [`crate::hash::vip_slot`] of a VIP key: [`VIP_INDEX_NONE`] (no VIP hashes there),
 /// [`VIP_INDEX_SHARED`] (several do: the data path looks the key up in `VIPS`), or entry
 /// number + 1 of the one VIP there in `VIP_ENTRIES`. Two inlined array reads and a key
-/// comparison in place of the `VIPS` hash lookup, which cost 17 % of an established packet's
-/// time (profiled: jhash of the 20-byte key, bucket walk, memcmp).
+/// comparison in place of the `VIPS` hash lookup (jhash of the 20-byte key, bucket walk,
+/// memcmp), which with the key and the copy took a fifth of an established packet's time
+/// (bench/results/profile-194f8b2.md).
 pub const MAP_VIP_INDEX: &str = "VIP_INDEX";
 /// `VIP_INDEX` value: no VIP's key hashes to the slot.
 pub const VIP_INDEX_NONE: u32 = 0;

@@ -57,7 +57,8 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             return verdict(xdp_action::XDP_DROP, reason);
         }
         // Not zeroed: LLVM zeroes a 24-byte value with a call to a byte-wise `memset` loop,
-        // which cost 6 % of an established packet's time (profiled). `to_vip` fills it.
+        // which took 5 % of an established packet's time (bench/results/profile-194f8b2.md).
+        // `to_vip` fills it.
         let mut vip = core::mem::MaybeUninit::<VipMeta>::uninit();
         // `maglev` and `moved_slot` are called from here rather than from their callers, so
         // that no two of the three frames are on the stack together (the verifier allows 512
