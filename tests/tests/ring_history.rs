@@ -9,7 +9,7 @@ use std::{collections::BTreeSet, net::IpAddr, os::fd::AsFd as _};
 use lb_common::{
     counters::Reason,
     limits::{DEFAULT_RING_RETENTION_SECS, NO_RING},
-    maps::{BackendState, FlowKey, PROTO_TCP, PROTO_UDP},
+    maps::{FlowKey, PROTO_TCP, PROTO_UDP},
 };
 use lb_tests::{
     fixture::{sent_to, setup, v4, with_flags},
@@ -85,36 +85,6 @@ fn a_syn_flood_at_a_stable_vip_inserts_nothing() {
     }
     assert_eq!(sent, BTreeSet::from([1, 2, 3]));
     assert_eq!(table_entries(&lb), (0, 0), "20,000 SYNs inserted no entry");
-}
-
-/// Ring A with only the first `up` backends up (the others down).
-fn ring_a_with_up(up: usize) -> Service {
-    let mut svc = ring_a(PROTO_TCP);
-    for b in &mut svc.backends[up..] {
-        b.backend.state = BackendState::Down as u8;
-    }
-    svc
-}
-
-/// A VIP whose backends come up one by one (an agent's start) retains no empty ring: the first
-/// backend up neither retains nor marks anything, since no flow used the ring without backends,
-/// and the next change retains the ring the flows used, with the slots that moved from it.
-#[test]
-fn a_ring_without_backends_is_never_retained() {
-    let mut lb = setup(&[&ring_a_with_up(0)]);
-    let first = lb.dp.maps.apply_service(&ring_a_with_up(1)).unwrap();
-    assert_eq!((first.retained(), lb.dp.maps.moved_count(first.id)), (None, 0), "nothing retained or marked after the empty ring");
-    let flows = syns(100);
-    assert!(establish_stateless(&lb, &flows).iter().all(|&b| b == 1), "one backend takes every flow");
-    let two = lb.dp.maps.apply_service(&ring_a_with_up(2)).unwrap();
-    assert_eq!(two.retained(), Some(first.ring_half), "the ring of the first backend is retained");
-    let marked = lb.dp.maps.moved_count(two.id);
-    // Backend 2 takes about half of the ring from backend 1.
-    assert!((lb.dp.sizing().ring_size / 4..lb.dp.sizing().ring_size * 3 / 4).contains(&marked), "{marked} slots moved");
-    for syn in &flows {
-        let run = lb.run(&with_flags(syn, ACK).bytes());
-        assert_eq!(sent_to(&run.out), 1, "an established flow stays on backend 1");
-    }
 }
 
 #[test]

@@ -24,11 +24,6 @@ use lb_common::{
 
 use super::{Maps, table_walk::is_live};
 
-/// Whether a ring names no backend (every slot 0): no flow can have used it.
-fn is_empty(ring: &[u32]) -> bool {
-    ring.iter().all(|&id| id == 0)
-}
-
 /// Sets in `bits` (one bit per slot) every slot where `new` differs from `live` or from
 /// `retained`; returns how many bits it set.
 pub fn mark_moved(new: &[u32], live: &[u32], retained: Option<&[u32]>, bits: &mut [u64]) -> u32 {
@@ -128,15 +123,9 @@ impl Maps {
         }
         let start = vip.id as usize * self.words();
         let mut bits = self.history.bits[start..start + self.words()].to_vec();
-        // A ring without backends (before the first passed its checks, or with every one down)
-        // carried no flow: it is neither retained nor compared with. Otherwise the empty ring
-        // of an agent's start would be the one retained through the next change, and flows
-        // started since would have no ring to follow to their backends.
-        let retained = live.retained().filter(|&h| !is_empty(&self.read_ring(live.id, h)));
         if same_scheduler {
-            let retained_ring = retained.map(|h| self.read_ring(live.id, h));
-            let compared = if is_empty(&current) { ring } else { &current };
-            mark_moved(ring, compared, retained_ring.as_deref(), &mut bits);
+            let retained = live.retained().map(|h| self.read_ring(live.id, h));
+            mark_moved(ring, &current, retained.as_deref(), &mut bits);
         } else {
             // From round-robin or least-conn: every flow has an entry, which must be followed,
             // and no ring to retain (theirs is no Maglev table).
@@ -147,12 +136,8 @@ impl Maps {
             return Ok(Placement { half, write: true, retained: (NO_RING, 0) });
         }
         self.write_moved(vip.id, &bits)?;
-        let retained = match retained {
-            Some(h) => h,
-            None if is_empty(&current) => return Ok(Placement { half, write: true, retained: (NO_RING, 0) }),
-            None => live.ring_half,
-        };
-        Ok(Placement { half, write: true, retained: (retained as u16, now.saturating_add(self.history.retention_secs)) })
+        let retained = live.retained().unwrap_or(live.ring_half) as u16;
+        Ok(Placement { half, write: true, retained: (retained, now.saturating_add(self.history.retention_secs)) })
     }
 
     fn bump_version(&mut self, id: u32) {
