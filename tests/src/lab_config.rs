@@ -72,17 +72,32 @@ pub struct Vip {
     backends: Vec<(String, Option<u32>)>,
     forwarding: Option<String>,
     tcp_probe_target: Option<String>,
+    scheduler: Option<String>,
 }
 
 impl Vip {
     /// VIP `name` on TCP `address:port`, with no backend yet.
     pub fn tcp(name: &str, address: &str, port: u16) -> Vip {
-        Vip { name: name.to_owned(), address: address.to_owned(), port, backends: Vec::new(), forwarding: None, tcp_probe_target: None }
+        Vip {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            port,
+            backends: Vec::new(),
+            forwarding: None,
+            tcp_probe_target: None,
+            scheduler: None,
+        }
     }
 
     /// Sets the VIP's `forwarding` mode (`nat`, `tunnel`, `gue`, `direct`).
     pub fn forwarding(mut self, mode: &str) -> Vip {
         self.forwarding = Some(mode.to_owned());
+        self
+    }
+
+    /// Sets the VIP's `scheduler` (`maglev`, `round-robin`, `least-conn`).
+    pub fn scheduler(mut self, name: &str) -> Vip {
+        self.scheduler = Some(name.to_owned());
         self
     }
 
@@ -110,6 +125,9 @@ impl Vip {
         let _ = write!(yaml, "  - name: {name}\n    address: {address}\n    port: {port}\n    protocol: tcp\n");
         if let Some(mode) = &self.forwarding {
             let _ = writeln!(yaml, "    forwarding: {mode}");
+        }
+        if let Some(scheduler) = &self.scheduler {
+            let _ = writeln!(yaml, "    scheduler: {scheduler}");
         }
         match &self.tcp_probe_target {
             Some(target) => {

@@ -24,7 +24,10 @@ fn each_cpu_counts_the_flows_it_created_in_its_share_of_the_table() {
     lb_tests::harness::require_root();
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     assert!(cpus >= 2, "this test needs two CPUs, the machine has {cpus}");
-    let config = LabConfig::new().vip(Vip::tcp("web", "10.0.0.10", 80).backends(&["10.0.11.2:8080", "10.0.12.2:8080"])).render();
+    // Round-robin: every flow has an entry (a Maglev VIP with stable backends keeps none).
+    let config = LabConfig::new()
+        .vip(Vip::tcp("web", "10.0.0.10", 80).scheduler("round-robin").backends(&["10.0.11.2:8080", "10.0.12.2:8080"]))
+        .render();
     let (lab, agent) = lab_with_agent(backend_bin(), 3, &config, "web").expect("lab");
     for cpu in [0, 1] {
         for _ in 0..REQUESTS {

@@ -310,6 +310,9 @@ fn syn_flood_breaks_no_established_connection() {
         }
     }
     let real = (IDLE_RR + 2 * BUSY_PER_VIP) as u64;
+    // The round-robin VIP's connections have entries; the Maglev VIP's only where its slot
+    // moved while its backends came up.
+    let tracked = (IDLE_RR + BUSY_PER_VIP) as u64;
     thread::sleep(Duration::from_secs(1));
     let before = Stats::take(&agent);
     let web_flows_before = new_flows(&agent, "web");
@@ -406,7 +409,7 @@ fn syn_flood_breaks_no_established_connection() {
         assert!(log.ok[DURING as usize] >= 10, "a client to {vip} made only {} requests during the flood", log.ok[1]);
     }
     assert!(idle_failed.is_empty(), "idle round-robin connections lost their backend: {idle_failed:?}");
-    assert!(before.entries() >= real, "every real connection has its entry before the flood: {}", before.entries());
+    assert!(before.entries() >= tracked, "every round-robin connection has its entry before the flood: {}", before.entries());
     assert!(
         right_after.entries() <= real + ENTRY_MARGIN,
         "the flood left entries in the connection table: {} after, {real} real connections",
