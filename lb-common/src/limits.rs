@@ -9,7 +9,8 @@ pub const DEFAULT_VIP_CAPACITY: u32 = 64;
 pub const MAX_VIP_CAPACITY: u32 = 4096;
 
 /// Slots of `VIP_INDEX` (`crate::maps::MAP_VIP_INDEX`), a power of two: 64 KiB. With the
-/// default 64 VIPs about one pair in eight shares a slot (and is looked up in `VIPS`).
+/// default 64 VIPs the chance that any two share a slot (and are then looked up in `VIPS`) is
+/// about one in eight.
 pub const VIP_INDEX_SLOTS: u32 = 1 << 14;
 const _: () = assert!(VIP_INDEX_SLOTS.is_power_of_two() && VIP_INDEX_SLOTS >= 4 * DEFAULT_VIP_CAPACITY);
 
