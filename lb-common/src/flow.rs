@@ -77,6 +77,14 @@ impl Flow {
         }
     }
 
+    /// Whether `backend`, found in the entry's backend slot, still takes this flow: the same
+    /// generation (not a slot freed and reused since), in a state that keeps flows in the
+    /// entry's state. The data path follows only such an entry; the others are rescheduled.
+    #[inline(always)]
+    pub fn kept_by(&self, backend: &crate::maps::Backend) -> bool {
+        backend.generation as u16 == self.backend_gen && crate::maps::BackendState::from_u8(backend.state).keeps_flow(self.state)
+    }
+
     /// Whether the entry has expired at second `now`.
     #[inline(always)]
     pub fn expired(&self, now: u32) -> bool {

@@ -11,7 +11,7 @@
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     flow::{Flow, clock_secs},
-    maps::{Backend, BackendState, FlowKey},
+    maps::{Backend, FlowKey},
 };
 
 use crate::maps::{BACKENDS, CONNS, HALF_OPEN};
@@ -77,7 +77,7 @@ pub fn half_open(key: &FlowKey) -> Tracked {
 #[inline(always)]
 fn live(flow: Flow) -> Tracked {
     match BACKENDS.get(flow.backend_id) {
-        Some(b) if b.generation as u16 == flow.backend_gen && BackendState::from_u8(b.state).keeps_flow(flow.state) => {
+        Some(b) if flow.kept_by(b) => {
             Tracked::Live(flow.backend_id, b, flow)
         }
         _ => Tracked::Stale,

@@ -110,8 +110,8 @@ struct Census {
     /// Entries in moved ring slots.
     moved: usize,
     /// Entries outside moved slots that name the live ring's backend of their slot, a backend
-    /// slot since freed or reused, or a flow that ended (FIN, RST, expired): left behind where
-    /// the table walk cleared a slot, never read.
+    /// that no longer takes them (`Flow::kept_by`: removed, reused, down), or a flow that ended
+    /// (FIN, RST, expired): left behind where the table walk cleared a slot, never followed.
     idle: usize,
     /// Any other entry outside moved slots: one that would send its flow elsewhere than the
     /// live ring.
@@ -149,7 +149,7 @@ fn census(agent: &Agent) -> Census {
         let live = ring_id_in(ring.get(&(index / RING_IDS_PER_ELEMENT), 0).unwrap(), index);
         let backend = backends.get(&flow.backend_id, 0).unwrap();
         let ended = !lb_userspace::dataplane::table_walk::is_live(&flow, lb_userspace::dataplane::table_walk::now_secs());
-        if ended || flow.backend_id == live || backend.generation as u16 != flow.backend_gen || backend.state == BackendState::Unused as u8 {
+        if ended || flow.backend_id == live || !flow.kept_by(&backend) {
             census.idle += 1;
         } else {
             census.divergent.push(format!("{key:?} slot {slot}: entry backend {} (live ring {live})", flow.backend_id));

@@ -195,6 +195,11 @@ impl Maps {
         Ok(PinnedState { vips, backends })
     }
 
+    /// Every backend slot of `BACKENDS`, by id.
+    pub(super) fn backend_slots(&self) -> Vec<Backend> {
+        (0..self.backends.len()).map(|id| self.backends.get(&id, 0).unwrap_or_default()).collect()
+    }
+
     /// Writes entry `index` of `META`.
     pub(super) fn set_meta(&mut self, index: u32, value: u64) -> anyhow::Result<()> {
         self.meta.set(index, value, 0).context("writing META")

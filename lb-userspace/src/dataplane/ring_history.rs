@@ -12,13 +12,16 @@
 //! - The ring, the retained ring and the deadline live in `VIPS` and the bits in `MOVED`, so an
 //!   agent that adopts the maps carries on with the same history.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use anyhow::Context as _;
 use lb_common::{
     hash::flow_hash,
     limits::{NO_RING, RINGS_PER_VIP, moved_bit, moved_words, ring_index},
-    maps::{Flow, FlowKey, VipKey, VipMeta},
+    maps::{Backend, Flow, FlowKey, VipKey, VipMeta},
     schedule::vip_hash,
 };
 
@@ -52,13 +55,20 @@ pub struct MovedCheck {
     pub version: u64,
     /// The live ring.
     pub ring: Vec<u32>,
+    /// Every backend slot, by id, as the check was made (shared by the checks of one walk).
+    pub backends: Arc<Vec<Backend>>,
 }
 
 impl MovedCheck {
-    /// Notes in `needed` the slot of `key`'s entry `flow` when the entry is live at `now` and
-    /// its backend differs from the live ring's for that slot.
+    /// Notes in `needed` the slot of `key`'s entry `flow` when the entry is live at `now`, its
+    /// backend still takes it (`Flow::kept_by`: an entry whose backend was removed, reused or
+    /// downed is rescheduled by the live ring anyway), and that backend differs from the live
+    /// ring's for the slot.
     pub fn note(&self, key: &FlowKey, flow: &Flow, now: u32, seed: u32, needed: &mut BTreeSet<u32>) {
         if flow.vip_id as u32 != self.vip_id || !is_live(flow, now) || self.ring.is_empty() {
+            return;
+        }
+        if !self.backends.get(flow.backend_id as usize).is_some_and(|b| flow.kept_by(b)) {
             return;
         }
         let slot = vip_hash(self.flags, key, seed, flow_hash(key, seed, false)) % self.ring.len() as u32;
@@ -205,15 +215,24 @@ impl Maps {
     /// The checks for the next table walk: every Maglev VIP with moved slots and no retained
     /// ring.
     pub fn moved_checks(&self) -> Vec<MovedCheck> {
-        self.vips
+        let due: Vec<VipMeta> = self
+            .vips
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, m)| m.is_maglev() && m.retained().is_none() && self.moved_count(m.id) > 0)
-            .map(|(_, m)| MovedCheck {
+            .map(|(_, m)| m)
+            .filter(|m| m.is_maglev() && m.retained().is_none() && self.moved_count(m.id) > 0)
+            .collect();
+        if due.is_empty() {
+            return Vec::new();
+        }
+        let backends = Arc::new(self.backend_slots());
+        due.into_iter()
+            .map(|m| MovedCheck {
                 vip_id: m.id,
                 flags: m.flags,
                 version: self.history.versions.get(&m.id).copied().unwrap_or(0),
                 ring: self.read_ring(m.id, m.ring_half),
+                backends: backends.clone(),
             })
             .collect()
     }
@@ -256,6 +275,7 @@ impl Maps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lb_common::maps::BackendState;
 
     #[test]
     fn a_change_marks_slots_that_differ_from_the_live_or_the_retained_ring() {
@@ -277,7 +297,11 @@ mod tests {
 
     #[test]
     fn a_walk_needs_the_slots_of_live_entries_that_differ_from_the_live_ring() {
-        let check = MovedCheck { vip_id: 3, flags: 0, version: 1, ring: vec![1, 2, 1, 2, 1, 2, 1] };
+        let up = Backend { state: BackendState::Up as u8, ..Backend::default() };
+        let mut backends = vec![up; 10];
+        backends[5] = Backend { generation: 1, ..up };
+        backends[6] = Backend { state: BackendState::Down as u8, ..up };
+        let check = MovedCheck { vip_id: 3, flags: 0, version: 1, ring: vec![1, 2, 1, 2, 1, 2, 1], backends: Arc::new(backends) };
         let seed = 7;
         let key = |port: u16| FlowKey { sport: port, dport: 80, proto: 6, family: 4, ..FlowKey::default() };
         let slot_of = |k: &FlowKey| flow_hash(k, seed, false) % 7;
@@ -290,6 +314,12 @@ mod tests {
         assert!(needed.is_empty(), "another VIP");
         check.note(&k1, &on(2, 3, lb_common::flow::FLOW_CLOSING), 0, seed, &mut needed);
         assert!(needed.is_empty(), "not live");
+        check.note(&k1, &on(5, 3, lb_common::flow::FLOW_OPEN), 0, seed, &mut needed);
+        assert!(needed.is_empty(), "its backend slot was reused (another generation): rescheduled anyway");
+        check.note(&k1, &on(6, 3, lb_common::flow::FLOW_OPEN), 0, seed, &mut needed);
+        assert!(needed.is_empty(), "its backend is down: rescheduled anyway");
+        check.note(&k1, &on(12, 3, lb_common::flow::FLOW_OPEN), 0, seed, &mut needed);
+        assert!(needed.is_empty(), "its backend slot is beyond the table");
         check.note(&k1, &on(2, 3, lb_common::flow::FLOW_OPEN), 0, seed, &mut needed);
         check.note(&k2, &on(9, 3, lb_common::flow::FLOW_OPEN), 0, seed, &mut needed);
         assert_eq!(needed, BTreeSet::from([slot_of(&k1), slot_of(&k2)]));
